@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "MESH_GOSSIP_PORT", default_value_t = 7946)]
     pub gossip_port: u16,
 
+    /// The subnet of the bridge that gives tasks their way out of the cluster, with NAT (as
+    /// Docker's `docker_gwbridge`); it must not overlap the node's other networks.
+    #[arg(long, env = "MESH_GWBRIDGE_SUBNET", default_value = crate::network::DEFAULT_GWBRIDGE_SUBNET)]
+    pub gwbridge_subnet: ipnet::Ipv4Net,
+
     /// Log filter, as RUST_LOG.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,

@@ -26,6 +26,7 @@ fn config(dir: &Path, port: u16) -> Config {
         listen_addr: format!("127.0.0.1:{port}"),
         advertise_addr: None,
         gossip_port: 0,
+        gwbridge_subnet: crate::network::DEFAULT_GWBRIDGE_SUBNET.parse().unwrap(),
         log: "info".into(),
     }
 }

@@ -14,6 +14,10 @@ const PACKAGES: &[&str] = &[
     "iptables",
     // The CA-rotation test checks node certificates with `openssl verify`.
     "openssl",
+    // The overlay tests send full-size pings with DF set (busybox ping cannot set DF).
+    "iputils-ping",
+    // `cargo xtask bench overlay` measures throughput with iperf3.
+    "iperf3",
 ];
 
 /// Installs whatever of [`PACKAGES`] is missing; does nothing (not even `apt-get update`) otherwise.

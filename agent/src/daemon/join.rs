@@ -8,7 +8,7 @@ use mesh_proto::raft_membership_client::RaftMembershipClient;
 use mesh_proto::{IssueNodeCertificateRequest, JoinRequest, NodeRole, RaftJoinRequest};
 
 use super::addr::{advertise_addr, non_empty, parse_addr};
-use super::{DEFAULT_PORT, Daemon, DaemonError, identity};
+use super::{DEFAULT_PORT, Daemon, DaemonError, Stop, identity};
 use crate::certs::{self, Certificates};
 use crate::state::{self, NodeState, Role};
 
@@ -104,7 +104,7 @@ impl Daemon {
                 }
                 .await;
                 if let Err(err) = joined {
-                    self.stop_member(member).await;
+                    self.stop_member(member, Stop::Leave).await;
                     return Err(err);
                 }
             }

@@ -52,7 +52,8 @@ pub(super) async fn follow(
 
 impl Daemon {
     /// The overlay data plane, unless disabled (gossip port 0) or the advertise address is not
-    /// IPv4. Removes the namespaces an earlier run left.
+    /// IPv4. What an earlier run left in the kernel stays until the worker re-attaches its tasks
+    /// and the data plane's sweep removes the rest.
     pub(super) async fn dataplane(&self, state: &NodeState) -> Option<Arc<Dataplane>> {
         if self.config.gossip_port == 0 {
             return None;
@@ -69,10 +70,8 @@ impl Daemon {
             &self.config.state_dir,
             state.node_id.clone(),
             vtep,
+            self.config.gwbridge_subnet,
         );
-        if let Err(err) = overlay.resync(&[]).await {
-            tracing::warn!(error = %err, "cannot re-sync overlay namespaces");
-        }
         Some(Arc::new(Dataplane::new(
             Arc::new(overlay),
             self.config.gossip_port,

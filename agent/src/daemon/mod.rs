@@ -12,7 +12,7 @@ use mesh_control::api::{Api, NodeCaService};
 use mesh_control::ca::{CaError, TlsIdentity, TlsServer};
 use mesh_control::manager::{Manager, ManagerConfig};
 use mesh_control::transport::Transport;
-use mesh_proto::InfoResponse;
+use mesh_proto::{GossipInfo, InfoResponse};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
@@ -122,6 +122,20 @@ impl Daemon {
     pub async fn info(&self) -> InfoResponse {
         let membership = self.membership.lock().await;
         let state = membership.as_ref().map(|m| &m.state);
+        let dataplane = membership.as_ref().and_then(|m| m.dataplane.as_ref());
+        let gossip = match dataplane {
+            Some(dataplane) => dataplane.gossip_info().await,
+            None => None,
+        };
+        let gossip = gossip.map(|(members, endpoints, stats)| GossipInfo {
+            members: u64::try_from(members).unwrap_or(u64::MAX),
+            endpoints: u64::try_from(endpoints).unwrap_or(u64::MAX),
+            received: stats.received,
+            sent: stats.sent,
+            dropped_unknown_key: stats.dropped_unknown_key,
+            dropped_bad_seal: stats.dropped_bad_seal,
+            dropped_malformed: stats.dropped_malformed,
+        });
         InfoResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             commit: env!("MESH_GIT_COMMIT").into(),
@@ -129,6 +143,7 @@ impl Daemon {
             cluster_id: state.map(|s| s.cluster_id.clone()).unwrap_or_default(),
             is_manager: state.is_some_and(|s| s.role == Role::Manager),
             node_addr: state.map(|s| s.advertise_addr.clone()).unwrap_or_default(),
+            gossip,
         }
     }
 
@@ -227,7 +242,7 @@ impl Daemon {
             Ok(member) => match state::save(&self.config.state_dir, &member.state) {
                 Ok(()) => Ok(member),
                 Err(err) => {
-                    self.stop_member(member).await;
+                    self.stop_member(member, Stop::Leave).await;
                     Err(err.into())
                 }
             },
@@ -299,7 +314,7 @@ impl Daemon {
         m.worker
             .assign(mesh_proto::AssignmentsMessage::default())
             .await;
-        self.stop_member(m).await;
+        self.stop_member(m, Stop::Leave).await;
         state::remove(&self.config.state_dir)?;
         tracing::info!("left the swarm");
         Ok(())
@@ -308,11 +323,11 @@ impl Daemon {
     /// Stops everything this daemon runs for the cluster, leaving containers running.
     pub async fn shutdown(&self) {
         if let Some(m) = self.membership.lock().await.take() {
-            self.stop_member(m).await;
+            self.stop_member(m, Stop::Shutdown).await;
         }
     }
 
-    async fn stop_member(&self, m: Membership) {
+    async fn stop_member(&self, m: Membership, how: Stop) {
         self.api.detach();
         let (stop, session) = m.session;
         stop.send_replace(true);
@@ -323,7 +338,10 @@ impl Daemon {
         }
         m.worker.shutdown().await;
         if let Some(dataplane) = &m.dataplane {
-            dataplane.shutdown().await;
+            match how {
+                Stop::Shutdown => dataplane.shutdown().await,
+                Stop::Leave => dataplane.leave().await,
+            }
         }
         if let Some(listener) = m.listener {
             listener.stop.send_replace(true);
@@ -335,6 +353,15 @@ impl Daemon {
         }
         drop(m.transport);
     }
+}
+
+/// What stopping a membership leaves behind.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// The daemon stops: containers and their data plane keep running for the next start.
+    Shutdown,
+    /// The node leaves the swarm (or never finished joining): the data plane goes too.
+    Leave,
 }
 
 fn identity(certs: &Certificates) -> Result<TlsIdentity, CaError> {

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use mesh_proto::{NetworkAttachment, Task};
 
-use super::{NetState, Overlay, OverlayError, State, TaskLink, created, gone};
+use super::{NetState, Overlay, OverlayError, State, TaskLink, created, gone, short};
 use crate::gossip::EndpointRecord;
 use crate::netlink::{Netns, VXLAN_PORT, VethSpec, VxlanSpec};
 
@@ -15,11 +15,13 @@ const VXLAN_OVERHEAD: u32 = 50;
 const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 impl Overlay {
-    /// Connects the sandbox of process `pid` to each of the task's overlay networks; returns the
-    /// endpoint records to publish.
+    /// Connects the sandbox of process `pid` to each of the task's overlay networks (`eth0`, …)
+    /// and to the gateway bridge (the next `ethN`, with the default route); returns the endpoint
+    /// records to publish. Whatever is already in place (a re-adopted container) is kept.
     pub async fn attach(&self, task: &Task, pid: u32) -> Result<Vec<EndpointRecord>, OverlayError> {
         let mut state = self.state.lock().await;
-        let mtu = self.overlay_mtu(&mut state).await;
+        let underlay_mtu = self.underlay_mtu(&mut state).await;
+        let mtu = underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
         let container_ns = Netns::of_pid(pid);
         let mut records = Vec::new();
         let mut links = Vec::new();
@@ -55,9 +57,6 @@ impl Overlay {
             created(self.netlink.add_address(&container_ns, &ifname, addr).await)?;
             self.netlink.set_up(&container_ns, &ifname).await?;
             let _ = self.netlink.set_up(&container_ns, "lo").await;
-            if index == 0 {
-                created(self.netlink.add_default_route(&container_ns, gateway).await)?;
-            }
             let mac = self
                 .netlink
                 .list_links(&container_ns)
@@ -88,6 +87,9 @@ impl Overlay {
             tracing::info!(task.id = %task.id, vni = attachment.vni, addr = %addr, "task attached to overlay");
         }
         state.tasks.insert(task.id.clone(), links);
+        let ifname = format!("eth{}", task.networks.len());
+        self.attach_gateway(&mut state, &task.id, &container_ns, &ifname, underlay_mtu)
+            .await?;
         Ok(records)
     }
 
@@ -97,6 +99,7 @@ impl Overlay {
         let Some(links) = state.tasks.remove(task_id) else {
             return;
         };
+        self.detach_gateway(&mut state, task_id).await;
         for link in links {
             let ns = Netns::named(&self.netns_name(link.vni));
             if let Err(err) = gone(self.netlink.delete_link(&ns, &link.veth).await) {
@@ -164,9 +167,9 @@ impl Overlay {
         Ok(())
     }
 
-    /// The underlay MTU (of the link holding the VTEP address) less the VXLAN overhead.
-    async fn overlay_mtu(&self, state: &mut State) -> u32 {
-        if let Some(mtu) = state.mtu {
+    /// The underlay MTU: that of the link holding the VTEP address.
+    async fn underlay_mtu(&self, state: &mut State) -> u32 {
+        if let Some(mtu) = state.underlay_mtu {
             return mtu;
         }
         let here = Netns::current();
@@ -178,9 +181,8 @@ impl Overlay {
         {
             underlay = link.mtu;
         }
-        let mtu = underlay.saturating_sub(VXLAN_OVERHEAD);
-        state.mtu = Some(mtu);
-        mtu
+        state.underlay_mtu = Some(underlay);
+        underlay
     }
 }
 
@@ -200,9 +202,4 @@ fn parse(attachment: &NetworkAttachment) -> Result<(Ipv4Net, Ipv4Addr), OverlayE
         .parse()
         .map_err(|e: std::net::AddrParseError| bad(e.to_string()))?;
     Ok((addr, gateway))
-}
-
-/// The first 12 characters of a task id, for interface names (15 bytes at most).
-fn short(task_id: &str) -> &str {
-    task_id.get(..12).unwrap_or(task_id)
 }

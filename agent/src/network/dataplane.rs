@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use mesh_proto::Task;
@@ -10,7 +11,9 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::{Overlay, OverlayError};
-use crate::gossip::{EndpointRecord, Gossip, GossipConfig, GossipError, KeyRing, SealKey};
+use crate::gossip::{
+    EndpointRecord, Gossip, GossipConfig, GossipError, GossipStats, KeyRing, SealKey,
+};
 
 /// What the worker's controllers call when a task's container starts or goes.
 pub trait TaskNetwork: Send + Sync {
@@ -18,9 +21,16 @@ pub trait TaskNetwork: Send + Sync {
     fn detach<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()>;
 }
 
+/// How often leftovers are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How long gossip runs before entries it does not know of are taken to be stale: a few
+/// anti-entropy rounds, so that a restarted agent has heard every live endpoint by then.
+const SETTLE: Duration = Duration::from_secs(20);
+
 struct Running {
-    gossip: Gossip,
+    gossip: Arc<Gossip>,
     feeder: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
 }
 
 /// The node's overlay with its gossip member, started once the managers hand out keys.
@@ -28,7 +38,7 @@ pub struct Dataplane {
     overlay: Arc<Overlay>,
     gossip_port: u16,
     running: Mutex<Option<Running>>,
-    published: Mutex<HashMap<String, Vec<EndpointRecord>>>,
+    published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
 }
 
 impl Dataplane {
@@ -37,7 +47,7 @@ impl Dataplane {
             overlay,
             gossip_port,
             running: Mutex::new(None),
-            published: Mutex::new(HashMap::new()),
+            published: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -65,6 +75,7 @@ impl Dataplane {
         let mut config = GossipConfig::new(self.overlay.node_id.clone(), bind, ring);
         config.advertise = SocketAddr::new(IpAddr::V4(self.overlay.vtep), self.gossip_port);
         let (gossip, mut changes) = Gossip::start(config).await?;
+        let gossip = Arc::new(gossip);
         let peers: Vec<SocketAddr> = managers
             .iter()
             .filter(|ip| **ip != IpAddr::V4(self.overlay.vtep))
@@ -82,18 +93,50 @@ impl Dataplane {
                 overlay.apply(change).await;
             }
         });
-        *running = Some(Running { gossip, feeder });
+        let sweeper = tokio::spawn(sweep(
+            self.overlay.clone(),
+            gossip.clone(),
+            self.published.clone(),
+        ));
+        *running = Some(Running {
+            gossip,
+            feeder,
+            sweeper,
+        });
         Ok(())
     }
 
-    /// Stops gossip and removes every overlay namespace of this node.
+    /// Stops gossip and leaves the kernel state in place: running tasks keep their overlay, and
+    /// the next start picks it up again.
     pub async fn shutdown(&self) {
         if let Some(r) = self.running.lock().await.take() {
             r.feeder.abort();
-            r.gossip.shutdown().await;
+            r.sweeper.abort();
+            let _ = r.sweeper.await;
+            match Arc::try_unwrap(r.gossip) {
+                Ok(gossip) => gossip.shutdown().await,
+                Err(_) => tracing::warn!("gossip still in use at shutdown"),
+            }
         }
+    }
+
+    /// Stops gossip and removes every overlay namespace and the gateway bridge of this node
+    /// (leaving the swarm).
+    pub async fn leave(&self) {
+        self.shutdown().await;
         self.published.lock().await.clear();
         self.overlay.clear().await;
+    }
+
+    /// Gossip's view: members, endpoints and datagram counters, once gossip runs.
+    pub async fn gossip_info(&self) -> Option<(usize, usize, GossipStats)> {
+        let running = self.running.lock().await;
+        let gossip = &running.as_ref()?.gossip;
+        Some((
+            gossip.members().len(),
+            gossip.records().len(),
+            gossip.stats(),
+        ))
     }
 
     async fn attach_task(&self, task: &Task, pid: u32) -> Result<(), OverlayError> {
@@ -101,6 +144,10 @@ impl Dataplane {
         if records.is_empty() {
             return Ok(());
         }
+        // Held across publishing, so that the sweep never takes a record being published for
+        // one this node no longer owns.
+        let mut published = self.published.lock().await;
+        published.insert(task.id.clone(), records.clone());
         if let Some(r) = self.running.lock().await.as_ref() {
             for record in &records {
                 if let Err(err) = r.gossip.publish(record.clone()).await {
@@ -108,7 +155,6 @@ impl Dataplane {
                 }
             }
         }
-        self.published.lock().await.insert(task.id.clone(), records);
         Ok(())
     }
 
@@ -132,5 +178,42 @@ impl TaskNetwork for Dataplane {
 
     fn detach<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(self.detach_task(task_id))
+    }
+}
+
+/// Every [`SWEEP_INTERVAL`]: removes namespaces and gateway leases no task uses; once gossip has
+/// settled, also FDB and neighbour entries towards endpoints gossip does not know, and withdraws
+/// records an earlier run of this node published for tasks that are no longer attached here.
+async fn sweep(
+    overlay: Arc<Overlay>,
+    gossip: Arc<Gossip>,
+    published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
+) {
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if let Err(err) = overlay.sweep().await {
+            tracing::warn!(error = %err, "cannot sweep overlay leftovers");
+        }
+        if started.elapsed() < SETTLE {
+            continue;
+        }
+        overlay.sweep_entries().await;
+        let published = published.lock().await;
+        let node_id = &overlay.node_id;
+        for record in gossip.records() {
+            let ours = record.node_id == *node_id
+                && !published
+                    .get(&record.task_id)
+                    .is_some_and(|r| r.iter().any(|p| p.key() == record.key()));
+            if ours {
+                tracing::info!(task.id = %record.task_id, "withdrawing an endpoint of an earlier run");
+                if let Err(err) = gossip.withdraw(record.key()).await {
+                    tracing::warn!(error = %err, "cannot withdraw endpoint");
+                }
+            }
+        }
     }
 }

@@ -3,19 +3,23 @@
 
 mod attach;
 mod dataplane;
+mod gateway;
+mod nat;
 mod remote;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ipnet::Ipv4Net;
 use tokio::sync::Mutex;
 
 use crate::gossip::EndpointRecord;
-use crate::netlink::{Netlink, NetlinkError, Netns};
+use crate::netlink::{LinkKind, Netlink, NetlinkError, Netns};
 
 pub use dataplane::{Dataplane, TaskNetwork};
+pub use gateway::{DEFAULT_GWBRIDGE_SUBNET, GWBRIDGE};
 
 /// Why a task could not be attached to its networks.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +51,9 @@ struct State {
     tasks: HashMap<String, Vec<TaskLink>>,
     /// Every remote endpoint learned, by (network id, task id), applied where the network exists.
     remote: HashMap<(String, String), EndpointRecord>,
-    mtu: Option<u32>,
+    /// The underlay's MTU, read once.
+    underlay_mtu: Option<u32>,
+    leases: gateway::Leases,
 }
 
 /// The node's overlay manager.
@@ -56,24 +62,35 @@ pub struct Overlay {
     prefix: String,
     node_id: String,
     vtep: Ipv4Addr,
+    gw_subnet: Ipv4Net,
+    state_dir: PathBuf,
     state: Mutex<State>,
 }
 
 impl Overlay {
     /// An overlay manager whose namespaces are named after a hash of `state_dir`, so that several
-    /// meshd on one machine never collide.
+    /// meshd on one machine never collide; tasks' way out is a bridge on `gw_subnet`. Takes over
+    /// the gateway leases an earlier run left in `state_dir`; kernel state is left as it is until
+    /// tasks re-attach and [`Overlay::sweep`] runs.
     pub fn new(
         netlink: Arc<dyn Netlink>,
         state_dir: &Path,
         node_id: String,
         vtep: Ipv4Addr,
+        gw_subnet: Ipv4Net,
     ) -> Self {
+        let state = State {
+            leases: gateway::Leases::load(state_dir),
+            ..State::default()
+        };
         Self {
             netlink,
             prefix: prefix_for(state_dir),
             node_id,
             vtep,
-            state: Mutex::new(State::default()),
+            gw_subnet,
+            state_dir: state_dir.to_owned(),
+            state: Mutex::new(state),
         }
     }
 
@@ -90,43 +107,57 @@ impl Overlay {
         format!("{}-{vni}", self.prefix)
     }
 
-    /// Removes the namespaces with our prefix that none of `keep_vnis` needs (after a restart).
-    pub async fn resync(&self, keep_vnis: &[u32]) -> Result<(), OverlayError> {
-        let keep: Vec<String> = keep_vnis.iter().map(|v| self.netns_name(*v)).collect();
+    /// Removes what no task here uses any more, after a restart or a crash: our namespaces that
+    /// hold no network of an attached task and no task's veth (those of running containers not yet
+    /// re-attached stay), and the gateway leases and bridge of containers that are gone.
+    pub async fn sweep(&self) -> Result<(), OverlayError> {
+        let mut state = self.state.lock().await;
         let prefix = format!("{}-", self.prefix);
         for name in self.netlink.list_netns(&prefix).await? {
-            if keep.contains(&name) {
+            let vni = name
+                .strip_prefix(&prefix)
+                .and_then(|v| v.parse::<u32>().ok());
+            if vni.is_some_and(|vni| state.networks.contains_key(&vni)) {
                 continue;
             }
-            match self.netlink.delete_netns(&name).await {
-                Ok(()) => tracing::info!(netns = %name, "stale overlay namespace removed"),
-                Err(err) if err.is_not_found() => {}
-                Err(err) => {
-                    tracing::warn!(netns = %name, error = %err, "cannot remove stale namespace")
-                }
+            let ns = Netns::named(&name);
+            let links = match self.netlink.list_links(&ns).await {
+                Ok(links) => links,
+                Err(err) if err.is_not_found() => continue,
+                Err(err) => return Err(err.into()),
+            };
+            if links.iter().any(|l| l.kind == LinkKind::Veth) {
+                continue;
+            }
+            match gone(self.netlink.delete_netns(&name).await) {
+                Ok(()) => tracing::info!(netns = %name, "unused overlay namespace removed"),
+                Err(err) => tracing::warn!(netns = %name, error = %err, "cannot remove namespace"),
             }
         }
+        self.sweep_gateway(&mut state).await?;
         Ok(())
     }
 
-    /// Tears down every namespace this node holds.
+    /// Tears down every namespace this node holds and the gateway bridge (when leaving the swarm).
     pub async fn clear(&self) {
         let mut state = self.state.lock().await;
+        let tasks: Vec<String> = state.tasks.keys().cloned().collect();
+        for task in tasks {
+            self.detach_gateway(&mut state, &task).await;
+        }
         state.tasks.clear();
         state.remote.clear();
-        for (_, net) in state.networks.drain() {
-            let name = net
-                .ns
-                .path()
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
-            if let Some(name) = name
-                && let Err(err) = self.netlink.delete_netns(&name).await
-                && !err.is_not_found()
-            {
+        let prefix = format!("{}-", self.prefix);
+        let names = self.netlink.list_netns(&prefix).await.unwrap_or_default();
+        state.networks.clear();
+        for name in names {
+            if let Err(err) = gone(self.netlink.delete_netns(&name).await) {
                 tracing::warn!(netns = %name, error = %err, "cannot remove overlay namespace");
             }
         }
+        state.leases = gateway::Leases::default();
+        let _ = std::fs::remove_file(self.state_dir.join("gwbridge.json"));
+        self.remove_gwbridge(&mut state).await;
     }
 }
 
@@ -138,6 +169,11 @@ fn prefix_for(state_dir: &Path) -> String {
         hash = hash.wrapping_mul(0x0100_0193);
     }
     format!("m{hash:08x}")
+}
+
+/// The first 12 characters of a task id, for interface names (15 bytes at most).
+fn short(task_id: &str) -> &str {
+    task_id.get(..12).unwrap_or(task_id)
 }
 
 /// Ignores "already exists".

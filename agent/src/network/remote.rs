@@ -1,6 +1,9 @@
 //! Remote endpoints learned by gossip: static FDB entries towards their VTEP on the network's
 //! VXLAN device, and permanent neighbour entries in the local sandboxes on that network.
 
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
 use crate::gossip::{Change, EndpointRecord};
 use crate::netlink::{FdbEntry, MacAddr, Neighbour};
 
@@ -123,6 +126,65 @@ impl Overlay {
     ) {
         for record in state.remote.values().filter(|r| r.network_id == network_id) {
             self.neighbour(link, record, true).await;
+        }
+    }
+}
+
+impl Overlay {
+    /// Removes FDB and neighbour entries towards endpoints that gossip no longer knows: those
+    /// withdrawn while this agent was not running. Called once gossip has had time to converge.
+    pub async fn sweep_entries(&self) {
+        let state = self.state.lock().await;
+        for (vni, net) in &state.networks {
+            let known: HashSet<(MacAddr, Ipv4Addr)> = state
+                .remote
+                .values()
+                .filter(|r| r.network_id == net.network_id)
+                .map(|r| (MacAddr(r.mac), r.vtep))
+                .collect();
+            let link = format!("vx{vni}");
+            let entries = match self.netlink.list_fdb(&net.ns).await {
+                Ok(entries) => entries,
+                Err(err) => {
+                    tracing::debug!(vni, error = %err, "cannot list fdb entries");
+                    continue;
+                }
+            };
+            for entry in entries.iter().filter(|e| e.link == link) {
+                if known.contains(&(entry.mac, entry.dst)) {
+                    continue;
+                }
+                match gone(self.netlink.delete_fdb(&net.ns, entry).await) {
+                    Ok(()) => {
+                        tracing::info!(vni, mac = %entry.mac, vtep = %entry.dst, "stale fdb entry removed")
+                    }
+                    Err(err) => tracing::warn!(vni, error = %err, "cannot remove fdb entry"),
+                }
+            }
+        }
+        for link in state.tasks.values().flatten() {
+            let Some(net) = state.networks.get(&link.vni) else {
+                continue;
+            };
+            let known: HashSet<(Ipv4Addr, MacAddr)> = state
+                .remote
+                .values()
+                .filter(|r| r.network_id == net.network_id)
+                .map(|r| (r.addr, MacAddr(r.mac)))
+                .collect();
+            let Ok(neighbours) = self.netlink.list_neighbours(&link.container_ns).await else {
+                continue;
+            };
+            for entry in neighbours.iter().filter(|n| n.link == link.ifname) {
+                if !known.contains(&(entry.ip, entry.mac)) {
+                    let _ = gone(
+                        self.netlink
+                            .delete_neighbour(&link.container_ns, entry)
+                            .await,
+                    );
+                    tracing::info!(ip = %entry.ip, "stale neighbour removed");
+                }
+            }
         }
     }
 }

@@ -133,7 +133,8 @@ impl Controller {
         let (Some(network), Ok(pid)) = (self.network.clone(), u32::try_from(self.pid)) else {
             return;
         };
-        if pid == 0 || self.task.networks.is_empty() {
+        // Every task gets the gateway bridge, so even one without networks has a way out.
+        if pid == 0 {
             return;
         }
         if let Err(error) = network.attach(&self.task, pid).await {

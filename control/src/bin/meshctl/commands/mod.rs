@@ -1,5 +1,6 @@
 //! One module per noun (`swarm`, `node`, `service`), one function per verb.
 
+mod info;
 mod logs;
 mod network;
 mod node;
@@ -29,6 +30,12 @@ pub enum Command {
     /// Manage networks
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Display system-wide information: the swarm and the overlay's gossip
+    Info {
+        /// Format the output: `json` for one JSON object
+        #[arg(short, long, value_parser = parse_format)]
+        format: Option<bool>,
+    },
     /// Show the meshctl and meshd version information
     Version,
 }
@@ -40,6 +47,7 @@ pub async fn run(command: Command, host: &str) -> Result<(), CliError> {
         Command::Node(command) => node::run(command, host).await,
         Command::Service(command) => service::run(command, host).await,
         Command::Network(command) => network::run(command, host).await,
+        Command::Info { format } => info::run(host, format.unwrap_or(false)).await,
         Command::Version => version::run(host).await,
     }
 }

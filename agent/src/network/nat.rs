@@ -1,0 +1,140 @@
+//! Masquerading and forwarding rules for the gateway bridge, written with `iptables` in the node's
+//! namespace as Docker writes them for `docker_gwbridge`: traffic from the bridge's subnet leaving
+//! by another interface is masqueraded, the bridge's outbound and established return traffic is
+//! forwarded past dockerd's `FORWARD` DROP policy, and sandboxes cannot talk to each other through
+//! the bridge (Docker's `enable_icc=false`).
+
+use ipnet::Ipv4Net;
+use tokio::process::Command;
+
+const COMMENT: &str = "mesh gwbridge";
+
+/// The rules, as (table, chain, match-and-target).
+fn rules(subnet: Ipv4Net, bridge: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let owned = |args: &[&str]| -> Vec<String> {
+        ["-m", "comment", "--comment", COMMENT]
+            .iter()
+            .chain(args)
+            .map(|a| (*a).to_owned())
+            .collect()
+    };
+    let subnet = subnet.to_string();
+    vec![
+        (
+            "nat",
+            "POSTROUTING",
+            owned(&["-s", &subnet, "!", "-o", bridge, "-j", "MASQUERADE"]),
+        ),
+        (
+            "filter",
+            "FORWARD",
+            owned(&["-i", bridge, "-o", bridge, "-j", "DROP"]),
+        ),
+        (
+            "filter",
+            "FORWARD",
+            owned(&["-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"]),
+        ),
+        (
+            "filter",
+            "FORWARD",
+            owned(&[
+                "-o",
+                bridge,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ]),
+        ),
+    ]
+}
+
+async fn iptables(args: &[&str]) -> Result<bool, String> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run iptables: {e}"))?;
+    Ok(out.status.success())
+}
+
+async fn iptables_ok(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run iptables: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(format!(
+        "iptables {}: {}",
+        args.join(" "),
+        stderr.lines().next().unwrap_or("failed")
+    ))
+}
+
+/// Turns on IPv4 forwarding and installs the rules that are missing.
+pub(super) async fn enable(subnet: Ipv4Net, bridge: &str) -> Result<(), String> {
+    let forward = "/proc/sys/net/ipv4/ip_forward";
+    if !std::fs::read_to_string(forward).is_ok_and(|v| v.trim() == "1") {
+        std::fs::write(forward, "1").map_err(|e| format!("cannot enable {forward}: {e}"))?;
+    }
+    // Inserted at the top in reverse, so that they end up in the order written.
+    for (table, chain, rule) in rules(subnet, bridge).into_iter().rev() {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        let check = [&["-t", table, "-C", chain][..], &rule].concat();
+        if iptables(&check).await? {
+            continue;
+        }
+        iptables_ok(&[&["-t", table, "-I", chain, "1"][..], &rule].concat()).await?;
+    }
+    Ok(())
+}
+
+/// Removes every copy of the rules; failures are logged, not returned.
+pub(super) async fn disable(subnet: Ipv4Net, bridge: &str) {
+    for (table, chain, rule) in rules(subnet, bridge) {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        let delete = [&["-t", table, "-D", chain][..], &rule].concat();
+        loop {
+            match iptables(&delete).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot remove gateway NAT rules");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masquerades_only_what_leaves_by_another_interface() {
+        let subnet: Ipv4Net = "172.18.0.0/16".parse().unwrap();
+        let rules = rules(subnet, "gw0");
+        let (table, chain, rule) = &rules[0];
+        assert_eq!((*table, *chain), ("nat", "POSTROUTING"));
+        assert_eq!(
+            rule.join(" "),
+            "-m comment --comment mesh gwbridge -s 172.18.0.0/16 ! -o gw0 -j MASQUERADE"
+        );
+        // Sandbox-to-sandbox over the bridge is dropped before the general accept.
+        let drop = rules.iter().position(|r| r.2.contains(&"DROP".to_owned()));
+        let accept = rules
+            .iter()
+            .position(|r| r.2.join(" ").contains("! -o gw0 -j ACCEPT"));
+        assert!(drop < accept);
+    }
+}

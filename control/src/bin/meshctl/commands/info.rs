@@ -1,0 +1,103 @@
+//! `meshctl info`: what the local daemon is (as `docker info`'s swarm part), and its overlay
+//! gossip member: members, endpoints and datagram counters, including those dropped unread.
+
+use std::io::Write;
+
+use mesh_proto::{InfoRequest, InfoResponse};
+use serde_json::{Value, json};
+
+use crate::error::CliError;
+
+pub async fn run(host: &str, json: bool) -> Result<(), CliError> {
+    let mut client = super::connect(host).await?;
+    let info = client.swarm.info(InfoRequest {}).await?.into_inner();
+    let mut out = std::io::stdout();
+    if json {
+        writeln!(out, "{}", to_json(&info))?;
+        return Ok(());
+    }
+    let value = to_json(&info);
+    writeln!(out, "Server Version: {}", info.version)?;
+    writeln!(
+        out,
+        "Swarm: {}",
+        value["Swarm"]["LocalNodeState"].as_str().unwrap_or("")
+    )?;
+    if !info.node_id.is_empty() {
+        writeln!(out, " NodeID: {}", info.node_id)?;
+        writeln!(out, " Is Manager: {}", info.is_manager)?;
+        writeln!(out, " ClusterID: {}", info.cluster_id)?;
+        writeln!(out, " Node Address: {}", info.node_addr)?;
+    }
+    match &info.gossip {
+        Some(g) => {
+            writeln!(out, "Gossip:")?;
+            writeln!(out, " Members: {}", g.members)?;
+            writeln!(out, " Endpoints: {}", g.endpoints)?;
+            writeln!(out, " Datagrams received: {}", g.received)?;
+            writeln!(out, " Datagrams sent: {}", g.sent)?;
+            writeln!(out, " Dropped (unknown key): {}", g.dropped_unknown_key)?;
+            writeln!(out, " Dropped (bad seal): {}", g.dropped_bad_seal)?;
+            writeln!(out, " Dropped (malformed): {}", g.dropped_malformed)?;
+        }
+        None => writeln!(out, "Gossip: not running")?,
+    }
+    Ok(())
+}
+
+fn to_json(info: &InfoResponse) -> Value {
+    let member = !info.node_id.is_empty();
+    let gossip = info.gossip.as_ref().map(|g| {
+        json!({
+            "Members": g.members,
+            "Endpoints": g.endpoints,
+            "Received": g.received,
+            "Sent": g.sent,
+            "DroppedUnknownKey": g.dropped_unknown_key,
+            "DroppedBadSeal": g.dropped_bad_seal,
+            "DroppedMalformed": g.dropped_malformed,
+        })
+    });
+    json!({
+        "ServerVersion": info.version,
+        "GitCommit": info.commit,
+        "Swarm": {
+            "LocalNodeState": if member { "active" } else { "inactive" },
+            "NodeID": info.node_id,
+            "NodeAddr": info.node_addr,
+            "ControlAvailable": info.is_manager,
+            "ClusterID": info.cluster_id,
+        },
+        "Gossip": gossip,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::GossipInfo;
+
+    #[test]
+    fn json_names_the_gossip_counters() {
+        let info = InfoResponse {
+            node_id: "n1".into(),
+            gossip: Some(GossipInfo {
+                members: 3,
+                dropped_unknown_key: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = to_json(&info);
+        assert_eq!(value["Swarm"]["LocalNodeState"], "active");
+        assert_eq!(value["Gossip"]["Members"], 3);
+        assert_eq!(value["Gossip"]["DroppedUnknownKey"], 7);
+    }
+
+    #[test]
+    fn outside_a_swarm_there_is_no_gossip() {
+        let value = to_json(&InfoResponse::default());
+        assert_eq!(value["Swarm"]["LocalNodeState"], "inactive");
+        assert!(value["Gossip"].is_null());
+    }
+}
