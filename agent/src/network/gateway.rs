@@ -206,19 +206,23 @@ impl Overlay {
             })?;
         created(self.netlink.add_address(&here, GWBRIDGE, gateway).await)?;
         self.netlink.set_up(&here, GWBRIDGE).await?;
-        nat::enable(self.gw_subnet, GWBRIDGE)
-            .await
-            .map_err(|reason| OverlayError::Attachment {
-                network: GWBRIDGE.into(),
-                reason,
-            })?;
+        if self.nat {
+            nat::enable(self.gw_subnet, GWBRIDGE)
+                .await
+                .map_err(|reason| OverlayError::Attachment {
+                    network: GWBRIDGE.into(),
+                    reason,
+                })?;
+        }
         state.leases.up = true;
         tracing::info!(bridge = GWBRIDGE, subnet = %self.gw_subnet, "gateway bridge up");
         Ok(())
     }
 
     pub(super) async fn remove_gwbridge(&self, state: &mut State) {
-        nat::disable(self.gw_subnet, GWBRIDGE).await;
+        if self.nat {
+            nat::disable(self.gw_subnet, GWBRIDGE).await;
+        }
         match gone(self.netlink.delete_link(&Netns::current(), GWBRIDGE).await) {
             Ok(()) => tracing::info!(bridge = GWBRIDGE, "gateway bridge removed"),
             Err(err) => tracing::warn!(error = %err, "cannot remove the gateway bridge"),

@@ -63,6 +63,8 @@ pub struct Overlay {
     node_id: String,
     vtep: Ipv4Addr,
     gw_subnet: Ipv4Net,
+    /// Whether the gateway bridge gets its iptables rules (off only in unit tests).
+    nat: bool,
     state_dir: PathBuf,
     state: Mutex<State>,
 }
@@ -89,9 +91,17 @@ impl Overlay {
             node_id,
             vtep,
             gw_subnet,
+            nat: true,
             state_dir: state_dir.to_owned(),
             state: Mutex::new(state),
         }
+    }
+
+    /// Leaves iptables alone, for tests against a fake netlink that must not touch the host.
+    #[cfg(test)]
+    fn without_nat(mut self) -> Self {
+        self.nat = false;
+        self
     }
 
     /// The prefix of this node's namespace names.
@@ -193,7 +203,10 @@ fn gone(result: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod prefix_tests {
     use super::*;
 
     #[test]

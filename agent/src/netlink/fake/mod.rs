@@ -30,6 +30,21 @@ impl FakeNetlink {
         self.lock().spaces.entry(ns).or_default();
     }
 
+    /// Destroys a namespace this fake did not create, with its links and their veth peers, as
+    /// the kernel does when a container's last process exits.
+    pub fn delete_netns_path(&self, ns: &Netns) {
+        let mut state = self.lock();
+        let names: Vec<String> = state
+            .spaces
+            .get(ns)
+            .map(|s| s.links.keys().cloned().collect())
+            .unwrap_or_default();
+        for link in names {
+            state.remove_link(ns, &link);
+        }
+        state.spaces.remove(ns);
+    }
+
     /// Every call so far, as `"operation args"` lines.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()

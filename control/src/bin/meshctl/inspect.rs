@@ -74,6 +74,16 @@ pub struct TaskTemplateJson {
     pub restart_policy: RestartPolicyJson,
     pub placement: PlacementJson,
     pub force_update: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachmentJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkAttachmentJson {
+    pub target: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -251,6 +261,14 @@ pub fn service_json(service: &Service) -> ServiceJson {
                     max_replicas: placement.max_replicas,
                 },
                 force_update: task.force_update,
+                networks: task
+                    .networks
+                    .into_iter()
+                    .map(|n| NetworkAttachmentJson {
+                        target: n.target,
+                        aliases: n.aliases,
+                    })
+                    .collect(),
             },
             mode: match spec.mode {
                 Some(ProtoMode::Global(_)) => ModeJson::Global {},

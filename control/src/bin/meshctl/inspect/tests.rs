@@ -2,9 +2,9 @@
 
 use super::*;
 use mesh_proto::{
-    Annotations, ContainerSpec, ManagerStatus, Meta, Mount, NodeDescription, NodeSpec, NodeStatus,
-    Placement, PlacementPreference, Platform, ReplicatedService, ResourceRequirements, Resources,
-    ServiceSpec, TaskSpec, Version,
+    Annotations, ContainerSpec, ManagerStatus, Meta, Mount, NetworkAttachmentConfig,
+    NodeDescription, NodeSpec, NodeStatus, Placement, PlacementPreference, Platform,
+    ReplicatedService, ResourceRequirements, Resources, ServiceSpec, TaskSpec, Version,
 };
 use serde_json::json;
 
@@ -52,6 +52,10 @@ fn service_has_docker_keys() {
                     ..Default::default()
                 }),
                 force_update: 3,
+                networks: vec![NetworkAttachmentConfig {
+                    target: "n1d".into(),
+                    aliases: vec![],
+                }],
                 ..Default::default()
             }),
             mode: Some(ProtoMode::Replicated(ReplicatedService { replicas: 3 })),
@@ -83,6 +87,7 @@ fn service_has_docker_keys() {
                     "MaxReplicas": 2,
                 },
                 "ForceUpdate": 3,
+                "Networks": [{"Target": "n1d"}],
             },
             "Mode": {"Replicated": {"Replicas": 3}},
         },
