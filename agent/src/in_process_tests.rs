@@ -69,6 +69,7 @@ fn spec(name: &str, replicas: u64) -> ServiceSpec {
             ..Default::default()
         }),
         mode: Some(Mode::Replicated(ReplicatedService { replicas })),
+        endpoint: None,
     }
 }
 

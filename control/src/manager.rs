@@ -98,14 +98,29 @@ impl Manager {
         })
     }
 
-    /// `swarm init`: forms a one-manager group and writes the cluster and this node's objects.
+    /// `swarm init`: forms a one-manager group and writes the cluster, this node's objects and
+    /// the routing mesh's `ingress` overlay network (allocated from the default pool, as Swarm's).
     pub async fn bootstrap(&self, cluster: Cluster, node: Node) -> Result<(), ManagerError> {
         self.raft.initialize().await?;
         self.wait_leader(Duration::from_secs(10)).await?;
+        let ingress = mesh_proto::Network {
+            id: crate::store::new_id(),
+            spec: Some(mesh_proto::NetworkSpec {
+                annotations: Some(mesh_proto::Annotations {
+                    name: "ingress".into(),
+                    ..Default::default()
+                }),
+                driver: "overlay".into(),
+                ingress: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         self.store
             .update(|tx| {
-                tx.create(cluster)?;
-                tx.create(node)
+                tx.create(cluster.clone())?;
+                tx.create(node.clone())?;
+                tx.create(ingress.clone())
             })
             .await?;
         Ok(())

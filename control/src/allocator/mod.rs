@@ -6,8 +6,9 @@
 pub mod ipam;
 mod networks;
 pub mod pools;
+mod services;
 
-use mesh_proto::{Cluster, Network, Task};
+use mesh_proto::{Cluster, Network, Service, Task};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::{broadcast::error::RecvError, watch};
@@ -34,6 +35,8 @@ struct State {
     blocked: BTreeSet<String>,
     /// NEW tasks, including those waiting for a network.
     tasks: BTreeSet<String>,
+    /// Services whose virtual IPs may not match their spec.
+    services: BTreeSet<String>,
 }
 
 fn pool_config(tx: &ReadTx<'_>) -> PoolConfig {
@@ -48,7 +51,12 @@ fn pool_config(tx: &ReadTx<'_>) -> PoolConfig {
 }
 
 fn rebuild(tx: &ReadTx<'_>, config: PoolConfig) -> Pools {
-    let (pools, errors) = Pools::rebuild(config, &tx.list::<Network>(), &tx.list::<Task>());
+    let (pools, errors) = Pools::rebuild(
+        config,
+        &tx.list::<Network>(),
+        &tx.list::<Task>(),
+        &tx.list::<Service>(),
+    );
     for error in errors {
         tracing::error!(error = %error, "allocation in the store not marked");
     }
@@ -68,6 +76,7 @@ impl State {
                 .collect(),
             blocked: BTreeSet::new(),
             tasks: tx.find::<Task>(is_new).into_iter().map(|t| t.id).collect(),
+            services: tx.list::<Service>().into_iter().map(|s| s.id).collect(),
         }
     }
 
@@ -80,6 +89,13 @@ impl State {
                 self.unblock();
             } else if network.allocation.is_none() {
                 self.networks.insert(network.id.clone());
+            }
+        } else if let Some(service) = event.as_a::<Service>() {
+            if event.is_delete() {
+                self.pools.release_task(&pools::vip_owner(&service.id));
+                self.services.remove(&service.id);
+            } else {
+                self.services.insert(service.id.clone());
             }
         } else if let Some(task) = event.as_a::<Task>() {
             if event.is_delete() {
@@ -147,6 +163,11 @@ impl Allocator {
                 &mut state.blocked,
             )
             .await;
+        }
+        if result.is_ok() && !state.services.is_empty() {
+            result =
+                services::allocate_services(&self.store, &mut state.pools, &mut state.services)
+                    .await;
         }
         if result.is_ok() && !state.tasks.is_empty() {
             result =

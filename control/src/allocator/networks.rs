@@ -2,7 +2,9 @@
 //! network a new task attaches to. Pools change in memory first; when a write fails the caller
 //! rebuilds them from the store.
 
-use mesh_proto::{Meta, Network, NetworkAttachment, Task, TaskState, TaskStatus};
+use mesh_proto::{
+    Meta, Network, NetworkAttachment, NetworkAttachmentConfig, Service, Task, TaskState, TaskStatus,
+};
 use std::collections::BTreeSet;
 
 use super::pools::Pools;
@@ -72,7 +74,7 @@ enum Outcome {
 }
 
 /// The network a task's target names: by id, else by name.
-fn resolve<'a>(networks: &'a [Network], target: &str) -> Option<&'a Network> {
+pub(super) fn resolve<'a>(networks: &'a [Network], target: &str) -> Option<&'a Network> {
     networks.iter().find(|n| n.id == target).or_else(|| {
         networks.iter().find(|n| {
             n.spec
@@ -83,11 +85,37 @@ fn resolve<'a>(networks: &'a [Network], target: &str) -> Option<&'a Network> {
     })
 }
 
-fn attach(pools: &mut Pools, networks: &[Network], task: &Task) -> Outcome {
-    let targets = task.spec.as_ref().map(|s| s.networks.as_slice());
+/// The task's attachments: its spec's networks, and the ingress network when its service
+/// publishes ports through the routing mesh.
+fn attach(
+    pools: &mut Pools,
+    networks: &[Network],
+    service: Option<&Service>,
+    task: &Task,
+) -> Outcome {
+    let mut targets: Vec<NetworkAttachmentConfig> = task
+        .spec
+        .as_ref()
+        .map(|s| s.networks.clone())
+        .unwrap_or_default();
+    if service.is_some_and(super::services::publishes_ingress) {
+        let Some(ingress) = super::services::ingress(networks) else {
+            return Outcome::Wait("waiting for the ingress network".into());
+        };
+        if resolve(networks, &ingress.id).is_some()
+            && !targets
+                .iter()
+                .any(|t| resolve(networks, &t.target).is_some_and(|n| n.id == ingress.id))
+        {
+            targets.push(NetworkAttachmentConfig {
+                target: ingress.id.clone(),
+                aliases: Vec::new(),
+            });
+        }
+    }
     let mut attachments = Vec::new();
     pools.release_task(&task.id);
-    for target in targets.unwrap_or_default() {
+    for target in &targets {
         let Some(network) = resolve(networks, &target.target) else {
             pools.release_task(&task.id);
             return Outcome::Reject(format!("network {} not found", target.target));
@@ -168,7 +196,8 @@ pub(super) async fn allocate_tasks(
             tasks.sort_by_key(|t| (written_at(t.meta.as_ref()), t.id.clone()));
             for mut task in tasks {
                 let id = task.id.clone();
-                match attach(pools, &networks, &task) {
+                let service = tx.get::<Service>(&task.service_id);
+                match attach(pools, &networks, service.as_ref(), &task) {
                     Outcome::Attached(attachments) => {
                         task.networks = attachments;
                         set_status(tx, task, TaskState::Pending, "pending task scheduling", "")?;

@@ -2,7 +2,7 @@
 //! networks and tasks. Pure: the reconciler decides when to write.
 
 use ipnet::Ipv4Net;
-use mesh_proto::{IpamConfig, Network, NetworkAllocation, Task};
+use mesh_proto::{IpamConfig, Network, NetworkAllocation, Service, Task};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -14,7 +14,7 @@ pub struct Pools {
     vnis: VniPool,
     /// Address pools of allocated networks, by network id.
     networks: HashMap<String, AddressPool>,
-    /// What each task holds: (network id, address).
+    /// What each task (or service, see [`vip_owner`]) holds: (network id, address).
     tasks: HashMap<String, Vec<(String, Ipv4Addr)>>,
 }
 
@@ -38,6 +38,11 @@ fn parse_optional<T: std::str::FromStr>(
     })
 }
 
+/// The owner a service's virtual IPs are held under (task ids never contain `/`).
+pub fn vip_owner(service_id: &str) -> String {
+    format!("vip/{service_id}")
+}
+
 impl Pools {
     pub fn new(config: PoolConfig) -> Self {
         Self {
@@ -57,6 +62,7 @@ impl Pools {
         config: PoolConfig,
         networks: &[Network],
         tasks: &[Task],
+        services: &[Service],
     ) -> (Self, Vec<String>) {
         let mut pools = Self::new(config);
         let mut errors = Vec::new();
@@ -68,6 +74,11 @@ impl Pools {
         for task in tasks {
             for err in pools.mark_task(task) {
                 errors.push(format!("task {}: {err}", task.id));
+            }
+        }
+        for service in services {
+            for err in pools.mark_vips(service) {
+                errors.push(format!("service {}: {err}", service.id));
             }
         }
         (pools, errors)
@@ -152,24 +163,46 @@ impl Pools {
 
     /// Marks the addresses a task's attachments hold.
     pub fn mark_task(&mut self, task: &Task) -> Vec<IpamError> {
+        let held = task.networks.iter().flat_map(|attachment| {
+            attachment
+                .addresses
+                .iter()
+                .map(|address| (attachment.network_id.as_str(), address.as_str()))
+        });
+        self.mark(&task.id, held)
+    }
+
+    /// Marks the virtual IPs a service's endpoint holds.
+    pub fn mark_vips(&mut self, service: &Service) -> Vec<IpamError> {
+        let vips = service.endpoint.iter().flat_map(|e| {
+            e.virtual_ips
+                .iter()
+                .map(|v| (v.network_id.as_str(), v.addr.as_str()))
+        });
+        self.mark(&vip_owner(&service.id), vips)
+    }
+
+    fn mark<'a>(
+        &mut self,
+        owner: &str,
+        held: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<IpamError> {
         let mut errors = Vec::new();
-        for attachment in &task.networks {
-            let Some(pool) = self.networks.get_mut(&attachment.network_id) else {
+        for (network_id, address) in held {
+            let Some(pool) = self.networks.get_mut(network_id) else {
                 continue;
             };
-            for address in &attachment.addresses {
-                let marked = parse_address(address).and_then(|a| {
-                    pool.reserve(&task.id, a)?;
-                    Ok(a)
-                });
-                match marked {
-                    Ok(a) => self
-                        .tasks
-                        .entry(task.id.clone())
-                        .or_default()
-                        .push((attachment.network_id.clone(), a)),
-                    Err(err) => errors.push(err),
-                }
+            let marked = parse_address(address).and_then(|a| {
+                pool.reserve(owner, a)?;
+                Ok(a)
+            });
+            match marked {
+                Ok(a) => self
+                    .tasks
+                    .entry(owner.to_string())
+                    .or_default()
+                    .push((network_id.to_string(), a)),
+                Err(err) => errors.push(err),
             }
         }
         errors
@@ -252,7 +285,7 @@ mod tests {
             task("t2", "n1", "10.0.0.2/24"),
             task("t3", "gone", "10.9.0.2/24"),
         ];
-        let (mut pools, errors) = Pools::rebuild(PoolConfig::default(), &networks, &tasks);
+        let (mut pools, errors) = Pools::rebuild(PoolConfig::default(), &networks, &tasks, &[]);
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("network n2: VXLAN id 4096 is already held by n1"));
         assert!(pools.is_allocated("n1") && !pools.is_allocated("pending"));

@@ -251,3 +251,142 @@ async fn a_rebuilt_allocator_never_hands_out_held_addresses() {
     assert_eq!(all.len(), 10, "{first:?} {second:?}");
     h.stop.send_replace(true);
 }
+
+/// A service on `targets` with `ports` published (in ingress mode) and the given endpoint mode.
+async fn service(
+    h: &Harness,
+    targets: &[&str],
+    ports: &[u32],
+    mode: mesh_proto::EndpointMode,
+) -> String {
+    use mesh_proto::{Endpoint, EndpointSpec, PortConfig, Service, ServiceSpec};
+    let spec = EndpointSpec {
+        mode: mode as i32,
+        ports: ports
+            .iter()
+            .map(|p| PortConfig {
+                target_port: *p,
+                published_port: *p,
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let service = Service {
+        id: new_id(),
+        spec: Some(ServiceSpec {
+            task: Some(TaskSpec {
+                networks: targets
+                    .iter()
+                    .map(|t| NetworkAttachmentConfig {
+                        target: t.to_string(),
+                        aliases: vec![],
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            endpoint: Some(spec.clone()),
+            ..Default::default()
+        }),
+        endpoint: Some(Endpoint {
+            ports: spec.ports.clone(),
+            spec: Some(spec),
+            virtual_ips: vec![],
+        }),
+        ..Default::default()
+    };
+    let id = service.id.clone();
+    h.store
+        .update(|tx| tx.create(service))
+        .await
+        .expect("create service");
+    id
+}
+
+async fn vips(h: &Harness, id: &str, count: usize) -> Vec<(String, String)> {
+    h.wait("virtual IPs", |tx| {
+        let service = tx.get::<mesh_proto::Service>(id)?;
+        let vips: Vec<(String, String)> = service
+            .endpoint?
+            .virtual_ips
+            .into_iter()
+            .map(|v| (v.network_id, v.addr))
+            .collect();
+        (vips.len() == count).then_some(vips)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vip_services_get_one_address_per_network_that_no_task_gets() {
+    use mesh_proto::EndpointMode;
+    let h = Harness::start();
+    let net = h.network("front", "10.5.0.0/24").await;
+    h.allocation(&net).await;
+    let svc = service(&h, &["front"], &[], EndpointMode::Vip).await;
+    let held = vips(&h, &svc, 1).await;
+    assert_eq!(held[0].0, net);
+    let tasks = h.tasks(3, &["front"]).await;
+    let addresses = h.addresses(&tasks).await;
+    assert!(!addresses.contains(&held[0].1), "{held:?} {addresses:?}");
+
+    // dnsrr services get none, and a VIP goes back to the pool when its service goes.
+    let rr = service(&h, &["front"], &[], EndpointMode::Dnsrr).await;
+    let other = service(&h, &["front"], &[], EndpointMode::Vip).await;
+    let second = vips(&h, &other, 1).await;
+    assert_ne!(second[0].1, held[0].1);
+    assert!(vips(&h, &rr, 0).await.is_empty());
+    h.delete::<mesh_proto::Service>(std::slice::from_ref(&svc))
+        .await;
+    h.delete::<mesh_proto::Service>(std::slice::from_ref(&other))
+        .await;
+    let again = service(&h, &["front"], &[], EndpointMode::Vip).await;
+    assert_eq!(vips(&h, &again, 1).await[0].1, held[0].1);
+}
+
+#[tokio::test]
+async fn publishing_through_ingress_attaches_vip_and_tasks_to_the_ingress_network() {
+    use mesh_proto::EndpointMode;
+    let h = Harness::start();
+    let ingress = Network {
+        id: new_id(),
+        spec: Some(NetworkSpec {
+            annotations: Some(Annotations {
+                name: "ingress".into(),
+                ..Default::default()
+            }),
+            driver: "overlay".into(),
+            ingress: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ingress_id = ingress.id.clone();
+    h.store
+        .update(|tx| tx.create(ingress))
+        .await
+        .expect("create ingress");
+    h.allocation(&ingress_id).await;
+    let svc = service(&h, &[], &[8080], EndpointMode::Vip).await;
+    let held = vips(&h, &svc, 1).await;
+    assert_eq!(held[0].0, ingress_id);
+    let task = Task {
+        id: new_id(),
+        service_id: svc.clone(),
+        spec: Some(TaskSpec::default()),
+        desired_state: TaskState::Running as i32,
+        ..Default::default()
+    };
+    let task_id = task.id.clone();
+    h.store
+        .update(|tx| tx.create(task))
+        .await
+        .expect("create task");
+    let attached = h
+        .wait("the task on ingress", |tx| {
+            let task = tx.get::<Task>(&task_id)?;
+            (task.status?.state == TaskState::Pending as i32).then_some(task.networks)
+        })
+        .await;
+    assert_eq!(attached.len(), 1);
+    assert_eq!(attached[0].network_id, ingress_id);
+}

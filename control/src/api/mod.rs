@@ -7,6 +7,7 @@ mod error;
 mod networks;
 mod node_ca;
 mod nodes;
+pub mod ports;
 mod resolve;
 mod services;
 mod validate;

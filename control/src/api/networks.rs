@@ -142,11 +142,18 @@ pub(super) async fn remove(
             let network = resolve::network(tx, &req.network_id)?;
             let name = resolve::network_name(&network).to_string();
             let uses = |target: &str| target == network.id || target == name;
+            let ingress = network.spec.as_ref().is_some_and(|s| s.ingress);
             let services = tx.find::<Service>(|s| {
-                s.spec
-                    .as_ref()
-                    .and_then(|s| s.task.as_ref())
-                    .is_some_and(|t| t.networks.iter().any(|n| uses(&n.target)))
+                let publishes = s
+                    .endpoint
+                    .iter()
+                    .flat_map(|e| &e.ports)
+                    .any(|p| p.publish_mode() == mesh_proto::PublishMode::Ingress);
+                (ingress && publishes)
+                    || s.spec
+                        .as_ref()
+                        .and_then(|s| s.task.as_ref())
+                        .is_some_and(|t| t.networks.iter().any(|n| uses(&n.target)))
             });
             if let Some(service) = services.first() {
                 return Err(StoreError::InvalidArgument(format!(

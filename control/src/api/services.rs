@@ -2,16 +2,16 @@
 
 use futures::StreamExt;
 use mesh_proto::{
-    CreateServiceRequest, GetServiceRequest, ListServicesResponse, ListTasksRequest,
-    ListTasksResponse, LogMessage, RemoveServiceRequest, Service, ServiceLogsRequest, ServiceSpec,
-    Task, TaskState, UpdateServiceRequest, service_spec::Mode,
+    CreateServiceRequest, Endpoint, EndpointSpec, GetServiceRequest, ListServicesResponse,
+    ListTasksRequest, ListTasksResponse, LogMessage, RemoveServiceRequest, Service,
+    ServiceLogsRequest, ServiceSpec, Task, TaskState, UpdateServiceRequest, service_spec::Mode,
 };
 use std::collections::HashMap;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{ManagerContext, Stream, resolve, status, validate};
-use crate::store::{Kind, Read, StoreError, new_id};
+use super::{ManagerContext, Stream, ports, resolve, status, validate};
+use crate::store::{Kind, Read, StoreError, WriteTx, new_id};
 
 pub(super) fn get(context: &ManagerContext, req: GetServiceRequest) -> Result<Service, Status> {
     context
@@ -33,6 +33,7 @@ pub(super) async fn create(
     }
     let name = annotations.name.clone();
     validate::service_spec(&spec).map_err(Status::invalid_argument)?;
+    let spec_endpoint = spec.endpoint.clone().unwrap_or_default();
     let service = Service {
         id: new_id(),
         spec: Some(spec),
@@ -53,6 +54,8 @@ pub(super) async fn create(
                 });
             }
             check_networks(tx, service.spec.as_ref())?;
+            let mut service = service.clone();
+            service.endpoint = Some(endpoint(tx, &service.id, &spec_endpoint, None)?);
             tx.create(service)
         })
         .await
@@ -96,6 +99,8 @@ pub(super) async fn update(
                 ));
             }
             check_networks(tx, Some(&spec))?;
+            let wanted = spec.endpoint.clone().unwrap_or_default();
+            service.endpoint = Some(endpoint(tx, &service.id, &wanted, service.endpoint.take())?);
             if old.task != spec.task {
                 service.spec_version += 1;
             }
@@ -108,6 +113,25 @@ pub(super) async fn update(
         .await
         .map_err(status)?;
     get(context, GetServiceRequest { reference: id })
+}
+
+/// The service's endpoint for `spec`: published ports assigned (keeping those `previous` gave),
+/// virtual IPs carried over for the allocator to adjust.
+fn endpoint(
+    tx: &WriteTx<'_>,
+    id: &str,
+    spec: &EndpointSpec,
+    previous: Option<Endpoint>,
+) -> Result<Endpoint, StoreError> {
+    let previous = previous.unwrap_or_default();
+    let services = tx.list::<Service>();
+    let ports =
+        ports::assign(id, spec, &previous.ports, &services).map_err(StoreError::InvalidArgument)?;
+    Ok(Endpoint {
+        spec: Some(spec.clone()),
+        ports,
+        virtual_ips: previous.virtual_ips,
+    })
 }
 
 pub(super) async fn remove(

@@ -104,6 +104,9 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
             return Err("max replicas per node applies only to replicated services".into());
         }
     }
+    if let Some(endpoint) = &spec.endpoint {
+        super::ports::validate(endpoint)?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,10 @@
 //! Parsers for single flag values (`512M`, `0.5`, `1m30s`, `type=bind,source=/a,target=/b`, `K=V`),
 //! used by clap as value parsers so that every bad value is refused before any request is made.
 
-use mesh_proto::{Mount, MountType, NodeAvailability, PullPolicy, RestartCondition, TaskState};
+use mesh_proto::{
+    EndpointMode, Mount, MountType, NodeAvailability, PortConfig, PortProtocol, PublishMode,
+    PullPolicy, RestartCondition, TaskState,
+};
 use std::collections::HashMap;
 
 /// A flag value that does not parse. Each message is one line and names the value.
@@ -48,6 +51,8 @@ pub enum FlagError {
     Words(String),
     #[error("invalid address {0:?}: expected IP, IP:PORT, HOST:PORT or an interface name")]
     Addr(String),
+    #[error("invalid publish {value:?}: {reason}")]
+    Publish { value: String, reason: String },
 }
 
 /// A Go-style duration (`10s`, `1m30s`, `500ms`, `0`) in nanoseconds.
@@ -421,3 +426,69 @@ pub fn parse_mount(value: &str) -> Result<Mount, FlagError> {
 
 #[cfg(test)]
 mod tests;
+
+/// `--endpoint-mode vip|dnsrr`.
+pub fn parse_endpoint_mode(value: &str) -> Result<EndpointMode, FlagError> {
+    let table = [("vip", EndpointMode::Vip), ("dnsrr", EndpointMode::Dnsrr)];
+    choice("endpoint mode", "vip or dnsrr", &table, value)
+}
+
+/// A port number 1–65535.
+fn parse_port(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(port) if (1..=65535).contains(&port) => Ok(port),
+        _ => Err(format!("invalid port {value:?}: expected 1-65535")),
+    }
+}
+
+/// `--publish` as Docker reads it: `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]`,
+/// or `[P:]T[/tcp|/udp]`; without a published port one is picked from 30000–32767.
+pub fn parse_publish(value: &str) -> Result<PortConfig, FlagError> {
+    let fail = |reason: String| FlagError::Publish {
+        value: value.to_string(),
+        reason,
+    };
+    let mut port = PortConfig::default();
+    if value.contains('=') {
+        for field in value.split(',').filter(|f| !f.is_empty()) {
+            let (key, val) = field.split_once('=').unwrap_or((field, ""));
+            match key.trim().to_ascii_lowercase().as_str() {
+                "published" => port.published_port = parse_port(val).map_err(fail)?,
+                "target" => port.target_port = parse_port(val).map_err(fail)?,
+                "protocol" => {
+                    let table = [("tcp", PortProtocol::Tcp), ("udp", PortProtocol::Udp)];
+                    let protocol = choice("protocol", "tcp or udp", &table, val)
+                        .map_err(|e| fail(e.to_string()))?;
+                    port.protocol = protocol as i32;
+                }
+                "mode" => {
+                    let table = [
+                        ("ingress", PublishMode::Ingress),
+                        ("host", PublishMode::Host),
+                    ];
+                    let mode = choice("publish mode", "ingress or host", &table, val)
+                        .map_err(|e| fail(e.to_string()))?;
+                    port.publish_mode = mode as i32;
+                }
+                other => return Err(fail(format!("unknown field {other:?}"))),
+            }
+        }
+    } else {
+        let (ports, protocol) = value.split_once('/').unwrap_or((value, "tcp"));
+        let table = [("tcp", PortProtocol::Tcp), ("udp", PortProtocol::Udp)];
+        let protocol =
+            choice("protocol", "tcp or udp", &table, protocol).map_err(|e| fail(e.to_string()))?;
+        port.protocol = protocol as i32;
+        match ports.split_once(':') {
+            Some((published, target)) => {
+                port.published_port = parse_port(published).map_err(fail)?;
+                port.target_port = parse_port(target).map_err(fail)?;
+            }
+            None => port.target_port = parse_port(ports).map_err(fail)?,
+        }
+    }
+    if port.target_port == 0 {
+        return Err(fail("target is required".to_string()));
+    }
+    Ok(port)
+}

@@ -63,7 +63,83 @@ pub enum ModeJson {
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EndpointJson {
-    pub spec: BTreeMap<String, String>,
+    pub spec: EndpointSpecJson,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortJson>,
+    #[serde(rename = "VirtualIPs", skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<VirtualIpJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSpecJson {
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortJson {
+    pub protocol: &'static str,
+    pub target_port: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub published_port: u32,
+    pub publish_mode: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct VirtualIpJson {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "Addr")]
+    pub addr: String,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn port_json(port: &mesh_proto::PortConfig) -> PortJson {
+    PortJson {
+        protocol: match port.protocol() {
+            mesh_proto::PortProtocol::Tcp => "tcp",
+            mesh_proto::PortProtocol::Udp => "udp",
+        },
+        target_port: port.target_port,
+        published_port: port.published_port,
+        publish_mode: match port.publish_mode() {
+            mesh_proto::PublishMode::Ingress => "ingress",
+            mesh_proto::PublishMode::Host => "host",
+        },
+    }
+}
+
+fn endpoint_json(service: &Service) -> EndpointJson {
+    let endpoint = service.endpoint.clone().unwrap_or_default();
+    let spec = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.endpoint.clone())
+        .unwrap_or_default();
+    EndpointJson {
+        spec: EndpointSpecJson {
+            mode: match spec.mode() {
+                mesh_proto::EndpointMode::Vip => "vip",
+                mesh_proto::EndpointMode::Dnsrr => "dnsrr",
+            },
+            ports: spec.ports.iter().map(port_json).collect(),
+        },
+        ports: endpoint.ports.iter().map(port_json).collect(),
+        virtual_ips: endpoint
+            .virtual_ips
+            .iter()
+            .map(|v| VirtualIpJson {
+                network_id: v.network_id.clone(),
+                addr: v.addr.clone(),
+            })
+            .collect(),
+    }
 }
 
 #[derive(Serialize)]
@@ -278,9 +354,7 @@ pub fn service_json(service: &Service) -> ServiceJson {
                 None => ModeJson::Replicated { replicas: 0 },
             },
         },
-        endpoint: EndpointJson {
-            spec: BTreeMap::new(),
-        },
+        endpoint: endpoint_json(service),
     }
 }
 

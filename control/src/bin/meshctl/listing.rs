@@ -21,6 +21,24 @@ pub struct ServiceRow {
     pub mode: String,
     pub replicas: String,
     pub image: String,
+    pub ports: String,
+}
+
+/// Published ports as `docker service ls` shows them: `*:8080->80/tcp`, comma-separated.
+pub fn ports_text(service: &Service) -> String {
+    service
+        .endpoint
+        .iter()
+        .flat_map(|e| &e.ports)
+        .map(|p| {
+            let protocol = match p.protocol() {
+                mesh_proto::PortProtocol::Tcp => "tcp",
+                mesh_proto::PortProtocol::Udp => "udp",
+            };
+            format!("*:{}->{}/{protocol}", p.published_port, p.target_port)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The rows of `service ls`, sorted by name.
@@ -71,6 +89,7 @@ fn service_row(service: &Service, response: &ListServicesResponse) -> ServiceRow
         mode: mode.to_string(),
         replicas,
         image: short_image(image).to_string(),
+        ports: ports_text(service),
     }
 }
 
@@ -257,12 +276,13 @@ impl Row for ServiceRow {
             mode,
             replicas,
             image,
+            ports,
         } = self.clone();
-        vec![id, name, mode, replicas, image, String::new()]
+        vec![id, name, mode, replicas, image, ports]
     }
     fn json(&self) -> Value {
         json!({"ID": self.id, "Name": self.name, "Mode": self.mode, "Replicas": self.replicas,
-               "Image": self.image, "Ports": ""})
+               "Image": self.image, "Ports": self.ports})
     }
     fn id(&self) -> &str {
         &self.id

@@ -4,17 +4,18 @@
 
 use crate::error::CliError;
 use crate::flags::{
-    parse_bytes, parse_count, parse_duration_ns, parse_env, parse_label, parse_mode_global,
-    parse_mount, parse_name, parse_nano_cpus, parse_placement_pref, parse_pull, parse_replicas,
-    parse_restart_condition,
+    parse_bytes, parse_count, parse_duration_ns, parse_endpoint_mode, parse_env, parse_label,
+    parse_mode_global, parse_mount, parse_name, parse_nano_cpus, parse_placement_pref,
+    parse_publish, parse_pull, parse_replicas, parse_restart_condition,
 };
 use clap::Args;
 use mesh_control::scheduler::constraint::{Constraint, ConstraintError};
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{
-    Annotations, ContainerSpec, GlobalService, Mount, NetworkAttachmentConfig, Placement,
-    PlacementPreference, PullPolicy, ReplicatedService, ResourceRequirements, Resources,
-    RestartCondition, RestartPolicy, ServiceSpec, TaskSpec,
+    Annotations, ContainerSpec, EndpointMode, EndpointSpec, GlobalService, Mount,
+    NetworkAttachmentConfig, Placement, PlacementPreference, PortConfig, PullPolicy,
+    ReplicatedService, ResourceRequirements, Resources, RestartCondition, RestartPolicy,
+    ServiceSpec, TaskSpec,
 };
 
 fn parse_constraint(value: &str) -> Result<String, ConstraintError> {
@@ -217,6 +218,12 @@ pub struct CreateFlags {
     /// Network attachments
     #[arg(long = "network", value_name = "NETWORK", value_parser = parse_network)]
     pub networks: Vec<String>,
+    /// Publish a port: published=P,target=T[,protocol=tcp|udp][,mode=ingress|host] or P:T[/udp]
+    #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = parse_publish)]
+    pub publish: Vec<PortConfig>,
+    /// Endpoint mode: vip (one virtual IP per network) or dnsrr (DNS round robin)
+    #[arg(long, value_name = "MODE", value_parser = parse_endpoint_mode)]
+    pub endpoint_mode: Option<EndpointMode>,
     /// Add a placement preference (spread=node.labels.KEY)
     #[arg(long = "placement-pref", value_name = "PREF", value_parser = parse_placement_pref)]
     pub placement_prefs: Vec<String>,
@@ -293,8 +300,20 @@ impl CreateFlags {
             }),
             task: Some(task),
             mode: Some(mode),
+            endpoint: endpoint(
+                self.endpoint_mode.unwrap_or(EndpointMode::Vip),
+                &self.publish,
+            ),
         })
     }
+}
+
+/// The endpoint spec, absent when it says nothing beyond the defaults.
+fn endpoint(mode: EndpointMode, ports: &[PortConfig]) -> Option<EndpointSpec> {
+    (mode != EndpointMode::Vip || !ports.is_empty()).then(|| EndpointSpec {
+        mode: mode as i32,
+        ports: ports.to_vec(),
+    })
 }
 
 /// Refuses what cannot be an image reference, before the daemon is asked.

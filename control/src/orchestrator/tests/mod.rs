@@ -62,6 +62,7 @@ fn service(name: &str, mode: service_spec::Mode, restart: Option<RestartPolicy>)
                 ..Default::default()
             }),
             mode: Some(mode),
+            endpoint: None,
         }),
         spec_version: 1,
         ..Default::default()

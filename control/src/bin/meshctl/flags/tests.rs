@@ -299,3 +299,63 @@ fn shell_words() {
         );
     }
 }
+
+#[test]
+fn publish_reads_both_syntaxes() {
+    let long = parse_publish("published=8080,target=80,protocol=udp,mode=host").unwrap();
+    assert_eq!(
+        (
+            long.published_port,
+            long.target_port,
+            long.protocol(),
+            long.publish_mode()
+        ),
+        (8080, 80, PortProtocol::Udp, PublishMode::Host)
+    );
+    let short = parse_publish("8080:80").unwrap();
+    assert_eq!(
+        (
+            short.published_port,
+            short.target_port,
+            short.protocol(),
+            short.publish_mode()
+        ),
+        (8080, 80, PortProtocol::Tcp, PublishMode::Ingress)
+    );
+    let udp = parse_publish("53:5353/udp").unwrap();
+    assert_eq!(
+        (udp.published_port, udp.target_port, udp.protocol()),
+        (53, 5353, PortProtocol::Udp)
+    );
+    let target_only = parse_publish("target=80").unwrap();
+    assert_eq!(
+        (target_only.published_port, target_only.target_port),
+        (0, 80)
+    );
+    assert_eq!(parse_publish("80").unwrap().published_port, 0);
+}
+
+#[test]
+fn publish_refuses_what_is_not_a_port() {
+    for (value, reason) in [
+        ("published=8080", "target is required"),
+        ("published=0,target=80", "expected 1-65535"),
+        ("8080:70000", "expected 1-65535"),
+        ("8080:80/sctp", "tcp or udp"),
+        ("target=80,mode=routed", "ingress or host"),
+        ("target=80,colour=red", "unknown field"),
+        ("x:80", "invalid port"),
+        ("", "invalid port"),
+    ] {
+        let err = parse_publish(value).unwrap_err().to_string();
+        assert!(err.contains(reason), "{value:?}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn endpoint_mode_is_vip_or_dnsrr() {
+    assert_eq!(parse_endpoint_mode("vip").unwrap(), EndpointMode::Vip);
+    assert_eq!(parse_endpoint_mode("DNSRR").unwrap(), EndpointMode::Dnsrr);
+    assert!(parse_endpoint_mode("rr").is_err());
+}

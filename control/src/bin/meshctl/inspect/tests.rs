@@ -59,6 +59,7 @@ fn service_has_docker_keys() {
                 ..Default::default()
             }),
             mode: Some(ProtoMode::Replicated(ReplicatedService { replicas: 3 })),
+            endpoint: None,
         }),
         ..Default::default()
     };
@@ -91,7 +92,7 @@ fn service_has_docker_keys() {
             },
             "Mode": {"Replicated": {"Replicas": 3}},
         },
-        "Endpoint": {"Spec": {}},
+        "Endpoint": {"Spec": {"Mode": "vip"}},
     });
     assert_eq!(value, want);
     // Keys come out in the Engine API's order, not sorted.
@@ -174,4 +175,49 @@ fn node_has_docker_keys() {
     node.manager_status = None;
     let worker = serde_json::to_value(node_json(&node)).expect("json");
     assert!(worker.get("ManagerStatus").is_none());
+}
+
+#[test]
+fn endpoint_shows_ports_and_virtual_ips() {
+    use mesh_proto::{
+        Endpoint, EndpointMode, EndpointSpec, PortConfig, PortProtocol, PublishMode, VirtualIp,
+    };
+    let asked = PortConfig {
+        protocol: PortProtocol::Udp as i32,
+        target_port: 53,
+        published_port: 0,
+        publish_mode: PublishMode::Ingress as i32,
+        ..Default::default()
+    };
+    let spec = EndpointSpec {
+        mode: EndpointMode::Vip as i32,
+        ports: vec![asked.clone()],
+    };
+    let service = Service {
+        spec: Some(ServiceSpec {
+            endpoint: Some(spec.clone()),
+            ..Default::default()
+        }),
+        endpoint: Some(Endpoint {
+            spec: Some(spec),
+            ports: vec![PortConfig {
+                published_port: 30000,
+                ..asked
+            }],
+            virtual_ips: vec![VirtualIp {
+                network_id: "ingressid".into(),
+                addr: "10.0.0.2/24".into(),
+            }],
+        }),
+        ..Default::default()
+    };
+    let value = serde_json::to_value(service_json(&service)).expect("json");
+    assert_eq!(
+        value["Endpoint"],
+        json!({
+            "Spec": {"Mode": "vip", "Ports": [{"Protocol": "udp", "TargetPort": 53, "PublishMode": "ingress"}]},
+            "Ports": [{"Protocol": "udp", "TargetPort": 53, "PublishedPort": 30000, "PublishMode": "ingress"}],
+            "VirtualIPs": [{"NetworkID": "ingressid", "Addr": "10.0.0.2/24"}],
+        })
+    );
 }

@@ -28,6 +28,7 @@ fn service(id: &str, name: &str, mode: Mode, max: u64) -> Service {
                 ..Default::default()
             }),
             mode: Some(mode),
+            endpoint: None,
         }),
         ..Default::default()
     }

@@ -29,6 +29,7 @@ fn service(mode: Mode) -> Service {
             }),
             task: Some(spec("busybox")),
             mode: Some(mode),
+            endpoint: None,
         }),
         ..Default::default()
     }

@@ -5,10 +5,16 @@ use super::{
     validate_image,
 };
 use crate::error::CliError;
-use crate::flags::{Words, parse_env, parse_label, parse_mount, parse_replicas, parse_shell_words};
+use crate::flags::{
+    Words, parse_endpoint_mode, parse_env, parse_label, parse_mount, parse_publish, parse_replicas,
+    parse_shell_words,
+};
 use clap::Args;
 use mesh_proto::service_spec::Mode;
-use mesh_proto::{Annotations, ContainerSpec, Mount, Placement, ServiceSpec, TaskSpec};
+use mesh_proto::{
+    Annotations, ContainerSpec, EndpointMode, EndpointSpec, Mount, Placement, PortConfig,
+    ServiceSpec, TaskSpec,
+};
 use std::collections::HashMap;
 
 /// The flags and argument of `service update`.
@@ -56,6 +62,15 @@ pub struct UpdateFlags {
     /// Remove a network
     #[arg(long, value_name = "NETWORK")]
     pub network_rm: Vec<String>,
+    /// Add or replace a published port (as --publish of service create)
+    #[arg(long, value_name = "PORT", value_parser = parse_publish)]
+    pub publish_add: Vec<PortConfig>,
+    /// Remove a published port by its target port: PORT[/tcp|/udp]
+    #[arg(long, value_name = "PORT", value_parser = parse_publish)]
+    pub publish_rm: Vec<PortConfig>,
+    /// Endpoint mode: vip or dnsrr
+    #[arg(long, value_name = "MODE", value_parser = parse_endpoint_mode)]
+    pub endpoint_mode: Option<EndpointMode>,
     /// Service command args
     #[arg(long, value_name = "ARGS", value_parser = parse_shell_words, allow_hyphen_values = true)]
     pub args: Option<Words>,
@@ -76,6 +91,11 @@ pub struct UpdateFlags {
     pub quiet: bool,
     /// The service to update
     pub service: String,
+}
+
+/// Whether two ports name the same target port and protocol (what --publish-rm matches on).
+fn same_target(a: &PortConfig, b: &PortConfig) -> bool {
+    a.target_port == b.target_port && a.protocol == b.protocol
 }
 
 impl UpdateFlags {
@@ -128,6 +148,23 @@ impl UpdateFlags {
         }
         task.networks
             .retain(|n| !self.network_rm.contains(&n.target));
+
+        if !self.publish_add.is_empty()
+            || !self.publish_rm.is_empty()
+            || self.endpoint_mode.is_some()
+        {
+            let endpoint = spec.endpoint.get_or_insert_with(EndpointSpec::default);
+            if let Some(mode) = self.endpoint_mode {
+                endpoint.mode = mode as i32;
+            }
+            for port in &self.publish_add {
+                endpoint.ports.retain(|p| !same_target(p, port));
+                endpoint.ports.push(port.clone());
+            }
+            endpoint
+                .ports
+                .retain(|p| !self.publish_rm.iter().any(|rm| same_target(p, rm)));
+        }
 
         let container = task.container.get_or_insert_with(ContainerSpec::default);
         if let Some(image) = &self.image {
