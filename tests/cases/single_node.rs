@@ -483,3 +483,111 @@ async fn meshd_prints_its_version() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `service inspect NAME` as JSON.
+async fn inspect(node: &Node, name: &str) -> anyhow::Result<Value> {
+    let out = node.meshctl_ok(&["service", "inspect", name]).await?;
+    let parsed: Value = serde_json::from_str(&out).context("service inspect output")?;
+    Ok(parsed
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or(parsed))
+}
+
+#[tokio::test]
+async fn published_ports_are_exclusive_and_services_get_virtual_ips() -> anyhow::Result<()> {
+    require_privileged!();
+    let cluster = single_node().await?;
+    let node = cluster.manager();
+    let networks = node.meshctl_json(&["network", "ls"]).await?;
+    let ingress = networks
+        .iter()
+        .find(|n| n["Name"] == "ingress")
+        .context("swarm init creates the ingress network")?;
+    let ingress_id = ingress["ID"].as_str().unwrap_or_default().to_owned();
+    node.meshctl_ok(&["network", "create", "-d", "overlay", "front"])
+        .await?;
+    create(node, "web", &["-p", "8080:80", "--network", "front"]).await?;
+    create(node, "dyn", &["--publish", "target=81,protocol=udp"]).await?;
+
+    // A port another service publishes is refused, with one line naming it, and nothing is made.
+    let out = node
+        .meshctl(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "clash",
+            "-p",
+            "8080:90",
+            BUSYBOX_IMAGE,
+        ])
+        .await?;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("port 8080/tcp is already published by service web"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let services = node.meshctl_json(&["service", "ls"]).await?;
+    assert!(services.iter().all(|s| s["Name"] != "clash"));
+
+    let web = wait_for(CONVERGE, "web's virtual IPs", async || {
+        let web = inspect(node, "web").await?;
+        let count = web["Endpoint"]["VirtualIPs"].as_array().map_or(0, Vec::len);
+        Ok((count == 2).then_some(web))
+    })
+    .await?;
+    let vip_networks: Vec<&str> = web["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["NetworkID"].as_str())
+        .collect();
+    // `network ls` shows short ids.
+    assert!(
+        vip_networks.iter().any(|id| id.starts_with(&ingress_id)),
+        "{ingress_id} in {web}"
+    );
+    assert_eq!(web["Endpoint"]["Ports"][0]["PublishedPort"], 8080);
+    let dyn_service = inspect(node, "dyn").await?;
+    let published = dyn_service["Endpoint"]["Ports"][0]["PublishedPort"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!((30000..=32767).contains(&published), "{dyn_service}");
+    assert_eq!(dyn_service["Endpoint"]["Ports"][0]["Protocol"], "udp");
+
+    // Freed by removal: the port can be published again; dnsrr services get no VIP.
+    node.meshctl_ok(&["service", "update", "-d", "--publish-rm", "80", "web"])
+        .await?;
+    let out = node
+        .meshctl(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "rr2",
+            "--endpoint-mode",
+            "dnsrr",
+            "-p",
+            "8081:80",
+            BUSYBOX_IMAGE,
+        ])
+        .await?;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("ingress mode"), "{}", out.stderr);
+    create(node, "again", &["-p", "8080:80"]).await?;
+    create(
+        node,
+        "rr",
+        &["--endpoint-mode", "dnsrr", "--network", "front"],
+    )
+    .await?;
+    let rr = inspect(node, "rr").await?;
+    assert_eq!(rr["Endpoint"]["Spec"]["Mode"], "dnsrr");
+    assert!(rr["Endpoint"]["VirtualIPs"].is_null(), "{rr}");
+    cluster.close()
+}
