@@ -323,6 +323,7 @@ async fn start_node(
     };
     let meshd = Meshd::start(config).await?;
     let node = Node {
+        overlay: crate::overlay::OverlayNamespaces::for_state_dir(&dir.join("state")),
         meshd,
         dockerd,
         netns,

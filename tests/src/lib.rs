@@ -14,6 +14,7 @@ pub mod meshd;
 pub mod netns;
 pub mod node;
 pub mod observe;
+pub mod overlay;
 pub mod process;
 pub mod skip;
 pub mod swarm;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::dockerd::Dockerd;
 use crate::meshd::Meshd;
 use crate::netns::Netns;
+use crate::overlay::OverlayNamespaces;
 use crate::process::Output;
 
 /// Container label holding the service name (set by the agent).
@@ -21,10 +22,12 @@ pub enum Role {
     Worker,
 }
 
-/// A node; dropping it stops meshd, then dockerd, then deletes the namespace (field order).
+/// A node; dropping it stops meshd, deletes the overlay namespaces meshd left, stops dockerd, then
+/// deletes the node's namespace (field order).
 #[derive(Debug)]
 pub struct Node {
     pub(crate) meshd: Meshd,
+    pub(crate) overlay: OverlayNamespaces,
     pub(crate) dockerd: Dockerd,
     pub(crate) netns: Netns,
     pub(crate) hostname: String,
@@ -161,6 +164,7 @@ impl Node {
     pub fn keep(&mut self) {
         self.keep = true;
         self.meshd.keep();
+        self.overlay.keep();
         self.dockerd.keep();
         self.netns.keep();
     }

@@ -79,6 +79,14 @@ pub fn down() -> anyhow::Result<()> {
         process::terminate(pid, Duration::from_secs(10));
     }
     dockerd::stop(&node);
+    // meshd keeps its overlay namespaces across restarts, so they outlive it.
+    let overlay = format!(
+        "{}-",
+        mesh_tests::overlay::netns_prefix(&node.join("state"))
+    );
+    for ns in netns::namespaces_with_prefix(&overlay) {
+        netns::delete_namespace(&ns);
+    }
     for ns in netns::namespaces_with_prefix(BRIDGE) {
         netns::delete_namespace(&ns);
     }

@@ -33,6 +33,12 @@ pub struct EndpointRecord {
     pub node_id: String,
     /// The underlay address of the node that hosts the endpoint.
     pub vtep: Ipv4Addr,
+    /// The owning service's name, for the embedded DNS.
+    #[serde(default)]
+    pub service_name: String,
+    /// The service's virtual IP on this network; `None` in dnsrr mode.
+    #[serde(default)]
+    pub vip: Option<Ipv4Addr>,
 }
 
 impl EndpointRecord {

@@ -63,6 +63,8 @@ fn endpoint(task: &str, node: &str, octet: u8) -> EndpointRecord {
         mac: [2, 66, 10, 0, 1, octet],
         node_id: node.into(),
         vtep: Ipv4Addr::LOCALHOST,
+        service_name: String::new(),
+        vip: None,
     }
 }
 

@@ -83,6 +83,12 @@ impl Overlay {
                 mac,
                 node_id: self.node_id.clone(),
                 vtep: self.vtep,
+                service_name: task
+                    .service_annotations
+                    .as_ref()
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default(),
+                vip: attachment.vip.parse::<Ipv4Net>().ok().map(|net| net.addr()),
             });
             tracing::info!(task.id = %task.id, vni = attachment.vni, addr = %addr, "task attached to overlay");
         }

@@ -23,6 +23,8 @@ pub trait TaskNetwork: Send + Sync {
 
 /// How often leftovers are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a member alone announces itself to the managers again.
+const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long gossip runs before entries it does not know of are taken to be stale: a few
 /// anti-entropy rounds, so that a restarted agent has heard every live endpoint by then.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -82,7 +84,7 @@ impl Dataplane {
             .map(|ip| SocketAddr::new(*ip, self.gossip_port))
             .collect();
         if !peers.is_empty() {
-            gossip.join(peers).await?;
+            gossip.join(peers.clone()).await?;
         }
         for record in self.published.lock().await.values().flatten() {
             gossip.publish(record.clone()).await?;
@@ -97,6 +99,7 @@ impl Dataplane {
             self.overlay.clone(),
             gossip.clone(),
             self.published.clone(),
+            peers,
         ));
         *running = Some(Running {
             gossip,
@@ -184,16 +187,32 @@ impl TaskNetwork for Dataplane {
 /// Every [`SWEEP_INTERVAL`]: removes namespaces and gateway leases no task uses; once gossip has
 /// settled, also FDB and neighbour entries towards endpoints gossip does not know, and withdraws
 /// records an earlier run of this node published for tasks that are no longer attached here.
+/// Meanwhile, every [`REJOIN_INTERVAL`], announces itself to the managers again while it knows no
+/// other member: a join sent before a manager's gossip listened is lost, and SWIM only talks to
+/// members it knows.
 async fn sweep(
     overlay: Arc<Overlay>,
     gossip: Arc<Gossip>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
+    peers: Vec<SocketAddr>,
 ) {
     let started = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
-    ticks.tick().await;
+    let mut sweeps = tokio::time::interval(SWEEP_INTERVAL);
+    let mut rejoins = tokio::time::interval(REJOIN_INTERVAL);
+    sweeps.tick().await;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = sweeps.tick() => {}
+            _ = rejoins.tick() => {
+                if !peers.is_empty() && gossip.members().len() <= 1 {
+                    tracing::debug!("no gossip member known yet: announcing again");
+                    if let Err(err) = gossip.join(peers.clone()).await {
+                        tracing::warn!(error = %err, "cannot join gossip");
+                    }
+                }
+                continue;
+            }
+        }
         if let Err(err) = overlay.sweep().await {
             tracing::warn!(error = %err, "cannot sweep overlay leftovers");
         }

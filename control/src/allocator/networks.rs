@@ -139,6 +139,24 @@ fn attach(
             .first()
             .map(|ipam| ipam.gateway.clone())
             .unwrap_or_default();
+        let vip = service
+            .and_then(|s| s.endpoint.as_ref())
+            .and_then(|e| e.virtual_ips.iter().find(|v| v.network_id == network.id))
+            .map(|v| v.addr.clone())
+            .unwrap_or_default();
+        let vip_mode = service.is_some_and(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|spec| spec.endpoint.as_ref())
+                .is_none_or(|e| e.mode() == mesh_proto::EndpointMode::Vip)
+        });
+        if vip_mode && vip.is_empty() {
+            pools.release_task(&task.id);
+            return Outcome::Wait(format!(
+                "waiting for the service's virtual IP on network {}",
+                target.target
+            ));
+        }
         match pools.allocate_address(&task.id, &network.id) {
             Ok(address) => attachments.push(NetworkAttachment {
                 network_id: network.id.clone(),
@@ -146,6 +164,7 @@ fn attach(
                 aliases: target.aliases.clone(),
                 vni: allocation.vni,
                 gateway,
+                vip,
             }),
             Err(err) => {
                 pools.release_task(&task.id);

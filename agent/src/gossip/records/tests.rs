@@ -17,6 +17,8 @@ fn record(net: &str, task: &str, node: &str, last_octet: u8) -> EndpointRecord {
         mac: [2, 0, 0, 0, 0, last_octet],
         node_id: node.into(),
         vtep: Ipv4Addr::new(192, 168, 0, 1),
+        service_name: String::new(),
+        vip: None,
     }
 }
 
