@@ -4,8 +4,10 @@
 pub mod certs;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod exec;
 pub mod gossip;
+pub mod lb;
 pub mod netlink;
 pub mod network;
 pub mod server;

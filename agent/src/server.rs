@@ -36,6 +36,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             host: config.docker_host.clone(),
             source,
         })?;
+    // With overlay networking on, tasks resolve through the embedded DNS in their sandbox.
+    let executor = if config.gossip_port != 0 {
+        executor.with_dns(vec![crate::dns::RESOLVER_ADDR.to_string()])
+    } else {
+        executor
+    };
     let socket = config.socket.clone();
     let daemon = Daemon::new(config, Arc::new(executor));
     daemon.resume().await?;

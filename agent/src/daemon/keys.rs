@@ -72,9 +72,11 @@ impl Daemon {
             vtep,
             self.config.gwbridge_subnet,
         );
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         Some(Arc::new(Dataplane::new(
             Arc::new(overlay),
             self.config.gossip_port,
+            crate::dns::upstreams(&resolv_conf),
         )))
     }
 }

@@ -4,7 +4,9 @@
 //! [`RtNetlink`] programs the kernel over rtnetlink (never by running `ip`); `FakeNetlink` keeps
 //! an in-memory model for tests. Every operation names the namespace it acts in.
 
+mod cookie;
 mod real;
+mod sockets;
 mod sys;
 mod types;
 
@@ -18,9 +20,11 @@ use std::net::Ipv4Addr;
 use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
 
+pub use cookie::netns_cookie;
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::FakeNetlink;
 pub use real::RtNetlink;
+pub use sockets::bind_udp;
 pub use types::{
     Address, FdbEntry, Link, LinkKind, MacAddr, NETNS_DIR, Neighbour, NetlinkError, Netns,
     VXLAN_PORT, VethSpec, VxlanSpec,

@@ -11,9 +11,11 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::{Overlay, OverlayError};
+use crate::dns::Dns;
 use crate::gossip::{
-    EndpointRecord, Gossip, GossipConfig, GossipError, GossipStats, KeyRing, SealKey,
+    Change, EndpointRecord, Gossip, GossipConfig, GossipError, GossipStats, KeyRing, SealKey,
 };
+use crate::netlink::Netns;
 
 /// What the worker's controllers call when a task's container starts or goes.
 pub trait TaskNetwork: Send + Sync {
@@ -41,16 +43,27 @@ pub struct Dataplane {
     gossip_port: u16,
     running: Mutex<Option<Running>>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
+    dns: Arc<Dns>,
 }
 
 impl Dataplane {
-    pub fn new(overlay: Arc<Overlay>, gossip_port: u16) -> Self {
+    /// The data plane; its tasks' DNS forwards what it does not know to `upstreams`.
+    pub fn new(overlay: Arc<Overlay>, gossip_port: u16, upstreams: Vec<SocketAddr>) -> Self {
         Self {
             overlay,
             gossip_port,
             running: Mutex::new(None),
             published: Arc::new(Mutex::new(HashMap::new())),
+            dns: Arc::new(Dns::new(upstreams)),
         }
+    }
+
+    /// Records what an endpoint change means for service names.
+    fn learn(dns: &Dns, change: &Change) {
+        dns.directory()
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(change);
     }
 
     pub fn overlay(&self) -> &Arc<Overlay> {
@@ -90,8 +103,10 @@ impl Dataplane {
             gossip.publish(record.clone()).await?;
         }
         let overlay = self.overlay.clone();
+        let dns = self.dns.clone();
         let feeder = tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
+                Self::learn(&dns, &change);
                 overlay.apply(change).await;
             }
         });
@@ -99,6 +114,7 @@ impl Dataplane {
             self.overlay.clone(),
             gossip.clone(),
             self.published.clone(),
+            self.dns.clone(),
             peers,
         ));
         *running = Some(Running {
@@ -112,6 +128,7 @@ impl Dataplane {
     /// Stops gossip and leaves the kernel state in place: running tasks keep their overlay, and
     /// the next start picks it up again.
     pub async fn shutdown(&self) {
+        self.dns.stop_all().await;
         if let Some(r) = self.running.lock().await.take() {
             r.feeder.abort();
             r.sweeper.abort();
@@ -144,8 +161,15 @@ impl Dataplane {
 
     async fn attach_task(&self, task: &Task, pid: u32) -> Result<(), OverlayError> {
         let records = self.overlay.attach(task, pid).await?;
+        let networks = task.networks.iter().map(|n| n.network_id.clone()).collect();
+        self.dns
+            .serve(&task.id, &Netns::of_pid(pid), networks)
+            .await?;
         if records.is_empty() {
             return Ok(());
+        }
+        for record in &records {
+            Self::learn(&self.dns, &Change::Upsert(record.clone()));
         }
         // Held across publishing, so that the sweep never takes a record being published for
         // one this node no longer owns.
@@ -162,7 +186,11 @@ impl Dataplane {
     }
 
     async fn detach_task(&self, task_id: &str) {
+        self.dns.stop(task_id).await;
         let records = self.published.lock().await.remove(task_id);
+        for record in records.iter().flatten() {
+            Self::learn(&self.dns, &Change::Remove(record.clone()));
+        }
         if let (Some(records), Some(r)) = (records, self.running.lock().await.as_ref()) {
             for record in records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
@@ -194,6 +222,7 @@ async fn sweep(
     overlay: Arc<Overlay>,
     gossip: Arc<Gossip>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
+    dns: Arc<Dns>,
     peers: Vec<SocketAddr>,
 ) {
     let started = tokio::time::Instant::now();
@@ -229,6 +258,7 @@ async fn sweep(
                     .is_some_and(|r| r.iter().any(|p| p.key() == record.key()));
             if ours {
                 tracing::info!(task.id = %record.task_id, "withdrawing an endpoint of an earlier run");
+                Dataplane::learn(&dns, &Change::Remove(record.clone()));
                 if let Err(err) = gossip.withdraw(record.key()).await {
                     tracing::warn!(error = %err, "cannot withdraw endpoint");
                 }

@@ -25,6 +25,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct DockerExecutor {
     docker: Docker,
     hostname: Option<String>,
+    /// Nameservers written into containers' `resolv.conf` (the embedded DNS), when set.
+    dns: Vec<String>,
 }
 
 impl DockerExecutor {
@@ -43,7 +45,17 @@ impl DockerExecutor {
             .map_err(connect_error)?;
         let version = docker.client_version();
         info!(docker.host = docker_host, api.version = %version, "docker engine connected");
-        Ok(Self { docker, hostname })
+        Ok(Self {
+            docker,
+            hostname,
+            dns: Vec::new(),
+        })
+    }
+
+    /// Points containers' `resolv.conf` at `servers` (the embedded DNS at 127.0.0.11).
+    pub fn with_dns(mut self, servers: Vec<String>) -> Self {
+        self.dns = servers;
+        self
     }
 
     async fn describe_node(&self) -> Result<NodeDescription, ExecError> {
@@ -81,7 +93,12 @@ impl Executor for DockerExecutor {
 
     fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>> {
         async move {
-            let spec = container::ContainerConfig::from_task(task)?;
+            let mut spec = container::ContainerConfig::from_task(task)?;
+            if !self.dns.is_empty()
+                && let Some(host) = spec.body.host_config.as_mut()
+            {
+                host.dns = Some(self.dns.clone());
+            }
             image::ensure(&self.docker, &spec.image, spec.pull).await?;
             container::create(&self.docker, &spec).await
         }

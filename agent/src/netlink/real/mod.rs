@@ -35,7 +35,7 @@ impl RtNetlink {
 }
 
 /// Runs `f` on a fresh OS thread, which may change its own namespaces and then exits with them.
-async fn on_own_thread<T, F>(op: &'static str, target: String, f: F) -> Result<T>
+pub(super) async fn on_own_thread<T, F>(op: &'static str, target: String, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> std::io::Result<T> + Send + 'static,

@@ -1,0 +1,229 @@
+//! One resolver per task sandbox at 127.0.0.11:53 (UDP), its socket created inside the sandbox's
+//! network namespace: service names from the [`Directory`], everything else forwarded to the
+//! node's own resolvers.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use super::directory::{Directory, Resolution};
+use crate::netlink::{NetlinkError, Netns, bind_udp};
+
+/// Where Docker's embedded DNS listens, and where tasks' `resolv.conf` points.
+pub const RESOLVER_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+/// TTL of the answers for service names: short, as they change with the tasks.
+const TTL: u32 = 5;
+/// How long a forwarded query waits for the node's resolver.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The node's resolvers, from its `resolv.conf` (loopback ones excluded: they would not be
+/// reachable the same way).
+pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver").then(|| words.next())?
+        })
+        .filter_map(|addr| addr.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// The embedded DNS of this node: a shared directory and one server per sandbox.
+pub struct Dns {
+    directory: Arc<RwLock<Directory>>,
+    upstreams: Arc<Vec<SocketAddr>>,
+    servers: Mutex<HashMap<String, JoinHandle<()>>>,
+}
+
+impl Dns {
+    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        Self {
+            directory: Arc::new(RwLock::new(Directory::default())),
+            upstreams: Arc::new(upstreams),
+            servers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn directory(&self) -> &Arc<RwLock<Directory>> {
+        &self.directory
+    }
+
+    /// Starts (or restarts) the resolver of a task's sandbox, answering for `networks`.
+    pub async fn serve(
+        &self,
+        task_id: &str,
+        sandbox: &Netns,
+        networks: Vec<String>,
+    ) -> Result<(), NetlinkError> {
+        let socket = bind_udp(sandbox, SocketAddr::from((RESOLVER_ADDR, 53))).await?;
+        let socket =
+            UdpSocket::from_std(socket).map_err(|e| NetlinkError::io("serve dns", sandbox, e))?;
+        let server = Server {
+            socket,
+            networks,
+            directory: self.directory.clone(),
+            upstreams: self.upstreams.clone(),
+        };
+        let task = tokio::spawn(server.run());
+        if let Some(old) = self.servers.lock().await.insert(task_id.to_owned(), task) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops a sandbox's resolver.
+    pub async fn stop(&self, task_id: &str) {
+        if let Some(server) = self.servers.lock().await.remove(task_id) {
+            server.abort();
+        }
+    }
+
+    /// Stops every resolver.
+    pub async fn stop_all(&self) {
+        for (_, server) in self.servers.lock().await.drain() {
+            server.abort();
+        }
+    }
+}
+
+struct Server {
+    socket: UdpSocket,
+    networks: Vec<String>,
+    directory: Arc<RwLock<Directory>>,
+    upstreams: Arc<Vec<SocketAddr>>,
+}
+
+impl Server {
+    async fn run(self) {
+        let socket = Arc::new(self.socket);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = match socket.recv_from(&mut buf).await {
+                Ok(received) => received,
+                Err(err) => {
+                    tracing::debug!(error = %err, "dns socket closed");
+                    return;
+                }
+            };
+            let query = &buf[..len];
+            let reply = {
+                let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
+                answer(&directory, &self.networks, query)
+            };
+            match reply {
+                Answer::Reply(bytes) => {
+                    let _ = socket.send_to(&bytes, from).await;
+                }
+                Answer::Forward => {
+                    let socket = socket.clone();
+                    let upstreams = self.upstreams.clone();
+                    let query = query.to_vec();
+                    tokio::spawn(async move {
+                        if let Some(bytes) = forward(&upstreams, &query).await {
+                            let _ = socket.send_to(&bytes, from).await;
+                        } else if let Some(bytes) = failure(&query) {
+                            let _ = socket.send_to(&bytes, from).await;
+                        }
+                    });
+                }
+                Answer::Drop => {}
+            }
+        }
+    }
+}
+
+/// What to do with one query.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    Reply(Vec<u8>),
+    Forward,
+    /// Not a DNS query we can parse: no answer (as a resolver does with garbage).
+    Drop,
+}
+
+/// Answers a query from the directory, or says it must be forwarded.
+pub(super) fn answer(directory: &Directory, networks: &[String], query: &[u8]) -> Answer {
+    let Ok(request) = Message::from_vec(query) else {
+        return Answer::Drop;
+    };
+    if request.metadata.message_type != MessageType::Query
+        || request.metadata.op_code != OpCode::Query
+    {
+        return Answer::Drop;
+    }
+    let Some(question) = request.queries.first() else {
+        return Answer::Drop;
+    };
+    let name = question.name().to_ascii();
+    let Resolution::Addresses(addresses) = directory.resolve(networks, &name) else {
+        return Answer::Forward;
+    };
+    let mut response = Message::response(request.metadata.id, OpCode::Query);
+    response.metadata.authoritative = true;
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.queries = request.queries.clone();
+    match question.query_type() {
+        RecordType::A | RecordType::ANY => {
+            for addr in addresses {
+                response.answers.push(Record::from_rdata(
+                    question.name().clone(),
+                    TTL,
+                    RData::A(A(addr)),
+                ));
+            }
+        }
+        // A service name has only IPv4 addresses: an empty, successful answer for the rest.
+        _ => {}
+    }
+    match response.to_vec() {
+        Ok(bytes) => Answer::Reply(bytes),
+        Err(_) => Answer::Drop,
+    }
+}
+
+/// SERVFAIL for a query no upstream answered.
+fn failure(query: &[u8]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    let mut response = Message::error_msg(
+        request.metadata.id,
+        request.metadata.op_code,
+        ResponseCode::ServFail,
+    );
+    response.queries = request.queries;
+    response.to_vec().ok()
+}
+
+/// Relays a query to the node's resolvers in turn; the first answer wins.
+async fn forward(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let bind: SocketAddr = if upstream.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let Ok(socket) = UdpSocket::bind(bind).await else {
+            continue;
+        };
+        if socket.send_to(query, upstream).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok(len)) = tokio::time::timeout(FORWARD_TIMEOUT, socket.recv(&mut buf)).await {
+            buf.truncate(len);
+            return Some(buf);
+        }
+    }
+    None
+}

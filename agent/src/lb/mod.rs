@@ -1,0 +1,4 @@
+//! The service load balancer's backends live here: each programs the kernel so that a service's
+//! virtual IP reaches its tasks.
+
+pub mod ipvs;
