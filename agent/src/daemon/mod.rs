@@ -127,6 +127,15 @@ impl Daemon {
             Some(dataplane) => dataplane.gossip_info().await,
             None => None,
         };
+        let (lb_backend, lb_entries) = dataplane.and_then(|d| d.balancer_info()).map_or(
+            (String::new(), 0),
+            |(backend, entries)| {
+                (
+                    backend.to_owned(),
+                    u64::try_from(entries).unwrap_or(u64::MAX),
+                )
+            },
+        );
         let gossip = gossip.map(|(members, endpoints, stats)| GossipInfo {
             members: u64::try_from(members).unwrap_or(u64::MAX),
             endpoints: u64::try_from(endpoints).unwrap_or(u64::MAX),
@@ -144,6 +153,8 @@ impl Daemon {
             is_manager: state.is_some_and(|s| s.role == Role::Manager),
             node_addr: state.map(|s| s.advertise_addr.clone()).unwrap_or_default(),
             gossip,
+            lb_backend,
+            lb_entries,
         }
     }
 

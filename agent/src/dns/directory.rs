@@ -68,6 +68,25 @@ impl Directory {
         }
     }
 
+    /// The virtual IPs of the services on `networks`, each with its running tasks' addresses:
+    /// what the load balancer programs for a sandbox on those networks.
+    pub fn vips(&self, networks: &[String]) -> Vec<(Ipv4Addr, Vec<Ipv4Addr>)> {
+        let mut vips: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> = BTreeMap::new();
+        for entry in networks
+            .iter()
+            .filter_map(|n| self.networks.get(n))
+            .flat_map(HashMap::values)
+        {
+            if let Some(vip) = entry.vip {
+                let backends = vips.entry(vip).or_default();
+                backends.extend(entry.tasks.values().copied());
+                backends.sort_unstable();
+                backends.dedup();
+            }
+        }
+        vips.into_iter().collect()
+    }
+
     /// Resolves `name` (case-insensitive, with or without the trailing dot) for a sandbox on
     /// `networks`: `SERVICE` gives its virtual IPs (its tasks' addresses in dnsrr mode), and
     /// `tasks.SERVICE` its running tasks' addresses; only services on a shared network count.
@@ -141,6 +160,19 @@ mod tests {
             Resolution::Addresses(vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 6)])
         );
         assert_eq!(d.resolve(&here, "example.com"), Resolution::Forward);
+    }
+
+    #[test]
+    fn vips_list_their_running_tasks_per_shared_network() {
+        let mut d = Directory::default();
+        d.apply(&Change::Upsert(record("n1", "web", "t1", 5, Some(2))));
+        d.apply(&Change::Upsert(record("n1", "web", "t2", 6, Some(2))));
+        d.apply(&Change::Upsert(record("n1", "rr", "t3", 7, None)));
+        d.apply(&Change::Upsert(record("n2", "db", "t4", 8, Some(3))));
+        let ip = |last| Ipv4Addr::new(10, 0, 0, last);
+        assert_eq!(d.vips(&nets(&["n1"])), [(ip(2), vec![ip(5), ip(6)])]);
+        assert_eq!(d.vips(&nets(&["n1", "n2"])).len(), 2);
+        assert!(d.vips(&nets(&["n3"])).is_empty());
     }
 
     #[test]

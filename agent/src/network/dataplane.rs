@@ -10,6 +10,7 @@ use mesh_proto::Task;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use super::balancer::Balancer;
 use super::{Overlay, OverlayError};
 use crate::dns::Dns;
 use crate::gossip::{
@@ -21,6 +22,9 @@ use crate::netlink::Netns;
 pub trait TaskNetwork: Send + Sync {
     fn attach<'a>(&'a self, task: &'a Task, pid: u32) -> BoxFuture<'a, Result<(), OverlayError>>;
     fn detach<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()>;
+    /// Stops sending new connections to a task about to stop (its endpoints are withdrawn from
+    /// every node's DNS and load balancer) while its interfaces stay for what is in flight.
+    fn drain<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()>;
 }
 
 /// How often leftovers are looked for.
@@ -44,6 +48,8 @@ pub struct Dataplane {
     running: Mutex<Option<Running>>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
     dns: Arc<Dns>,
+    /// The service VIPs' load balancer; `None` where its eBPF programs cannot load.
+    balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
 }
 
 impl Dataplane {
@@ -55,6 +61,13 @@ impl Dataplane {
             running: Mutex::new(None),
             published: Arc::new(Mutex::new(HashMap::new())),
             dns: Arc::new(Dns::new(upstreams)),
+            balancer: match Balancer::load() {
+                Ok(balancer) => Some(Arc::new(std::sync::Mutex::new(balancer))),
+                Err(err) => {
+                    tracing::warn!(error = %err, "service VIPs disabled: the eBPF load balancer cannot load");
+                    None
+                }
+            },
         }
     }
 
@@ -64,6 +77,25 @@ impl Dataplane {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .apply(change);
+    }
+
+    /// Programs the load balancer after the directory changed.
+    fn rebalance(dns: &Dns, balancer: Option<&Arc<std::sync::Mutex<Balancer>>>) {
+        let Some(balancer) = balancer else {
+            return;
+        };
+        let directory = dns.directory().read().unwrap_or_else(|p| p.into_inner());
+        balancer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync(&directory);
+    }
+
+    /// The load balancer's backend and its map entries, when one runs.
+    pub fn balancer_info(&self) -> Option<(&'static str, usize)> {
+        let balancer = self.balancer.as_ref()?;
+        let entries = balancer.lock().unwrap_or_else(|p| p.into_inner()).entries();
+        Some(("ebpf", entries))
     }
 
     pub fn overlay(&self) -> &Arc<Overlay> {
@@ -104,9 +136,11 @@ impl Dataplane {
         }
         let overlay = self.overlay.clone();
         let dns = self.dns.clone();
+        let balancer = self.balancer.clone();
         let feeder = tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
                 Self::learn(&dns, &change);
+                Self::rebalance(&dns, balancer.as_ref());
                 overlay.apply(change).await;
             }
         });
@@ -115,6 +149,7 @@ impl Dataplane {
             gossip.clone(),
             self.published.clone(),
             self.dns.clone(),
+            self.balancer.clone(),
             peers,
         ));
         *running = Some(Running {
@@ -161,15 +196,22 @@ impl Dataplane {
 
     async fn attach_task(&self, task: &Task, pid: u32) -> Result<(), OverlayError> {
         let records = self.overlay.attach(task, pid).await?;
-        let networks = task.networks.iter().map(|n| n.network_id.clone()).collect();
-        self.dns
-            .serve(&task.id, &Netns::of_pid(pid), networks)
-            .await?;
-        if records.is_empty() {
-            return Ok(());
-        }
+        let networks: Vec<String> = task.networks.iter().map(|n| n.network_id.clone()).collect();
+        let sandbox = Netns::of_pid(pid);
+        self.dns.serve(&task.id, &sandbox, networks.clone()).await?;
         for record in &records {
             Self::learn(&self.dns, &Change::Upsert(record.clone()));
+        }
+        if let Some(balancer) = &self.balancer {
+            let cookie = Balancer::cookie_of(&sandbox).await?;
+            balancer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_sandbox(&task.id, cookie, networks);
+        }
+        Self::rebalance(&self.dns, self.balancer.as_ref());
+        if records.is_empty() {
+            return Ok(());
         }
         // Held across publishing, so that the sweep never takes a record being published for
         // one this node no longer owns.
@@ -185,12 +227,38 @@ impl Dataplane {
         Ok(())
     }
 
+    async fn drain_task(&self, task_id: &str) {
+        let records = self.published.lock().await.remove(task_id);
+        let Some(records) = records else {
+            return;
+        };
+        for record in &records {
+            Self::learn(&self.dns, &Change::Remove(record.clone()));
+        }
+        Self::rebalance(&self.dns, self.balancer.as_ref());
+        if let Some(r) = self.running.lock().await.as_ref() {
+            for record in records {
+                if let Err(err) = r.gossip.withdraw(record.key()).await {
+                    tracing::warn!(task.id = %task_id, error = %err, "cannot withdraw endpoint");
+                }
+            }
+        }
+        tracing::debug!(task.id = %task_id, "task drained from its services");
+    }
+
     async fn detach_task(&self, task_id: &str) {
         self.dns.stop(task_id).await;
         let records = self.published.lock().await.remove(task_id);
         for record in records.iter().flatten() {
             Self::learn(&self.dns, &Change::Remove(record.clone()));
         }
+        if let Some(balancer) = &self.balancer {
+            balancer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove_sandbox(task_id);
+        }
+        Self::rebalance(&self.dns, self.balancer.as_ref());
         if let (Some(records), Some(r)) = (records, self.running.lock().await.as_ref()) {
             for record in records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
@@ -210,6 +278,10 @@ impl TaskNetwork for Dataplane {
     fn detach<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(self.detach_task(task_id))
     }
+
+    fn drain<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.drain_task(task_id))
+    }
 }
 
 /// Every [`SWEEP_INTERVAL`]: removes namespaces and gateway leases no task uses; once gossip has
@@ -223,6 +295,7 @@ async fn sweep(
     gossip: Arc<Gossip>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
     dns: Arc<Dns>,
+    balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
     peers: Vec<SocketAddr>,
 ) {
     let started = tokio::time::Instant::now();
@@ -245,6 +318,8 @@ async fn sweep(
         if let Err(err) = overlay.sweep().await {
             tracing::warn!(error = %err, "cannot sweep overlay leftovers");
         }
+        // Expires VIPs kept empty past their grace.
+        Dataplane::rebalance(&dns, balancer.as_ref());
         if started.elapsed() < SETTLE {
             continue;
         }

@@ -2,6 +2,7 @@
 //! a veth into each task's sandbox, and static FDB and neighbour entries for remote endpoints.
 
 mod attach;
+mod balancer;
 mod dataplane;
 mod gateway;
 mod nat;

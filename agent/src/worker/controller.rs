@@ -269,6 +269,11 @@ impl Controller {
     /// Stops the task for a desired state of shutdown. A container that exited meanwhile keeps its
     /// own terminal state.
     async fn shut_down(&mut self) {
+        if self.attached
+            && let Some(network) = self.network.clone()
+        {
+            network.drain(&self.task.id).await;
+        }
         if let Some(id) = self.container.clone()
             && self.state() >= TaskState::Starting
         {

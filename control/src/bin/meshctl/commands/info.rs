@@ -42,6 +42,15 @@ pub async fn run(host: &str, json: bool) -> Result<(), CliError> {
         }
         None => writeln!(out, "Gossip: not running")?,
     }
+    if info.lb_backend.is_empty() {
+        writeln!(out, "Load balancer: none")?;
+    } else {
+        writeln!(
+            out,
+            "Load balancer: {} ({} map entries)",
+            info.lb_backend, info.lb_entries
+        )?;
+    }
     Ok(())
 }
 
@@ -69,6 +78,10 @@ fn to_json(info: &InfoResponse) -> Value {
             "ClusterID": info.cluster_id,
         },
         "Gossip": gossip,
+        "LoadBalancer": (!info.lb_backend.is_empty()).then(|| json!({
+            "Backend": info.lb_backend,
+            "Entries": info.lb_entries,
+        })),
     })
 }
 

@@ -1,0 +1,227 @@
+//! Service VIPs across three nodes, through the eBPF socket load balancer: a service's name and
+//! VIP reach its tasks on every node; a task being stopped gets no new connection after a second
+//! and no request fails meanwhile; a service scaled to 0 refuses at once; nothing stays behind.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use mesh_tests::overlay::{OverlayCluster, Sandbox};
+use mesh_tests::{BUSYBOX_IMAGE, Cluster, require_privileged, wait_for, wait_until};
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+/// Behaviour bounds, not benchmarks: how soon a stopping task must be out of the backends, and
+/// how soon a connection to a service without tasks must fail.
+const DRAIN: Duration = Duration::from_secs(1);
+const REFUSE: Duration = Duration::from_secs(3);
+
+/// Every web task serves its container's hostname over HTTP on port 80.
+const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+async fn sandboxes(cluster: &Cluster, service: &str) -> anyhow::Result<Vec<Sandbox>> {
+    let mut all = Vec::new();
+    for node in cluster.nodes() {
+        all.extend(node.sandboxes(service).await?);
+    }
+    Ok(all)
+}
+
+/// One HTTP request from `client` to `target` (a name or address); the answering hostname, or
+/// `None` when the request failed.
+async fn request(
+    cluster: &Cluster,
+    client: &Sandbox,
+    target: &str,
+) -> anyhow::Result<Option<String>> {
+    let node = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.hostname() == client.node)
+        .context("the client's node")?;
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} 80");
+    let out = node
+        .docker(&["exec", &client.container, "sh", "-c", &script])
+        .await?;
+    if out.code != 0 || !out.stdout.starts_with("HTTP/1.") {
+        return Ok(None);
+    }
+    Ok(out.stdout.lines().last().map(|l| l.trim().to_owned()))
+}
+
+async fn info(cluster: &Cluster, index: usize) -> anyhow::Result<Value> {
+    let out = cluster.nodes()[index]
+        .meshctl_ok(&["info", "--format", "json"])
+        .await?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+#[tokio::test]
+async fn vips_spread_over_every_node_drain_stopping_tasks_and_refuse_when_empty()
+-> anyhow::Result<()> {
+    require_privileged!();
+    let cluster = OverlayCluster::new(Cluster::builder().managers(1).workers(2).start().await?);
+    let manager = cluster.manager();
+    manager
+        .meshctl_ok(&["network", "create", "-d", "overlay", "front"])
+        .await?;
+    let web = [
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--replicas-max-per-node",
+        "1",
+        "--stop-grace-period",
+        "3s",
+        "--network",
+        "front",
+        BUSYBOX_IMAGE,
+        "sh",
+        "-c",
+        WEB,
+    ];
+    manager.meshctl_ok(&web).await?;
+    manager
+        .meshctl_ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            "front",
+            BUSYBOX_IMAGE,
+            "sleep",
+            "1000000",
+        ])
+        .await?;
+    let tasks = wait_for(CONVERGE, "3 web tasks", async || {
+        let found = sandboxes(&cluster, "web").await?;
+        Ok((found.len() == 3).then_some(found))
+    })
+    .await?;
+    let client = wait_for(CONVERGE, "the client", async || {
+        Ok(sandboxes(&cluster, "client").await?.pop())
+    })
+    .await?;
+    let nodes: BTreeSet<&str> = tasks.iter().map(|t| t.node.as_str()).collect();
+    ensure!(nodes.len() == 3, "web is not on every node: {tasks:?}");
+    let hostnames: BTreeSet<String> = tasks.iter().map(|t| t.hostname.clone()).collect();
+
+    // By name and by VIP, every task answers in turn, wherever it runs.
+    let spread = wait_for(
+        CONVERGE,
+        "requests by name to reach all 3 tasks",
+        async || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..30 {
+                match request(&cluster, &client, "web").await? {
+                    Some(host) => {
+                        seen.insert(host);
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok((seen == hostnames).then_some(seen))
+        },
+    )
+    .await;
+    if spread.is_err() {
+        eprintln!("{}", mesh_tests::overlay::diagnostics(&cluster).await);
+    }
+    spread?;
+    let inspect: Value =
+        serde_json::from_str(&manager.meshctl_ok(&["service", "inspect", "web"]).await?)?;
+    let first = inspect
+        .as_array()
+        .and_then(|a| a.first())
+        .unwrap_or(&inspect);
+    let vip = first["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .context("web's VIP")?
+        .to_owned();
+    let mut by_vip = BTreeSet::new();
+    for _ in 0..30 {
+        let host = request(&cluster, &client, &vip)
+            .await?
+            .context("a request to the VIP failed")?;
+        by_vip.insert(host);
+    }
+    assert_eq!(by_vip, hostnames, "the VIP reaches every task");
+
+    // Scaled down: after a second, the task being stopped (still in its grace period) gets no
+    // new connection, and no request fails.
+    manager
+        .meshctl_ok(&["service", "scale", "-d", "web=2"])
+        .await?;
+    tokio::time::sleep(DRAIN).await;
+    let mut answered = BTreeSet::new();
+    for _ in 0..20 {
+        let host = request(&cluster, &client, "web")
+            .await?
+            .context("a request failed while a task was stopping")?;
+        answered.insert(host);
+    }
+    let left = wait_for(CONVERGE, "web at 2 tasks", async || {
+        let found = sandboxes(&cluster, "web").await?;
+        Ok((found.len() == 2).then_some(found))
+    })
+    .await?;
+    let gone: BTreeSet<String> = hostnames
+        .difference(&left.iter().map(|t| t.hostname.clone()).collect())
+        .cloned()
+        .collect();
+    ensure!(gone.len() == 1, "one task should have gone: {gone:?}");
+    ensure!(
+        answered.is_disjoint(&gone),
+        "the stopping task {gone:?} still got connections after {DRAIN:?}: {answered:?}"
+    );
+
+    // Scaled to 0: a connection to the VIP fails at once instead of hanging.
+    manager
+        .meshctl_ok(&["service", "scale", "-d", "web=0"])
+        .await?;
+    wait_until(CONVERGE, "web without tasks", async || {
+        Ok(sandboxes(&cluster, "web").await?.is_empty())
+    })
+    .await?;
+    let started = Instant::now();
+    let answer = request(&cluster, &client, &vip).await?;
+    let took = started.elapsed();
+    ensure!(
+        answer.is_none(),
+        "a service without tasks answered: {answer:?}"
+    );
+    ensure!(
+        took < REFUSE,
+        "the connection hung for {took:?} instead of failing at once"
+    );
+
+    // Removed: no load balancer entry is left on any node.
+    manager
+        .meshctl_ok(&["service", "rm", "web", "client"])
+        .await?;
+    wait_until(
+        CONVERGE,
+        "no load balancer entries on any node",
+        async || {
+            for index in 0..3 {
+                let info = info(&cluster, index).await?;
+                if info["LoadBalancer"]["Backend"] != "ebpf" {
+                    anyhow::bail!("node {index} runs no eBPF load balancer: {info}");
+                }
+                if info["LoadBalancer"]["Entries"] != 0 {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    cluster.close()
+}
