@@ -94,7 +94,7 @@ impl Overlay {
         }
         state.tasks.insert(task.id.clone(), links);
         let ifname = format!("eth{}", task.networks.len());
-        self.attach_gateway(&mut state, &task.id, &container_ns, &ifname, underlay_mtu)
+        self.attach_gateway(&mut state, task, &container_ns, &ifname, underlay_mtu)
             .await?;
         Ok(records)
     }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-use super::nat;
+use mesh_proto::{PortProtocol, PublishMode, Task};
+
+use super::nat::{self, HostPort};
 use super::{Overlay, OverlayError, State, created, gone, short};
 use crate::netlink::{NetlinkError, Netns, VethSpec};
 
@@ -86,11 +88,12 @@ impl Overlay {
     pub(super) async fn attach_gateway(
         &self,
         state: &mut State,
-        task_id: &str,
+        task: &Task,
         container_ns: &Netns,
         ifname: &str,
         underlay_mtu: u32,
     ) -> Result<(), OverlayError> {
+        let task_id = task.id.as_str();
         self.ensure_gwbridge(state, underlay_mtu).await?;
         let here = Netns::current();
         let prefix = self.gw_subnet.prefix_len();
@@ -146,11 +149,40 @@ impl Overlay {
         let gateway = gateway_of(self.gw_subnet);
         created(self.netlink.add_default_route(container_ns, gateway).await)?;
         tracing::debug!(task.id = %task_id, %addr, "task attached to the gateway bridge");
+        let host_ports: Vec<HostPort> = task
+            .ports
+            .iter()
+            .filter(|p| p.publish_mode() == PublishMode::Host)
+            .filter_map(|p| {
+                Some(HostPort {
+                    udp: p.protocol() == PortProtocol::Udp,
+                    published: u16::try_from(p.published_port).ok()?,
+                    target: u16::try_from(p.target_port).ok()?,
+                    addr,
+                })
+            })
+            .collect();
+        if self.nat && !host_ports.is_empty() {
+            nat::publish(&host_ports, GWBRIDGE)
+                .await
+                .map_err(|reason| OverlayError::Attachment {
+                    network: GWBRIDGE.into(),
+                    reason,
+                })?;
+            tracing::info!(task.id = %task_id, ports = host_ports.len(), "ports published on the node");
+        }
+        state.host_ports.insert(task_id.to_owned(), host_ports);
         Ok(())
     }
 
     /// Removes the task's gateway veth and lease; the bridge goes with the last lease.
     pub(super) async fn detach_gateway(&self, state: &mut State, task_id: &str) {
+        if let Some(ports) = state.host_ports.remove(task_id)
+            && self.nat
+            && !ports.is_empty()
+        {
+            nat::unpublish(&ports, GWBRIDGE).await;
+        }
         let here = Netns::current();
         if let Err(err) = gone(self.netlink.delete_link(&here, &veth_name(task_id)).await) {
             tracing::warn!(task.id = %task_id, error = %err, "cannot delete gateway veth");

@@ -55,6 +55,8 @@ struct State {
     /// The underlay's MTU, read once.
     underlay_mtu: Option<u32>,
     leases: gateway::Leases,
+    /// Ports each local task publishes in host mode.
+    host_ports: HashMap<String, Vec<nat::HostPort>>,
 }
 
 /// The node's overlay manager.

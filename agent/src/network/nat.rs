@@ -52,32 +52,116 @@ fn rules(subnet: Ipv4Net, bridge: &str) -> Vec<(&'static str, &'static str, Vec<
     ]
 }
 
-async fn iptables(args: &[&str]) -> Result<bool, String> {
+/// Runs `iptables -w ARGS`: whether it succeeded, and its first line of complaint.
+async fn iptables(args: &[&str]) -> Result<(bool, String), String> {
     let out = Command::new("iptables")
         .arg("-w")
         .args(args)
         .output()
         .await
         .map_err(|e| format!("cannot run iptables: {e}"))?;
-    Ok(out.status.success())
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaint = stderr.lines().next().unwrap_or("failed").to_owned();
+    Ok((out.status.success(), complaint))
 }
 
-async fn iptables_ok(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("iptables")
-        .arg("-w")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run iptables: {e}"))?;
-    if out.status.success() {
-        return Ok(());
+/// A port a task publishes in host mode: `published` on the node's addresses to `target` on
+/// the task's gateway-bridge address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct HostPort {
+    pub udp: bool,
+    pub published: u16,
+    pub target: u16,
+    pub addr: std::net::Ipv4Addr,
+}
+
+/// The DNAT and forwarding rules of one host-mode port, as (table, chain, match-and-target).
+fn host_rules(port: &HostPort, bridge: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let proto = if port.udp { "udp" } else { "tcp" };
+    let comment = format!("mesh publish {}:{}", port.addr, port.target);
+    let to = format!("{}:{}", port.addr, port.target);
+    let (published, target) = (port.published.to_string(), port.target.to_string());
+    let addr = port.addr.to_string();
+    let rule = |args: &[&str]| -> Vec<String> {
+        ["-m", "comment", "--comment", comment.as_str()]
+            .iter()
+            .chain(args)
+            .map(|a| (*a).to_owned())
+            .collect()
+    };
+    vec![
+        (
+            "nat",
+            "PREROUTING",
+            rule(&[
+                "-p",
+                proto,
+                "--dport",
+                &published,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ]),
+        ),
+        (
+            "nat",
+            "OUTPUT",
+            rule(&[
+                "-p",
+                proto,
+                "--dport",
+                &published,
+                "-m",
+                "addrtype",
+                "--dst-type",
+                "LOCAL",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ]),
+        ),
+        (
+            "filter",
+            "FORWARD",
+            rule(&[
+                "-o", bridge, "-d", &addr, "-p", proto, "--dport", &target, "-j", "ACCEPT",
+            ]),
+        ),
+    ]
+}
+
+/// Publishes a task's host-mode ports on the node (idempotent: rules already there stay).
+pub(super) async fn publish(ports: &[HostPort], bridge: &str) -> Result<(), String> {
+    for port in ports {
+        for (table, chain, rule) in host_rules(port, bridge) {
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+            if iptables(&[&["-t", table, "-C", chain][..], &rule].concat())
+                .await?
+                .0
+            {
+                continue;
+            }
+            let insert = [&["-t", table, "-I", chain, "1"][..], &rule].concat();
+            let (inserted, complaint) = iptables(&insert).await?;
+            if !inserted {
+                return Err(format!("iptables {}: {complaint}", insert.join(" ")));
+            }
+        }
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(format!(
-        "iptables {}: {}",
-        args.join(" "),
-        stderr.lines().next().unwrap_or("failed")
-    ))
+    Ok(())
+}
+
+/// Withdraws host-mode ports; failures are logged.
+pub(super) async fn unpublish(ports: &[HostPort], bridge: &str) {
+    for port in ports {
+        for (table, chain, rule) in host_rules(port, bridge) {
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+            let delete = [&["-t", table, "-D", chain][..], &rule].concat();
+            while let Ok((true, _)) = iptables(&delete).await {}
+        }
+    }
 }
 
 /// Turns on IPv4 forwarding and installs the rules that are missing.
@@ -90,10 +174,14 @@ pub(super) async fn enable(subnet: Ipv4Net, bridge: &str) -> Result<(), String> 
     for (table, chain, rule) in rules(subnet, bridge).into_iter().rev() {
         let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
         let check = [&["-t", table, "-C", chain][..], &rule].concat();
-        if iptables(&check).await? {
+        if iptables(&check).await?.0 {
             continue;
         }
-        iptables_ok(&[&["-t", table, "-I", chain, "1"][..], &rule].concat()).await?;
+        let insert = [&["-t", table, "-I", chain, "1"][..], &rule].concat();
+        let (inserted, complaint) = iptables(&insert).await?;
+        if !inserted {
+            return Err(format!("iptables {}: {complaint}", insert.join(" ")));
+        }
     }
     Ok(())
 }
@@ -105,8 +193,8 @@ pub(super) async fn disable(subnet: Ipv4Net, bridge: &str) {
         let delete = [&["-t", table, "-D", chain][..], &rule].concat();
         loop {
             match iptables(&delete).await {
-                Ok(true) => continue,
-                Ok(false) => break,
+                Ok((true, _)) => continue,
+                Ok((false, _)) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot remove gateway NAT rules");
                     return;

@@ -219,6 +219,11 @@ pub(super) async fn allocate_tasks(
                 match attach(pools, &networks, service.as_ref(), &task) {
                     Outcome::Attached(attachments) => {
                         task.networks = attachments;
+                        task.ports = service
+                            .as_ref()
+                            .and_then(|s| s.endpoint.as_ref())
+                            .map(|e| e.ports.clone())
+                            .unwrap_or_default();
                         set_status(tx, task, TaskState::Pending, "pending task scheduling", "")?;
                         done.push(id);
                     }

@@ -101,7 +101,9 @@ pub(super) async fn update(
             check_networks(tx, Some(&spec))?;
             let wanted = spec.endpoint.clone().unwrap_or_default();
             service.endpoint = Some(endpoint(tx, &service.id, &wanted, service.endpoint.take())?);
-            if old.task != spec.task {
+            // New tasks for a new task template, and for new ports (as Swarm does): a task
+            // carries the ports its node publishes in host mode.
+            if old.task != spec.task || old.endpoint != spec.endpoint {
                 service.spec_version += 1;
             }
             service.previous_spec = Some(old);
