@@ -138,6 +138,7 @@ mod tests {
             vtep: Ipv4Addr::new(192, 168, 0, 1),
             service_name: service.into(),
             vip: vip.map(|v| Ipv4Addr::new(10, 0, 0, v)),
+            ingress_ports: Vec::new(),
         }
     }
 

@@ -22,6 +22,7 @@ fn directory() -> Directory {
             vtep: Ipv4Addr::new(192, 168, 1, 1),
             service_name: "web".into(),
             vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+            ingress_ports: Vec::new(),
         }));
     }
     d

@@ -14,7 +14,9 @@ mod tests;
 
 pub use identity::NodeIdentity;
 pub use node::{DEFAULT_GOSSIP_PORT, Gossip, GossipConfig, GossipError, GossipStats};
-pub use records::{Change, EndpointRecord, RecordKey, RecordTable, Version, VersionedRecord};
+pub use records::{
+    Change, EndpointRecord, IngressPort, RecordKey, RecordTable, Version, VersionedRecord,
+};
 pub use seal::{KeyRing, SealError, SealKey};
 pub use wire::WireError;
 

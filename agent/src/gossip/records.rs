@@ -39,6 +39,17 @@ pub struct EndpointRecord {
     /// The service's virtual IP on this network; `None` in dnsrr mode.
     #[serde(default)]
     pub vip: Option<Ipv4Addr>,
+    /// The service's ports published through the routing mesh, for every node to answer on.
+    #[serde(default)]
+    pub ingress_ports: Vec<IngressPort>,
+}
+
+/// A port the routing mesh publishes on every node: `published` there, `target` on the tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct IngressPort {
+    pub udp: bool,
+    pub published: u16,
+    pub target: u16,
 }
 
 impl EndpointRecord {

@@ -65,6 +65,7 @@ fn endpoint(task: &str, node: &str, octet: u8) -> EndpointRecord {
         vtep: Ipv4Addr::LOCALHOST,
         service_name: String::new(),
         vip: None,
+        ingress_ports: Vec::new(),
     }
 }
 

@@ -3,10 +3,10 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use mesh_proto::{NetworkAttachment, Task};
+use mesh_proto::{NetworkAttachment, PortProtocol, PublishMode, Task};
 
 use super::{NetState, Overlay, OverlayError, State, TaskLink, created, gone, short};
-use crate::gossip::EndpointRecord;
+use crate::gossip::{EndpointRecord, IngressPort};
 use crate::netlink::{Netns, VXLAN_PORT, VethSpec, VxlanSpec};
 
 const BRIDGE: &str = "br0";
@@ -89,6 +89,7 @@ impl Overlay {
                     .map(|a| a.name.clone())
                     .unwrap_or_default(),
                 vip: attachment.vip.parse::<Ipv4Net>().ok().map(|net| net.addr()),
+                ingress_ports: ingress_ports(task),
             });
             tracing::info!(task.id = %task.id, vni = attachment.vni, addr = %addr, "task attached to overlay");
         }
@@ -208,4 +209,19 @@ fn parse(attachment: &NetworkAttachment) -> Result<(Ipv4Net, Ipv4Addr), OverlayE
         .parse()
         .map_err(|e: std::net::AddrParseError| bad(e.to_string()))?;
     Ok((addr, gateway))
+}
+
+/// The task's ports published through the routing mesh.
+fn ingress_ports(task: &Task) -> Vec<IngressPort> {
+    task.ports
+        .iter()
+        .filter(|p| p.publish_mode() == PublishMode::Ingress)
+        .filter_map(|p| {
+            Some(IngressPort {
+                udp: p.protocol() == PortProtocol::Udp,
+                published: u16::try_from(p.published_port).ok()?,
+                target: u16::try_from(p.target_port).ok()?,
+            })
+        })
+        .collect()
 }

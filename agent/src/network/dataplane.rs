@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::balancer::Balancer;
+use super::ingress;
 use super::{Overlay, OverlayError};
 use crate::dns::Dns;
 use crate::gossip::{
@@ -50,6 +51,8 @@ pub struct Dataplane {
     dns: Arc<Dns>,
     /// The service VIPs' load balancer; `None` where its eBPF programs cannot load.
     balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
+    /// The routing mesh's rules as last applied.
+    mesh: Arc<Mutex<Option<ingress::Plan>>>,
 }
 
 impl Dataplane {
@@ -61,6 +64,7 @@ impl Dataplane {
             running: Mutex::new(None),
             published: Arc::new(Mutex::new(HashMap::new())),
             dns: Arc::new(Dns::new(upstreams)),
+            mesh: Arc::new(Mutex::new(None)),
             balancer: match Balancer::load() {
                 Ok(balancer) => Some(Arc::new(std::sync::Mutex::new(balancer))),
                 Err(err) => {
@@ -137,11 +141,14 @@ impl Dataplane {
         let overlay = self.overlay.clone();
         let dns = self.dns.clone();
         let balancer = self.balancer.clone();
+        let mesh = self.mesh.clone();
+        let records = gossip.clone();
         let feeder = tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
                 Self::learn(&dns, &change);
                 Self::rebalance(&dns, balancer.as_ref());
                 overlay.apply(change).await;
+                reroute(&overlay, &records, &mesh).await;
             }
         });
         let sweeper = tokio::spawn(sweep(
@@ -150,6 +157,7 @@ impl Dataplane {
             self.published.clone(),
             self.dns.clone(),
             self.balancer.clone(),
+            self.mesh.clone(),
             peers,
         ));
         *running = Some(Running {
@@ -224,7 +232,17 @@ impl Dataplane {
                 }
             }
         }
+        drop(published);
+        self.reroute().await;
         Ok(())
+    }
+
+    /// Re-plans the routing mesh, once gossip runs.
+    async fn reroute(&self) {
+        let gossip = self.running.lock().await.as_ref().map(|r| r.gossip.clone());
+        if let Some(gossip) = gossip {
+            reroute(&self.overlay, &gossip, &self.mesh).await;
+        }
     }
 
     async fn drain_task(&self, task_id: &str) {
@@ -244,6 +262,7 @@ impl Dataplane {
             }
         }
         tracing::debug!(task.id = %task_id, "task drained from its services");
+        self.reroute().await;
     }
 
     async fn detach_task(&self, task_id: &str) {
@@ -267,6 +286,7 @@ impl Dataplane {
             }
         }
         self.overlay.detach(task_id).await;
+        self.reroute().await;
     }
 }
 
@@ -296,6 +316,7 @@ async fn sweep(
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
     dns: Arc<Dns>,
     balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
+    mesh: Arc<Mutex<Option<ingress::Plan>>>,
     peers: Vec<SocketAddr>,
 ) {
     let started = tokio::time::Instant::now();
@@ -320,6 +341,7 @@ async fn sweep(
         }
         // Expires VIPs kept empty past their grace.
         Dataplane::rebalance(&dns, balancer.as_ref());
+        reroute(&overlay, &gossip, &mesh).await;
         if started.elapsed() < SETTLE {
             continue;
         }
@@ -339,5 +361,22 @@ async fn sweep(
                 }
             }
         }
+    }
+}
+
+/// Applies the routing mesh's rules for what gossip knows now, when they changed.
+async fn reroute(overlay: &Overlay, gossip: &Gossip, mesh: &Mutex<Option<ingress::Plan>>) {
+    let local = overlay.gateway_addrs().await;
+    let plan = ingress::plan(&gossip.records(), overlay.vtep(), &local);
+    let mut applied = mesh.lock().await;
+    if applied.as_ref() == Some(&plan) || (applied.is_none() && plan.is_empty()) {
+        return;
+    }
+    match ingress::apply(&plan).await {
+        Ok(()) => {
+            tracing::info!(ports = plan.len(), "routing mesh updated");
+            *applied = Some(plan);
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot update the routing mesh"),
     }
 }

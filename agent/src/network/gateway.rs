@@ -84,6 +84,18 @@ pub(super) fn veth_name(task_id: &str) -> String {
 }
 
 impl Overlay {
+    /// The gateway-bridge address of every local task that has one, by task id.
+    pub(super) async fn gateway_addrs(&self) -> std::collections::BTreeMap<String, Ipv4Addr> {
+        let state = self.state.lock().await;
+        state
+            .leases
+            .by_task
+            .iter()
+            .filter(|(task, _)| state.tasks.contains_key(*task))
+            .map(|(task, addr)| (task.clone(), *addr))
+            .collect()
+    }
+
     /// Connects the sandbox's `ifname` to the gateway bridge, with the default route through it.
     pub(super) async fn attach_gateway(
         &self,

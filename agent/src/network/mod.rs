@@ -5,6 +5,7 @@ mod attach;
 mod balancer;
 mod dataplane;
 mod gateway;
+mod ingress;
 mod nat;
 mod remote;
 

@@ -164,12 +164,18 @@ pub(super) async fn unpublish(ports: &[HostPort], bridge: &str) {
     }
 }
 
-/// Turns on IPv4 forwarding and installs the rules that are missing.
-pub(super) async fn enable(subnet: Ipv4Net, bridge: &str) -> Result<(), String> {
+/// Turns on IPv4 forwarding in this process's network namespace.
+pub(super) fn enable_forwarding() -> Result<(), String> {
     let forward = "/proc/sys/net/ipv4/ip_forward";
     if !std::fs::read_to_string(forward).is_ok_and(|v| v.trim() == "1") {
         std::fs::write(forward, "1").map_err(|e| format!("cannot enable {forward}: {e}"))?;
     }
+    Ok(())
+}
+
+/// Turns on IPv4 forwarding and installs the rules that are missing.
+pub(super) async fn enable(subnet: Ipv4Net, bridge: &str) -> Result<(), String> {
+    enable_forwarding()?;
     // Inserted at the top in reverse, so that they end up in the order written.
     for (table, chain, rule) in rules(subnet, bridge).into_iter().rev() {
         let rule: Vec<&str> = rule.iter().map(String::as_str).collect();

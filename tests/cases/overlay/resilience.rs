@@ -132,6 +132,7 @@ async fn rogue_member(cluster: &Cluster, vni: u32, tasks: &[Task]) -> anyhow::Re
         vtep: rogue_addr,
         service_name: String::new(),
         vip: None,
+        ingress_ports: Vec::new(),
     };
     let result = async {
         rogue

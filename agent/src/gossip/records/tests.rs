@@ -19,6 +19,7 @@ fn record(net: &str, task: &str, node: &str, last_octet: u8) -> EndpointRecord {
         vtep: Ipv4Addr::new(192, 168, 0, 1),
         service_name: String::new(),
         vip: None,
+        ingress_ports: Vec::new(),
     }
 }
 
