@@ -15,8 +15,14 @@ use mesh_tests::{BUSYBOX_IMAGE, Cluster, Output, image};
 use crate::{cargo, run};
 
 mod failover;
+mod gossip;
+mod lb;
+mod overlay;
 
 pub use failover::failover;
+pub use gossip::gossip;
+pub use lb::{LbArgs, LbClientArgs, LbServerArgs, lb, lb_client, lb_server};
+pub use overlay::{overlay, rr};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const SERVICE: &str = "bench";

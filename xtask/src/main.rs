@@ -65,6 +65,42 @@ enum Bench {
         #[arg(long)]
         release: bool,
     },
+    /// Task-to-task throughput and latency over the VXLAN overlay, against the direct underlay.
+    Overlay {
+        /// Benchmark a release build of meshd (builds it first).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Gossip convergence of 10, 100 and 1,000 simulated members, and endpoint propagation to the
+    /// FDBs of 3 real nodes.
+    Gossip {
+        /// Benchmark release builds of meshd and of the simulation (builds them first).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Requests per second and latency to a service VIP through the eBPF balancer, through
+    /// kube-proxy-style iptables DNAT and to one backend directly; time to program 1 to 10,000
+    /// services in each.
+    Lb(bench::LbArgs),
+    /// The request/response server that `bench lb` runs in each backend namespace.
+    #[command(hide = true)]
+    LbServer(bench::LbServerArgs),
+    /// The load generator that `bench lb` runs in the client namespace.
+    #[command(hide = true)]
+    LbClient(bench::LbClientArgs),
+    /// A TCP request/response loop that `bench overlay` runs inside namespaces.
+    #[command(hide = true)]
+    Rr {
+        /// Echo one client's bytes at this address.
+        #[arg(long, conflicts_with = "connect", required_unless_present = "connect")]
+        serve: Option<std::net::SocketAddr>,
+        /// Time round trips to a server at this address.
+        #[arg(long)]
+        connect: Option<std::net::SocketAddr>,
+        /// How many round trips to time.
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+    },
 }
 
 #[tokio::main]
@@ -86,6 +122,29 @@ async fn main() -> anyhow::Result<()> {
         Task::Bench {
             which: Bench::Failover { release },
         } => bench::failover(release).await,
+        Task::Bench {
+            which: Bench::Overlay { release },
+        } => bench::overlay(release).await,
+        Task::Bench {
+            which: Bench::Gossip { release },
+        } => bench::gossip(release).await,
+        Task::Bench {
+            which:
+                Bench::Rr {
+                    serve,
+                    connect,
+                    count,
+                },
+        } => bench::rr(serve, connect, count),
+        Task::Bench {
+            which: Bench::Lb(args),
+        } => bench::lb(args).await,
+        Task::Bench {
+            which: Bench::LbServer(args),
+        } => bench::lb_server(args),
+        Task::Bench {
+            which: Bench::LbClient(args),
+        } => bench::lb_client(args),
         Task::Clean => {
             let found = leftovers::find();
             found.report();
