@@ -226,20 +226,6 @@ async fn vips_spread_over_every_node_drain_stopping_tasks_and_refuse_when_empty(
     cluster.close()
 }
 
-/// One HTTP/1.0 request from the test process (the host, outside the cluster) to `addr`: the
-/// body's last line, or `None` when nothing answered.
-fn http_get(addr: std::net::SocketAddr) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    reply
-        .starts_with("HTTP/1.")
-        .then(|| reply.lines().last().unwrap_or_default().trim().to_owned())
-}
-
 #[tokio::test]
 async fn the_routing_mesh_answers_on_every_node_including_those_without_a_task()
 -> anyhow::Result<()> {
@@ -272,7 +258,7 @@ async fn the_routing_mesh_answers_on_every_node_including_those_without_a_task()
         let addr = std::net::SocketAddr::from((node.addr(), 8080));
         let what = format!("{}:8080 to answer", node.hostname());
         let answer = wait_for(CONVERGE, &what, async || {
-            Ok(tokio::task::spawn_blocking(move || http_get(addr)).await?)
+            Ok(tokio::task::spawn_blocking(move || mesh_tests::observe::http_get(addr)).await?)
         })
         .await;
         if answer.is_err() {
@@ -289,9 +275,11 @@ async fn the_routing_mesh_answers_on_every_node_including_those_without_a_task()
     for node in cluster.nodes() {
         let addr = std::net::SocketAddr::from((node.addr(), 8080));
         wait_until(CONVERGE, "the port to close", async || {
-            Ok(tokio::task::spawn_blocking(move || http_get(addr))
-                .await?
-                .is_none())
+            Ok(
+                tokio::task::spawn_blocking(move || mesh_tests::observe::http_get(addr))
+                    .await?
+                    .is_none(),
+            )
         })
         .await?;
     }

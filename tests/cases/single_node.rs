@@ -592,20 +592,6 @@ async fn published_ports_are_exclusive_and_services_get_virtual_ips() -> anyhow:
     cluster.close()
 }
 
-/// One HTTP/1.0 request to `addr` from the test process (the host, outside the cluster): the
-/// body's last line, or `None` when nothing answered.
-fn http_get(addr: std::net::SocketAddr) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    reply
-        .starts_with("HTTP/1.")
-        .then(|| reply.lines().last().unwrap_or_default().trim().to_owned())
-}
-
 #[tokio::test]
 async fn host_mode_ports_answer_on_the_node_running_the_task() -> anyhow::Result<()> {
     require_privileged!();
@@ -635,7 +621,7 @@ async fn host_mode_ports_answer_on_the_node_running_the_task() -> anyhow::Result
         .to_owned();
     let addr = std::net::SocketAddr::from((node.addr(), 8081));
     let answer = wait_for(CONVERGE, "the published port to answer", async || {
-        Ok(tokio::task::spawn_blocking(move || http_get(addr)).await?)
+        Ok(tokio::task::spawn_blocking(move || mesh_tests::observe::http_get(addr)).await?)
     })
     .await?;
     assert_eq!(answer, hostname);
@@ -644,9 +630,11 @@ async fn host_mode_ports_answer_on_the_node_running_the_task() -> anyhow::Result
     node.meshctl_ok(&["service", "update", "-d", "--publish-rm", "80", "web"])
         .await?;
     wait_until(CONVERGE, "the port to be withdrawn", async || {
-        Ok(tokio::task::spawn_blocking(move || http_get(addr))
-            .await?
-            .is_none())
+        Ok(
+            tokio::task::spawn_blocking(move || mesh_tests::observe::http_get(addr))
+                .await?
+                .is_none(),
+        )
     })
     .await?;
     cluster.close()

@@ -140,3 +140,17 @@ impl Cluster {
 fn is_live_manager(node: &Node) -> bool {
     node.role() == crate::cluster::Role::Manager && node.meshd_running()
 }
+
+/// One HTTP/1.0 request to `addr` from the test process (the host, outside the cluster): the
+/// body's last line, or `None` when nothing answered. Blocking: call it from `spawn_blocking`.
+pub fn http_get(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply
+        .starts_with("HTTP/1.")
+        .then(|| reply.lines().last().unwrap_or_default().trim().to_owned())
+}

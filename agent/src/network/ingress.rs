@@ -125,16 +125,6 @@ const JUMPS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-async fn iptables(args: &[&str]) -> Result<bool, String> {
-    let out = Command::new("iptables")
-        .arg("-w")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run iptables: {e}"))?;
-    Ok(out.status.success())
-}
-
 /// Replaces the chains' rules with `plan`, and makes sure the jumps into them exist. A node
 /// forwards what it does not serve itself, so it turns IPv4 forwarding on.
 pub(super) async fn apply(plan: &Plan) -> Result<(), String> {
@@ -165,12 +155,7 @@ pub(super) async fn apply(plan: &Plan) -> Result<(), String> {
         ));
     }
     for (table, chain, rule) in JUMPS {
-        if iptables(&[&["-t", table, "-C", chain][..], rule].concat()).await? {
-            continue;
-        }
-        if !iptables(&[&["-t", table, "-I", chain, "1"][..], rule].concat()).await? {
-            return Err(format!("cannot add the {chain} jump of the routing mesh"));
-        }
+        super::nat::ensure_first(table, chain, rule).await?;
     }
     Ok(())
 }

@@ -65,6 +65,29 @@ async fn iptables(args: &[&str]) -> Result<(bool, String), String> {
     Ok((out.status.success(), complaint))
 }
 
+/// Inserts `rule` at the top of `table`'s `chain` unless it is there already.
+pub(super) async fn ensure_first(table: &str, chain: &str, rule: &[&str]) -> Result<(), String> {
+    if iptables(&[&["-t", table, "-C", chain][..], rule].concat())
+        .await?
+        .0
+    {
+        return Ok(());
+    }
+    let insert = [&["-t", table, "-I", chain, "1"][..], rule].concat();
+    let (inserted, complaint) = iptables(&insert).await?;
+    if !inserted {
+        return Err(format!("iptables {}: {complaint}", insert.join(" ")));
+    }
+    Ok(())
+}
+
+/// Deletes every copy of `rule` from `table`'s `chain`; fails only when iptables cannot run.
+async fn delete_all(table: &str, chain: &str, rule: &[&str]) -> Result<(), String> {
+    let delete = [&["-t", table, "-D", chain][..], rule].concat();
+    while iptables(&delete).await?.0 {}
+    Ok(())
+}
+
 /// A port a task publishes in host mode: `published` on the node's addresses to `target` on
 /// the task's gateway-bridge address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,17 +160,7 @@ pub(super) async fn publish(ports: &[HostPort], bridge: &str) -> Result<(), Stri
     for port in ports {
         for (table, chain, rule) in host_rules(port, bridge) {
             let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-            if iptables(&[&["-t", table, "-C", chain][..], &rule].concat())
-                .await?
-                .0
-            {
-                continue;
-            }
-            let insert = [&["-t", table, "-I", chain, "1"][..], &rule].concat();
-            let (inserted, complaint) = iptables(&insert).await?;
-            if !inserted {
-                return Err(format!("iptables {}: {complaint}", insert.join(" ")));
-            }
+            ensure_first(table, chain, &rule).await?;
         }
     }
     Ok(())
@@ -158,8 +171,10 @@ pub(super) async fn unpublish(ports: &[HostPort], bridge: &str) {
     for port in ports {
         for (table, chain, rule) in host_rules(port, bridge) {
             let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-            let delete = [&["-t", table, "-D", chain][..], &rule].concat();
-            while let Ok((true, _)) = iptables(&delete).await {}
+            if let Err(err) = delete_all(table, chain, &rule).await {
+                tracing::warn!(error = %err, "cannot withdraw published port");
+                return;
+            }
         }
     }
 }
@@ -179,15 +194,7 @@ pub(super) async fn enable(subnet: Ipv4Net, bridge: &str) -> Result<(), String> 
     // Inserted at the top in reverse, so that they end up in the order written.
     for (table, chain, rule) in rules(subnet, bridge).into_iter().rev() {
         let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let check = [&["-t", table, "-C", chain][..], &rule].concat();
-        if iptables(&check).await?.0 {
-            continue;
-        }
-        let insert = [&["-t", table, "-I", chain, "1"][..], &rule].concat();
-        let (inserted, complaint) = iptables(&insert).await?;
-        if !inserted {
-            return Err(format!("iptables {}: {complaint}", insert.join(" ")));
-        }
+        ensure_first(table, chain, &rule).await?;
     }
     Ok(())
 }
@@ -196,16 +203,9 @@ pub(super) async fn enable(subnet: Ipv4Net, bridge: &str) -> Result<(), String> 
 pub(super) async fn disable(subnet: Ipv4Net, bridge: &str) {
     for (table, chain, rule) in rules(subnet, bridge) {
         let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let delete = [&["-t", table, "-D", chain][..], &rule].concat();
-        loop {
-            match iptables(&delete).await {
-                Ok((true, _)) => continue,
-                Ok((false, _)) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot remove gateway NAT rules");
-                    return;
-                }
-            }
+        if let Err(err) = delete_all(table, chain, &rule).await {
+            tracing::warn!(error = %err, "cannot remove gateway NAT rules");
+            return;
         }
     }
 }
