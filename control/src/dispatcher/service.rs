@@ -65,12 +65,14 @@ impl DispatcherService {
             message: String::new(),
             addr: req.addr.clone(),
         };
+        // A manager joining the Raft group may create the same node concurrently: a lost race
+        // is re-run against the node it made.
         self.inner
             .store
-            .update(|tx| match tx.get::<Node>(&req.node_id) {
+            .update_retrying(|tx| match tx.get::<Node>(&req.node_id) {
                 Some(mut node) => {
-                    node.description = Some(description);
-                    node.status = Some(status);
+                    node.description = Some(description.clone());
+                    node.status = Some(status.clone());
                     tx.update(node)
                 }
                 None => tx.create(Node {
@@ -79,8 +81,8 @@ impl DispatcherService {
                         desired_role: role,
                         ..Default::default()
                     }),
-                    description: Some(description),
-                    status: Some(status),
+                    description: Some(description.clone()),
+                    status: Some(status.clone()),
                     role,
                     ..Default::default()
                 }),

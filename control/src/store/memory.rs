@@ -192,9 +192,11 @@ fn validate(tables: &Tables, action: &StoreAction) -> Result<(), ApplyError> {
     let (kind, id) = (object.kind(), object.id().to_string());
     let current = get(tables, kind, &id);
     match store_action::Kind::try_from(action.kind).unwrap_or(store_action::Kind::Create) {
+        // The transaction saw no such object when it was built (WriteTx::create checks), so one
+        // appearing since is a concurrent write it lost to, as a version mismatch is.
         store_action::Kind::Create => {
             if current.is_some() {
-                return Err(ApplyError::AlreadyExists { kind, name: id });
+                return Err(ApplyError::Conflict { kind, id });
             }
         }
         store_action::Kind::Update => {
@@ -276,5 +278,48 @@ fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
         Kind::Task => tables.tasks.remove(id).map(Object::Task),
         Kind::Cluster => tables.clusters.remove(id).map(Object::Cluster),
         Kind::Network => tables.networks.remove(id).map(Object::Network),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::Node;
+
+    fn create(store: &MemoryStore, id: &str) -> Transaction {
+        let node = Node {
+            id: id.into(),
+            ..Default::default()
+        };
+        store.write_tx(|tx| tx.create(node)).expect("create").0
+    }
+
+    #[test]
+    fn a_create_that_lost_a_race_to_another_is_a_conflict() {
+        let store = MemoryStore::new();
+        // Both built against the same state, in which the node does not exist yet.
+        let first = create(&store, "n1");
+        let second = create(&store, "n1");
+        let results = store.apply(
+            1,
+            &Proposal {
+                transactions: vec![first, second],
+            },
+        );
+        assert!(results[0].is_ok());
+        assert!(
+            matches!(results[1], Err(ApplyError::Conflict { .. })),
+            "{results:?}"
+        );
+        // Creating what the transaction already sees is still the caller's error.
+        let err = store
+            .write_tx(|tx| {
+                tx.create(Node {
+                    id: "n1".into(),
+                    ..Default::default()
+                })
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
     }
 }

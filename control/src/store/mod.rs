@@ -107,7 +107,8 @@ impl Store {
 
 impl Store {
     /// Like [`Store::update`], but re-runs `f` against the new state when the transaction lost a
-    /// race to a concurrent write (for read-modify-write changes that carry no user-given version).
+    /// race to a concurrent write — an update of a changed object, or a create of one that
+    /// appeared meanwhile (for read-modify-write changes that carry no user-given version).
     pub async fn update_retrying<T>(
         &self,
         mut f: impl FnMut(&mut WriteTx<'_>) -> Result<T, StoreError>,
