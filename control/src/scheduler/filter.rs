@@ -3,7 +3,7 @@
 use mesh_proto::{NodeAvailability, NodeState, Platform, Resources, Task};
 
 use super::constraint::{self, Constraint, ConstraintError};
-use super::node_info::{NodeInfo, reservations};
+use super::node_info::{HostPort, NodeInfo, host_ports, reservations};
 
 /// A task prepared for filtering: its placement requirements parsed once for all nodes.
 #[derive(Debug)]
@@ -12,6 +12,7 @@ pub struct TaskRequest<'a> {
     constraints: Vec<Constraint>,
     reservations: Resources,
     platforms: &'a [Platform],
+    host_ports: Vec<HostPort>,
     max_replicas: u64,
 }
 
@@ -27,6 +28,7 @@ impl<'a> TaskRequest<'a> {
             constraints,
             reservations: reservations(task),
             platforms: placement.map_or(&[], |p| p.platforms.as_slice()),
+            host_ports: host_ports(task).collect(),
             max_replicas: placement.map_or(0, |p| p.max_replicas),
         })
     }
@@ -40,6 +42,7 @@ pub enum Rejection {
     InsufficientResources,
     Constraints,
     Platform,
+    HostPort,
     MaxReplicas,
 }
 
@@ -56,6 +59,7 @@ impl Rejection {
             Rejection::InsufficientResources => format!("insufficient resources on {count}"),
             Rejection::Constraints => format!("scheduling constraints not satisfied on {count}"),
             Rejection::Platform => format!("unsupported platform on {count}"),
+            Rejection::HostPort => format!("host-mode port already in use on {count}"),
             Rejection::MaxReplicas => "max replicas per node limit exceed".to_string(),
         }
     }
@@ -81,6 +85,7 @@ pub const FILTERS: &[&dyn Filter] = &[
     &ResourceFilter,
     &ConstraintFilter,
     &PlatformFilter,
+    &HostPortFilter,
     &MaxReplicasFilter,
 ];
 
@@ -181,6 +186,23 @@ fn normalize_arch(arch: &str) -> String {
         "x86_64" => "amd64".to_string(),
         "aarch64" => "arm64".to_string(),
         other => other.to_string(),
+    }
+}
+
+/// No task on the node (of any service, stopping ones included) publishes one of the task's
+/// host-mode ports already: the node has only one of each.
+pub struct HostPortFilter;
+
+impl Filter for HostPortFilter {
+    fn rejection(&self) -> Rejection {
+        Rejection::HostPort
+    }
+
+    fn check(&self, task: &TaskRequest<'_>, node: &NodeInfo) -> bool {
+        !task
+            .host_ports
+            .iter()
+            .any(|port| node.uses_host_port(*port))
     }
 }
 

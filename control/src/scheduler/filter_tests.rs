@@ -1,11 +1,11 @@
 //! Table-driven tests of every filter and of the explanations.
 
-use mesh_proto::{Node, NodeAvailability, NodeState, Platform};
+use mesh_proto::{Node, NodeAvailability, NodeState, Platform, PortProtocol, PublishMode};
 
 use super::*;
 use crate::scheduler::fixtures::{
-    CPU, GIB, constrained, node, placement, reserving, running_on, task, with_availability,
-    with_label, with_state,
+    CPU, GIB, constrained, host_port, node, placement, publishing, reserving, running_on, task,
+    with_availability, with_label, with_state,
 };
 
 fn platform(os: &str, arch: &str) -> Platform {
@@ -38,6 +38,18 @@ type Case = (
 #[test]
 fn filters_accept_and_reject() {
     let plain = || task("t", "s1");
+    let on_8080 = || host_port(plain(), 8080);
+    let stopping = {
+        let mut t = running_on(host_port(task("o", "s2"), 8080), "n");
+        t.desired_state = mesh_proto::TaskState::Shutdown as i32;
+        t
+    };
+    let stopped = {
+        let mut t = stopping.clone();
+        t.status.get_or_insert_with(Default::default).state =
+            mesh_proto::TaskState::Shutdown as i32;
+        t
+    };
     let cases: Vec<Case> = vec![
         ("ready node", &ReadyFilter, node("n"), vec![], plain(), true),
         (
@@ -164,6 +176,89 @@ fn filters_accept_and_reject() {
             false,
         ),
         (
+            "no host port",
+            &HostPortFilter,
+            node("n"),
+            vec![running_on(host_port(task("o", "s2"), 8080), "n")],
+            plain(),
+            true,
+        ),
+        (
+            "host port free",
+            &HostPortFilter,
+            node("n"),
+            vec![running_on(host_port(task("o", "s2"), 8081), "n")],
+            on_8080(),
+            true,
+        ),
+        (
+            "host port of another service",
+            &HostPortFilter,
+            node("n"),
+            vec![running_on(host_port(task("o", "s2"), 8080), "n")],
+            on_8080(),
+            false,
+        ),
+        (
+            "host port of the same service",
+            &HostPortFilter,
+            node("n"),
+            vec![running_on(host_port(task("o", "s1"), 8080), "n")],
+            on_8080(),
+            false,
+        ),
+        (
+            "host port of a task still stopping",
+            &HostPortFilter,
+            node("n"),
+            vec![stopping],
+            on_8080(),
+            false,
+        ),
+        (
+            "host port of a task that stopped",
+            &HostPortFilter,
+            node("n"),
+            vec![stopped],
+            on_8080(),
+            true,
+        ),
+        (
+            "same number over udp",
+            &HostPortFilter,
+            node("n"),
+            vec![running_on(
+                publishing(task("o", "s2"), 8080, PortProtocol::Udp, PublishMode::Host),
+                "n",
+            )],
+            on_8080(),
+            true,
+        ),
+        (
+            "same number published in ingress mode",
+            &HostPortFilter,
+            node("n"),
+            vec![running_on(
+                publishing(
+                    task("o", "s2"),
+                    8080,
+                    PortProtocol::Tcp,
+                    PublishMode::Ingress,
+                ),
+                "n",
+            )],
+            on_8080(),
+            true,
+        ),
+        (
+            "host port not numbered yet",
+            &HostPortFilter,
+            node("n"),
+            vec![running_on(host_port(task("o", "s1"), 0), "n")],
+            host_port(plain(), 0),
+            true,
+        ),
+        (
             "no max replicas",
             &MaxReplicasFilter,
             node("n"),
@@ -235,6 +330,16 @@ fn explanations_use_swarm_words() {
             "scheduling constraints not satisfied on 4 nodes",
         ),
         (Rejection::Platform, 2, "unsupported platform on 2 nodes"),
+        (
+            Rejection::HostPort,
+            1,
+            "host-mode port already in use on 1 node",
+        ),
+        (
+            Rejection::HostPort,
+            3,
+            "host-mode port already in use on 3 nodes",
+        ),
         (
             Rejection::MaxReplicas,
             5,

@@ -2,8 +2,8 @@
 
 use mesh_proto::{
     Annotations, EngineDescription, Node, NodeAvailability, NodeDescription, NodeRole, NodeSpec,
-    NodeState, NodeStatus, Placement, Platform, ResourceRequirements, Resources, Task, TaskSpec,
-    TaskState, TaskStatus,
+    NodeState, NodeStatus, Placement, Platform, PortConfig, PortProtocol, PublishMode,
+    ResourceRequirements, Resources, Task, TaskSpec, TaskState, TaskStatus,
 };
 
 use super::NodeInfo;
@@ -96,6 +96,28 @@ pub fn reserving(mut task: Task, nano_cpus: i64, memory_bytes: i64) -> Task {
 pub fn constrained(mut task: Task, constraints: &[&str]) -> Task {
     placement(&mut task).constraints = constraints.iter().map(|c| c.to_string()).collect();
     task
+}
+
+/// `task` publishing port 80 as `published`/`protocol` in `mode` (`published` 0: not numbered).
+pub fn publishing(
+    mut task: Task,
+    published: u32,
+    protocol: PortProtocol,
+    mode: PublishMode,
+) -> Task {
+    task.ports.push(PortConfig {
+        protocol: protocol as i32,
+        target_port: 80,
+        published_port: published,
+        publish_mode: mode as i32,
+        ..Default::default()
+    });
+    task
+}
+
+/// `task` publishing port 80 as `published`/tcp in host mode.
+pub fn host_port(task: Task, published: u32) -> Task {
+    publishing(task, published, PortProtocol::Tcp, PublishMode::Host)
 }
 
 /// `task` as it is once running on `node`.

@@ -1,7 +1,10 @@
 //! A node as the scheduler sees it: the node, the tasks holding resources on it, what is left.
 
-use mesh_proto::{Node, Resources, Task, TaskState};
-use std::collections::HashMap;
+use mesh_proto::{Node, PublishMode, Resources, Task, TaskState};
+use std::collections::{HashMap, HashSet};
+
+/// A port published on a node in host mode: the protocol (`PortProtocol` as stored) and number.
+pub type HostPort = (i32, u32);
 
 /// One node's snapshot: its tasks and its resources still free for reservations.
 #[derive(Debug, Clone)]
@@ -12,6 +15,8 @@ pub struct NodeInfo {
     /// Tasks on the node meant to keep running (desired state at most RUNNING), by service.
     active_by_service: HashMap<String, usize>,
     active: usize,
+    /// Host-mode ports the node's tasks publish, stopping ones included until they have stopped.
+    host_ports: HashSet<HostPort>,
 }
 
 impl NodeInfo {
@@ -29,6 +34,7 @@ impl NodeInfo {
             available,
             active_by_service: HashMap::new(),
             active: 0,
+            host_ports: HashSet::new(),
         };
         for task in tasks {
             if task.node_id == info.node.id && holds_resources(&task) {
@@ -66,11 +72,18 @@ impl NodeInfo {
         self.active
     }
 
-    /// Accounts for `task` placed here: its reservations and, if it should run, the spread counts.
+    /// Whether a task here publishes `port` in host mode.
+    pub fn uses_host_port(&self, port: HostPort) -> bool {
+        self.host_ports.contains(&port)
+    }
+
+    /// Accounts for `task` placed here: its reservations and host-mode ports and, if it should
+    /// run, the spread counts.
     pub(crate) fn add_task(&mut self, task: Task) {
         let reserved = reservations(&task);
         self.available.nano_cpus -= reserved.nano_cpus;
         self.available.memory_bytes -= reserved.memory_bytes;
+        self.host_ports.extend(host_ports(&task));
         if task.desired_state <= TaskState::Running as i32 {
             *self
                 .active_by_service
@@ -92,6 +105,16 @@ pub fn holds_resources(task: &Task) -> bool {
         && state <= TaskState::Running as i32
 }
 
+/// The ports `task` publishes on its node in host mode. A port still numbered 0 is left out: it
+/// names no port yet, so it cannot collide (the allocator numbers ports left at 0 in the spec
+/// before a task is scheduled, and that number collides like any other).
+pub fn host_ports(task: &Task) -> impl Iterator<Item = HostPort> + '_ {
+    task.ports
+        .iter()
+        .filter(|p| p.publish_mode() == PublishMode::Host && p.published_port != 0)
+        .map(|p| (p.protocol, p.published_port))
+}
+
 /// What `task` reserves on its node (zero when it reserves nothing).
 pub fn reservations(task: &Task) -> Resources {
     task.spec
@@ -104,7 +127,10 @@ pub fn reservations(task: &Task) -> Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::fixtures::{CPU, GIB, node, reserving, running_on, task};
+    use crate::scheduler::fixtures::{
+        CPU, GIB, host_port, node, publishing, reserving, running_on, task,
+    };
+    use mesh_proto::{PortProtocol, PublishMode};
 
     #[test]
     fn subtracts_reservations_of_tasks_holding_resources() {
@@ -138,5 +164,38 @@ mod tests {
         );
         assert_eq!(info.service_tasks("s2"), 1);
         assert_eq!(info.active_tasks(), 2);
+    }
+
+    #[test]
+    fn host_ports_are_held_until_their_task_has_stopped() {
+        let tcp = PortProtocol::Tcp as i32;
+        let mut stopping = running_on(host_port(task("t2", "s1"), 9090), "n1");
+        stopping.desired_state = TaskState::Shutdown as i32;
+        let mut done = running_on(host_port(task("t3", "s1"), 7070), "n1");
+        done.status.get_or_insert_with(Default::default).state = TaskState::Complete as i32;
+        let mut preassigned = host_port(task("t4", "s1"), 6060);
+        preassigned.node_id = "n1".to_string();
+        let ingress = publishing(
+            task("t5", "s2"),
+            5050,
+            PortProtocol::Tcp,
+            PublishMode::Ingress,
+        );
+        let tasks = vec![
+            running_on(host_port(task("t1", "s1"), 8080), "n1"),
+            running_on(host_port(task("t6", "s1"), 0), "n1"),
+            running_on(ingress, "n1"),
+            stopping,
+            done,
+            preassigned,
+        ];
+        let info = NodeInfo::new(node("n1"), tasks);
+        assert!(info.uses_host_port((tcp, 8080)));
+        assert!(info.uses_host_port((tcp, 9090)), "still stopping");
+        assert!(!info.uses_host_port((PortProtocol::Udp as i32, 8080)));
+        assert!(!info.uses_host_port((tcp, 7070)), "completed");
+        assert!(!info.uses_host_port((tcp, 6060)), "not started");
+        assert!(!info.uses_host_port((tcp, 5050)), "ingress mode");
+        assert!(!info.uses_host_port((tcp, 0)), "not numbered");
     }
 }

@@ -4,8 +4,8 @@ use mesh_proto::{NodeAvailability, NodeState, PlacementPreference};
 
 use super::*;
 use crate::scheduler::fixtures::{
-    CPU, GIB, constrained, infos, node, placement, reserving, running_on, task, with_availability,
-    with_label, with_state,
+    CPU, GIB, constrained, host_port, infos, node, placement, reserving, running_on, task,
+    with_availability, with_label, with_state,
 };
 
 /// The node each task went to, or its reason, in order.
@@ -89,6 +89,109 @@ fn max_replicas_per_node() {
             "a",
             "b",
             "no suitable node (max replicas per node limit exceed)"
+        ]
+    );
+}
+
+#[test]
+fn a_host_mode_port_takes_one_task_per_node() {
+    // Two replicas publishing 8080 in host mode on one node: the second waits.
+    let nodes = infos(vec![node("a")], &[]);
+    let batch: Vec<Task> = tasks("s", 2)
+        .into_iter()
+        .map(|t| host_port(t, 8080))
+        .collect();
+    assert_eq!(
+        outcomes(&schedule(&nodes, &batch)),
+        [
+            "a",
+            "no suitable node (host-mode port already in use on 1 node)"
+        ]
+    );
+}
+
+#[test]
+fn services_sharing_a_host_port_go_to_different_nodes() {
+    // b is busier, so spread alone would put both services' tasks on a.
+    let existing = vec![
+        running_on(task("o1", "other"), "b"),
+        running_on(task("o2", "other"), "b"),
+    ];
+    let nodes = infos(vec![node("a"), node("b")], &existing);
+    let batch = vec![
+        host_port(task("s1-0", "s1"), 8080),
+        host_port(task("s2-0", "s2"), 8080),
+        host_port(task("s3-0", "s3"), 8080),
+        host_port(task("s4-0", "s4"), 9090),
+    ];
+    assert_eq!(
+        outcomes(&schedule(&nodes, &batch)),
+        [
+            "a",
+            "b",
+            "no suitable node (host-mode port already in use on 2 nodes)",
+            "a",
+        ]
+    );
+}
+
+#[test]
+fn host_ports_without_a_number_never_collide() {
+    let nodes = infos(
+        vec![node("a")],
+        &[running_on(host_port(task("x", "s"), 0), "a")],
+    );
+    let batch: Vec<Task> = tasks("s", 2).into_iter().map(|t| host_port(t, 0)).collect();
+    assert_eq!(outcomes(&schedule(&nodes, &batch)), ["a", "a"]);
+}
+
+#[test]
+fn an_ended_task_frees_its_host_port_and_a_stopping_one_does_not() {
+    let mut stopping = running_on(host_port(task("x", "old"), 8080), "a");
+    stopping.desired_state = TaskState::Shutdown as i32;
+    let mut ended = running_on(host_port(task("y", "old"), 8080), "b");
+    ended.desired_state = TaskState::Shutdown as i32;
+    ended.status.get_or_insert_with(Default::default).state = TaskState::Shutdown as i32;
+    let mut failed = running_on(host_port(task("z", "old"), 8080), "c");
+    failed.status.get_or_insert_with(Default::default).state = TaskState::Failed as i32;
+    let nodes = infos(
+        vec![node("a"), node("b"), node("c")],
+        &[stopping, ended, failed],
+    );
+    let batch: Vec<Task> = tasks("new", 3)
+        .into_iter()
+        .map(|t| host_port(t, 8080))
+        .collect();
+    assert_eq!(
+        outcomes(&schedule(&nodes, &batch)),
+        [
+            "b",
+            "c",
+            "no suitable node (host-mode port already in use on 3 nodes)"
+        ]
+    );
+}
+
+#[test]
+fn host_port_reasons_come_between_platform_and_replicas_per_node() {
+    let existing = vec![
+        running_on(host_port(task("x", "other"), 8080), "b"),
+        running_on(task("y", "s"), "c"),
+    ];
+    let nodes = infos(
+        vec![
+            with_availability(node("a"), NodeAvailability::Drain),
+            node("b"),
+            node("c"),
+        ],
+        &existing,
+    );
+    let mut t = host_port(task("t", "s"), 8080);
+    placement(&mut t).max_replicas = 1;
+    assert_eq!(
+        outcomes(&schedule(&nodes, &[t])),
+        [
+            "no suitable node (1 node not available for new tasks; host-mode port already in use on 1 node; max replicas per node limit exceed)"
         ]
     );
 }

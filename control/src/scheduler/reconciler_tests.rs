@@ -5,7 +5,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::scheduler::fixtures::{
-    constrained, node, placement, task, with_availability, with_label,
+    constrained, host_port, node, placement, task, with_availability, with_label,
 };
 
 struct Harness {
@@ -164,6 +164,34 @@ async fn a_task_leaving_its_node_makes_room() {
     .await;
     let placed = h.wait_assigned("second").await;
     assert_eq!(placed.node_id, "a");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_port_is_free_once_its_task_has_stopped() {
+    let h = Harness::start();
+    h.create(vec![node("a")], vec![host_port(task("old", "s1"), 8080)])
+        .await;
+    h.wait_assigned("old").await;
+    h.create(vec![], vec![host_port(task("new", "s2"), 8080)])
+        .await;
+    let reason = "no suitable node (host-mode port already in use on 1 node)";
+    let waiting = h.wait_reason("new", reason).await;
+
+    // Asked to stop, it still holds the port until it has stopped.
+    h.change::<Task>("old", |t| t.desired_state = TaskState::Shutdown as i32)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let still = h.store.view(|tx| tx.get::<Task>("new")).expect("task");
+    assert_eq!(still.version(), waiting.version(), "still waiting");
+
+    h.change::<Task>("old", |t| {
+        if let Some(status) = t.status.as_mut() {
+            status.state = TaskState::Shutdown as i32;
+        }
+    })
+    .await;
+    assert_eq!(h.wait_assigned("new").await.node_id, "a");
     h.stop().await;
 }
 
