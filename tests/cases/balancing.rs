@@ -1,6 +1,11 @@
 //! Service VIPs across three nodes, through the eBPF socket load balancer: a service's name and
 //! VIP reach its tasks on every node; a task being stopped gets no new connection after a second
 //! and no request fails meanwhile; a service scaled to 0 refuses at once; nothing stays behind.
+//! The same over UDP, through the VIP and the routing mesh, is in `udp`.
+
+// A test target's root resolves modules beside itself, as a `mod.rs` does.
+#[path = "balancing/udp.rs"]
+mod udp;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

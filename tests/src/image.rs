@@ -1,5 +1,8 @@
 //! The offline busybox image: built from busybox-static with `docker import`, copied between daemons
-//! with `docker save | docker load` so that every node holds the same image id.
+//! with `docker save | docker load` so that every node holds the same image id. Besides busybox it
+//! holds [`UDP_HOSTNAME`], a UDP server and client (see [`udp`]).
+
+pub mod udp;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,13 @@ use crate::process::run_sync_ok;
 
 /// The image reference every test service runs.
 pub const BUSYBOX_IMAGE: &str = "mesh/busybox:latest";
+
+/// Where the image holds `udp-hostname` (on its `PATH`): `udp-hostname serve PORT` answers every
+/// datagram with the container's hostname, `udp-hostname ask HOST:PORT` prints the answer.
+pub const UDP_HOSTNAME: &str = "/bin/udp-hostname";
+
+/// The statically linked `udp-hostname` that `build.rs` compiled from `src/image/udp.rs`.
+const UDP_HOSTNAME_BUILT: &str = concat!(env!("OUT_DIR"), "/udp-hostname");
 
 /// Where busybox-static installs its binary (usrmerge puts it in /usr/bin).
 const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
@@ -32,7 +42,8 @@ fn is_static(path: &Path) -> bool {
     n > 4 && head.starts_with(b"\x7fELF") && !head[..n].windows(7).any(|w| w == b"ld-linu")
 }
 
-/// Builds the image's root filesystem as a tarball in `dir`: `/bin/busybox` and one link per applet.
+/// Builds the image's root filesystem as a tarball in `dir`: `/bin/busybox`, one link per applet,
+/// and [`UDP_HOSTNAME`].
 pub fn build_rootfs(dir: &Path) -> anyhow::Result<PathBuf> {
     let busybox = busybox_binary().context("busybox-static is not installed")?;
     let bin = dir.join("rootfs/bin");
@@ -48,6 +59,11 @@ pub fn build_rootfs(dir: &Path) -> anyhow::Result<PathBuf> {
         std::os::unix::fs::symlink("busybox", bin.join(applet))
             .with_context(|| format!("cannot link applet {applet}"))?;
     }
+    let udp = dir
+        .join("rootfs")
+        .join(UDP_HOSTNAME.trim_start_matches('/'));
+    std::fs::copy(UDP_HOSTNAME_BUILT, &udp)
+        .with_context(|| format!("cannot copy {UDP_HOSTNAME_BUILT}"))?;
     let tar = dir.join("busybox-rootfs.tar");
     let rootfs = dir.join("rootfs").display().to_string();
     run_sync_ok(
