@@ -4,6 +4,8 @@
 use clap::Parser;
 use std::path::PathBuf;
 
+use crate::lb::LbBackend;
+
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
@@ -50,6 +52,12 @@ pub struct Config {
     /// Docker's `docker_gwbridge`); it must not overlap the node's other networks.
     #[arg(long, env = "MESH_GWBRIDGE_SUBNET", default_value = crate::network::DEFAULT_GWBRIDGE_SUBNET)]
     pub gwbridge_subnet: ipnet::Ipv4Net,
+
+    /// The service load balancer: `ipvs` (IPVS in each task's sandbox) or `ebpf` (eBPF socket
+    /// hooks); `auto` takes IPVS when the kernel has it (/proc/net/ip_vs exists), eBPF otherwise.
+    /// A backend asked for by name that cannot run here stops meshd at start.
+    #[arg(long, env = "MESH_LB_BACKEND", value_enum, default_value_t = LbBackend::Auto)]
+    pub lb_backend: LbBackend,
 
     /// Log filter, as RUST_LOG.
     #[arg(long, env = "MESH_LOG", default_value = "info")]

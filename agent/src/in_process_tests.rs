@@ -28,6 +28,7 @@ fn config(dir: &Path, port: u16) -> Config {
         gossip_port: 0,
         gwbridge_subnet: crate::network::DEFAULT_GWBRIDGE_SUBNET.parse().unwrap(),
         log: "info".into(),
+        lb_backend: crate::lb::LbBackend::Auto,
     }
 }
 

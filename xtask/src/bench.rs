@@ -20,7 +20,7 @@ mod lb;
 mod overlay;
 
 pub use failover::failover;
-pub use gossip::gossip;
+pub use gossip::{GossipArgs, gossip};
 pub use lb::{LbArgs, LbClientArgs, LbServerArgs, lb, lb_client, lb_server};
 pub use overlay::{overlay, rr};
 

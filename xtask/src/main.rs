@@ -8,6 +8,7 @@ mod demo;
 mod deps;
 mod leftovers;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,6 +41,11 @@ enum Task {
     },
     /// Remove namespaces, links, processes and directories left by test runs that died.
     Clean,
+    /// Run mesh's code against a kernel in a QEMU VM (not part of `test`: slow, downloads).
+    Vm {
+        #[command(subcommand)]
+        which: vm::Vm,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,11 +79,7 @@ enum Bench {
     },
     /// Gossip convergence of 10, 100 and 1,000 simulated members, and endpoint propagation to the
     /// FDBs of 3 real nodes.
-    Gossip {
-        /// Benchmark release builds of meshd and of the simulation (builds them first).
-        #[arg(long)]
-        release: bool,
-    },
+    Gossip(bench::GossipArgs),
     /// Requests per second and latency to a service VIP through the eBPF balancer, through
     /// kube-proxy-style iptables DNAT and to one backend directly; time to program 1 to 10,000
     /// services in each.
@@ -126,8 +128,8 @@ async fn main() -> anyhow::Result<()> {
             which: Bench::Overlay { release },
         } => bench::overlay(release).await,
         Task::Bench {
-            which: Bench::Gossip { release },
-        } => bench::gossip(release).await,
+            which: Bench::Gossip(args),
+        } => bench::gossip(args).await,
         Task::Bench {
             which:
                 Bench::Rr {
@@ -145,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         Task::Bench {
             which: Bench::LbClient(args),
         } => bench::lb_client(args),
+        Task::Vm { which } => vm::run_vm(which),
         Task::Clean => {
             let found = leftovers::find();
             found.report();

@@ -77,6 +77,7 @@ impl Daemon {
             Arc::new(overlay),
             self.config.gossip_port,
             crate::dns::upstreams(&resolv_conf),
+            self.config.lb_backend,
         )))
     }
 }

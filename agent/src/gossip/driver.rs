@@ -1,6 +1,7 @@
 //! The gossip task: drives foca (sans-IO SWIM) with a UDP socket and timers, opens and seals
 //! every datagram, and runs the periodic anti-entropy exchange of record digests.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
@@ -260,37 +261,51 @@ impl Driver {
                 let _ = timers.send(timer);
             });
         }
-        let mut changed = false;
-        let mut greet = Vec::new();
+        // Membership is kept up to date change by change: at a thousand members, copying the
+        // whole list on every change cost more than all of SWIM's own work.
+        let mut first_contact = None;
         while let Some(notification) = self.runtime.to_notify() {
+            let mut shared = lock(&self.shared);
+            let was_alone = shared.members.len() <= 1;
             match notification {
-                OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
+                OwnedNotification::MemberUp(id) => {
                     debug!(node.id = %id.node_id, addr = %id.addr, "gossip member up");
-                    greet.push(id.addr);
-                    changed = true;
+                    if was_alone {
+                        first_contact = Some(id.addr);
+                    }
+                    shared.members.insert(id.addr, id);
+                }
+                OwnedNotification::Rename(old, id) => {
+                    debug!(node.id = %id.node_id, addr = %id.addr, "gossip member renamed");
+                    remove_member(&mut shared.members, &old);
+                    shared.members.insert(id.addr, id);
                 }
                 OwnedNotification::MemberDown(id) => {
                     debug!(node.id = %id.node_id, addr = %id.addr, "gossip member down");
-                    changed = true;
+                    remove_member(&mut shared.members, &id);
                 }
                 OwnedNotification::Rejoin(id) => {
                     debug!(incarnation = id.incarnation, "gossip identity renewed");
-                    changed = true;
+                    shared.members.insert(id.addr, id);
                 }
                 OwnedNotification::Defunct => warn!("gossip identity declared down"),
                 _ => {}
             }
         }
-        if changed {
-            let members = std::iter::once(self.foca.identity().clone())
-                .chain(self.foca.iter_members().map(|m| m.id().clone()))
-                .collect();
-            lock(&self.shared).members = members;
-        }
-        // A new member gets our table at once instead of at the next anti-entropy round.
-        for peer in greet {
+        // A member that was alone swaps tables with the first peer it meets (the peer answers
+        // with what we lack and asks for what it lacks) instead of waiting for anti-entropy.
+        // Only the newcomer asks: every member greeting every new member would send a thousand
+        // digests to each node joining a thousand-node cluster.
+        if let Some(peer) = first_contact {
             self.send_digest(peer).await;
         }
+    }
+}
+
+/// Forgets `id` unless its address already belongs to a newer identity.
+fn remove_member(members: &mut BTreeMap<SocketAddr, NodeIdentity>, id: &NodeIdentity) {
+    if members.get(&id.addr) == Some(id) {
+        members.remove(&id.addr);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `Gossip` handle: starts the gossip task on a UDP socket and exposes membership, the
 //! endpoint table, key rotation and counters to the rest of the agent.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +142,7 @@ impl Gossip {
         let ttl_ms = u64::try_from(config.tombstone_ttl.as_millis()).unwrap_or(u64::MAX);
         let shared = Arc::new(Mutex::new(Shared {
             table: RecordTable::new(config.node_id.clone(), ttl_ms),
-            members: vec![identity.clone()],
+            members: BTreeMap::from([(identity.addr, identity.clone())]),
         }));
         let keys = Arc::new(Mutex::new(config.keys.clone()));
         let counters = Arc::new(Counters::default());
@@ -194,9 +195,14 @@ impl Gossip {
         self.send(Command::Withdraw(key)).await
     }
 
-    /// Active members, this node included.
+    /// Active members, this node included, in address order.
     pub fn members(&self) -> Vec<NodeIdentity> {
-        lock(&self.shared).members.clone()
+        lock(&self.shared).members.values().cloned().collect()
+    }
+
+    /// How many members are active, this node included.
+    pub fn member_count(&self) -> usize {
+        lock(&self.shared).members.len()
     }
 
     /// Visible (not withdrawn) records, in (network, task) order.

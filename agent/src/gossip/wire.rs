@@ -2,6 +2,8 @@
 //! piggybacked as custom broadcasts) or an anti-entropy message, and how record updates are
 //! handed to foca's broadcast machinery.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use foca::{BroadcastHandler, Invalidates};
@@ -95,7 +97,8 @@ pub(crate) fn encode_broadcast(record: &VersionedRecord) -> Result<Vec<u8>, Wire
 /// State shared between the gossip task, foca's broadcast handler and the `Gossip` handle.
 pub(crate) struct Shared {
     pub(crate) table: RecordTable,
-    pub(crate) members: Vec<NodeIdentity>,
+    /// Active members, this node included, by address (foca's notion of one member).
+    pub(crate) members: BTreeMap<SocketAddr, NodeIdentity>,
 }
 
 pub(crate) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {

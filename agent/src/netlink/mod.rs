@@ -24,7 +24,7 @@ pub use cookie::netns_cookie;
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::FakeNetlink;
 pub use real::RtNetlink;
-pub use sockets::bind_udp;
+pub use sockets::{bind_udp, run_in_netns};
 pub use types::{
     Address, FdbEntry, Link, LinkKind, MacAddr, NETNS_DIR, Neighbour, NetlinkError, Netns,
     VXLAN_PORT, VethSpec, VxlanSpec,

@@ -17,6 +17,7 @@ use crate::dns::Dns;
 use crate::gossip::{
     Change, EndpointRecord, Gossip, GossipConfig, GossipError, GossipStats, KeyRing, SealKey,
 };
+use crate::lb::LbBackend;
 use crate::netlink::Netns;
 
 /// What the worker's controllers call when a task's container starts or goes.
@@ -49,15 +50,21 @@ pub struct Dataplane {
     running: Mutex<Option<Running>>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
     dns: Arc<Dns>,
-    /// The service VIPs' load balancer; `None` where its eBPF programs cannot load.
+    /// The service VIPs' load balancer; `None` where it cannot start.
     balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
     /// The routing mesh's rules as last applied.
     mesh: Arc<Mutex<Option<ingress::Plan>>>,
 }
 
 impl Dataplane {
-    /// The data plane; its tasks' DNS forwards what it does not know to `upstreams`.
-    pub fn new(overlay: Arc<Overlay>, gossip_port: u16, upstreams: Vec<SocketAddr>) -> Self {
+    /// The data plane; its tasks' DNS forwards what it does not know to `upstreams`, and its
+    /// service VIPs go through the load balancer `lb` stands for.
+    pub fn new(
+        overlay: Arc<Overlay>,
+        gossip_port: u16,
+        upstreams: Vec<SocketAddr>,
+        lb: LbBackend,
+    ) -> Self {
         Self {
             overlay,
             gossip_port,
@@ -65,10 +72,10 @@ impl Dataplane {
             published: Arc::new(Mutex::new(HashMap::new())),
             dns: Arc::new(Dns::new(upstreams)),
             mesh: Arc::new(Mutex::new(None)),
-            balancer: match Balancer::load() {
+            balancer: match Balancer::open(lb) {
                 Ok(balancer) => Some(Arc::new(std::sync::Mutex::new(balancer))),
                 Err(err) => {
-                    tracing::warn!(error = %err, "service VIPs disabled: the eBPF load balancer cannot load");
+                    tracing::warn!(error = %err, "service VIPs disabled: the load balancer cannot start");
                     None
                 }
             },
@@ -95,11 +102,11 @@ impl Dataplane {
             .sync(&directory);
     }
 
-    /// The load balancer's backend and its map entries, when one runs.
+    /// The load balancer's backend ("ebpf" or "ipvs") and its entries, when one runs.
     pub fn balancer_info(&self) -> Option<(&'static str, usize)> {
         let balancer = self.balancer.as_ref()?;
-        let entries = balancer.lock().unwrap_or_else(|p| p.into_inner()).entries();
-        Some(("ebpf", entries))
+        let balancer = balancer.lock().unwrap_or_else(|p| p.into_inner());
+        Some((balancer.name(), balancer.entries()))
     }
 
     pub fn overlay(&self) -> &Arc<Overlay> {
@@ -196,7 +203,7 @@ impl Dataplane {
         let running = self.running.lock().await;
         let gossip = &running.as_ref()?.gossip;
         Some((
-            gossip.members().len(),
+            gossip.member_count(),
             gossip.records().len(),
             gossip.stats(),
         ))
@@ -211,11 +218,11 @@ impl Dataplane {
             Self::learn(&self.dns, &Change::Upsert(record.clone()));
         }
         if let Some(balancer) = &self.balancer {
-            let cookie = Balancer::cookie_of(&sandbox).await?;
+            let handle = Balancer::sandbox_of(&sandbox).await?;
             balancer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .add_sandbox(&task.id, cookie, networks);
+                .add_sandbox(&task.id, handle, networks);
         }
         Self::rebalance(&self.dns, self.balancer.as_ref());
         if records.is_empty() {
@@ -327,7 +334,7 @@ async fn sweep(
         tokio::select! {
             _ = sweeps.tick() => {}
             _ = rejoins.tick() => {
-                if !peers.is_empty() && gossip.members().len() <= 1 {
+                if !peers.is_empty() && gossip.member_count() <= 1 {
                     tracing::debug!("no gossip member known yet: announcing again");
                     if let Err(err) = gossip.join(peers.clone()).await {
                         tracing::warn!(error = %err, "cannot join gossip");

@@ -19,6 +19,7 @@ use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, process, wait_for};
 use super::overlay::{NETWORK, container_pid, in_netns, overlay_netns, teardown};
 use super::{LIMIT, SERVICE};
 
+/// The simulated cluster sizes measured unless `--members` says otherwise.
 const SIZES: [usize; 3] = [10, 100, 1000];
 /// How many earlier members each simulated member joins through.
 const JOIN_PEERS: usize = 3;
@@ -61,8 +62,21 @@ struct Propagation {
     gone_to_fdb: Vec<Duration>,
 }
 
-pub async fn gossip(release: bool) -> anyhow::Result<()> {
-    if release {
+#[derive(clap::Args)]
+pub struct GossipArgs {
+    /// Benchmark release builds of meshd and of the simulation (builds them first).
+    #[arg(long)]
+    release: bool,
+    /// Simulated cluster sizes (repeatable; default 10, 100 and 1,000).
+    #[arg(long = "members", value_name = "N", value_parser = clap::value_parser!(u16).range(2..))]
+    members: Vec<u16>,
+    /// Only the simulation: skip the 3 real nodes.
+    #[arg(long)]
+    simulated_only: bool,
+}
+
+pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
+    if args.release {
         // The simulation runs in this process: build xtask itself in release too, and run that.
         let bins = [
             "-p",
@@ -78,21 +92,44 @@ pub async fn gossip(release: bool) -> anyhow::Result<()> {
             &[&["build", "--release"][..], &bins].concat(),
         )?;
         let env = [(BIN_DIR_ENV, "target/release")];
-        return crate::run_with_env("target/release/xtask", &["bench", "gossip"], &env);
+        let mut again = vec!["bench".to_owned(), "gossip".to_owned()];
+        for n in &args.members {
+            again.extend(["--members".to_owned(), n.to_string()]);
+        }
+        if args.simulated_only {
+            again.push("--simulated-only".to_owned());
+        }
+        let again: Vec<&str> = again.iter().map(String::as_str).collect();
+        return crate::run_with_env("target/release/xtask", &again, &env);
     }
-    let Some(profile) = super::build(false, &["gossip"])? else {
-        return Ok(());
+    let sizes: Vec<usize> = if args.members.is_empty() {
+        SIZES.to_vec()
+    } else {
+        args.members.iter().map(|&n| usize::from(n)).collect()
     };
-    let most = SIZES.iter().copied().max().unwrap_or(0);
+    // The simulation needs no meshd: build it only for the real nodes.
+    let profile = if args.simulated_only {
+        "unused"
+    } else {
+        match super::build(false, &["gossip"])? {
+            Some(profile) => profile,
+            None => return Ok(()),
+        }
+    };
+    let most = sizes.iter().copied().max().unwrap_or(0);
     ensure_open_files(u64::try_from(most)? + 256)?;
     let keys = KeyRing::new(SealKey::generate(1).context("generating a gossip key")?);
     let mut sims = Vec::new();
-    for members in SIZES {
+    for &members in &sizes {
         eprintln!("simulating {members} gossip members");
         sims.push(simulate(members, &keys).await?);
     }
-    eprintln!("3 real nodes: endpoint propagation");
-    let real = real_nodes().await;
+    let real = if args.simulated_only {
+        None
+    } else {
+        eprintln!("3 real nodes: endpoint propagation");
+        Some(real_nodes().await)
+    };
 
     let xtask = if cfg!(debug_assertions) {
         "debug"
@@ -159,8 +196,9 @@ pub async fn gossip(release: bool) -> anyhow::Result<()> {
     }
     println!();
     match &real {
-        Ok(p) => print_propagation(p, profile),
-        Err(err) => {
+        None => {}
+        Some(Ok(p)) => print_propagation(p, profile),
+        Some(Err(err)) => {
             println!("3 real nodes: not measured: {err:#}");
             missing.push("3 real nodes".into());
         }
@@ -243,7 +281,7 @@ async fn simulate(n: usize, keys: &KeyRing) -> anyhow::Result<Sim> {
     let poll = Duration::from_millis(u64::try_from(n / 2)?)
         .clamp(Duration::from_millis(10), Duration::from_millis(500));
     let converge = every(start, n, poll, MEMBERSHIP_LIMIT, |i| {
-        members[i].members().len() >= n
+        members[i].member_count() >= n
     })
     .await
     .with_context(|| {
@@ -333,7 +371,7 @@ async fn every(
 
 /// How many members each member sees: (min, median, max).
 fn seen(members: &[Gossip]) -> (usize, usize, usize) {
-    let mut counts: Vec<usize> = members.iter().map(|m| m.members().len()).collect();
+    let mut counts: Vec<usize> = members.iter().map(Gossip::member_count).collect();
     counts.sort_unstable();
     let at = |i: usize| counts.get(i).copied().unwrap_or(0);
     (
@@ -380,9 +418,8 @@ fn ensure_open_files(need: u64) -> anyhow::Result<()> {
     let (soft, _) = open_files_limit()?;
     ensure!(
         soft >= need,
-        "{} gossip members need about {need} open files but this process may open {soft} \
-         ({raised}); run `ulimit -n {need}` and try again",
-        SIZES.iter().max().unwrap_or(&0)
+        "the gossip members need about {need} open files but this process may open {soft} \
+         ({raised}); run `ulimit -n {need}` and try again"
     );
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! network namespaces it was given (by netns cookie, see [`crate::netlink::netns_cookie`]); every
 //! other socket passes through unchanged. Dropping it detaches the programs and frees the maps.
 
+mod backend;
 mod cgroup;
 mod maps;
 mod registry;

@@ -5,8 +5,15 @@
 //! decodes its replies into [`Reply`], and [`IpvsSocket`] resolves the family id and runs one
 //! request at a time over a generic-netlink socket. Only IPv4 services and destinations exist
 //! here.
+//!
+//! [`IpvsLb`] is the service load balancer built on it, the way Docker Swarm balances: IPVS in
+//! each task's sandbox, one firewall-mark service per VIP, the running tasks as masqueraded
+//! destinations.
 
+mod backend;
 mod codec;
+mod fwmark;
+mod netns;
 mod reply;
 mod socket;
 mod types;
@@ -19,7 +26,10 @@ use std::io;
 
 use netlink_packet_core::DecodeError;
 
+pub use backend::{IpvsLb, SCHEDULER, SandboxTable, SandboxTables};
 pub use codec::{Request, get_family_frame};
+pub use fwmark::FwmarkPool;
+pub use netns::{MARK_CHAIN, NetnsTable, NetnsTables};
 pub use reply::{Incoming, Reply, parse_datagram};
 pub use socket::IpvsSocket;
 pub use types::{ConnCounts, Destination, Family, Forward, Info, Protocol, Service, ServiceFlags};
@@ -51,6 +61,19 @@ pub enum IpvsError {
     Unsupported { what: &'static str, value: u32 },
     #[error("generic netlink socket: {0}")]
     Io(#[from] io::Error),
+    #[error("in the sandbox's network namespace: {0}")]
+    Netns(#[from] crate::netlink::NetlinkError),
+    #[error("iptables {command}: {complaint}")]
+    Iptables { command: String, complaint: String },
+    #[error("every firewall mark from {first:#x} to {last:#x} is in use")]
+    MarksExhausted { first: u32, last: u32 },
+    #[error("{}", join(.0))]
+    Teardown(Vec<IpvsError>),
+}
+
+fn join(errors: &[IpvsError]) -> String {
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("{} teardown step(s) failed: {}", all.len(), all.join("; "))
 }
 
 impl IpvsError {

@@ -1,18 +1,23 @@
 //! A generic-netlink socket that resolves the IPVS family and runs one request at a time.
+//!
+//! The socket blocks: the kernel answers a generic-netlink request (and produces each part of a
+//! dump) inside the `sendmsg`/`recvmsg` call itself, so a reply is always waiting when it is
+//! read. That lets the load balancer program IPVS from synchronous code.
 
 use std::io;
 
 use netlink_sys::protocols::NETLINK_GENERIC;
-use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
+use netlink_sys::{Socket, SocketAddr};
 
 use super::IpvsError;
 use super::codec::{Request, get_family_frame};
 use super::reply::{Incoming, Reply, parse_datagram};
 use super::uapi::IPVS_GENL_NAME;
 
-/// A socket bound to the IPVS family of the network namespace it was opened in.
+/// A socket bound to the IPVS family of the network namespace it was opened in (it keeps that
+/// namespace wherever it is used from).
 pub struct IpvsSocket {
-    socket: TokioSocket,
+    socket: Socket,
     family: u16,
     seq: u32,
 }
@@ -20,10 +25,10 @@ pub struct IpvsSocket {
 impl IpvsSocket {
     /// Opens a socket in the calling thread's network namespace and resolves the family id.
     /// Fails with [`IpvsError::NotAvailable`] when the kernel has no IPVS.
-    pub async fn open() -> Result<Self, IpvsError> {
-        let mut socket = TokioSocket::new(NETLINK_GENERIC)?;
-        socket.socket_mut().bind_auto()?;
-        socket.socket_mut().connect(&SocketAddr::new(0, 0))?;
+    pub fn open() -> Result<Self, IpvsError> {
+        let mut socket = Socket::new(NETLINK_GENERIC)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
         let mut this = Self {
             socket,
             family: 0,
@@ -32,10 +37,7 @@ impl IpvsSocket {
 
         let seq = this.next_seq();
         let frame = get_family_frame(IPVS_GENL_NAME, seq);
-        let replies = match this
-            .exchange(&frame, Exchange::new(seq, "resolve the IPVS family"))
-            .await
-        {
+        let replies = match this.exchange(&frame, Exchange::new(seq, "resolve the IPVS family")) {
             Err(e) if e.errno() == Some(libc::ENOENT) => return Err(IpvsError::NotAvailable),
             other => other?,
         };
@@ -58,24 +60,19 @@ impl IpvsSocket {
 
     /// Sends `request` and returns what the kernel answered before its ack (or, for a dump,
     /// before `NLMSG_DONE`). A refusal is [`IpvsError::Kernel`] with the errno.
-    pub async fn execute(&mut self, request: &Request) -> Result<Vec<Reply>, IpvsError> {
+    pub fn execute(&mut self, request: &Request) -> Result<Vec<Reply>, IpvsError> {
         let seq = self.next_seq();
         let frame = request.frame(self.family, seq)?;
         self.exchange(&frame, Exchange::new(seq, request.name()))
-            .await
     }
 
-    async fn exchange(
-        &mut self,
-        frame: &[u8],
-        mut exchange: Exchange,
-    ) -> Result<Vec<Reply>, IpvsError> {
-        let sent = self.socket.send(frame).await?;
+    fn exchange(&mut self, frame: &[u8], mut exchange: Exchange) -> Result<Vec<Reply>, IpvsError> {
+        let sent = self.socket.send(frame, 0)?;
         if sent != frame.len() {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short netlink send").into());
         }
         loop {
-            let (datagram, _) = self.socket.recv_from_full().await?;
+            let (datagram, _) = self.socket.recv_from_full()?;
             for incoming in parse_datagram(&datagram)? {
                 if exchange.feed(incoming)? {
                     return Ok(exchange.replies);

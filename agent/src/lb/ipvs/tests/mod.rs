@@ -2,6 +2,7 @@
 //! bytes are written for the little-endian machines mesh runs on.
 #![cfg(target_endian = "little")]
 
+mod backend;
 mod replies;
 mod requests;
 mod socket;

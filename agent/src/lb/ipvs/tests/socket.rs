@@ -69,10 +69,10 @@ fn a_refusal_is_a_kernel_error_with_errno() {
 /// Asks this kernel's generic-netlink controller for "IPVS" (no privilege needed). Where
 /// `/proc/net/ip_vs` is absent (as on the development machines) the lookup must fail with
 /// `NotAvailable`; where it exists, it must resolve to a dynamic family id.
-#[tokio::test]
-async fn open_resolves_the_family_or_reports_ipvs_missing() {
+#[test]
+fn open_resolves_the_family_or_reports_ipvs_missing() {
     let present = Path::new("/proc/net/ip_vs").exists();
-    match IpvsSocket::open().await {
+    match IpvsSocket::open() {
         Ok(socket) => {
             assert!(present, "IPVS resolved but /proc/net/ip_vs is absent");
             assert!(socket.family_id() > 0x10, "id {}", socket.family_id());
