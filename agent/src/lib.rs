@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dns;
 pub mod exec;
 pub mod gossip;
+mod hash;
 pub mod lb;
 pub mod netlink;
 pub mod network;

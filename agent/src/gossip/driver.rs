@@ -1,16 +1,13 @@
 //! The gossip task: drives foca (sans-IO SWIM) with a UDP socket and timers, opens and seals
 //! every datagram, and runs the periodic anti-entropy exchange of record digests.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
 
-/// How often a member announces itself to a random peer (and learns its view of the members).
-const ANNOUNCE_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
@@ -72,13 +69,16 @@ impl Driver {
     ) -> Self {
         // Sized for clusters of up to about a thousand nodes: news is retransmitted often enough to
         // reach them all (a size of 16 stopped spreading member news early, so 100 members took
-        // ~95 s to see each other and 1,000 never did), and a member asks a random peer for its
-        // view every few seconds rather than every 30.
+        // ~95 s to see each other and 1,000 never did). The few pairs the epidemic still misses
+        // are found by the membership sync of the anti-entropy round.
         let mut foca_config = Config::new_lan(NonZeroU32::MIN.saturating_add(1023));
-        if let Some(announce) = foca_config.periodic_announce.as_mut() {
-            announce.frequency = ANNOUNCE_PERIOD;
-        }
         foca_config.max_packet_size = NonZeroUsize::MIN.saturating_add(MAX_PLAINTEXT - 1);
+        if !config.swim_spreads_membership {
+            foca_config.probe_period = Duration::from_secs(3600);
+            foca_config.max_transmissions = NonZeroU8::MIN;
+            foca_config.periodic_announce = None;
+            foca_config.periodic_gossip = None;
+        }
         let handler = RecordBroadcasts {
             shared: shared.clone(),
             changes: changes.clone(),
@@ -213,6 +213,14 @@ impl Driver {
                 }
             }
             Ok(Inbound::Sync(message)) => self.on_sync(message, from).await,
+            Ok(Inbound::Members(members)) => {
+                if let Err(error) =
+                    self.foca
+                        .apply_many(members.into_iter(), false, &mut self.runtime)
+                {
+                    debug!(%from, %error, "foca rejected member states");
+                }
+            }
             Err(error) => {
                 bump(&self.counters.dropped_malformed);
                 debug!(%from, %error, "undecodable gossip datagram");
@@ -273,20 +281,20 @@ impl Driver {
                     if was_alone {
                         first_contact = Some(id.addr);
                     }
-                    shared.members.insert(id.addr, id);
+                    shared.members.insert(id);
                 }
                 OwnedNotification::Rename(old, id) => {
                     debug!(node.id = %id.node_id, addr = %id.addr, "gossip member renamed");
-                    remove_member(&mut shared.members, &old);
-                    shared.members.insert(id.addr, id);
+                    shared.members.remove(&old);
+                    shared.members.insert(id);
                 }
                 OwnedNotification::MemberDown(id) => {
                     debug!(node.id = %id.node_id, addr = %id.addr, "gossip member down");
-                    remove_member(&mut shared.members, &id);
+                    shared.members.remove(&id);
                 }
                 OwnedNotification::Rejoin(id) => {
                     debug!(incarnation = id.incarnation, "gossip identity renewed");
-                    shared.members.insert(id.addr, id);
+                    shared.members.insert(id);
                 }
                 OwnedNotification::Defunct => warn!("gossip identity declared down"),
                 _ => {}
@@ -299,13 +307,6 @@ impl Driver {
         if let Some(peer) = first_contact {
             self.send_digest(peer).await;
         }
-    }
-}
-
-/// Forgets `id` unless its address already belongs to a newer identity.
-fn remove_member(members: &mut BTreeMap<SocketAddr, NodeIdentity>, id: &NodeIdentity) {
-    if members.get(&id.addr) == Some(id) {
-        members.remove(&id.addr);
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod driver;
 mod identity;
+mod membership;
 mod node;
 pub mod records;
 pub mod seal;
@@ -13,6 +14,7 @@ mod wire;
 mod tests;
 
 pub use identity::NodeIdentity;
+pub use membership::MembersError;
 pub use node::{DEFAULT_GOSSIP_PORT, Gossip, GossipConfig, GossipError, GossipStats};
 pub use records::{
     Change, EndpointRecord, IngressPort, RecordKey, RecordTable, Version, VersionedRecord,

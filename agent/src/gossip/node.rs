@@ -1,7 +1,6 @@
 //! The `Gossip` handle: starts the gossip task on a UDP socket and exposes membership, the
 //! endpoint table, key rotation and counters to the rest of the agent.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +14,7 @@ use tracing::info;
 
 use super::driver::{Command, Driver};
 use super::identity::NodeIdentity;
+use super::membership::ActiveMembers;
 use super::now_ms;
 use super::records::{Change, EndpointRecord, RecordKey, RecordTable};
 use super::seal::KeyRing;
@@ -42,6 +42,10 @@ pub struct GossipConfig {
     /// Whether record updates ride on foca's messages; when off they travel by anti-entropy
     /// only (slower, but lets tests show that anti-entropy alone converges).
     pub piggyback_records: bool,
+    /// Whether SWIM spreads membership itself (probes, periodic gossip and announces, news
+    /// retransmitted). When off, members learn of each other only by joining and by the
+    /// membership sync of the anti-entropy round: lets tests show that the sync alone converges.
+    pub swim_spreads_membership: bool,
 }
 
 impl GossipConfig {
@@ -55,6 +59,7 @@ impl GossipConfig {
             tombstone_ttl: Duration::from_secs(600),
             drop_every_nth_send: None,
             piggyback_records: true,
+            swim_spreads_membership: true,
         }
     }
 }
@@ -142,7 +147,7 @@ impl Gossip {
         let ttl_ms = u64::try_from(config.tombstone_ttl.as_millis()).unwrap_or(u64::MAX);
         let shared = Arc::new(Mutex::new(Shared {
             table: RecordTable::new(config.node_id.clone(), ttl_ms),
-            members: BTreeMap::from([(identity.addr, identity.clone())]),
+            members: ActiveMembers::new(identity.clone()),
         }));
         let keys = Arc::new(Mutex::new(config.keys.clone()));
         let counters = Arc::new(Counters::default());
@@ -197,7 +202,7 @@ impl Gossip {
 
     /// Active members, this node included, in address order.
     pub fn members(&self) -> Vec<NodeIdentity> {
-        lock(&self.shared).members.values().cloned().collect()
+        lock(&self.shared).members.iter().cloned().collect()
     }
 
     /// How many members are active, this node included.

@@ -222,3 +222,40 @@ async fn a_restarted_member_converges_again() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn membership_sync_alone_makes_every_member_know_every_other() {
+    // SWIM is silenced (no probes, no periodic gossip or announces, news sent once): each
+    // newcomer learns the members the seed knew when it joined, and the earlier members never
+    // hear of the later ones from SWIM. Only the sync of the anti-entropy round closes the gaps.
+    let n = 8;
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind addr");
+        let mut config = GossipConfig::new(format!("node-{i}"), bind, ring(1, 7));
+        config.anti_entropy_interval = Duration::from_millis(200);
+        config.swim_spreads_membership = false;
+        let (gossip, _changes) = Gossip::start(config).await.expect("start gossip");
+        if let Some(seed) = nodes.first().map(|g: &Gossip| g.identity().addr) {
+            gossip.join(vec![seed]).await.expect("join");
+        }
+        nodes.push(gossip);
+    }
+    eventually("every member knows all 8", || {
+        nodes.iter().all(|g| g.member_count() == n)
+    })
+    .await;
+    let all: Vec<NodeIdentity> = nodes.iter().map(|g| g.identity().clone()).collect();
+    for g in &nodes {
+        let mut seen = g.members();
+        seen.sort_by_key(|m| m.addr);
+        let mut expected = all.clone();
+        expected.sort_by_key(|m| m.addr);
+        assert_eq!(
+            seen,
+            expected,
+            "{} sees exactly the members",
+            g.identity().node_id
+        );
+    }
+}

@@ -2,20 +2,20 @@
 //! piggybacked as custom broadcasts) or an anti-entropy message, and how record updates are
 //! handed to foca's broadcast machinery.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use foca::{BroadcastHandler, Invalidates};
+use foca::{BroadcastHandler, Invalidates, Member};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::identity::NodeIdentity;
+use super::membership::{ActiveMembers, Buckets, MemberDigest, MembersError, decode_members};
 use super::records::{Digest, RecordKey, RecordTable, Version, VersionedRecord};
 use super::{Change, now_ms};
 
 const KIND_FOCA: u8 = 0;
 const KIND_SYNC: u8 = 1;
+const KIND_MEMBERS: u8 = 2;
 
 /// Why a decrypted datagram could not be understood.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,8 @@ pub enum WireError {
     UnknownKind { kind: u8 },
     #[error("undecodable payload")]
     Decode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Members(#[from] MembersError),
 }
 
 /// Anti-entropy messages, sent straight to one peer.
@@ -37,11 +39,17 @@ pub(crate) enum SyncMessage {
     Records(Vec<VersionedRecord>),
     /// Keys the sender wants the receiver's records for.
     Want(Vec<RecordKey>),
+    /// "These are the members I hold active": answered, where buckets differ, with the
+    /// receiver's member states and a `MemberWant` for the sender's.
+    MemberDigest(MemberDigest),
+    /// Buckets whose member states the sender wants.
+    MemberWant(Buckets),
 }
 
 pub(crate) enum Inbound<'a> {
     Foca(&'a [u8]),
     Sync(SyncMessage),
+    Members(Vec<Member<NodeIdentity>>),
 }
 
 pub(crate) fn foca_frame(packet: &[u8]) -> Vec<u8> {
@@ -57,11 +65,20 @@ pub(crate) fn sync_frame(message: &SyncMessage) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
+/// A frame of member states, `body` from `membership::encode_members`.
+pub(crate) fn members_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(KIND_MEMBERS);
+    out.extend_from_slice(body);
+    out
+}
+
 pub(crate) fn parse(plain: &[u8]) -> Result<Inbound<'_>, WireError> {
     match plain.split_first() {
         None => Err(WireError::Empty),
         Some((&KIND_FOCA, rest)) => Ok(Inbound::Foca(rest)),
         Some((&KIND_SYNC, rest)) => Ok(Inbound::Sync(serde_json::from_slice(rest)?)),
+        Some((&KIND_MEMBERS, rest)) => Ok(Inbound::Members(decode_members(rest)?)),
         Some((&kind, _)) => Err(WireError::UnknownKind { kind }),
     }
 }
@@ -98,7 +115,7 @@ pub(crate) fn encode_broadcast(record: &VersionedRecord) -> Result<Vec<u8>, Wire
 pub(crate) struct Shared {
     pub(crate) table: RecordTable,
     /// Active members, this node included, by address (foca's notion of one member).
-    pub(crate) members: BTreeMap<SocketAddr, NodeIdentity>,
+    pub(crate) members: ActiveMembers,
 }
 
 pub(crate) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {

@@ -6,6 +6,8 @@
 //! hashes of its identity); backends take turns claiming the next free slot of their permutation
 //! until the table is full. Pure logic: no I/O, deterministic for a given input.
 
+use crate::hash::stable_hash as hash;
+
 /// Primes, each about twice the previous, that tables are sized from.
 const SIZES: [u32; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
 
@@ -90,23 +92,6 @@ pub fn populate<K: AsRef<[u8]>>(backends: &[K], size: TableSize) -> Vec<u32> {
 
 const OFFSET_SEED: u64 = 0x6d61_676c_6576_3031;
 const SKIP_SEED: u64 = 0x6d65_7368_6c62_7632;
-
-/// FNV-1a over the bytes from a seeded basis, then a 64-bit finaliser so that the low bits (which
-/// the modulo keeps) depend on every input byte.
-fn hash(bytes: &[u8], seed: u64) -> u64 {
-    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = FNV_OFFSET ^ seed;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
 
 #[cfg(test)]
 mod tests {

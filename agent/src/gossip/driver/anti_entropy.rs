@@ -1,14 +1,17 @@
 //! Anti-entropy: periodic digest exchange with one random member, answered with the records
-//! the peer lacks and requests for the ones it holds newer versions of.
+//! the peer lacks and requests for the ones it holds newer versions of, and likewise for the
+//! members (see `membership`).
 
 use std::net::SocketAddr;
 
+use foca::Member;
 use rand::seq::IndexedRandom;
 
+use super::super::membership::{Buckets, bucket_of, encode_members};
 use super::super::now_ms;
 use super::super::records::VersionedRecord;
 use super::super::wire::{self, SyncMessage, lock};
-use super::{DIGEST_PAGE, Driver, SYNC_BUDGET};
+use super::{DIGEST_PAGE, Driver, MAX_PLAINTEXT, SYNC_BUDGET};
 
 impl Driver {
     pub(super) async fn on_sync(&mut self, message: SyncMessage, from: SocketAddr) {
@@ -31,6 +34,26 @@ impl Driver {
                 let records = lock(&self.shared).table.select(&keys);
                 self.send_records(records, from).await;
             }
+            SyncMessage::MemberDigest(theirs) => {
+                let differ = lock(&self.shared).members.digest().differing(&theirs);
+                if !differ.is_empty() {
+                    self.send_members(differ, from).await;
+                    self.send_sync(&SyncMessage::MemberWant(differ), from).await;
+                }
+            }
+            SyncMessage::MemberWant(buckets) => self.send_members(buckets, from).await,
+        }
+    }
+
+    /// Sends this node's view (itself, and every member foca knows of in any state) of the
+    /// members that fall in `buckets`.
+    async fn send_members(&mut self, buckets: Buckets, to: SocketAddr) {
+        let me = Member::alive(self.foca.identity().clone());
+        let wanted = std::iter::once(&me)
+            .chain(self.foca.iter_membership_state())
+            .filter(|member| buckets.contains(bucket_of(member.id())));
+        for body in encode_members(wanted, MAX_PLAINTEXT) {
+            self.send_sealed(&wire::members_frame(&body), to).await;
         }
     }
 
@@ -44,7 +67,11 @@ impl Driver {
         lock(&self.shared).table.gc(now_ms());
     }
 
+    /// Sends the digests of the endpoint table and of the members to `peer`.
     pub(super) async fn send_digest(&mut self, peer: SocketAddr) {
+        let members = lock(&self.shared).members.digest().clone();
+        self.send_sync(&SyncMessage::MemberDigest(members), peer)
+            .await;
         let pages = lock(&self.shared).table.digest_pages(DIGEST_PAGE);
         for page in pages {
             self.send_sync(&SyncMessage::Digest(page), peer).await;
