@@ -1,6 +1,7 @@
 //! The gossip task: drives foca (sans-IO SWIM) with a UDP socket and timers, opens and seals
 //! every datagram, and runs the periodic anti-entropy exchange of record digests.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 mod anti_entropy;
@@ -51,6 +53,9 @@ pub(crate) struct Driver {
     timers_tx: mpsc::UnboundedSender<Timer<NodeIdentity>>,
     timers_rx: mpsc::UnboundedReceiver<Timer<NodeIdentity>>,
     anti_entropy_interval: Duration,
+    /// Nodes with no identity active, since when: their records are expired after the grace.
+    gone: HashMap<String, Instant>,
+    gone_node_grace: Duration,
     drop_every: Option<NonZeroU32>,
     piggyback: bool,
     sends: u64,
@@ -102,6 +107,8 @@ impl Driver {
             timers_tx,
             timers_rx,
             anti_entropy_interval: config.anti_entropy_interval,
+            gone: HashMap::new(),
+            gone_node_grace: config.gone_node_grace,
             drop_every: config.drop_every_nth_send,
             piggyback: config.piggyback_records,
             sends: 0,
@@ -281,16 +288,21 @@ impl Driver {
                     if was_alone {
                         first_contact = Some(id.addr);
                     }
+                    self.gone.remove(&id.node_id);
                     shared.members.insert(id);
                 }
                 OwnedNotification::Rename(old, id) => {
                     debug!(node.id = %id.node_id, addr = %id.addr, "gossip member renamed");
                     shared.members.remove(&old);
+                    self.gone.remove(&id.node_id);
                     shared.members.insert(id);
                 }
                 OwnedNotification::MemberDown(id) => {
                     debug!(node.id = %id.node_id, addr = %id.addr, "gossip member down");
                     shared.members.remove(&id);
+                    if !shared.members.iter().any(|m| m.node_id == id.node_id) {
+                        self.gone.entry(id.node_id).or_insert_with(Instant::now);
+                    }
                 }
                 OwnedNotification::Rejoin(id) => {
                     debug!(incarnation = id.incarnation, "gossip identity renewed");

@@ -37,6 +37,9 @@ pub struct GossipConfig {
     pub anti_entropy_interval: Duration,
     /// How long a withdrawn record's tombstone is remembered.
     pub tombstone_ttl: Duration,
+    /// How long a node stays gone (every identity of it down) before its records are withdrawn
+    /// on its behalf: long enough for a restarting meshd to come back first.
+    pub gone_node_grace: Duration,
     /// Loss injection: when set, every Nth outgoing datagram is silently dropped.
     pub drop_every_nth_send: Option<NonZeroU32>,
     /// Whether record updates ride on foca's messages; when off they travel by anti-entropy
@@ -57,6 +60,7 @@ impl GossipConfig {
             keys,
             anti_entropy_interval: Duration::from_secs(5),
             tombstone_ttl: Duration::from_secs(600),
+            gone_node_grace: Duration::from_secs(10),
             drop_every_nth_send: None,
             piggyback_records: true,
             swim_spreads_membership: true,

@@ -163,7 +163,36 @@ impl RecordTable {
         Some(tombstone)
     }
 
+    /// Tombstones, with a version of this node's, the live records of `node_id` (a node that
+    /// went away without withdrawing them): the tombstones spread like any other, and the node
+    /// refutes them should it come back. Returns what disappeared.
+    pub fn expire_node(&mut self, node_id: &str, now_ms: u64) -> Vec<Change> {
+        if node_id == self.node_id {
+            return Vec::new();
+        }
+        let keys: Vec<RecordKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.tombstone && e.record.node_id == node_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut changes = Vec::with_capacity(keys.len());
+        for key in keys {
+            let version = self.tick(now_ms);
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.version = version;
+                entry.tombstone = true;
+                changes.push(Change::Remove(entry.record.clone()));
+            }
+        }
+        changes
+    }
+
     /// Merges records from a peer, in any order and any number of times.
+    ///
+    /// A tombstone another node wrote for a record this node owns and still holds live can only
+    /// be a death certificate (only owners withdraw their records): it is refuted by re-writing
+    /// the record with a newer version instead of being applied.
     pub fn merge_remote(
         &mut self,
         remote: impl IntoIterator<Item = VersionedRecord>,
@@ -176,6 +205,13 @@ impl RecordTable {
                 continue;
             }
             let key = incoming.record.key();
+            if self.is_death_certificate_for_ours(&key, &incoming) {
+                let version = self.tick(now_ms);
+                if let Some(local) = self.entries.get_mut(&key) {
+                    local.version = version;
+                }
+                continue;
+            }
             let before = match self.entries.get_mut(&key) {
                 Some(local) => {
                     let before = (!local.tombstone).then(|| local.record.clone());
@@ -205,6 +241,16 @@ impl RecordTable {
             }
         }
         changes
+    }
+
+    fn is_death_certificate_for_ours(&self, key: &RecordKey, incoming: &VersionedRecord) -> bool {
+        incoming.tombstone
+            && incoming.version.origin != self.node_id
+            && self.entries.get(key).is_some_and(|local| {
+                !local.tombstone
+                    && local.record.node_id == self.node_id
+                    && incoming.supersedes(local)
+            })
     }
 
     /// Drops tombstones older than the TTL; returns how many were collected.

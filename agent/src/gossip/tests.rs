@@ -36,11 +36,33 @@ async fn cluster(n: usize, drop_every: Option<u32>) -> Vec<(Gossip, UnboundedRec
     for i in 0..n {
         nodes.push(member(&format!("node-{i}"), ring(1, 7), "127.0.0.1:0", drop_every).await);
     }
+    join_first(&nodes).await;
+    nodes
+}
+
+/// Members on loopback with a fast anti-entropy round, each configured by `edit`, joined.
+async fn cluster_with(
+    n: usize,
+    edit: impl Fn(&mut GossipConfig),
+) -> Vec<(Gossip, UnboundedReceiver<Change>)> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind addr");
+        let mut config = GossipConfig::new(format!("node-{i}"), bind, ring(1, 7));
+        config.anti_entropy_interval = Duration::from_millis(200);
+        edit(&mut config);
+        nodes.push(Gossip::start(config).await.expect("start gossip"));
+    }
+    join_first(&nodes).await;
+    nodes
+}
+
+/// Every member but the first joins through the first.
+async fn join_first(nodes: &[(Gossip, UnboundedReceiver<Change>)]) {
     let seed = nodes[0].0.identity().addr;
     for (g, _) in &nodes[1..] {
         g.join(vec![seed]).await.expect("join");
     }
-    nodes
 }
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -229,18 +251,8 @@ async fn membership_sync_alone_makes_every_member_know_every_other() {
     // newcomer learns the members the seed knew when it joined, and the earlier members never
     // hear of the later ones from SWIM. Only the sync of the anti-entropy round closes the gaps.
     let n = 8;
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind addr");
-        let mut config = GossipConfig::new(format!("node-{i}"), bind, ring(1, 7));
-        config.anti_entropy_interval = Duration::from_millis(200);
-        config.swim_spreads_membership = false;
-        let (gossip, _changes) = Gossip::start(config).await.expect("start gossip");
-        if let Some(seed) = nodes.first().map(|g: &Gossip| g.identity().addr) {
-            gossip.join(vec![seed]).await.expect("join");
-        }
-        nodes.push(gossip);
-    }
+    let nodes = cluster_with(n, |config| config.swim_spreads_membership = false).await;
+    let nodes: Vec<Gossip> = nodes.into_iter().map(|(g, _)| g).collect();
     eventually("every member knows all 8", || {
         nodes.iter().all(|g| g.member_count() == n)
     })
@@ -258,4 +270,38 @@ async fn membership_sync_alone_makes_every_member_know_every_other() {
             g.identity().node_id
         );
     }
+}
+
+#[tokio::test]
+async fn a_gone_nodes_records_are_withdrawn_after_the_grace() {
+    let mut nodes = cluster_with(3, |config| {
+        config.gone_node_grace = Duration::from_millis(300);
+    })
+    .await;
+    eventually("3 members everywhere", || {
+        nodes.iter().all(|(g, _)| g.member_count() == 3)
+    })
+    .await;
+    let kept = endpoint("task-0", "node-0", 1);
+    let orphan = endpoint("task-2", "node-2", 3);
+    nodes[0].0.publish(kept.clone()).await.expect("publish");
+    nodes[2].0.publish(orphan.clone()).await.expect("publish");
+    eventually("both records everywhere", || {
+        nodes.iter().all(|(g, _)| g.records().len() == 2)
+    })
+    .await;
+
+    // node-2 goes away for good without withdrawing its record (its meshd is not coming back).
+    let (gone, _) = nodes.pop().expect("third node");
+    gone.shutdown().await;
+    eventually("its record withdrawn on the survivors", || {
+        nodes.iter().all(|(g, _)| g.records() == vec![kept.clone()])
+    })
+    .await;
+    let (_, changes) = &mut nodes[1];
+    let mut seen = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        seen.push(change);
+    }
+    assert_eq!(seen.last(), Some(&Change::Remove(orphan)));
 }

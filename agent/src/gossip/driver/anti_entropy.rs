@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use foca::Member;
 use rand::seq::IndexedRandom;
+use tracing::info;
 
 use super::super::membership::{Buckets, bucket_of, encode_members};
 use super::super::now_ms;
@@ -59,12 +60,34 @@ impl Driver {
 
     /// Sends the table's digest to one random member and collects expired tombstones.
     pub(super) async fn anti_entropy(&mut self) {
+        self.expire_gone_nodes();
         let peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
         let Some(&peer) = peers.choose(&mut self.rng) else {
             return;
         };
         self.send_digest(peer).await;
         lock(&self.shared).table.gc(now_ms());
+    }
+
+    /// Withdraws, on their behalf, the records of nodes gone for longer than the grace.
+    pub(super) fn expire_gone_nodes(&mut self) {
+        let grace = self.gone_node_grace;
+        let expired: Vec<String> = self
+            .gone
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= grace)
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in expired {
+            self.gone.remove(&node);
+            let changes = lock(&self.shared).table.expire_node(&node, now_ms());
+            if !changes.is_empty() {
+                info!(node.id = %node, records = changes.len(), "gone node's endpoints withdrawn");
+            }
+            for change in changes {
+                let _ = self.changes.send(change);
+            }
+        }
     }
 
     /// Sends the digests of the endpoint table and of the members to `peer`.

@@ -278,3 +278,93 @@ fn thousand_members_converge_through_anti_entropy() {
     assert!(tables.iter().all(|t| t.entries().eq(reference.iter())));
     assert_eq!(tables[0].visible().count(), MEMBERS - MEMBERS / 10);
 }
+
+#[test]
+fn a_gone_nodes_records_are_tombstoned_and_spread() {
+    let mut observer = RecordTable::new("a", TTL);
+    let mut other = RecordTable::new("c", TTL);
+    let gone = [
+        VersionedRecord {
+            record: record("net", "t1", "b", 1),
+            version: Version {
+                lamport: 10,
+                origin: "b".into(),
+            },
+            tombstone: false,
+        },
+        VersionedRecord {
+            record: record("net", "t2", "b", 2),
+            version: Version {
+                lamport: 11,
+                origin: "b".into(),
+            },
+            tombstone: false,
+        },
+    ];
+    let kept = observer.upsert_local(record("net", "t3", "a", 3), 20);
+    let elsewhere = VersionedRecord {
+        record: record("net", "t4", "c", 4),
+        version: Version {
+            lamport: 12,
+            origin: "c".into(),
+        },
+        tombstone: false,
+    };
+    observer.merge_remote(gone.iter().cloned().chain([elsewhere.clone()]), 20);
+    other.merge_remote(gone.iter().cloned().chain([kept.clone()]), 20);
+
+    let removed = observer.expire_node("b", 30);
+    assert_eq!(
+        removed,
+        vec![
+            Change::Remove(gone[0].record.clone()),
+            Change::Remove(gone[1].record.clone())
+        ]
+    );
+    let visible: Vec<&str> = observer.visible().map(|r| r.task_id.as_str()).collect();
+    assert_eq!(visible, ["t3", "t4"]);
+    assert!(observer.expire_node("b", 31).is_empty(), "once is enough");
+    assert!(observer.expire_node("a", 31).is_empty(), "never its own");
+
+    // The tombstones outrank the live copies another node still holds.
+    let certificates: Vec<VersionedRecord> = observer
+        .entries()
+        .filter(|e| e.tombstone)
+        .cloned()
+        .collect();
+    let changes = other.merge_remote(certificates, 32);
+    assert_eq!(changes, removed);
+}
+
+#[test]
+fn an_owner_refutes_a_death_certificate_and_its_record_comes_back() {
+    let mut owner = RecordTable::new("b", TTL);
+    let mut observer = RecordTable::new("a", TTL);
+    let live = owner.upsert_local(record("net", "t1", "b", 1), 100);
+    observer.merge_remote([live.clone()], 100);
+    observer.expire_node("b", 200);
+    let certificate = observer
+        .get(&live.record.key())
+        .cloned()
+        .expect("tombstone");
+    assert!(certificate.tombstone);
+
+    assert!(owner.merge_remote([certificate.clone()], 201).is_empty());
+    let refuted = owner.get(&live.record.key()).cloned().expect("still there");
+    assert!(!refuted.tombstone, "the owner keeps its record");
+    assert!(refuted.supersedes(&certificate));
+
+    let changes = observer.merge_remote([refuted], 202);
+    assert_eq!(changes, vec![Change::Upsert(live.record)]);
+
+    // The owner's own withdrawal is not refuted.
+    let withdrawn = owner
+        .remove_local(&certificate.record.key(), 300)
+        .expect("live");
+    assert_eq!(owner.merge_remote([withdrawn.clone()], 301), vec![]);
+    assert!(
+        owner
+            .get(&withdrawn.record.key())
+            .is_some_and(|e| e.tombstone)
+    );
+}
