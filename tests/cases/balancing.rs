@@ -275,6 +275,41 @@ async fn the_routing_mesh_answers_on_every_node_including_those_without_a_task()
             node.hostname()
         );
     }
+    // Three tasks: every node's address spreads connections over all of them, its own task
+    // or not (a node with a task of its own does not keep them all).
+    manager
+        .meshctl_ok(&["service", "scale", "-d", "web=3"])
+        .await?;
+    let tasks = wait_for(CONVERGE, "3 web tasks", async || {
+        let found = sandboxes(&cluster, "web").await?;
+        Ok((found.len() == 3).then_some(found))
+    })
+    .await?;
+    let mut all: Vec<String> = tasks.iter().map(|t| t.hostname.clone()).collect();
+    all.sort();
+    for node in cluster.nodes() {
+        let addr = std::net::SocketAddr::from((node.addr(), 8080));
+        let what = format!("{}:8080 to reach all 3 tasks", node.hostname());
+        let seen = wait_for(CONVERGE, &what, async || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..60 {
+                let answer =
+                    tokio::task::spawn_blocking(move || mesh_tests::observe::http_get(addr))
+                        .await?;
+                seen.extend(answer);
+            }
+            Ok((seen.len() == 3).then_some(seen))
+        })
+        .await;
+        if seen.is_err() {
+            eprintln!("{}", mesh_tests::overlay::diagnostics(&cluster).await);
+        }
+        ensure!(
+            seen?.into_iter().collect::<Vec<_>>() == all,
+            "{} answered for tasks other than the service's",
+            node.hostname()
+        );
+    }
     // Removed: the port answers nowhere.
     manager.meshctl_ok(&["service", "rm", "web"]).await?;
     for node in cluster.nodes() {

@@ -381,7 +381,7 @@ async fn reroute(overlay: &Overlay, gossip: &Gossip, mesh: &Mutex<Option<ingress
     }
     match ingress::apply(&plan).await {
         Ok(()) => {
-            tracing::info!(ports = plan.len(), "routing mesh updated");
+            tracing::info!(ports = plan.ports.len(), "routing mesh updated");
             *applied = Some(plan);
         }
         Err(err) => tracing::warn!(error = %err, "cannot update the routing mesh"),

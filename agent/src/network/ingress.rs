@@ -1,7 +1,9 @@
-//! The routing mesh: a port a service publishes in ingress mode answers on every node. A node
-//! running tasks of the service sends the port's connections to those tasks (through their
-//! gateway-bridge addresses); a node without one forwards them, masqueraded so the replies come
-//! back through it, to a node that has. Written as iptables NAT rules in the node's namespace, in
+//! The routing mesh: a port a service publishes in ingress mode answers on every node, and its
+//! connections are spread over all the service's tasks, wherever they run (as Swarm's does). A
+//! node sends a connection to one of its own tasks (through its gateway-bridge address), or
+//! forwards it, masqueraded so the replies come back through it, to a node that runs tasks, each
+//! node weighted by how many. A connection forwarded by another node is served by the tasks here,
+//! so it crosses at most one more node. Written as iptables NAT rules in the node's namespace, in
 //! two chains of our own replaced atomically (`iptables-restore --noflush`) whenever the endpoint
 //! table changes.
 
@@ -18,91 +20,122 @@ const CHAIN: &str = "MESH-INGRESS";
 const SNAT_CHAIN: &str = "MESH-INGRESS-SNAT";
 
 /// Where one published port's connections go from this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Targets {
-    /// To these local tasks' addresses, on the target port.
-    Local(Vec<Ipv4Addr>, u16),
-    /// To these other nodes, on the same published port.
-    Remote(Vec<Ipv4Addr>),
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Targets {
+    /// This node's tasks' addresses, reached on `target`.
+    pub(super) local: BTreeSet<Ipv4Addr>,
+    pub(super) target: u16,
+    /// Other nodes running tasks, with how many, reached on the published port.
+    pub(super) remote: BTreeMap<Ipv4Addr, usize>,
 }
 
-/// The routing mesh's plan for this node: by (udp, published port).
-pub(super) type Plan = BTreeMap<(bool, u16), Targets>;
+/// The routing mesh's plan for this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// By (udp, published port).
+    pub(super) ports: BTreeMap<(bool, u16), Targets>,
+    /// The other nodes that hold endpoints: connections from them were forwarded.
+    pub(super) peers: BTreeSet<Ipv4Addr>,
+}
 
-/// What this node does for each published port, from every visible endpoint record: local
-/// tasks (those whose `vtep` is ours, found in `local` by task id) first, else the nodes that
-/// run one.
+impl Plan {
+    pub(super) fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+}
+
+/// What this node does for each published port, from every visible endpoint record: this
+/// node's tasks are those whose `vtep` is ours, found in `local` by task id.
 pub(super) fn plan(
     records: &[EndpointRecord],
     vtep: Ipv4Addr,
     local: &BTreeMap<String, Ipv4Addr>,
 ) -> Plan {
-    let mut locals: BTreeMap<(bool, u16), (BTreeSet<Ipv4Addr>, u16)> = BTreeMap::new();
-    let mut remotes: BTreeMap<(bool, u16), BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut plan = Plan::default();
     for record in records {
+        if record.vtep != vtep {
+            plan.peers.insert(record.vtep);
+        }
         for port in &record.ingress_ports {
-            let key = (port.udp, port.published);
-            if record.vtep == vtep {
-                if let Some(addr) = local.get(&record.task_id) {
-                    let entry = locals
-                        .entry(key)
-                        .or_insert_with(|| (BTreeSet::new(), port.target));
-                    entry.0.insert(*addr);
-                }
-            } else {
-                remotes.entry(key).or_default().insert(record.vtep);
+            let targets = plan.ports.entry((port.udp, port.published)).or_default();
+            if record.vtep != vtep {
+                *targets.remote.entry(record.vtep).or_default() += 1;
+            } else if let Some(addr) = local.get(&record.task_id) {
+                targets.local.insert(*addr);
+                targets.target = port.target;
             }
         }
     }
-    let mut plan = Plan::new();
-    for (key, nodes) in remotes {
-        plan.insert(key, Targets::Remote(nodes.into_iter().collect()));
-    }
-    for (key, (addrs, target)) in locals {
-        plan.insert(key, Targets::Local(addrs.into_iter().collect(), target));
-    }
+    plan.ports
+        .retain(|_, t| !t.local.is_empty() || !t.remote.is_empty());
     plan
 }
 
-/// The `iptables-restore --noflush` input that makes the two chains hold `plan`: a DNAT per
-/// target, spread evenly with `statistic` rules as kube-proxy writes them.
+/// The `iptables-restore --noflush` input that makes the two chains hold `plan`: per port,
+/// connections forwarded by a peer go to a task here (or are left alone when there is none, so
+/// that they never bounce on), and the others to any task, each destination picked with
+/// `statistic` rules as kube-proxy writes them.
 pub(super) fn render(plan: &Plan) -> String {
     let mut out = format!("*nat\n:{CHAIN} - [0:0]\n:{SNAT_CHAIN} - [0:0]\n");
-    for ((udp, published), targets) in plan {
+    let peers = plan
+        .peers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    for ((udp, published), targets) in &plan.ports {
         let proto = if *udp { "udp" } else { "tcp" };
-        let destinations: Vec<String> = match targets {
-            Targets::Local(addrs, target) => {
-                addrs.iter().map(|a| format!("{a}:{target}")).collect()
-            }
-            Targets::Remote(nodes) => nodes.iter().map(|n| format!("{n}:{published}")).collect(),
-        };
-        let n = destinations.len();
-        for (i, to) in destinations.iter().enumerate() {
-            let remaining = n - i;
-            let pick = if remaining > 1 {
-                format!(
-                    " -m statistic --mode random --probability {:.5}",
-                    1.0 / remaining as f64
-                )
+        let port = format!("-p {proto} --dport {published}");
+        let local: Vec<(String, usize)> = targets
+            .local
+            .iter()
+            .map(|a| (format!("{a}:{}", targets.target), 1))
+            .collect();
+        if !peers.is_empty() {
+            let from_peers = format!("-s {peers} {port}");
+            if local.is_empty() {
+                let _ = writeln!(out, "-A {CHAIN} {from_peers} -j RETURN");
             } else {
-                String::new()
-            };
+                spread(&mut out, &from_peers, &local);
+            }
+        }
+        let mut all = local;
+        all.extend(
+            targets
+                .remote
+                .iter()
+                .map(|(node, tasks)| (format!("{node}:{published}"), *tasks)),
+        );
+        spread(&mut out, &port, &all);
+        for node in targets.remote.keys() {
             let _ = writeln!(
                 out,
-                "-A {CHAIN} -p {proto} --dport {published}{pick} -j DNAT --to-destination {to}"
+                "-A {SNAT_CHAIN} -d {node} {port} -m conntrack --ctstate DNAT -j MASQUERADE"
             );
-        }
-        if let Targets::Remote(nodes) = targets {
-            for node in nodes {
-                let _ = writeln!(
-                    out,
-                    "-A {SNAT_CHAIN} -d {node} -p {proto} --dport {published} -m conntrack --ctstate DNAT -j MASQUERADE"
-                );
-            }
         }
     }
     out.push_str("COMMIT\n");
     out
+}
+
+/// DNAT rules matching `selector` that pick one of `destinations` in proportion to its weight.
+fn spread(out: &mut String, selector: &str, destinations: &[(String, usize)]) {
+    let mut remaining: usize = destinations.iter().map(|(_, w)| w).sum();
+    for (to, weight) in destinations {
+        let pick = if *weight < remaining {
+            format!(
+                " -m statistic --mode random --probability {:.5}",
+                *weight as f64 / remaining as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "-A {CHAIN} {selector}{pick} -j DNAT --to-destination {to}"
+        );
+        remaining -= weight;
+    }
 }
 
 /// The jumps into our chains, and forwarding of what they translated past dockerd's DROP policy.
@@ -184,34 +217,67 @@ mod tests {
         }
     }
 
-    #[test]
-    fn local_tasks_win_over_forwarding() {
-        let records = [record("a", 1, false), record("b", 2, false)];
-        let local = BTreeMap::from([("a".to_owned(), Ipv4Addr::new(172, 18, 0, 2))]);
-        let here = plan(&records, Ipv4Addr::new(192, 168, 0, 1), &local);
-        assert_eq!(
-            here[&(false, 8080)],
-            Targets::Local(vec![Ipv4Addr::new(172, 18, 0, 2)], 80)
-        );
-        let elsewhere = plan(&records, Ipv4Addr::new(192, 168, 0, 3), &BTreeMap::new());
-        assert_eq!(
-            elsewhere[&(false, 8080)],
-            Targets::Remote(vec![
-                Ipv4Addr::new(192, 168, 0, 1),
-                Ipv4Addr::new(192, 168, 0, 2)
-            ])
-        );
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, 0, last)
     }
 
     #[test]
-    fn rules_spread_evenly_and_masquerade_what_is_forwarded() {
+    fn every_task_counts_wherever_it_runs() {
+        let records = [
+            record("a", 1, false),
+            record("b", 2, false),
+            record("c", 2, false),
+        ];
+        let local = BTreeMap::from([("a".to_owned(), Ipv4Addr::new(172, 18, 0, 2))]);
+        let here = plan(&records, ip(1), &local);
+        assert_eq!(
+            here.ports[&(false, 8080)],
+            Targets {
+                local: BTreeSet::from([Ipv4Addr::new(172, 18, 0, 2)]),
+                target: 80,
+                remote: BTreeMap::from([(ip(2), 2)]),
+            }
+        );
+        assert_eq!(here.peers, BTreeSet::from([ip(2)]));
+        let elsewhere = plan(&records, ip(3), &BTreeMap::new());
+        assert_eq!(
+            elsewhere.ports[&(false, 8080)].remote,
+            BTreeMap::from([(ip(1), 1), (ip(2), 2)])
+        );
+        assert!(elsewhere.ports[&(false, 8080)].local.is_empty());
+        // A task of ours not attached yet is not a destination.
+        let unattached = plan(&records[..1], ip(1), &BTreeMap::new());
+        assert!(unattached.is_empty(), "{unattached:?}");
+    }
+
+    #[test]
+    fn rules_weigh_nodes_by_tasks_and_serve_forwarded_connections_here() {
+        let records = [
+            record("a", 1, false),
+            record("b", 2, false),
+            record("c", 2, false),
+        ];
+        let local = BTreeMap::from([("a".to_owned(), Ipv4Addr::new(172, 18, 0, 2))]);
+        let text = render(&plan(&records, ip(1), &local));
+        let expected = "*nat\n:MESH-INGRESS - [0:0]\n:MESH-INGRESS-SNAT - [0:0]\n\
+            -A MESH-INGRESS -s 192.168.0.2 -p tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:80\n\
+            -A MESH-INGRESS -p tcp --dport 8080 -m statistic --mode random --probability 0.33333 -j DNAT --to-destination 172.18.0.2:80\n\
+            -A MESH-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 192.168.0.2:8080\n\
+            -A MESH-INGRESS-SNAT -d 192.168.0.2 -p tcp --dport 8080 -m conntrack --ctstate DNAT -j MASQUERADE\n\
+            COMMIT\n";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_node_without_tasks_forwards_and_never_bounces() {
         let records = [record("a", 1, true), record("b", 2, true)];
-        let text = render(&plan(
-            &records,
-            Ipv4Addr::new(192, 168, 0, 3),
-            &BTreeMap::new(),
-        ));
-        assert!(text.starts_with("*nat\n:MESH-INGRESS - [0:0]\n"), "{text}");
+        let text = render(&plan(&records, ip(3), &BTreeMap::new()));
+        assert!(
+            text.contains(
+                "-A MESH-INGRESS -s 192.168.0.1,192.168.0.2 -p udp --dport 8080 -j RETURN\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("-A MESH-INGRESS -p udp --dport 8080 -m statistic --mode random --probability 0.50000 -j DNAT --to-destination 192.168.0.1:8080\n"), "{text}");
         assert!(
             text.contains(
@@ -220,10 +286,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("-A MESH-INGRESS-SNAT -d 192.168.0.2 -p udp --dport 8080 -m conntrack --ctstate DNAT -j MASQUERADE\n"), "{text}");
-        assert!(text.ends_with("COMMIT\n"));
         // Nothing published: the chains are emptied.
         assert_eq!(
-            render(&Plan::new()),
+            render(&Plan::default()),
             "*nat\n:MESH-INGRESS - [0:0]\n:MESH-INGRESS-SNAT - [0:0]\nCOMMIT\n"
         );
     }

@@ -167,20 +167,13 @@ async fn through_vip_and_mesh(cluster: &Cluster) -> anyhow::Result<()> {
         "{TRIES} datagrams to {by_vip} reached {seen:?}, not every task of {hostnames:?}"
     );
 
-    // The routing mesh, asked from the host: each node's published port answers with a task of
-    // its own.
+    // The routing mesh, asked from the host: each node's published port spreads datagrams over
+    // every task, its own or not.
     for node in cluster.nodes() {
-        let what = format!("{}:{PUBLISHED}/udp to answer", node.hostname());
-        let answer = wait_for(CONVERGE, &what, async || Ok(Some(ask_node(node).await?))).await?;
-        let own = tasks.iter().find(|t| t.node == node.hostname());
-        ensure!(
-            own.is_some_and(|t| t.hostname == answer),
-            "{} answered with {answer}, not with its own task {own:?}",
-            node.hostname()
-        );
+        mesh_reaches(node, &hostnames).await?;
     }
 
-    // Scaled to 2: the node left without a task forwards to both others.
+    // Scaled to 2: every node, the one left without a task too, reaches both.
     manager
         .meshctl_ok(&["service", "scale", "-d", "echo=2"])
         .await?;
@@ -190,39 +183,15 @@ async fn through_vip_and_mesh(cluster: &Cluster) -> anyhow::Result<()> {
     })
     .await?;
     let remaining: BTreeSet<String> = left.iter().map(|t| t.hostname.clone()).collect();
-    let empty = cluster
-        .nodes()
-        .iter()
-        .find(|n| left.iter().all(|t| t.node != n.hostname()))
-        .context("a node without an echo task")?;
-    // A question may go unanswered while the rules change, or when its source port meets a
-    // conntrack entry from before the change: answers are what is asserted, not every try.
-    let what = format!("{} (no task) to forward to both tasks", empty.hostname());
-    let mut seen = BTreeSet::new();
-    wait_until(CONVERGE, &what, async || {
-        for _ in 0..TRIES {
-            if let Ok(answer) = ask_node(empty).await {
-                seen.insert(answer);
-            }
-        }
-        Ok(seen == remaining || !seen.is_subset(&remaining))
-    })
-    .await?;
     ensure!(
-        seen == remaining,
-        "{} was answered by {seen:?}, not by the running tasks {remaining:?}",
-        empty.hostname()
+        cluster
+            .nodes()
+            .iter()
+            .any(|n| left.iter().all(|t| t.node != n.hostname())),
+        "no node is left without an echo task: {left:?}"
     );
-    for task in &left {
-        let node = cluster.node(&task.node)?;
-        let what = format!("{}:{PUBLISHED}/udp to answer", node.hostname());
-        let answer = wait_for(CONVERGE, &what, async || Ok(Some(ask_node(node).await?))).await?;
-        ensure!(
-            answer == task.hostname,
-            "{} answered with {answer}, not with its own task {}",
-            node.hostname(),
-            task.hostname
-        );
+    for node in cluster.nodes() {
+        mesh_reaches(node, &remaining).await?;
     }
 
     // Removed: the published port answers on no node.
@@ -232,5 +201,28 @@ async fn through_vip_and_mesh(cluster: &Cluster) -> anyhow::Result<()> {
         wait_until(CONVERGE, &what, async || Ok(ask_node(node).await.is_err())).await?;
     }
     manager.meshctl_ok(&["service", "rm", "client"]).await?;
+    Ok(())
+}
+
+/// Asks `node`'s published port from the host until every one of `tasks` has answered, and no
+/// other. A question may go unanswered while the rules change, or when its source port meets a
+/// conntrack entry from before the change: answers are what is asserted, not every try.
+async fn mesh_reaches(node: &Node, tasks: &BTreeSet<String>) -> anyhow::Result<()> {
+    let what = format!("{}:{PUBLISHED}/udp to reach {tasks:?}", node.hostname());
+    let mut seen = BTreeSet::new();
+    wait_until(CONVERGE, &what, async || {
+        for _ in 0..TRIES {
+            if let Ok(answer) = ask_node(node).await {
+                seen.insert(answer);
+            }
+        }
+        Ok(seen == *tasks || !seen.is_subset(tasks))
+    })
+    .await?;
+    ensure!(
+        seen == *tasks,
+        "{} was answered by {seen:?}, not by the running tasks {tasks:?}",
+        node.hostname()
+    );
     Ok(())
 }
