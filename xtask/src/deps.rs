@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use crate::run;
+use crate::{run, run_with_env};
 
 /// Debian packages: the container runtime, the test image's binary, the eBPF toolchain, network tools.
 const PACKAGES: &[&str] = &[
@@ -22,9 +22,14 @@ const PACKAGES: &[&str] = &[
 
 /// Installs whatever of [`PACKAGES`] is missing; does nothing (not even `apt-get update`) otherwise.
 pub fn install() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install_packages(PACKAGES)
+}
+
+/// Installs whatever of `packages` is missing (`apt-get update` first), as root.
+pub fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        eprintln!("deps: all of {} already installed", PACKAGES.join(", "));
+        eprintln!("deps: all of {} already installed", packages.join(", "));
         return Ok(());
     }
     if !mesh_tests::skip::is_root() {
@@ -33,15 +38,7 @@ pub fn install() -> anyhow::Result<()> {
     run("apt-get", &["update"])?;
     let mut args = vec!["install", "-y", "--no-install-recommends"];
     args.extend(&missing);
-    eprintln!("+ apt-get {}", args.join(" "));
-    let status = std::process::Command::new("apt-get")
-        .args(&args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?;
-    if !status.success() {
-        bail!("apt-get install {} failed ({status})", missing.join(" "));
-    }
-    Ok(())
+    run_with_env("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
 }
 
 fn installed(package: &str) -> bool {

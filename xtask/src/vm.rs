@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, run, run_with_env};
+use crate::{cargo, run_with_env};
 
 /// Where the kernel package, the initramfs and the probe's build live (under the target dir).
 const CACHE: &str = "target/vm";
@@ -102,32 +102,7 @@ fn qemu() -> anyhow::Result<PathBuf> {
     if let Some(path) = find() {
         return Ok(path);
     }
-    if !mesh_tests::skip::is_root() {
-        bail!("{QEMU} is missing: install it with `apt-get install -y qemu-system-x86`");
-    }
-    run_with_env(
-        "apt-get",
-        &[
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "qemu-system-x86",
-        ],
-        &[("DEBIAN_FRONTEND", "noninteractive")],
-    )
-    .or_else(|_| {
-        run("apt-get", &["update"])?;
-        run_with_env(
-            "apt-get",
-            &[
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "qemu-system-x86",
-            ],
-            &[("DEBIAN_FRONTEND", "noninteractive")],
-        )
-    })?;
+    crate::deps::install_packages(&["qemu-system-x86"])?;
     find().with_context(|| format!("{QEMU} is still missing after installing qemu-system-x86"))
 }
 
