@@ -91,15 +91,15 @@ impl Dataplane {
     }
 
     /// Programs the load balancer after the directory changed.
-    fn rebalance(dns: &Dns, balancer: Option<&Arc<std::sync::Mutex<Balancer>>>) {
+    async fn rebalance(dns: &Dns, balancer: Option<&Arc<std::sync::Mutex<Balancer>>>) {
         let Some(balancer) = balancer else {
             return;
         };
-        let directory = dns.directory().read().unwrap_or_else(|p| p.into_inner());
-        balancer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sync(&directory);
+        let directory = dns.directory().clone();
+        on_balancer(balancer, move |b| {
+            b.sync(&directory.read().unwrap_or_else(|p| p.into_inner()));
+        })
+        .await;
     }
 
     /// The load balancer's backend ("ebpf" or "ipvs") and its entries, when one runs.
@@ -153,7 +153,7 @@ impl Dataplane {
         let feeder = tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
                 Self::learn(&dns, &change);
-                Self::rebalance(&dns, balancer.as_ref());
+                Self::rebalance(&dns, balancer.as_ref()).await;
                 overlay.apply(change).await;
                 reroute(&overlay, &records, &mesh).await;
             }
@@ -219,12 +219,10 @@ impl Dataplane {
         }
         if let Some(balancer) = &self.balancer {
             let handle = Balancer::sandbox_of(&sandbox).await?;
-            balancer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .add_sandbox(&task.id, handle, networks);
+            let task_id = task.id.clone();
+            on_balancer(balancer, move |b| b.add_sandbox(&task_id, handle, networks)).await;
         }
-        Self::rebalance(&self.dns, self.balancer.as_ref());
+        Self::rebalance(&self.dns, self.balancer.as_ref()).await;
         if records.is_empty() {
             return Ok(());
         }
@@ -260,7 +258,7 @@ impl Dataplane {
         for record in &records {
             Self::learn(&self.dns, &Change::Remove(record.clone()));
         }
-        Self::rebalance(&self.dns, self.balancer.as_ref());
+        Self::rebalance(&self.dns, self.balancer.as_ref()).await;
         if let Some(r) = self.running.lock().await.as_ref() {
             for record in records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
@@ -279,12 +277,10 @@ impl Dataplane {
             Self::learn(&self.dns, &Change::Remove(record.clone()));
         }
         if let Some(balancer) = &self.balancer {
-            balancer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove_sandbox(task_id);
+            let task_id = task_id.to_owned();
+            on_balancer(balancer, move |b| b.remove_sandbox(&task_id)).await;
         }
-        Self::rebalance(&self.dns, self.balancer.as_ref());
+        Self::rebalance(&self.dns, self.balancer.as_ref()).await;
         if let (Some(records), Some(r)) = (records, self.running.lock().await.as_ref()) {
             for record in records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
@@ -347,7 +343,7 @@ async fn sweep(
             tracing::warn!(error = %err, "cannot sweep overlay leftovers");
         }
         // Expires VIPs kept empty past their grace.
-        Dataplane::rebalance(&dns, balancer.as_ref());
+        Dataplane::rebalance(&dns, balancer.as_ref()).await;
         reroute(&overlay, &gossip, &mesh).await;
         if started.elapsed() < SETTLE {
             continue;
@@ -368,6 +364,22 @@ async fn sweep(
                 }
             }
         }
+    }
+}
+
+/// Runs `f` on the load balancer on a blocking thread: its kernel calls (and the IPVS backend's
+/// iptables runs) must not hold up the runtime's workers.
+async fn on_balancer(
+    balancer: &Arc<std::sync::Mutex<Balancer>>,
+    f: impl FnOnce(&mut Balancer) + Send + 'static,
+) {
+    let balancer = balancer.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        f(&mut balancer.lock().unwrap_or_else(|p| p.into_inner()));
+    })
+    .await;
+    if let Err(err) = done {
+        tracing::warn!(error = %err, "load balancer update failed");
     }
 }
 
