@@ -32,6 +32,49 @@ async fn sandboxes(cluster: &Cluster, service: &str) -> anyhow::Result<Vec<Sandb
     Ok(all)
 }
 
+/// Starts a `client` service (one task idling) on `network`, and returns its sandbox.
+async fn client_on(cluster: &Cluster, network: &str) -> anyhow::Result<Sandbox> {
+    cluster
+        .manager()
+        .meshctl_ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            network,
+            BUSYBOX_IMAGE,
+            "sleep",
+            "1000000",
+        ])
+        .await?;
+    wait_for(CONVERGE, "the client", async || {
+        Ok(sandboxes(cluster, "client").await?.pop())
+    })
+    .await
+}
+
+/// Waits for `service`'s 3 tasks, one on each node; returns them and their hostnames.
+async fn one_task_per_node(
+    cluster: &Cluster,
+    service: &str,
+) -> anyhow::Result<(Vec<Sandbox>, BTreeSet<String>)> {
+    let what = format!("3 {service} tasks");
+    let tasks = wait_for(CONVERGE, &what, async || {
+        let found = sandboxes(cluster, service).await?;
+        Ok((found.len() == 3).then_some(found))
+    })
+    .await?;
+    let nodes: BTreeSet<&str> = tasks.iter().map(|t| t.node.as_str()).collect();
+    ensure!(
+        nodes.len() == 3,
+        "{service} is not on every node: {tasks:?}"
+    );
+    let hostnames = tasks.iter().map(|t| t.hostname.clone()).collect();
+    Ok((tasks, hostnames))
+}
+
 /// One HTTP request from `client` to `target` (a name or address); the answering hostname, or
 /// `None` when the request failed.
 async fn request(
@@ -90,32 +133,8 @@ async fn vips_spread_over_every_node_drain_stopping_tasks_and_refuse_when_empty(
         WEB,
     ];
     manager.meshctl_ok(&web).await?;
-    manager
-        .meshctl_ok(&[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "client",
-            "--network",
-            "front",
-            BUSYBOX_IMAGE,
-            "sleep",
-            "1000000",
-        ])
-        .await?;
-    let tasks = wait_for(CONVERGE, "3 web tasks", async || {
-        let found = sandboxes(&cluster, "web").await?;
-        Ok((found.len() == 3).then_some(found))
-    })
-    .await?;
-    let client = wait_for(CONVERGE, "the client", async || {
-        Ok(sandboxes(&cluster, "client").await?.pop())
-    })
-    .await?;
-    let nodes: BTreeSet<&str> = tasks.iter().map(|t| t.node.as_str()).collect();
-    ensure!(nodes.len() == 3, "web is not on every node: {tasks:?}");
-    let hostnames: BTreeSet<String> = tasks.iter().map(|t| t.hostname.clone()).collect();
+    let client = client_on(&cluster, "front").await?;
+    let (_, hostnames) = one_task_per_node(&cluster, "web").await?;
 
     // By name and by VIP, every task answers in turn, wherever it runs.
     let spread = wait_for(

@@ -14,7 +14,7 @@ use mesh_tests::overlay::{OverlayCluster, Sandbox, diagnostics};
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, require_privileged, wait_for, wait_until};
 use serde_json::Value;
 
-use super::{CONVERGE, sandboxes};
+use super::{CONVERGE, client_on, one_task_per_node, sandboxes};
 
 /// The port the tasks serve on, and the port the service publishes it as.
 const TARGET: u16 = 7000;
@@ -118,32 +118,8 @@ async fn through_vip_and_mesh(cluster: &Cluster) -> anyhow::Result<()> {
             &target,
         ])
         .await?;
-    manager
-        .meshctl_ok(&[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "client",
-            "--network",
-            "front",
-            BUSYBOX_IMAGE,
-            "sleep",
-            "1000000",
-        ])
-        .await?;
-    let tasks = wait_for(CONVERGE, "3 echo tasks", async || {
-        let found = sandboxes(cluster, "echo").await?;
-        Ok((found.len() == 3).then_some(found))
-    })
-    .await?;
-    let client = wait_for(CONVERGE, "the client", async || {
-        Ok(sandboxes(cluster, "client").await?.pop())
-    })
-    .await?;
-    let nodes: BTreeSet<&str> = tasks.iter().map(|t| t.node.as_str()).collect();
-    ensure!(nodes.len() == 3, "echo is not on every node: {tasks:?}");
-    let hostnames: BTreeSet<String> = tasks.iter().map(|t| t.hostname.clone()).collect();
+    let client = client_on(cluster, "front").await?;
+    let (_, hostnames) = one_task_per_node(cluster, "echo").await?;
 
     // By name, once DNS and the balancer know the tasks: every task answers within TRIES.
     let by_name = format!("echo:{TARGET}");
