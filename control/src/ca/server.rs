@@ -2,7 +2,6 @@
 //! current (hot-swappable) server configuration, and yields connections that carry the peer's
 //! verified identity into every request's extensions.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,7 +39,6 @@ const BACKLOG: usize = 64;
 #[derive(Clone)]
 pub struct TlsServer {
     config: Arc<RwLock<Arc<ServerConfig>>>,
-    removed: Arc<RwLock<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -53,7 +51,6 @@ impl TlsServer {
     pub fn new(identity: &TlsIdentity) -> Result<Self, CaError> {
         Ok(Self {
             config: Arc::new(RwLock::new(Arc::new(server_config(identity)?))),
-            removed: Arc::default(),
         })
     }
 
@@ -63,19 +60,6 @@ impl TlsServer {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
         debug!("tls server identity replaced");
         Ok(())
-    }
-
-    /// The ids of nodes removed from the cluster: their certificates stay valid until they
-    /// expire, so new connections presenting them are closed after the handshake.
-    pub fn set_removed_nodes(&self, node_ids: impl IntoIterator<Item = String>) {
-        *self.removed.write().unwrap_or_else(|e| e.into_inner()) = node_ids.into_iter().collect();
-    }
-
-    fn is_removed(&self, node_id: &str) -> bool {
-        self.removed
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(node_id)
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -110,17 +94,10 @@ impl TlsServer {
                 };
                 let acceptor = TlsAcceptor::from(server.current());
                 let tx = tx.clone();
-                let server = server.clone();
                 tokio::spawn(async move {
                     let Some(conn) = handshake(acceptor, tcp, remote).await else {
                         return;
                     };
-                    if let Some(id) = &conn.info.identity
-                        && server.is_removed(&id.node_id)
-                    {
-                        debug!(%remote, node.id = %id.node_id, "connection from a removed node closed");
-                        return;
-                    }
                     // The receiver is gone only when the server stopped.
                     let _ = tx.send(Ok(conn)).await;
                 });
