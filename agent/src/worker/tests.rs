@@ -121,6 +121,24 @@ impl Updates {
     }
 }
 
+/// The status of the last update seen.
+fn last_status(seen: &[TaskStatusUpdate]) -> TaskStatus {
+    seen.last()
+        .and_then(|u| u.status.clone())
+        .unwrap_or_default()
+}
+
+/// Assigns one task, to be running, as the only one.
+async fn assign_one(worker: &Worker, id: &str) {
+    worker
+        .assign(complete(vec![task(
+            id,
+            TaskState::Running,
+            TaskState::Assigned,
+        )]))
+        .await;
+}
+
 fn states(updates: &[TaskStatusUpdate]) -> Vec<TaskState> {
     updates.iter().map(state_of).collect()
 }
@@ -128,13 +146,7 @@ fn states(updates: &[TaskStatusUpdate]) -> Vec<TaskState> {
 #[tokio::test]
 async fn a_task_walks_to_running() {
     let (fake, worker, mut updates) = start();
-    worker
-        .assign(complete(vec![task(
-            "t1",
-            TaskState::Running,
-            TaskState::Assigned,
-        )]))
-        .await;
+    assign_one(&worker, "t1").await;
     let seen = updates.until("t1", TaskState::Running).await;
     assert_eq!(
         states(&seen),
@@ -146,10 +158,7 @@ async fn a_task_walks_to_running() {
             TaskState::Running
         ]
     );
-    let running = seen
-        .last()
-        .and_then(|u| u.status.clone())
-        .unwrap_or_default();
+    let running = last_status(&seen);
     assert_eq!(running.message, "started");
     let container = running.container.unwrap_or_default();
     let fake_container = fake.container_of("t1").expect("container created");
@@ -201,13 +210,7 @@ async fn exits_end_complete_or_failed_with_the_code() {
 #[tokio::test]
 async fn desired_shutdown_stops_the_container_and_keeps_it() {
     let (fake, worker, mut updates) = start();
-    worker
-        .assign(complete(vec![task(
-            "t1",
-            TaskState::Running,
-            TaskState::Assigned,
-        )]))
-        .await;
+    assign_one(&worker, "t1").await;
     updates.until("t1", TaskState::Running).await;
     worker
         .assign(incremental(
@@ -216,10 +219,7 @@ async fn desired_shutdown_stops_the_container_and_keeps_it() {
         ))
         .await;
     let seen = updates.until("t1", TaskState::Shutdown).await;
-    let status = seen
-        .last()
-        .and_then(|u| u.status.clone())
-        .unwrap_or_default();
+    let status = last_status(&seen);
     assert_eq!(
         status.container.map(|c| c.exit_code),
         Some(STOPPED_EXIT_CODE)
@@ -322,13 +322,7 @@ async fn desired_remove_stops_removes_and_forgets() {
 #[tokio::test]
 async fn an_incremental_removal_removes_an_exited_container() {
     let (fake, worker, mut updates) = start();
-    worker
-        .assign(complete(vec![task(
-            "t1",
-            TaskState::Running,
-            TaskState::Assigned,
-        )]))
-        .await;
+    assign_one(&worker, "t1").await;
     updates.until("t1", TaskState::Running).await;
     fake.exit("t1", 0);
     updates.until("t1", TaskState::Complete).await;
@@ -417,13 +411,7 @@ async fn a_running_task_whose_container_vanished_fails() {
 async fn a_prepare_failure_rejects_the_task() {
     let (fake, worker, mut updates) = start();
     fake.fail_prepare("t1", "No such image: nope:latest");
-    worker
-        .assign(complete(vec![task(
-            "t1",
-            TaskState::Running,
-            TaskState::Assigned,
-        )]))
-        .await;
+    assign_one(&worker, "t1").await;
     let seen = updates.until("t1", TaskState::Rejected).await;
     assert_eq!(
         states(&seen),
@@ -433,10 +421,7 @@ async fn a_prepare_failure_rejects_the_task() {
             TaskState::Rejected
         ]
     );
-    let status = seen
-        .last()
-        .and_then(|u| u.status.clone())
-        .unwrap_or_default();
+    let status = last_status(&seen);
     assert_eq!(status.err, "create container: No such image: nope:latest");
     updates.assert_quiet().await;
     assert_eq!(fake.calls("start"), 0);
@@ -445,13 +430,7 @@ async fn a_prepare_failure_rejects_the_task() {
 #[tokio::test]
 async fn shutdown_leaves_containers_running() {
     let (fake, worker, mut updates) = start();
-    worker
-        .assign(complete(vec![task(
-            "t1",
-            TaskState::Running,
-            TaskState::Assigned,
-        )]))
-        .await;
+    assign_one(&worker, "t1").await;
     updates.until("t1", TaskState::Running).await;
     worker.shutdown().await;
     worker.assign(complete(Vec::new())).await;
@@ -463,13 +442,7 @@ async fn shutdown_leaves_containers_running() {
 #[tokio::test]
 async fn statuses_and_logs_follow_the_tasks() {
     let (fake, worker, mut updates) = start();
-    worker
-        .assign(complete(vec![task(
-            "t1",
-            TaskState::Running,
-            TaskState::Assigned,
-        )]))
-        .await;
+    assign_one(&worker, "t1").await;
     updates.until("t1", TaskState::Running).await;
     let statuses = worker.statuses();
     assert_eq!(statuses.len(), 1);

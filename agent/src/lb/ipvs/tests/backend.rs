@@ -112,6 +112,18 @@ impl Expect {
         self.seq += 1;
         Event::Frame(self.cookie, request.frame(FAMILY, self.seq).unwrap())
     }
+
+    /// A sandbox's first VIP, up to its mark: the table opened and flushed, the service created
+    /// for `MARK` and a destination per task, in order.
+    fn first_vip(&mut self, lb: &IpvsLb<FakeTables>, tasks: &[Ipv4Addr]) -> Vec<Event> {
+        let mut events = vec![
+            Event::Open(self.cookie),
+            self.frame(Request::Flush),
+            self.frame(Request::NewService(lb.service(MARK))),
+        ];
+        events.extend(tasks.iter().map(|&t| self.frame(new_dest(lb, MARK, t))));
+        events
+    }
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -147,18 +159,9 @@ fn the_first_vip_opens_and_flushes_the_sandbox_then_service_destinations_and_mar
     let (mut lb, rec) = balancer();
     let sb = sandbox(11);
     lb.set_vip(&sb, VIP, &[task(6), task(5), task(5)]).unwrap();
-    let mut want = Expect::new(11);
-    assert_eq!(
-        rec.take(),
-        [
-            Event::Open(11),
-            want.frame(Request::Flush),
-            want.frame(Request::NewService(lb.service(MARK))),
-            want.frame(new_dest(&lb, MARK, task(5))),
-            want.frame(new_dest(&lb, MARK, task(6))),
-            Event::Mark(11, VIP, MARK),
-        ]
-    );
+    let mut want = Expect::new(11).first_vip(&lb, &[task(5), task(6)]);
+    want.push(Event::Mark(11, VIP, MARK));
+    assert_eq!(rec.take(), want);
     assert_eq!(lb.entries().unwrap(), 3, "one service, two destinations");
     assert_eq!(lb.name(), "ipvs");
 }
@@ -273,16 +276,9 @@ fn an_emptied_vip_keeps_its_service_and_mark() {
 fn a_new_empty_vip_is_a_service_without_destinations() {
     let (mut lb, rec) = balancer();
     lb.set_vip(&sandbox(11), VIP, &[]).unwrap();
-    let mut want = Expect::new(11);
-    assert_eq!(
-        rec.take(),
-        [
-            Event::Open(11),
-            want.frame(Request::Flush),
-            want.frame(Request::NewService(lb.service(MARK))),
-            Event::Mark(11, VIP, MARK),
-        ]
-    );
+    let mut want = Expect::new(11).first_vip(&lb, &[]);
+    want.push(Event::Mark(11, VIP, MARK));
+    assert_eq!(rec.take(), want);
 }
 
 #[test]
@@ -392,17 +388,12 @@ fn a_failed_destination_rolls_the_new_vip_back() {
     rec.refuse_next(new_dest(&lb, MARK, task(6)), libc::EINVAL);
     let err = lb.set_vip(&sb, VIP, &[task(5), task(6)]).unwrap_err();
     assert!(err.to_string().contains("add destination"), "{err}");
-    let mut want = Expect::new(11);
+    let mut expect = Expect::new(11);
+    let mut want = expect.first_vip(&lb, &[task(5), task(6)]);
+    want.push(expect.frame(Request::DelService(lb.service(MARK))));
     assert_eq!(
         rec.take(),
-        [
-            Event::Open(11),
-            want.frame(Request::Flush),
-            want.frame(Request::NewService(lb.service(MARK))),
-            want.frame(new_dest(&lb, MARK, task(5))),
-            want.frame(new_dest(&lb, MARK, task(6))),
-            want.frame(Request::DelService(lb.service(MARK))),
-        ],
+        want,
         "no mark: no traffic ever reached the half-made service"
     );
     assert_eq!(lb.entries().unwrap(), 0);
