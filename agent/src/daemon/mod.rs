@@ -290,11 +290,17 @@ impl Daemon {
             .serve_with_incoming_shutdown(tls.incoming(listener), async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             });
+        // A removed node's certificate stays valid until it expires: every API refuses it.
+        let follow = (*tls)
+            .clone()
+            .follow_removed_nodes(manager.store().memory().clone());
         let addr = addr.to_string();
         let task = tokio::spawn(async move {
+            let following = tokio::spawn(follow);
             if let Err(err) = server.await {
                 tracing::error!(addr = %addr, error = %err, "manager listener failed");
             }
+            following.abort();
         });
         Ok(Listener { stop, task, tls })
     }

@@ -108,9 +108,7 @@ impl NodeCa for NodeCaService {
             // A member renewing: it keeps its id and gets the role the cluster now gives it.
             Some(identity) => {
                 if cluster.removed_nodes.contains(&identity.node_id) {
-                    return Err(Status::permission_denied(
-                        "this node was removed from the cluster",
-                    ));
+                    return Err(Status::permission_denied(ca::REMOVED_NODE));
                 }
                 let node = self.store.view(|tx| tx.get::<Node>(&identity.node_id));
                 let role = match node {

@@ -26,7 +26,8 @@ pub mod tls;
 pub mod token;
 
 pub use authz::{
-    Caller, caller, is_local, peer, require_local_or_manager, require_manager, require_node,
+    Caller, REMOVED_NODE, caller, is_local, peer, require_local_or_manager, require_manager,
+    require_node,
 };
 pub use client::{CONNECT_TIMEOUT, connect, connect_lazy, connect_with_roots, fetch_root_ca};
 pub use csr::NodeKey;

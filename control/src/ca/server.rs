@@ -2,6 +2,7 @@
 //! current (hot-swappable) server configuration, and yields connections that carry the peer's
 //! verified identity into every request's extensions.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use futures::Stream;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -20,9 +22,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
+use mesh_proto::Cluster;
+
 use super::error::CaError;
 use super::identity::NodeIdentity;
 use super::tls::{TlsIdentity, server_config};
+use crate::store::{Event, MemoryStore, Read as _};
 
 /// How long a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +44,7 @@ const BACKLOG: usize = 64;
 #[derive(Clone)]
 pub struct TlsServer {
     config: Arc<RwLock<Arc<ServerConfig>>>,
+    removed: Arc<RwLock<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -51,6 +57,7 @@ impl TlsServer {
     pub fn new(identity: &TlsIdentity) -> Result<Self, CaError> {
         Ok(Self {
             config: Arc::new(RwLock::new(Arc::new(server_config(identity)?))),
+            removed: Arc::default(),
         })
     }
 
@@ -60,6 +67,43 @@ impl TlsServer {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
         debug!("tls server identity replaced");
         Ok(())
+    }
+
+    /// The ids of nodes removed from the cluster. Their certificates stay valid until they
+    /// expire, so new connections presenting one are marked ([`PeerInfo::removed`]) and every
+    /// API refuses them with a message that says why.
+    pub fn set_removed_nodes(&self, node_ids: impl IntoIterator<Item = String>) {
+        *self.removed.write().unwrap_or_else(|e| e.into_inner()) = node_ids.into_iter().collect();
+    }
+
+    /// Keeps the removed nodes in step with the cluster object of `store`, until the store's
+    /// event stream closes.
+    pub async fn follow_removed_nodes(self, store: Arc<MemoryStore>) {
+        loop {
+            let (removed, mut events) = store.view_and_watch(|tx| {
+                tx.list::<Cluster>()
+                    .into_iter()
+                    .next()
+                    .map(|c| c.removed_nodes)
+                    .unwrap_or_default()
+            });
+            self.set_removed_nodes(removed);
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.as_a::<Cluster>().is_some() => break,
+                    Ok(Event::Reset) | Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+
+    fn is_removed(&self, node_id: &str) -> bool {
+        self.removed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node_id)
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -94,10 +138,17 @@ impl TlsServer {
                 };
                 let acceptor = TlsAcceptor::from(server.current());
                 let tx = tx.clone();
+                let server = server.clone();
                 tokio::spawn(async move {
-                    let Some(conn) = handshake(acceptor, tcp, remote).await else {
+                    let Some(mut conn) = handshake(acceptor, tcp, remote).await else {
                         return;
                     };
+                    if let Some(id) = &conn.info.identity
+                        && server.is_removed(&id.node_id)
+                    {
+                        debug!(%remote, node.id = %id.node_id, "connection from a removed node");
+                        conn.info.removed = true;
+                    }
                     // The receiver is gone only when the server stopped.
                     let _ = tx.send(Ok(conn)).await;
                 });
@@ -150,6 +201,7 @@ async fn handshake(
         info: PeerInfo {
             remote_addr: Some(remote),
             identity,
+            removed: false,
         },
     })
 }
@@ -162,6 +214,8 @@ pub struct PeerInfo {
     /// From the client certificate, which rustls verified against the cluster's roots; `None`
     /// when the client presented none (a node that is joining).
     pub identity: Option<NodeIdentity>,
+    /// The certificate's node was removed from the cluster: every API refuses it.
+    pub removed: bool,
 }
 
 /// A server-side TLS connection on 2377.

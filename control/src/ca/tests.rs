@@ -318,3 +318,55 @@ async fn set_identity_rotates_the_server_in_place() {
     assert_eq!(seen.node_id, "w1");
     assert!(connect(&addr, &old_client).await.is_err());
 }
+
+#[tokio::test]
+async fn a_removed_manager_is_refused_with_a_reason_once_the_cluster_lists_it() {
+    use crate::store::{Read as _, direct_store};
+    use mesh_proto::Cluster;
+
+    let ca = RootCa::generate("cluster-1").expect("ca");
+    let server = TlsServer::new(&issue(&ca, "m0", Role::Manager)).expect("server");
+    let store = direct_store();
+    store
+        .update(|tx| {
+            tx.create(Cluster {
+                id: "cluster-1".into(),
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("cluster");
+    let follower = tokio::spawn(server.clone().follow_removed_nodes(store.memory().clone()));
+    let (addr, _stop) = serve(&server, ca.cert_pem()).await;
+    let addr = addr.to_string();
+    let removed = issue(&ca, "m1", Role::Manager);
+    let kept = issue(&ca, "m2", Role::Manager);
+    let manager_call = async |client: &TlsIdentity| {
+        let channel = connect(&addr, client).await.expect("connect");
+        whoami(channel, "manager-only").await
+    };
+    assert_eq!(manager_call(&removed).await.expect("before").node_id, "m1");
+
+    store
+        .update(|tx| {
+            let mut cluster = tx.list::<Cluster>().remove(0);
+            cluster.removed_nodes.push("m1".into());
+            tx.update(cluster)
+        })
+        .await
+        .expect("remove m1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let refusal = loop {
+        match manager_call(&removed).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "m1 still accepted");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(refusal.code(), tonic::Code::PermissionDenied);
+    assert_eq!(refusal.message(), REMOVED_NODE);
+    assert_eq!(manager_call(&kept).await.expect("kept").node_id, "m2");
+    follower.abort();
+}

@@ -201,9 +201,7 @@ impl Dispatcher for DispatcherService {
                 .any(|c| c.removed_nodes.contains(&req.node_id))
         });
         if removed {
-            return Err(Status::permission_denied(
-                "this node was removed from the cluster: leave with \"meshctl swarm leave --force\" and join again",
-            ));
+            return Err(Status::permission_denied(crate::ca::REMOVED_NODE));
         }
         self.register(&req, identity.role)
             .await
