@@ -12,7 +12,7 @@ use mesh_agent::lb::{LoadBalancer, Sandbox};
 use mesh_agent::netlink::{Netns, run_in_netns};
 
 use crate::Report;
-use crate::codec::proc_table;
+use crate::codec::{dests, proc_table};
 use crate::topology::{self, BACKENDS, TCP_PORTS, UDP_PORT, VIP, VIP2};
 
 type Outcome = Result<(), String>;
@@ -212,16 +212,7 @@ fn table(socket: &mut IpvsSocket) -> Result<Table, String> {
         let mark = svc
             .fwmark
             .ok_or(format!("a service without a mark: {svc:?}"))?;
-        let mut dests: Vec<_> = socket
-            .execute(&Request::GetDests(svc.clone()))
-            .map_err(err)?
-            .into_iter()
-            .filter_map(|r| match r {
-                Reply::Destination { dest, .. } => Some(dest),
-                _ => None,
-            })
-            .collect();
-        dests.sort_by_key(|d| d.addr);
+        let dests = dests(socket, &svc)?;
         table.insert(mark, (svc, dests));
     }
     Ok(table)

@@ -129,7 +129,8 @@ fn services(s: &mut IpvsSocket) -> Result<Vec<Service>, String> {
     Ok(all)
 }
 
-fn dests(s: &mut IpvsSocket, svc: &Service) -> Result<Vec<Destination>, String> {
+/// A service's destinations, in address order.
+pub(crate) fn dests(s: &mut IpvsSocket, svc: &Service) -> Result<Vec<Destination>, String> {
     let mut all: Vec<Destination> = s
         .execute(&Request::GetDests(svc.clone()))
         .map_err(err)?
