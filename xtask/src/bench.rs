@@ -173,3 +173,25 @@ where
     out?.ok("the command under test")?;
     Ok(elapsed)
 }
+
+/// Starts `program args…` in the network namespace at `netns` (nsenter) in the background, with
+/// these stdout and stderr; it is killed when dropped.
+fn spawn_in(
+    netns: &str,
+    program: &str,
+    args: &[&str],
+    stdout: std::process::Stdio,
+    stderr: std::process::Stdio,
+) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {program} under nsenter"))
+}

@@ -21,6 +21,7 @@ use mesh_tests::netns::{Bridge, Netns};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::spawn_in;
 pub use load::{LbClientArgs, LbServerArgs, lb_client, lb_server};
 use load::{Mode, Report};
 use programming::programming;
@@ -156,7 +157,14 @@ impl Lab {
                 "--lifetime",
                 &lifetime,
             ];
-            let server = ready(spawn_in(&ns.path(), &lab.exe, &args)?).await?;
+            let server = ready(spawn_in(
+                &ns.path(),
+                &lab.exe,
+                &args,
+                Stdio::piped(),
+                Stdio::inherit(),
+            )?)
+            .await?;
             lab.servers.push(server);
         }
         Ok(lab)
@@ -248,21 +256,6 @@ impl Lab {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-}
-
-/// Starts `program args…` in the namespace at `netns`; killed when dropped.
-fn spawn_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Child> {
-    Command::new("nsenter")
-        .arg(format!("--net={netns}"))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {program} under nsenter"))
 }
 
 /// Waits for a server's first line, which it prints once it listens.

@@ -15,9 +15,9 @@ use anyhow::{Context, bail, ensure};
 use mesh_tests::process::{self, Output};
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, wait_for, wait_until};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use super::{LIMIT, SERVICE};
+use super::{LIMIT, SERVICE, spawn_in};
 
 /// The overlay network the benchmarks attach their service to.
 pub(super) const NETWORK: &str = "benchnet";
@@ -99,15 +99,7 @@ pub async fn overlay(release: bool) -> anyhow::Result<()> {
     let Some(profile) = super::build(release, &["overlay"])? else {
         return Ok(());
     };
-    let cluster = Cluster::builder()
-        .managers(1)
-        .workers(1)
-        .quiet()
-        .start()
-        .await?;
-    let measured = measure(&cluster).await;
-    teardown(cluster).await?;
-    let (overlay, direct, mtu) = measured?;
+    let (overlay, direct, mtu) = on_cluster(1, measure).await?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load = load.split_whitespace().next().unwrap_or("?");
     println!(
@@ -261,21 +253,6 @@ pub(super) async fn in_netns(netns: &str, program: &str, args: &[&str]) -> anyho
     process::run("nsenter", &full, COMMAND_LIMIT).await
 }
 
-/// Starts `program args…` inside `netns` in the background; it is killed when dropped.
-fn spawn_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Child> {
-    Command::new("nsenter")
-        .arg(format!("--net={netns}"))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {program} under nsenter"))
-}
-
 /// Waits briefly for a background server to exit on its own; it is killed when dropped otherwise.
 async fn finish(mut server: Child) {
     let _ = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;
@@ -295,7 +272,13 @@ async fn iperf(client: &End, server: &End) -> anyhow::Result<f64> {
         "-p",
         IPERF_PORT,
     ];
-    let iperf_server = spawn_in(&server.netns, "iperf3", &listen)?;
+    let iperf_server = spawn_in(
+        &server.netns,
+        "iperf3",
+        &listen,
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
     // Client on one core, server on the other.
     let run = [
         "-c",
@@ -373,7 +356,13 @@ async fn round_trips(client: &End, server: &End) -> anyhow::Result<Vec<f64>> {
         .context("the xtask binary's path is not UTF-8")?;
     let addr = SocketAddr::from((server.addr, RR_PORT)).to_string();
     let serve = ["-c", LATENCY_CPU, exe, "bench", "rr", "--serve", &addr];
-    let rr_server = spawn_in(&server.netns, "taskset", &serve)?;
+    let rr_server = spawn_in(
+        &server.netns,
+        "taskset",
+        &serve,
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
     let count = ROUND_TRIPS.to_string();
     let connect = [
         "-c",
@@ -489,7 +478,24 @@ fn overlay_namespaces(node: &Node) -> Vec<String> {
 
 /// Removes the service and the network, waits for the nodes' overlay namespaces to go, and tears
 /// the cluster down; overlay namespaces meshd left behind are then removed and reported.
-pub(super) async fn teardown(cluster: Cluster) -> anyhow::Result<()> {
+/// Runs `measure` on a quiet cluster of one manager and `workers` workers, then removes the
+/// benchmark's service and network and the cluster, whether `measure` succeeded or not.
+pub(super) async fn on_cluster<T>(
+    workers: usize,
+    measure: impl AsyncFnOnce(&Cluster) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let cluster = Cluster::builder()
+        .managers(1)
+        .workers(workers)
+        .quiet()
+        .start()
+        .await?;
+    let measured = measure(&cluster).await;
+    teardown(cluster).await?;
+    measured
+}
+
+async fn teardown(cluster: Cluster) -> anyhow::Result<()> {
     let manager = cluster.manager();
     let removed = async {
         // Fails when the service was never created; the network goes in any case.
