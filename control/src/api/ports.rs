@@ -1,6 +1,6 @@
 //! Published ports: what a service's endpoint spec may ask for, and which port each one gets.
-//! Ingress ports are cluster-wide, so two services can never publish the same one; a port the
-//! spec leaves at 0 is picked from 30000–32767, and keeps its number across updates.
+//! Ingress ports are cluster-wide, so no other service can publish the same one, in either mode;
+//! a port the spec leaves at 0 is picked from 30000–32767, and keeps its number across updates.
 
 use mesh_proto::{EndpointMode, EndpointSpec, PortConfig, PortProtocol, PublishMode, Service};
 
@@ -67,8 +67,8 @@ pub fn validate(spec: &EndpointSpec) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// The spec's ports with published numbers assigned, for service `id`: ingress ports another of
-/// `services` already publishes are refused; a port left at 0 keeps the number `previous` gave
+/// The spec's ports with published numbers assigned, for service `id`: a port another of
+/// `services` publishes is refused when either of them is in ingress mode; a port left at 0 keeps the number `previous` gave
 /// it, or gets the lowest free one of [`DYNAMIC_PORTS`].
 pub fn assign(
     id: &str,
@@ -114,13 +114,15 @@ pub fn assign(
                     .ok_or("no free port left in 30000-32767 to publish")?,
             };
         }
-        if port.publish_mode() == PublishMode::Ingress
-            && let Some((owner, _)) = others().find(|(_, p)| {
-                p.publish_mode() == PublishMode::Ingress
-                    && p.published_port == port.published_port
-                    && p.protocol == port.protocol
-            })
-        {
+        // An ingress port holds its number on every node, so it clashes with another service's
+        // port of that number in either mode; host-mode ports only meet on a node, where the
+        // scheduler keeps them apart.
+        let ingress = port.publish_mode() == PublishMode::Ingress;
+        if let Some((owner, _)) = others().find(|(_, p)| {
+            (ingress || p.publish_mode() == PublishMode::Ingress)
+                && p.published_port == port.published_port
+                && p.protocol == port.protocol
+        }) {
             return Err(format!(
                 "port {}/{} is already published by service {owner}",
                 port.published_port,
@@ -183,6 +185,23 @@ mod tests {
         assert!(assign("b", &spec(vec![udp]), &[], &others).is_ok());
         // A service updating itself keeps its own port.
         assert!(assign("a", &spec(vec![port(8080, 80)]), &[], &others).is_ok());
+    }
+
+    #[test]
+    fn an_ingress_port_and_a_host_port_of_one_number_clash_two_host_ports_do_not() {
+        let host = |published, target| PortConfig {
+            publish_mode: PublishMode::Host as i32,
+            ..port(published, target)
+        };
+        let ingress_web = [service("a", "web", vec![port(8080, 80)])];
+        let err = assign("b", &spec(vec![host(8080, 80)]), &[], &ingress_web).unwrap_err();
+        assert_eq!(err, "port 8080/tcp is already published by service web");
+
+        let host_web = [service("a", "web", vec![host(8080, 80)])];
+        let err = assign("b", &spec(vec![port(8080, 80)]), &[], &host_web).unwrap_err();
+        assert_eq!(err, "port 8080/tcp is already published by service web");
+        // Two host-mode ports of one number: the scheduler keeps them on different nodes.
+        assert!(assign("b", &spec(vec![host(8080, 80)]), &[], &host_web).is_ok());
     }
 
     #[test]
