@@ -16,53 +16,52 @@ fn ring(id: u32, fill: u8) -> KeyRing {
     })
 }
 
+/// A member's configuration on loopback, with a fast anti-entropy round.
+fn config(name: &str, keys: KeyRing, bind: &str) -> GossipConfig {
+    let bind: SocketAddr = bind.parse().expect("bind addr");
+    let mut config = GossipConfig::new(name, bind, keys);
+    config.anti_entropy_interval = Duration::from_millis(300);
+    config
+}
+
+/// Drops every `drop_every`th datagram sent; a lossy member also gives up piggybacking, so
+/// records can only spread by anti-entropy.
+fn lossy(config: &mut GossipConfig, drop_every: Option<u32>) {
+    config.drop_every_nth_send = drop_every.and_then(NonZeroU32::new);
+    config.piggyback_records = drop_every.is_none();
+}
+
 async fn member(
     name: &str,
     keys: KeyRing,
     bind: &str,
-    lossy: Option<u32>,
+    drop_every: Option<u32>,
 ) -> (Gossip, UnboundedReceiver<Change>) {
-    let bind: SocketAddr = bind.parse().expect("bind addr");
-    let mut config = GossipConfig::new(name, bind, keys);
-    config.anti_entropy_interval = Duration::from_millis(300);
-    // A lossy member also gives up piggybacking, so records can only spread by anti-entropy.
-    config.drop_every_nth_send = lossy.and_then(NonZeroU32::new);
-    config.piggyback_records = lossy.is_none();
+    let mut config = config(name, keys, bind);
+    lossy(&mut config, drop_every);
     Gossip::start(config).await.expect("start gossip")
 }
 
 async fn cluster(n: usize, drop_every: Option<u32>) -> Vec<(Gossip, UnboundedReceiver<Change>)> {
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        nodes.push(member(&format!("node-{i}"), ring(1, 7), "127.0.0.1:0", drop_every).await);
-    }
-    join_first(&nodes).await;
-    nodes
+    cluster_with(n, |config| lossy(config, drop_every)).await
 }
 
-/// Members on loopback with a fast anti-entropy round, each configured by `edit`, joined.
+/// `n` members, each configured by `edit`, joined through the first.
 async fn cluster_with(
     n: usize,
     edit: impl Fn(&mut GossipConfig),
 ) -> Vec<(Gossip, UnboundedReceiver<Change>)> {
     let mut nodes = Vec::new();
     for i in 0..n {
-        let bind: SocketAddr = "127.0.0.1:0".parse().expect("bind addr");
-        let mut config = GossipConfig::new(format!("node-{i}"), bind, ring(1, 7));
-        config.anti_entropy_interval = Duration::from_millis(200);
+        let mut config = config(&format!("node-{i}"), ring(1, 7), "127.0.0.1:0");
         edit(&mut config);
         nodes.push(Gossip::start(config).await.expect("start gossip"));
     }
-    join_first(&nodes).await;
-    nodes
-}
-
-/// Every member but the first joins through the first.
-async fn join_first(nodes: &[(Gossip, UnboundedReceiver<Change>)]) {
     let seed = nodes[0].0.identity().addr;
     for (g, _) in &nodes[1..] {
         g.join(vec![seed]).await.expect("join");
     }
+    nodes
 }
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -251,7 +250,11 @@ async fn membership_sync_alone_makes_every_member_know_every_other() {
     // newcomer learns the members the seed knew when it joined, and the earlier members never
     // hear of the later ones from SWIM. Only the sync of the anti-entropy round closes the gaps.
     let n = 8;
-    let nodes = cluster_with(n, |config| config.swim_spreads_membership = false).await;
+    let nodes = cluster_with(n, |config| {
+        config.anti_entropy_interval = Duration::from_millis(200);
+        config.swim_spreads_membership = false;
+    })
+    .await;
     let nodes: Vec<Gossip> = nodes.into_iter().map(|(g, _)| g).collect();
     eventually("every member knows all 8", || {
         nodes.iter().all(|g| g.member_count() == n)
@@ -275,6 +278,7 @@ async fn membership_sync_alone_makes_every_member_know_every_other() {
 #[tokio::test]
 async fn a_gone_nodes_records_are_withdrawn_after_the_grace() {
     let mut nodes = cluster_with(3, |config| {
+        config.anti_entropy_interval = Duration::from_millis(200);
         config.gone_node_grace = Duration::from_millis(300);
     })
     .await;
