@@ -7,7 +7,8 @@ use std::process::Command;
 fn main() {
     record_commit();
     if let Err(err) = build_ebpf() {
-        panic!("building eBPF programs: {err}");
+        // One line that cargo shows as the build's error, with what to do about it.
+        println!("cargo::error=building the eBPF programs: {err}");
     }
 }
 
@@ -57,9 +58,18 @@ fn build_ebpf() -> Result<(), String> {
             .arg("-o")
             .arg(&object)
             .status()
-            .map_err(|e| format!("{clang} not found ({e}): install clang-19 and libbpf-dev"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot run {clang} ({e}): run `cargo xtask deps`, which installs clang-19 \
+                     and libbpf-dev (or set MESH_CLANG to another clang)"
+                )
+            })?;
         if !status.success() {
-            return Err(format!("{clang} failed on {}", source.display()));
+            return Err(format!(
+                "{clang} failed on {} (its messages are above); if it cannot find \
+                 bpf/bpf_helpers.h, run `cargo xtask deps`, which installs libbpf-dev",
+                source.display()
+            ));
         }
     }
     Ok(())

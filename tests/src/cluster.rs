@@ -2,7 +2,7 @@
 //! initialises the swarm and every other node joins it through that manager with its role's token.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -22,6 +22,7 @@ pub struct ClusterBuilder {
     heartbeat: Option<String>,
     fixed: Option<(String, [u8; 3], PathBuf)>,
     quiet: bool,
+    progress: bool,
 }
 
 /// A running cluster; dropping it tears down every node, the bridge and the temp dir.
@@ -45,6 +46,7 @@ impl Cluster {
             heartbeat: None,
             fixed: None,
             quiet: false,
+            progress: false,
         }
     }
 
@@ -107,6 +109,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Prints a line as each node comes up and once the swarm has formed, with how long each took
+    /// (for `cargo xtask demo`, where a person watches).
+    pub fn progress(mut self) -> Self {
+        self.progress = true;
+        self
+    }
+
     /// Uses a fixed bridge name, subnet and directory instead of unique test ones (`cargo xtask demo`).
     pub fn fixed(mut self, bridge: &str, net: [u8; 3], dir: &Path) -> Self {
         self.fixed = Some((bridge.to_owned(), net, dir.to_owned()));
@@ -157,9 +166,28 @@ impl ClusterBuilder {
             } else {
                 Role::Worker
             };
-            cluster.add_node(role).await?;
+            let started = Instant::now();
+            let at = cluster.add_node(role).await?;
+            if self.progress {
+                let node = &cluster.nodes[at];
+                eprintln!(
+                    "    {} ({role:?}, {}): namespace, dockerd, image and meshd up in {:.1} s",
+                    node.hostname(),
+                    node.addr(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
+        let started = Instant::now();
         self.form(&cluster).await?;
+        if self.progress {
+            eprintln!(
+                "    swarm formed: {} manager(s) and {} worker(s) ready in {:.1} s",
+                self.managers,
+                self.workers,
+                started.elapsed().as_secs_f64()
+            );
+        }
         Ok(cluster)
     }
 

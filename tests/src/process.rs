@@ -90,6 +90,27 @@ pub fn run_sync_ok(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(out.ok(&what)?.stdout)
 }
 
+/// Runs `program args…` with extra environment variables and the caller's stdout and stderr, so
+/// that its output shows as it happens; prints the command line first and fails unless it exits 0.
+pub fn run_shown(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    eprintln!("+ {}{program} {}", shown.concat(), args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The cargo that runs this program (`cargo xtask`, `cargo run`), else the one on `PATH`.
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 /// Whether a process with this pid exists.
 pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, dockerd, netns, process, wait_for, wait_until};
 
-use crate::{cargo, deps, run};
+use mesh_tests::process::{cargo, run_shown};
+
+use crate::{deps, step};
 
 /// Everything the demo creates lives here, under fixed names the tests never use.
 const DIR: &str = "/tmp/mesh-demo";
@@ -22,19 +24,51 @@ const PUBLISHED: u16 = 8080;
 const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
 const CONVERGE: Duration = Duration::from_secs(90);
 
+/// What to do when starting the demo fails part-way.
+const FIX: &str = "each node's logs are in /tmp/mesh-demo/nodeN/ (meshd.log, dockerd.log); \
+                   `cargo xtask demo down` removes a half-started demo";
+
 pub async fn up() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     deps::install()?;
-    run(&cargo(), &["build", "--workspace", "--bins"])?;
+    step::run(
+        "building meshd and meshctl (cargo build --workspace --bins; the first build takes minutes)",
+        "read cargo's error above; if a system tool is missing, `cargo xtask deps` installs it",
+        || run_shown(&cargo(), &["build", "--workspace", "--bins"], &[]),
+    )?;
     if Path::new(DIR).exists() || !netns::links_with_prefix(BRIDGE).is_empty() {
         eprintln!("a demo is already up: taking it down first");
         down()?;
     }
-    let cluster = Cluster::builder()
-        .managers(1)
-        .workers(WORKERS)
-        .fixed(BRIDGE, NET, Path::new(DIR))
-        .start()
-        .await?;
+    let nodes = 1 + WORKERS;
+    let cluster = step::run_async(
+        &format!("starting {nodes} nodes (a manager and {WORKERS} workers) and forming the swarm"),
+        FIX,
+        Cluster::builder()
+            .managers(1)
+            .workers(WORKERS)
+            .fixed(BRIDGE, NET, Path::new(DIR))
+            .progress()
+            .start(),
+    )
+    .await?;
+    let answers = step::run_async(
+        &format!("running the demo service: 3 web tasks published on port {PUBLISHED}"),
+        FIX,
+        serve(&cluster),
+    )
+    .await?;
+    report(cluster, answers).await?;
+    eprintln!(
+        "==> the demo is up, {} after `cargo xtask demo` started",
+        step::took(started.elapsed())
+    );
+    Ok(())
+}
+
+/// Creates the demo service and waits until every node's address answers on its published port
+/// from one of its tasks; returns what each address answered.
+async fn serve(cluster: &Cluster) -> anyhow::Result<Vec<(SocketAddr, BTreeSet<String>)>> {
     let node = cluster.manager();
     let publish = format!("{PUBLISHED}:80");
     let create = [
@@ -53,6 +87,7 @@ pub async fn up() -> anyhow::Result<()> {
         WEB,
     ];
     node.meshctl_ok(&create).await?;
+    eprintln!("    service created; waiting for its 3 tasks to run");
     wait_until(CONVERGE, "3 running demo containers", async || {
         let mut running = 0;
         for n in cluster.nodes() {
@@ -77,8 +112,18 @@ pub async fn up() -> anyhow::Result<()> {
             Ok((!seen.is_empty()).then_some(seen))
         })
         .await?;
+        eprintln!("    {addr} answers");
         answers.push((addr, seen));
     }
+    Ok(answers)
+}
+
+/// Prints the cluster and how to use it, and leaves it running.
+async fn report(
+    cluster: Cluster,
+    answers: Vec<(SocketAddr, BTreeSet<String>)>,
+) -> anyhow::Result<()> {
+    let node = cluster.manager();
     let ls = node.meshctl_ok(&["node", "ls"]).await?;
     let ps = node.meshctl_ok(&["service", "ps", SERVICE]).await?;
     let socket = node.socket().display().to_string();

@@ -1,23 +1,28 @@
-//! mesh's build tasks: installing the machine's dependencies, the CI test run, a local demo node and
-//! benchmarks against Docker Swarm. Run as `cargo xtask <command>`.
+//! mesh's build tasks: installing the machine's dependencies, the CI test run, a local demo
+//! cluster, benchmarks, and the check that both of the README's commands work on a fresh machine.
+//! Run as `cargo xtask <command>`. This crate builds with Rust alone (no crate here has a build
+//! script that needs a system tool), so that it can install the packages the rest of the
+//! workspace needs before anything that needs them is compiled.
 
 #![forbid(unsafe_code)]
 
-mod bench;
 mod demo;
 mod deps;
+mod fresh;
 mod leftovers;
+mod step;
 mod test;
 mod vm;
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mesh_tests::process::{cargo, run_shown};
 
 #[derive(Parser)]
-#[command(about = "mesh's build tasks")]
+#[command(name = "cargo xtask", about = "mesh's build tasks")]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -29,18 +34,26 @@ enum Task {
     Deps,
     /// Run everything CI runs: build, fmt, clippy, unit tests, privileged tests, leftover check.
     Test,
-    /// Bring up a local node (its own namespace, dockerd and meshd) running a demo service.
+    /// Bring up three local nodes (namespaces with their own dockerd and meshd) running a demo service.
     Demo {
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
-    /// Benchmarks, mesh and Docker Swarm side by side.
+    /// Benchmarks, side by side with a baseline (`cargo xtask bench --help` lists them).
     Bench {
-        #[command(subcommand)]
-        which: Bench,
+        /// The benchmark and its options, passed to the benchmark program.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "BENCHMARK"
+        )]
+        args: Vec<String>,
     },
     /// Remove namespaces, links, processes and directories left by test runs that died.
     Clean,
+    /// Prove the README's two commands on a fresh Debian 12: a throwaway root built with
+    /// debootstrap, a clean clone of HEAD, a cold build, then `cargo xtask demo` and `.ci/run`.
+    FreshCheck(fresh::FreshArgs),
     /// Run mesh's code against a kernel in a QEMU VM (not part of `test`: slow, downloads).
     Vm {
         #[command(subcommand)]
@@ -56,60 +69,21 @@ enum DemoAction {
     Down,
 }
 
-#[derive(Subcommand)]
-enum Bench {
-    /// Time `service create --replicas 10` to all running, then scale 10→30.
-    Converge {
-        /// Benchmark a release build of meshd (builds it first).
-        #[arg(long)]
-        release: bool,
-    },
-    /// Time from a worker's link cut to its node marked down and its tasks running elsewhere, and
-    /// from the leader's death to a new leader.
-    Failover {
-        /// Benchmark a release build of meshd (builds it first).
-        #[arg(long)]
-        release: bool,
-    },
-    /// Task-to-task throughput and latency over the VXLAN overlay, against the direct underlay.
-    Overlay {
-        /// Benchmark a release build of meshd (builds it first).
-        #[arg(long)]
-        release: bool,
-    },
-    /// Gossip convergence of 10, 100 and 1,000 simulated members, and endpoint propagation to the
-    /// FDBs of 3 real nodes.
-    Gossip(bench::GossipArgs),
-    /// Requests per second and latency to a service VIP through the eBPF balancer, through
-    /// kube-proxy-style iptables DNAT and to one backend directly; time to program 1 to 10,000
-    /// services in each.
-    Lb(bench::LbArgs),
-    /// The request/response server that `bench lb` runs in each backend namespace.
-    #[command(hide = true)]
-    LbServer(bench::LbServerArgs),
-    /// The load generator that `bench lb` runs in the client namespace.
-    #[command(hide = true)]
-    LbClient(bench::LbClientArgs),
-    /// A TCP request/response loop that `bench overlay` runs inside namespaces.
-    #[command(hide = true)]
-    Rr {
-        /// Echo one client's bytes at this address.
-        #[arg(long, conflicts_with = "connect", required_unless_present = "connect")]
-        serve: Option<std::net::SocketAddr>,
-        /// Time round trips to a server at this address.
-        #[arg(long)]
-        connect: Option<std::net::SocketAddr>,
-        /// How many round trips to time.
-        #[arg(long, default_value_t = 5000)]
-        count: usize,
-    },
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", step::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn run(task: Task) -> anyhow::Result<()> {
     std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
-    match cli.command {
+    match task {
         Task::Deps => deps::install(),
         Task::Test => test::all(),
         Task::Demo {
@@ -118,35 +92,8 @@ async fn main() -> anyhow::Result<()> {
         Task::Demo {
             action: Some(DemoAction::Down),
         } => demo::down(),
-        Task::Bench {
-            which: Bench::Converge { release },
-        } => bench::converge(release).await,
-        Task::Bench {
-            which: Bench::Failover { release },
-        } => bench::failover(release).await,
-        Task::Bench {
-            which: Bench::Overlay { release },
-        } => bench::overlay(release).await,
-        Task::Bench {
-            which: Bench::Gossip(args),
-        } => bench::gossip(args).await,
-        Task::Bench {
-            which:
-                Bench::Rr {
-                    serve,
-                    connect,
-                    count,
-                },
-        } => bench::rr(serve, connect, count),
-        Task::Bench {
-            which: Bench::Lb(args),
-        } => bench::lb(args).await,
-        Task::Bench {
-            which: Bench::LbServer(args),
-        } => bench::lb_server(args),
-        Task::Bench {
-            which: Bench::LbClient(args),
-        } => bench::lb_client(args),
+        Task::Bench { args } => bench(&args),
+        Task::FreshCheck(args) => fresh::check(&args),
         Task::Vm { which } => vm::run_vm(which),
         Task::Clean => {
             let found = leftovers::find();
@@ -157,32 +104,16 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `cargo xtask bench …`: the packages first, then the benchmark program (crate `mesh-bench`),
+/// which needs the eBPF toolchain to build.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    deps::install()?;
+    let mut run_args = vec!["run", "--package", "mesh-bench", "--"];
+    run_args.extend(args.iter().map(String::as_str));
+    run_shown(&cargo(), &run_args, &[])
+}
+
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
-}
-
-/// Runs a command with inherited output, failing unless it exits 0.
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    run_with_env(program, args, &[])
-}
-
-/// [`run`] with extra environment variables for the child.
-fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
-    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-    eprintln!("+ {}{program} {}", shown.concat(), args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .status()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !status.success() {
-        bail!("`{program} {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-/// The cargo that runs this xtask.
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }

@@ -1,11 +1,17 @@
-//! `cargo xtask test`: what CI runs. One build, then fmt, clippy, unit tests and the privileged tests,
-//! then a check that the tests left nothing behind and did not change the host's forwarding settings.
+//! `cargo xtask test`: what CI runs. The packages first, one build, then fmt, clippy, unit tests and
+//! the privileged tests, then a check that the tests left nothing behind and did not change the
+//! host's forwarding settings. Every step says how long it took; the summary counts skipped tests.
+
+use std::path::Path;
 
 use anyhow::bail;
-use mesh_tests::process::run_sync;
-use mesh_tests::skip::REQUIRE_ENV;
+use mesh_tests::process::{cargo, run_shown, run_sync};
+use mesh_tests::skip::{self, REQUIRE_ENV, SKIP_LOG_ENV};
 
-use crate::{cargo, deps, leftovers, run, run_with_env};
+use crate::{deps, leftovers, step};
+
+/// Where the privileged tests record their skips for this run's summary.
+const SKIP_LOG: &str = "target/mesh-test-skips.log";
 
 /// The host settings dockerd is known to change: `ip_forward` and the FORWARD chain's policy.
 fn host_forwarding() -> (String, String) {
@@ -31,41 +37,60 @@ pub fn all() -> anyhow::Result<()> {
     let cargo = cargo();
 
     // The only build: every target of every crate, which the steps below reuse.
-    run(&cargo, &["build", "--workspace", "--all-targets"])?;
+    step::run(
+        "building every crate and test (cargo build --workspace --all-targets)",
+        "read cargo's error above; if a system tool is missing, `cargo xtask deps` installs it",
+        || run_shown(&cargo, &["build", "--workspace", "--all-targets"], &[]),
+    )?;
 
     // CI must not pass with skipped privileged tests.
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let env: &[(&str, &str)] = if ci { &[(REQUIRE_ENV, "1")] } else { &[] };
-    let mut failed = Vec::new();
-    let mut step = |name: &'static str, args: &[&str], env: &[(&str, &str)]| {
-        if let Err(err) = run_with_env(&cargo, args, env) {
-            eprintln!("{name} failed: {err:#}");
-            failed.push(name);
-        }
+    let require = if ci || skip::skips_are_failures() {
+        "1"
+    } else {
+        "0"
     };
-    step("fmt", &["fmt", "--all", "--check"], &[]);
-    step(
-        "clippy",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    );
-    step(
-        "unit tests",
-        &["test", "--workspace", "--exclude", "mesh-tests"],
-        &[],
-    );
-    step(
-        "privileged tests",
-        &["test", "-p", "mesh-tests", "--", "--test-threads=2"],
-        env,
-    );
+    let _ = std::fs::remove_file(SKIP_LOG);
+    let privileged_env = [(REQUIRE_ENV, require), (SKIP_LOG_ENV, SKIP_LOG)];
+    let fix = "the failing test and its output are above; `cargo xtask clean` removes what an \
+               interrupted run left behind";
+    let checks: [(&str, &[&str], &[(&str, &str)]); 4] = [
+        (
+            "formatting (cargo fmt --check)",
+            &["fmt", "--all", "--check"],
+            &[],
+        ),
+        (
+            "lints (cargo clippy -D warnings)",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        ),
+        (
+            "unit tests",
+            &["test", "--workspace", "--exclude", "mesh-tests"],
+            &[],
+        ),
+        (
+            "privileged multi-node tests (tests/, two at a time)",
+            &["test", "-p", "mesh-tests", "--", "--test-threads=2"],
+            &privileged_env,
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (what, args, env) in checks {
+        if let Err(err) = step::run(what, fix, || run_shown(&cargo, args, env)) {
+            eprintln!("error: {}", step::one_line(&err));
+            failed.push(what);
+        }
+    }
+    let skipped = skip::recorded(Path::new(SKIP_LOG));
 
     let left = leftovers::find();
     if !left.is_empty() {
@@ -78,9 +103,17 @@ pub fn all() -> anyhow::Result<()> {
         eprintln!("host forwarding settings changed: {host_before:?} -> {host_after:?}");
         failed.push("host settings check");
     }
-    if !failed.is_empty() {
-        bail!("failed: {}", failed.join(", "));
+    for line in &skipped {
+        eprintln!("{line}");
     }
-    eprintln!("all checks passed");
+    let skips = match skipped.len() {
+        0 => "no test skipped".to_owned(),
+        1 => "1 privileged test skipped (listed above)".to_owned(),
+        n => format!("{n} privileged tests skipped (listed above)"),
+    };
+    if !failed.is_empty() {
+        bail!("failed: {}; {skips}", failed.join(", "));
+    }
+    eprintln!("all checks passed; {skips}");
     Ok(())
 }

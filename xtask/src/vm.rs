@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, run_with_env};
+use mesh_tests::process::{cargo, run_shown};
+
+use crate::deps;
 
 /// Where the kernel package, the initramfs and the probe's build live (under the target dir).
 const CACHE: &str = "target/vm";
@@ -102,13 +104,15 @@ fn qemu() -> anyhow::Result<PathBuf> {
     if let Some(path) = find() {
         return Ok(path);
     }
-    crate::deps::install_packages(&["qemu-system-x86"])?;
-    find().with_context(|| format!("{QEMU} is still missing after installing qemu-system-x86"))
+    deps::install_packages(deps::VM_PACKAGES)?;
+    find().with_context(|| format!("{QEMU} is still missing after installing its package"))
 }
 
 /// Builds the probe as a static executable: it is the VM's only userland besides iptables.
 fn build_probe() -> anyhow::Result<PathBuf> {
-    run_with_env(
+    // The probe is part of the agent, whose build needs the eBPF toolchain.
+    deps::install()?;
+    run_shown(
         &cargo(),
         &[
             "build",

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use mesh_tests::process::run_shown;
 
 /// The metapackage whose dependency is the current kernel image.
 const METAPACKAGE: &str = "linux-image-amd64";
@@ -33,9 +34,10 @@ pub fn fetch(cache: &Path, package: Option<&str>) -> anyhow::Result<Kernel> {
     let deb = download(cache, &package)?;
     let partial = cache.join(format!("{package}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
-    crate::run(
+    run_shown(
         "dpkg-deb",
         &["-x", &deb.to_string_lossy(), &partial.to_string_lossy()],
+        &[],
     )?;
     let _ = std::fs::remove_dir_all(&root);
     std::fs::rename(&partial, &root)?;
@@ -69,7 +71,7 @@ fn download(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     };
     eprintln!("+ apt-get download {package}");
     if !fetch()?.success() {
-        crate::run("apt-get", &["update"])?;
+        run_shown("apt-get", &["update"], &[])?;
         if !fetch()?.success() {
             bail!("`apt-get download {package}` failed");
         }

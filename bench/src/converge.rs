@@ -1,54 +1,16 @@
-//! Benchmarks of mesh against Docker Swarm on the same namespace topology. `cargo xtask bench
-//! converge`: how long each takes, on one node on this machine, from `service create --replicas 10`
-//! to 10 running containers, and from scaling 10→30 to 30 running. Both run the same busybox image;
-//! counts come from each node's dockerd. `cargo xtask bench failover` is in [`failover`].
+//! `cargo xtask bench converge`: how long mesh and Docker Swarm take, on one node on this
+//! machine, from `service create --replicas 10` to 10 running containers, and from scaling 10→30
+//! to 30 running. Both run the same busybox image; counts come from each node's dockerd.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mesh_tests::dockerd::{Dockerd, Networking};
-use mesh_tests::meshctl::BIN_DIR_ENV;
 use mesh_tests::netns::{Bridge, Netns};
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, Output, image};
 
-use crate::{cargo, run};
-
-mod failover;
-mod gossip;
-mod lb;
-mod overlay;
-
-pub use failover::failover;
-pub use gossip::{GossipArgs, gossip};
-pub use lb::{LbArgs, LbClientArgs, LbServerArgs, lb, lb_client, lb_server};
-pub use overlay::{overlay, rr};
-
-const LIMIT: Duration = Duration::from_secs(180);
-const SERVICE: &str = "bench";
-
-/// Builds meshd and meshctl for a benchmark. With `release`, builds a release meshd and runs
-/// `cargo xtask bench <args…>` again against it, returning `None`; otherwise returns the profile
-/// of the binaries the harness will run (`debug`, or `release` when [`BIN_DIR_ENV`] points there).
-fn build(release: bool, args: &[&str]) -> anyhow::Result<Option<&'static str>> {
-    let bins = ["-p", "mesh-agent", "-p", "mesh-control", "--bins"];
-    if release {
-        run(&cargo(), &[&["build", "--release"][..], &bins].concat())?;
-        // The harness finds meshd through MESH_BIN_DIR: run this benchmark again with it set.
-        let exe = std::env::current_exe()?.display().to_string();
-        let mut again = vec!["bench"];
-        again.extend_from_slice(args);
-        crate::run_with_env(&exe, &again, &[(BIN_DIR_ENV, "target/release")])?;
-        return Ok(None);
-    }
-    run(&cargo(), &[&["build"][..], &bins].concat())?;
-    let bin_dir = std::env::var(BIN_DIR_ENV).unwrap_or_default();
-    Ok(Some(if bin_dir.contains("release") {
-        "release"
-    } else {
-        "debug"
-    }))
-}
+use crate::run::{LIMIT, SERVICE, build};
 
 pub async fn converge(release: bool) -> anyhow::Result<()> {
     let Some(profile) = build(release, &["converge"])? else {
@@ -172,26 +134,4 @@ where
         .with_context(|| format!("{target} running not reached within {LIMIT:?}"))?;
     out?.ok("the command under test")?;
     Ok(elapsed)
-}
-
-/// Starts `program args…` in the network namespace at `netns` (nsenter) in the background, with
-/// these stdout and stderr; it is killed when dropped.
-fn spawn_in(
-    netns: &str,
-    program: &str,
-    args: &[&str],
-    stdout: std::process::Stdio,
-    stderr: std::process::Stdio,
-) -> anyhow::Result<tokio::process::Child> {
-    tokio::process::Command::new("nsenter")
-        .arg(format!("--net={netns}"))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {program} under nsenter"))
 }

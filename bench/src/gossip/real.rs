@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, process, wait_for};
 
-use super::super::overlay::{NETWORK, container_pid, in_netns, on_cluster, overlay_netns};
-use super::super::{LIMIT, SERVICE};
+use crate::overlay::{NETWORK, container_pid, in_netns, on_cluster, overlay_netns};
+use crate::run::{LIMIT, SERVICE};
 
 /// Rounds of scaling 1→2→3→2→1 on the real nodes.
 const ROUNDS: usize = 3;
@@ -22,7 +22,7 @@ const VXLAN_ID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
 
 /// Samples from the real nodes.
 #[derive(Default)]
-pub(super) struct Propagation {
+pub(crate) struct Propagation {
     vni: u32,
     scale_to_eth0: Vec<Duration>,
     eth0_to_fdb: Vec<Duration>,
@@ -30,7 +30,7 @@ pub(super) struct Propagation {
     gone_to_fdb: Vec<Duration>,
 }
 
-pub(super) fn print_propagation(p: &Propagation, profile: &str) {
+pub(crate) fn print_propagation(p: &Propagation, profile: &str) {
     println!(
         "endpoint propagation, 3 real nodes (namespaces, own dockerd and meshd each), overlay \
          {NETWORK} (VXLAN id {}), {ROUNDS} rounds of scale 1->2->3->2->1, stop grace period \
@@ -76,7 +76,7 @@ struct Task {
     mac: String,
 }
 
-pub(super) async fn real_nodes() -> anyhow::Result<Propagation> {
+pub(crate) async fn real_nodes() -> anyhow::Result<Propagation> {
     on_cluster(2, propagation).await
 }
 

@@ -58,22 +58,10 @@ pub struct GossipArgs {
 
 pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
     if args.release {
-        // The simulation runs in this process: build xtask itself in release too, and run that.
-        let bins = [
-            "-p",
-            "mesh-agent",
-            "-p",
-            "mesh-control",
-            "--bins",
-            "-p",
-            "xtask",
-        ];
-        crate::run(
-            &crate::cargo(),
-            &[&["build", "--release"][..], &bins].concat(),
-        )?;
+        // The simulation runs in this process: build this program in release too, and run that.
+        let bins = ["-p", "mesh-agent", "-p", "mesh-control", "--bins"];
         let env = [(BIN_DIR_ENV, "target/release")];
-        let mut again = vec!["bench".to_owned(), "gossip".to_owned()];
+        let mut again = vec!["gossip".to_owned()];
         for n in &args.members {
             again.extend(["--members".to_owned(), n.to_string()]);
         }
@@ -81,7 +69,7 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
             again.push("--simulated-only".to_owned());
         }
         let again: Vec<&str> = again.iter().map(String::as_str).collect();
-        return crate::run_with_env("target/release/xtask", &again, &env);
+        return crate::run::again_in_release(&bins, &again, &env);
     }
     let sizes: Vec<usize> = if args.members.is_empty() {
         SIZES.to_vec()
@@ -92,7 +80,7 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
     let profile = if args.simulated_only {
         "unused"
     } else {
-        match super::build(false, &["gossip"])? {
+        match crate::run::build(false, &["gossip"])? {
             Some(profile) => profile,
             None => return Ok(()),
         }
@@ -112,14 +100,14 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
         Some(real_nodes().await)
     };
 
-    let xtask = if cfg!(debug_assertions) {
+    let sim_profile = if cfg!(debug_assertions) {
         "debug"
     } else {
         "release"
     };
     println!(
         "gossip, simulated: members in one process on 127.0.0.1, one key, each joining up to \
-         {JOIN_PEERS} earlier ones; xtask {xtask} build"
+         {JOIN_PEERS} earlier ones; mesh-bench {sim_profile} build"
     );
     println!(
         "{:>8} {:>12} {:>12} {:>12} {:>22} {:>22}",

@@ -3,7 +3,7 @@
 //! benchmark measures task to task across the nodes over the overlay, and node to node directly
 //! over their underlay — the physical limit of this machine — in the same run: TCP throughput
 //! with iperf3, ICMP round trips with ping, and TCP request/response round trips with a loop of
-//! our own ([`rr`], run as `xtask bench rr` inside each namespace through nsenter).
+//! our own ([`rr`], run as `mesh-bench rr` inside each namespace through nsenter).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -17,10 +17,10 @@ use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, wait_for, wait_until};
 use serde_json::Value;
 use tokio::process::Child;
 
-use super::{LIMIT, SERVICE, spawn_in};
+use crate::run::{LIMIT, SERVICE, spawn_in, this_program};
 
 /// The overlay network the benchmarks attach their service to.
-pub(super) const NETWORK: &str = "benchnet";
+pub(crate) const NETWORK: &str = "benchnet";
 /// Rounds over both paths in turn, so that other load on the machine hits both alike.
 const ROUNDS: usize = 3;
 const IPERF_SECONDS: &str = "4";
@@ -96,7 +96,7 @@ impl Figures {
 }
 
 pub async fn overlay(release: bool) -> anyhow::Result<()> {
-    let Some(profile) = super::build(release, &["overlay"])? else {
+    let Some(profile) = crate::run::build(release, &["overlay"])? else {
         return Ok(());
     };
     let (overlay, direct, mtu) = on_cluster(1, measure).await?;
@@ -225,7 +225,7 @@ async fn task_end(node: &Node) -> anyhow::Result<Option<End>> {
 }
 
 /// The pid of a running container's first process, from `docker inspect`.
-pub(super) async fn container_pid(node: &Node, id: &str) -> anyhow::Result<Option<u32>> {
+pub(crate) async fn container_pid(node: &Node, id: &str) -> anyhow::Result<Option<u32>> {
     let info = node.inspect_container(id).await?;
     Ok(info["State"]["Pid"]
         .as_u64()
@@ -246,7 +246,7 @@ async fn mtu(netns: &str) -> anyhow::Result<u32> {
 }
 
 /// Runs `program args…` inside the namespace at `netns` (host mount namespace kept).
-pub(super) async fn in_netns(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+pub(crate) async fn in_netns(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
     let net = format!("--net={netns}");
     let mut full = vec![net.as_str(), "--", program];
     full.extend_from_slice(args);
@@ -347,15 +347,13 @@ async fn ping(client: &End, server: &End) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
-/// TCP request/response round trips from `client` to `server` in µs, by `xtask bench rr` on
+/// TCP request/response round trips from `client` to `server` in µs, by `mesh-bench rr` on
 /// both ends.
 async fn round_trips(client: &End, server: &End) -> anyhow::Result<Vec<f64>> {
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-    let exe = exe
-        .to_str()
-        .context("the xtask binary's path is not UTF-8")?;
+    let exe = this_program()?;
+    let exe = exe.as_str();
     let addr = SocketAddr::from((server.addr, RR_PORT)).to_string();
-    let serve = ["-c", LATENCY_CPU, exe, "bench", "rr", "--serve", &addr];
+    let serve = ["-c", LATENCY_CPU, exe, "rr", "--serve", &addr];
     let rr_server = spawn_in(
         &server.netns,
         "taskset",
@@ -368,7 +366,6 @@ async fn round_trips(client: &End, server: &End) -> anyhow::Result<Vec<f64>> {
         "-c",
         LATENCY_CPU,
         exe,
-        "bench",
         "rr",
         "--connect",
         &addr,
@@ -377,13 +374,13 @@ async fn round_trips(client: &End, server: &End) -> anyhow::Result<Vec<f64>> {
     ];
     let out = in_netns(&client.netns, "taskset", &connect)
         .await?
-        .ok("xtask bench rr --connect")?;
+        .ok("mesh-bench rr --connect")?;
     finish(rr_server).await;
     serde_json::from_str(out.stdout.trim())
-        .with_context(|| format!("xtask bench rr printed {:?}", out.stdout))
+        .with_context(|| format!("mesh-bench rr printed {:?}", out.stdout))
 }
 
-/// The hidden `xtask bench rr`: with `serve`, echoes one client's bytes until it hangs up; with
+/// The hidden `mesh-bench rr`: with `serve`, echoes one client's bytes until it hangs up; with
 /// `connect`, times `count` one-byte round trips and prints them in µs as one JSON array.
 pub fn rr(
     serve: Option<SocketAddr>,
@@ -467,7 +464,7 @@ fn netns_prefix(state_dir: &Path) -> String {
 }
 
 /// The name of `node`'s namespace for the overlay with this VXLAN id.
-pub(super) fn overlay_netns(node: &Node, vni: u32) -> String {
+pub(crate) fn overlay_netns(node: &Node, vni: u32) -> String {
     format!("{}{vni}", netns_prefix(&node.state_dir()))
 }
 
@@ -480,7 +477,7 @@ fn overlay_namespaces(node: &Node) -> Vec<String> {
 /// the cluster down; overlay namespaces meshd left behind are then removed and reported.
 /// Runs `measure` on a quiet cluster of one manager and `workers` workers, then removes the
 /// benchmark's service and network and the cluster, whether `measure` succeeded or not.
-pub(super) async fn on_cluster<T>(
+pub(crate) async fn on_cluster<T>(
     workers: usize,
     measure: impl AsyncFnOnce(&Cluster) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {

@@ -1,5 +1,5 @@
 //! The request/response server and load generator that `bench lb` runs inside its namespaces,
-//! as hidden `xtask bench lb-server` and `xtask bench lb-client`. Plain blocking sockets, one
+//! as hidden `mesh-bench lb-server` and `mesh-bench lb-client`. Plain blocking sockets, one
 //! thread per connection in flight, so that each exchange costs the tool a few syscalls and the
 //! kernel's path is what is measured.
 //!
@@ -138,7 +138,7 @@ impl Report {
     }
 }
 
-/// The hidden `xtask bench lb-server`: answers requests until its lifetime is over.
+/// The hidden `mesh-bench lb-server`: answers requests until its lifetime is over.
 pub fn lb_server(args: LbServerArgs) -> anyhow::Result<()> {
     ensure!(args.threads > 0, "--threads must be positive");
     let listener = TcpListener::bind(args.listen)
@@ -201,7 +201,7 @@ struct Tally {
     by_server: [u64; 10],
 }
 
-/// The hidden `xtask bench lb-client`: keeps `concurrency` exchanges in flight for `seconds`
+/// The hidden `mesh-bench lb-client`: keeps `concurrency` exchanges in flight for `seconds`
 /// after a warm-up and prints one JSON [`Report`].
 pub fn lb_client(args: LbClientArgs) -> anyhow::Result<()> {
     ensure!(

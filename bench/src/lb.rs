@@ -21,7 +21,7 @@ use mesh_tests::netns::{Bridge, Netns};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::spawn_in;
+use crate::run::{spawn_in, this_program};
 pub use load::{LbClientArgs, LbServerArgs, lb_client, lb_server};
 use load::{Mode, Report};
 use programming::programming;
@@ -47,7 +47,7 @@ const BACKEND_PORTS: &str = "20000 39999";
 const VIP_PORTS: &str = "40000 59999";
 #[derive(clap::Args)]
 pub struct LbArgs {
-    /// Build the xtask (load generator and SockLb programming) in release mode and run that.
+    /// Build this program (load generator and SockLb programming) in release mode and run that.
     #[arg(long)]
     release: bool,
     /// Seconds of load per case (after a 0.5 s warm-up).
@@ -63,11 +63,9 @@ pub struct LbArgs {
 
 pub async fn lb(args: LbArgs) -> anyhow::Result<()> {
     if args.release {
-        crate::run(&crate::cargo(), &["build", "--release", "-p", "xtask"])?;
         let (seconds, concurrency) = (args.seconds.to_string(), args.concurrency.to_string());
         let rounds = args.rounds.to_string();
         let again = [
-            "bench",
             "lb",
             "--seconds",
             &seconds,
@@ -76,7 +74,7 @@ pub async fn lb(args: LbArgs) -> anyhow::Result<()> {
             "--rounds",
             &rounds,
         ];
-        return crate::run("target/release/xtask", &again);
+        return crate::run::again_in_release(&[], &again, &[]);
     }
     ensure!(
         args.concurrency > 0 && args.seconds > 0.0 && args.rounds > 0,
@@ -115,11 +113,7 @@ struct Lab {
 
 impl Lab {
     async fn start(concurrency: usize) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-        let exe = exe
-            .to_str()
-            .context("xtask's path is not UTF-8")?
-            .to_owned();
+        let exe = this_program()?;
         let bridge = Bridge::for_test()?;
         let client = Netns::attach(&bridge, 1)?;
         let mut backends = Vec::new();
@@ -146,7 +140,6 @@ impl Lab {
             let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)).to_string();
             let id = format!("{id}");
             let args = [
-                "bench",
                 "lb-server",
                 "--listen",
                 &listen,
@@ -192,7 +185,6 @@ impl Lab {
         let (seconds, concurrency) = (args.seconds.to_string(), args.concurrency.to_string());
         let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
         let mut client = vec![
-            "bench",
             "lb-client",
             "--seconds",
             &seconds,
@@ -500,7 +492,7 @@ fn print_header(args: &LbArgs, load: &str) -> anyhow::Result<()> {
         "release"
     };
     println!(
-        "service load balancing: kernel {}, {cpus} CPUs ({model}), {iptables}, xtask {profile} \
+        "service load balancing: kernel {}, {cpus} CPUs ({model}), {iptables}, mesh-bench {profile} \
          build (its load generator and SockLb calls); a client and {BACKENDS} backend namespaces on one bridge, VIP {VIP}:{PORT}; load \
          {} client threads; load average {load} at the start",
         kernel.trim(),

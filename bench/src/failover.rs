@@ -13,7 +13,7 @@ use mesh_tests::observe::leader_seen_by;
 use mesh_tests::swarm::Swarm;
 use mesh_tests::{BUSYBOX_IMAGE, Cluster};
 
-use super::{LIMIT, SERVICE};
+use crate::run::{LIMIT, SERVICE};
 
 /// How often conditions are polled while timing (each poll runs a CLI, tens of milliseconds).
 const POLL: Duration = Duration::from_millis(100);
@@ -27,7 +27,7 @@ struct Times {
 }
 
 pub async fn failover(release: bool) -> anyhow::Result<()> {
-    let Some(profile) = super::build(release, &["failover"])? else {
+    let Some(profile) = crate::run::build(release, &["failover"])? else {
         return Ok(());
     };
     let (mesh, swarm) = measure().await?;

@@ -1,0 +1,101 @@
+//! mesh's benchmarks, each printing mesh's figures beside a baseline measured in the same run on
+//! the same topology: Docker Swarm, iptables, or a direct connection. Run as `cargo xtask bench
+//! <name>`, which installs the packages they need first.
+
+#![forbid(unsafe_code)]
+
+mod converge;
+mod failover;
+mod gossip;
+mod lb;
+mod overlay;
+mod run;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask bench",
+    about = "mesh's benchmarks, side by side with a baseline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    which: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Time `service create --replicas 10` to all running, then scale 10→30.
+    Converge {
+        /// Benchmark a release build of meshd (builds it first).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Time from a worker's link cut to its node marked down and its tasks running elsewhere, and
+    /// from the leader's death to a new leader.
+    Failover {
+        /// Benchmark a release build of meshd (builds it first).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Task-to-task throughput and latency over the VXLAN overlay, against the direct underlay.
+    Overlay {
+        /// Benchmark a release build of meshd (builds it first).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Gossip convergence of 10, 100 and 1,000 simulated members, and endpoint propagation to the
+    /// FDBs of 3 real nodes.
+    Gossip(gossip::GossipArgs),
+    /// Requests per second and latency to a service VIP through the eBPF balancer, through
+    /// kube-proxy-style iptables DNAT and to one backend directly; time to program 1 to 10,000
+    /// services in each.
+    Lb(lb::LbArgs),
+    /// The request/response server that `lb` runs in each backend namespace.
+    #[command(hide = true)]
+    LbServer(lb::LbServerArgs),
+    /// The load generator that `lb` runs in the client namespace.
+    #[command(hide = true)]
+    LbClient(lb::LbClientArgs),
+    /// A TCP request/response loop that `overlay` runs inside namespaces.
+    #[command(hide = true)]
+    Rr {
+        /// Echo one client's bytes at this address.
+        #[arg(long, conflicts_with = "connect", required_unless_present = "connect")]
+        serve: Option<std::net::SocketAddr>,
+        /// Time round trips to a server at this address.
+        #[arg(long)]
+        connect: Option<std::net::SocketAddr>,
+        /// How many round trips to time.
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
+    match cli.which {
+        Bench::Converge { release } => converge::converge(release).await,
+        Bench::Failover { release } => failover::failover(release).await,
+        Bench::Overlay { release } => overlay::overlay(release).await,
+        Bench::Gossip(args) => gossip::gossip(args).await,
+        Bench::Lb(args) => lb::lb(args).await,
+        Bench::LbServer(args) => lb::lb_server(args),
+        Bench::LbClient(args) => lb::lb_client(args),
+        Bench::Rr {
+            serve,
+            connect,
+            count,
+        } => overlay::rr(serve, connect, count),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
