@@ -10,6 +10,14 @@ use mesh_tests::skip::{self, REQUIRE_ENV, SKIP_LOG_ENV};
 
 use crate::{deps, leftovers, step};
 
+/// One check of the run: what it is, cargo's arguments and environment, and what to do if it fails.
+struct Check<'a> {
+    what: &'static str,
+    args: &'a [&'a str],
+    env: &'a [(&'a str, &'a str)],
+    fix: &'static str,
+}
+
 /// Where the privileged tests record their skips for this run's summary.
 const SKIP_LOG: &str = "target/mesh-test-skips.log";
 
@@ -52,17 +60,18 @@ pub fn all() -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(SKIP_LOG);
     let privileged_env = [(REQUIRE_ENV, require), (SKIP_LOG_ENV, SKIP_LOG)];
-    let fix = "the failing test and its output are above; `cargo xtask clean` removes what an \
-               interrupted run left behind";
-    let checks: [(&str, &[&str], &[(&str, &str)]); 4] = [
-        (
-            "formatting (cargo fmt --check)",
-            &["fmt", "--all", "--check"],
-            &[],
-        ),
-        (
-            "lints (cargo clippy -D warnings)",
-            &[
+    let tests_fix = "the failing test and its output are above; `cargo xtask clean` removes what \
+                     an interrupted run left behind";
+    let checks = [
+        Check {
+            what: "formatting (cargo fmt --check)",
+            args: &["fmt", "--all", "--check"],
+            env: &[],
+            fix: "run `cargo fmt --all`",
+        },
+        Check {
+            what: "lints (cargo clippy -D warnings)",
+            args: &[
                 "clippy",
                 "--workspace",
                 "--all-targets",
@@ -70,24 +79,29 @@ pub fn all() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ],
-            &[],
-        ),
-        (
-            "unit tests",
-            &["test", "--workspace", "--exclude", "mesh-tests"],
-            &[],
-        ),
-        (
-            "privileged multi-node tests (tests/, two at a time)",
-            &["test", "-p", "mesh-tests", "--", "--test-threads=2"],
-            &privileged_env,
-        ),
+            env: &[],
+            fix: "mend what clippy names above",
+        },
+        Check {
+            what: "unit tests",
+            args: &["test", "--workspace", "--exclude", "mesh-tests"],
+            env: &[],
+            fix: tests_fix,
+        },
+        Check {
+            what: "privileged multi-node tests (tests/, two at a time)",
+            args: &["test", "-p", "mesh-tests", "--", "--test-threads=2"],
+            env: &privileged_env,
+            fix: tests_fix,
+        },
     ];
     let mut failed = Vec::new();
-    for (what, args, env) in checks {
-        if let Err(err) = step::run(what, fix, || run_shown(&cargo, args, env)) {
+    for check in checks {
+        if let Err(err) = step::run(check.what, check.fix, || {
+            run_shown(&cargo, check.args, check.env)
+        }) {
             eprintln!("error: {}", step::one_line(&err));
-            failed.push(what);
+            failed.push(check.what);
         }
     }
     let skipped = skip::recorded(Path::new(SKIP_LOG));

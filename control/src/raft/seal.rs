@@ -7,6 +7,12 @@
 //! `[format version][nonce][ciphertext][tag]`. The associated data binds the format version and
 //! the record's identity (log index, meta key, snapshot), so a record moved elsewhere fails to
 //! open just as a corrupt one does.
+//!
+//! What that protects against: the Raft files read without the key — a backup or copy of
+//! `raft.redb` or `snapshot.bin`, a file shipped for debugging — and records tampered with or
+//! corrupted on disk. What not: the key sits beside the data (as Swarm's Raft key sits beside its
+//! node key when autolock is off), so anyone who can read the whole directory, root on the node,
+//! can open everything.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
