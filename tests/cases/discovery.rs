@@ -151,11 +151,18 @@ async fn names_resolve_to_vips_and_tasks_on_shared_networks_only() -> anyhow::Re
     }
     let web_vip = vip(&cluster, "web").await?;
 
-    // The VIP, and every task on every node, once gossip has spread the endpoints.
-    let resolved = wait_for(CONVERGE, "tasks.web to list all 3 tasks", async || {
-        let found = lookup(&cluster, &client, "tasks.web").await?;
-        Ok(found.filter(|f| *f == web_addrs))
-    })
+    // The VIP, and every task on every node, once gossip has spread the endpoints of both
+    // services (each task's record is published when its sandbox is plugged, so the last of
+    // them may still be on its way when the first service is complete).
+    let resolved = wait_for(
+        CONVERGE,
+        "tasks.web to list all 3 tasks and tasks.rr both",
+        async || {
+            let web = lookup(&cluster, &client, "tasks.web").await?;
+            let rr = lookup(&cluster, &client, "tasks.rr").await?;
+            Ok((web.as_ref() == Some(&web_addrs) && rr.as_ref() == Some(&rr_addrs)).then_some(()))
+        },
+    )
     .await;
     if resolved.is_err() {
         eprintln!("{}", mesh_tests::overlay::diagnostics(&cluster).await);
