@@ -1,7 +1,7 @@
 //! `cargo xtask fresh-check`: proves that the README's two commands work on a fresh machine, so
 //! that the path cannot break again unnoticed. It builds a throwaway Debian 12 root with
-//! debootstrap holding only what a fresh machine has (git, a C linker, CA certificates, and the
-//! docker client where this machine has one), lends it this machine's Rust toolchain read-only,
+//! debootstrap holding only what a fresh machine has (git, a C linker, CA certificates with this
+//! machine's own authorities, and the docker client where this machine has one), lends it this machine's Rust toolchain read-only,
 //! clones HEAD into it, and in a private mount namespace chrooted there runs, with a cold target
 //! directory and an empty cargo home: `cargo xtask demo`, a request to the demo's published port
 //! on every node, `cargo xtask demo down`, and `.ci/run` with `CI=true`. The kernel and the
@@ -142,6 +142,20 @@ fn prepare_root(base: &Path, root: &Path, mirror: &str) -> anyhow::Result<String
     std::fs::write(root.join("etc/apt/sources.list"), sources)?;
     std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"))
         .context("cannot copy /etc/resolv.conf into the root")?;
+    // A machine's own certificate authorities (a site's TLS-inspecting proxy, say) come with the
+    // machine: without them neither cargo nor apt would reach anything over HTTPS.
+    let local_cas = Path::new("/usr/local/share/ca-certificates");
+    if let Ok(entries) = std::fs::read_dir(local_cas) {
+        let into = root.join("usr/local/share/ca-certificates");
+        for entry in entries.flatten().filter(|e| e.path().is_file()) {
+            std::fs::copy(entry.path(), into.join(entry.file_name()))?;
+        }
+        run_shown(
+            "chroot",
+            &[&root.display().to_string(), "update-ca-certificates"],
+            &[],
+        )?;
+    }
     // The machines this project runs on come with a docker client (no engine) in /usr/local/bin.
     let client = Path::new("/usr/local/bin/docker");
     if client.is_file() {
