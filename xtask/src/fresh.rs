@@ -250,7 +250,9 @@ fn label(command: &str) -> &str {
 }
 
 /// Runs [`script`] chrooted in `root`, in a private mount namespace holding its own /proc, /run
-/// and the toolchain; shows and records every line; returns the marks.
+/// and the toolchain; shows and records every line; returns the marks. The root is bound onto
+/// itself so that its `/` is a mount point, as a machine's is (`ip netns exec` and `ip -n` make
+/// `/` a slave mount, which fails on a plain directory).
 fn run_inside(
     root: &Path,
     sysroot: &Path,
@@ -261,6 +263,7 @@ fn run_inside(
     let s = sysroot.display().to_string();
     let mounts = format!(
         "set -e\n\
+         mount --bind {r} {r}\n\
          mount --rbind /dev {r}/dev && mount --make-rslave {r}/dev\n\
          mount --rbind /sys {r}/sys && mount --make-rslave {r}/sys\n\
          mount -t proc proc {r}/proc\n\
