@@ -2,8 +2,8 @@
 //! that the path cannot break again unnoticed. It builds a throwaway Debian 12 root with
 //! debootstrap holding only what a fresh machine has (git, a C linker, CA certificates with this
 //! machine's own authorities, and the docker client where this machine has one), lends it this machine's Rust toolchain read-only,
-//! clones HEAD into it, and in a private mount namespace chrooted there runs, with a cold target
-//! directory and an empty cargo home: `cargo xtask demo`, a request to the demo's published port
+//! clones HEAD into it, and in private mount and pid namespaces whose root it is runs, with a cold
+//! target directory and an empty cargo home: `cargo xtask demo`, a request to the demo's published port
 //! on every node, `cargo xtask demo down`, and `.ci/run` with `CI=true`. The kernel and the
 //! network namespace are this machine's, as they are for CI. Every line is shown and kept in
 //! `target/fresh-check/transcript.log`; the summary gives each command's time and outcome.
@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use mesh_tests::process::{self, run_shown, run_sync_ok};
+use mesh_tests::process::{run_shown, run_sync_ok};
 
 use crate::{demo, deps, leftovers, step};
 
@@ -72,8 +72,8 @@ pub fn check(args: &FreshArgs) -> anyhow::Result<()> {
         "the transcript shows the first failure",
         || run_inside(&root, &sysroot, args.demo_only, &transcript),
     );
-    // Whatever happened inside, nothing of it may stay running or linked on this machine.
-    sweep(&root);
+    // Whatever happened inside, nothing of it may stay linked on this machine.
+    sweep();
     if !args.keep {
         remove_root(&root)?;
     }
@@ -249,10 +249,11 @@ fn label(command: &str) -> &str {
     }
 }
 
-/// Runs [`script`] chrooted in `root`, in a private mount namespace holding its own /proc, /run
-/// and the toolchain; shows and records every line; returns the marks. The root is bound onto
-/// itself so that its `/` is a mount point, as a machine's is (`ip netns exec` and `ip -n` make
-/// `/` a slave mount, which fails on a plain directory).
+/// Runs [`script`] with `root` as the root of a private mount namespace (pivot_root, not chroot:
+/// container runtimes need `/` to be the namespace's root, or `docker exec` lands outside the
+/// container) and of a private pid namespace, so that nothing started inside outlives the script.
+/// It gets its own /proc and /run and this machine's toolchain, read-only; every line is shown
+/// and recorded; returns the marks.
 fn run_inside(
     root: &Path,
     sysroot: &Path,
@@ -268,14 +269,15 @@ fn run_inside(
          mount --rbind /sys {r}/sys && mount --make-rslave {r}/sys\n\
          mount -t proc proc {r}/proc\n\
          mount -t tmpfs tmpfs {r}/run\n\
-         mkdir -p {r}{s}\n\
+         mkdir -p {r}{s} {r}/.host\n\
          mount --bind {s} {r}{s} && mount -o remount,bind,ro {r}{s}\n\
-         exec chroot {r} /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
+         cd {r} && pivot_root . .host\n\
+         exec /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
          PATH={s}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-         /bin/bash -c \"$0\" 2>&1\n"
+         /bin/bash -c 'cd / && umount -l /.host && rmdir /.host && exec bash -c \"$0\"' \"$0\" 2>&1\n"
     );
     let mut child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--fork", "--"])
+        .args(["--mount", "--pid", "--propagation", "private", "--fork", "--"])
         .args(["/bin/sh", "-c", &mounts, &script(demo_only)])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -299,19 +301,10 @@ fn run_inside(
     Ok(marks)
 }
 
-/// Kills whatever still runs inside `root` (a demo left up by a failure, say), then removes what
-/// that left on this machine's network: the demo's bridge and namespaces, test leftovers.
-fn sweep(root: &Path) {
-    let pids = processes_in(root);
-    if !pids.is_empty() {
-        eprintln!("    stopping {} process(es) left in the root", pids.len());
-    }
-    for pid in &pids {
-        process::signal(*pid, "KILL");
-    }
-    for pid in pids {
-        process::wait_gone(pid, Duration::from_secs(5));
-    }
+/// Removes what the run left on this machine's network, which the root shares: the demo's
+/// bridge and namespaces, test leftovers. (Processes cannot outlive the run: they were all in
+/// its pid namespace.)
+fn sweep() {
     if let Err(err) = demo::down() {
         eprintln!("    removing the demo's links: {err:#}");
     }
@@ -320,18 +313,6 @@ fn sweep(root: &Path) {
         left.report();
         leftovers::clean(&left);
     }
-}
-
-/// Processes whose root directory is `root`.
-fn processes_in(root: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == root))
-        .collect()
 }
 
 /// Removes a root directory, refusing while anything is mounted inside it.
