@@ -277,7 +277,14 @@ fn run_inside(
          /bin/bash -c 'cd / && umount -l /.host && rmdir /.host && exec bash -c \"$0\"' \"$0\" 2>&1\n"
     );
     let mut child = Command::new("unshare")
-        .args(["--mount", "--pid", "--propagation", "private", "--fork", "--"])
+        .args([
+            "--mount",
+            "--pid",
+            "--propagation",
+            "private",
+            "--fork",
+            "--",
+        ])
         .args(["/bin/sh", "-c", &mounts, &script(demo_only)])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
