@@ -50,6 +50,18 @@ pub fn check(args: &FreshArgs) -> anyhow::Result<()> {
         mesh_tests::skip::is_root(),
         "the fresh-machine check builds a Debian root and mounts inside it: run it as root"
     );
+    // The root shares this machine's network namespace, as a CI machine's tests have one to
+    // themselves: tests or a demo running here meanwhile would meet its own.
+    let busy: Vec<String> = ["mt-", "md-demo"]
+        .iter()
+        .flat_map(|prefix| mesh_tests::netns::links_with_prefix(prefix))
+        .collect();
+    ensure!(
+        busy.is_empty(),
+        "tests or a demo are running on this machine ({}): the check needs the machine's network \
+         to itself; stop them (`cargo xtask demo down`, `cargo xtask clean`) and run it again",
+        busy.join(", ")
+    );
     let started = Instant::now();
     deps::install_packages(deps::FRESH_CHECK_PACKAGES)?;
     let dir = std::fs::canonicalize(".")?.join(DIR);
