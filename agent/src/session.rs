@@ -30,6 +30,8 @@ enum SessionError {
     Rpc(#[from] tonic::Status),
     #[error("the session stream ended")]
     Ended,
+    #[error("the node's certificate was renewed")]
+    Renewed,
 }
 
 pub struct SessionConfig {
@@ -83,7 +85,10 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match result {
-            Err(SessionError::Rpc(status)) if status.code() == tonic::Code::PermissionDenied => {
+            Err(SessionError::Rpc(status))
+                if status.code() == tonic::Code::PermissionDenied
+                    && status.message() == mesh_control::ca::REMOVED_NODE =>
+            {
                 // The managers refuse this node (it was removed): retrying cannot help.
                 tracing::error!(
                     manager = %addr,
@@ -93,7 +98,9 @@ pub async fn run(
                 let _ = shutdown.wait_for(|s| *s).await;
                 return;
             }
-            Err(SessionError::Ended) => backoff = Duration::from_millis(100),
+            Err(SessionError::Ended | SessionError::Renewed) => {
+                backoff = Duration::from_millis(100);
+            }
             Err(err) => {
                 leader = leader_hint(&err);
                 if leader.is_some() {
@@ -120,6 +127,9 @@ async fn session(
     statuses: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
     unsent: &mut Vec<TaskStatusUpdate>,
 ) -> Result<(), SessionError> {
+    // A session runs under one certificate; once it is renewed, the next session presents the
+    // new one, which the dispatcher then records as the node's current certificate.
+    let generation = config.transport.generation();
     let channel = config
         .transport
         .channel(addr)
@@ -148,7 +158,8 @@ async fn session(
     let session_id = first.session_id.clone();
     learn_managers(config, &first);
     let period = Duration::from_nanos(first.heartbeat_period_ns.max(100_000_000) as u64);
-    tracing::info!(manager = %addr, session.id = %session_id, "session established");
+    // The session id is a per-node secret: never logged.
+    tracing::info!(manager = %addr, "session established");
 
     let mut assignments = client
         .assignments(AssignmentsRequest {
@@ -183,6 +194,9 @@ async fn session(
         }
         tokio::select! {
             _ = heartbeat.tick() => {
+                if config.transport.generation() != generation {
+                    break Err(SessionError::Renewed);
+                }
                 let request = HeartbeatRequest { session_id: session_id.clone() };
                 if let Err(status) = client.heartbeat(request).await {
                     break Err(status.into());

@@ -201,6 +201,7 @@ impl Manager {
         mesh_proto::raft_membership_client::RaftMembershipClient::new(channel)
             .leave(mesh_proto::RaftLeaveRequest {
                 raft_id: self.config.raft_id,
+                node_id: String::new(),
             })
             .await
             .map_err(|s| ManagerError::Membership(s.message().to_string()))?;

@@ -1,16 +1,21 @@
 //! Raft membership: the `mesh.v1.RaftMembership` service through which a joining manager asks the
 //! leader to add it (and a leaving one to remove it), and the quorum check before a manager leaves.
 //! A follower that receives a request forwards it to the leader.
+//!
+//! A manager may only add or remove itself: the manager that first receives a request checks
+//! that its raft id is the one the caller's certificate names and fills in the caller's node id
+//! before it forwards it; the leader takes a request naming another node only from a manager
+//! (which forwarded it), and then checks that node's standing in the store itself.
 
 use mesh_proto::raft_membership_client::RaftMembershipClient;
 use mesh_proto::raft_membership_server::{RaftMembership, RaftMembershipServer};
 use mesh_proto::{
-    ManagerStatus, Node, NodeRole, NodeState, RaftJoinRequest, RaftJoinResponse, RaftLeaveRequest,
-    RaftLeaveResponse, Reachability,
+    Cluster, ManagerStatus, Node, NodeRole, NodeState, RaftJoinRequest, RaftJoinResponse,
+    RaftLeaveRequest, RaftLeaveResponse, Reachability,
 };
 use tonic::{Request, Response, Status};
 
-use crate::ca::require_manager;
+use crate::ca::{NodeIdentity, require_manager};
 use crate::raft::RaftNode;
 use crate::store::{Read, Store};
 use crate::transport::Transport;
@@ -32,6 +37,55 @@ impl MembershipService {
             store,
             transport,
         })
+    }
+
+    /// Checks that a request to add (`joining`) or remove `raft_id` for `node_id` may come from
+    /// `caller`, filling in the caller's own node id when the request names none. A manager may
+    /// ask for itself, with the raft id its certificate names; a request for another node is one
+    /// a manager forwarded, taken only if that node is no removed one nor a worker, and, to
+    /// leave, only for the raft id the store gives it.
+    fn check_member(
+        &self,
+        caller: &NodeIdentity,
+        node_id: &mut String,
+        raft_id: u64,
+        joining: bool,
+    ) -> Result<(), Status> {
+        if node_id.is_empty() {
+            node_id.clone_from(&caller.node_id);
+        }
+        if *node_id == caller.node_id {
+            if caller.raft_id != Some(raft_id) {
+                return Err(Status::permission_denied(
+                    "a manager may only join or leave the raft group with the raft id its certificate names",
+                ));
+            }
+            return Ok(());
+        }
+        let (removed, node) = self.store.view(|tx| {
+            let removed = tx
+                .list::<Cluster>()
+                .iter()
+                .any(|c| c.removed_nodes.contains(node_id));
+            (removed, tx.get::<Node>(node_id))
+        });
+        if removed {
+            return Err(Status::permission_denied(crate::ca::REMOVED_NODE));
+        }
+        if let Some(node) = node {
+            if node.role != NodeRole::Manager as i32 {
+                return Err(Status::permission_denied(
+                    "the node the request names is not a manager",
+                ));
+            }
+            let held = node.manager_status.map(|m| m.raft_id);
+            if !joining && held != Some(raft_id) {
+                return Err(Status::permission_denied(
+                    "the raft id the request names is not that node's",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A client of the leader's membership service, or `None` when this manager leads.
@@ -61,19 +115,20 @@ impl RaftMembership for MembershipService {
         request: Request<RaftJoinRequest>,
     ) -> Result<Response<RaftJoinResponse>, Status> {
         let identity = require_manager(&request)?;
-        if let Some(mut leader) = self.leader().await? {
-            return leader.join(request.into_inner()).await;
-        }
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         if req.raft_id == 0 || req.addr.is_empty() {
             return Err(Status::invalid_argument("raft id and address are required"));
+        }
+        self.check_member(&identity, &mut req.node_id, req.raft_id, true)?;
+        if let Some(mut leader) = self.leader().await? {
+            return leader.join(req).await;
         }
         self.raft
             .add_voter(req.raft_id, req.addr.clone())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         // Record the new manager; its node object is created here if its agent has not yet.
-        let node_id = identity.node_id.clone();
+        let node_id = req.node_id.clone();
         self.store
             .update_retrying(|tx| {
                 let status = ManagerStatus {
@@ -102,7 +157,7 @@ impl RaftMembership for MembershipService {
             })
             .await
             .map_err(crate::api::status)?;
-        tracing::info!(node.id = %identity.node_id, raft.id = req.raft_id, "manager joined the raft group");
+        tracing::info!(node.id = %node_id, raft.id = req.raft_id, "manager joined the raft group");
         let members = self
             .raft
             .raft()
@@ -120,11 +175,12 @@ impl RaftMembership for MembershipService {
         &self,
         request: Request<RaftLeaveRequest>,
     ) -> Result<Response<RaftLeaveResponse>, Status> {
-        require_manager(&request)?;
+        let identity = require_manager(&request)?;
+        let mut req = request.into_inner();
+        self.check_member(&identity, &mut req.node_id, req.raft_id, false)?;
         if let Some(mut leader) = self.leader().await? {
-            return leader.leave(request.into_inner()).await;
+            return leader.leave(req).await;
         }
-        let req = request.into_inner();
         self.raft
             .remove_voter(req.raft_id)
             .await

@@ -3,7 +3,7 @@
 
 use mesh_control::api::DEFAULT_CERT_EXPIRY;
 use mesh_control::ca::token::JoinToken;
-use mesh_control::ca::{NodeKey, Role as CaRole, RootCa};
+use mesh_control::ca::{NodeKey, NodeSubject, Role as CaRole, RootCa};
 use mesh_control::manager::Manager;
 use mesh_control::transport::Transport;
 use mesh_proto::{
@@ -63,13 +63,13 @@ impl Daemon {
         };
         let ca = RootCa::generate(&state.cluster_id)?;
         let key = NodeKey::generate()?;
-        let cert = ca.sign_node(
-            &key.csr_der()?,
-            &state.node_id,
-            CaRole::Manager,
-            &state.cluster_id,
-            validity,
-        )?;
+        let subject = NodeSubject {
+            node_id: &state.node_id,
+            role: CaRole::Manager,
+            cluster_id: &state.cluster_id,
+            raft_id: Some(state.raft_id),
+        };
+        let cert = ca.sign_node(&key.csr_der()?, &subject, validity)?;
         let certs = Certificates {
             cert_pem: cert.into_bytes(),
             key_pem: key.to_pem().into_bytes(),

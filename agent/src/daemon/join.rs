@@ -42,6 +42,8 @@ impl Daemon {
         // Nothing but this request is sent before the manager's CA matches the token's digest.
         let roots = fetch_root_ca(&remote, &parsed).await?;
         let key = NodeKey::generate()?;
+        // Chosen before the certificate: a manager's certificate names it.
+        let raft_id = rand::random::<u64>().max(1);
         let channel = connect_with_roots(&remote, &roots, None).await?;
         let issued = NodeCaClient::new(channel)
             .issue_node_certificate(IssueNodeCertificateRequest {
@@ -49,10 +51,14 @@ impl Daemon {
                 token: req.token.trim().to_string(),
                 addr: advertise.to_string(),
                 availability: req.availability,
+                raft_id,
+                forwarded: None,
             })
             .await
             .map_err(|status| match status.code() {
-                tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+                tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::InvalidArgument => {
                     DaemonError::Refused(status.message().to_string())
                 }
                 _ => unreachable(status.message().to_string()),
@@ -72,7 +78,7 @@ impl Daemon {
             } else {
                 Role::Worker
             },
-            raft_id: rand::random::<u64>().max(1),
+            raft_id,
             advertise_addr: advertise.to_string(),
             listen_addr: listen.to_string(),
             managers: vec![remote.clone()],
@@ -98,6 +104,7 @@ impl Daemon {
                         .join(RaftJoinRequest {
                             raft_id: state.raft_id,
                             addr: state.advertise_addr.clone(),
+                            node_id: state.node_id.clone(),
                         })
                         .await
                         .map_err(|s| unreachable(s.message().to_string()))

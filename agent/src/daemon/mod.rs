@@ -9,7 +9,7 @@ mod keys;
 mod standing;
 
 use mesh_control::api::{Api, NodeCaService};
-use mesh_control::ca::{CaError, TlsIdentity, TlsServer};
+use mesh_control::ca::{CaError, GateLayer, TlsIdentity, TlsServer};
 use mesh_control::manager::{Manager, ManagerConfig};
 use mesh_control::transport::Transport;
 use mesh_proto::{GossipInfo, InfoResponse};
@@ -60,6 +60,7 @@ struct Listener {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     tls: Arc<TlsServer>,
+    gate: GateLayer,
 }
 
 struct Membership {
@@ -145,7 +146,17 @@ impl Daemon {
             dropped_bad_seal: stats.dropped_bad_seal,
             dropped_malformed: stats.dropped_malformed,
         });
+        let raft = membership
+            .as_ref()
+            .and_then(|m| m.manager.as_ref())
+            .map(|manager| manager.raft().info());
+        let refused_calls = membership
+            .as_ref()
+            .and_then(|m| m.listener.as_ref())
+            .map_or(0, |l| l.gate.refused());
         InfoResponse {
+            raft,
+            refused_calls,
             version: env!("CARGO_PKG_VERSION").into(),
             commit: env!("MESH_GIT_COMMIT").into(),
             node_id: state.map(|s| s.node_id.clone()).unwrap_or_default(),
@@ -280,29 +291,32 @@ impl Daemon {
             })?;
         let tls = Arc::new(TlsServer::new(&identity(certs)?)?);
         let (stop, mut stop_rx) = watch::channel(false);
+        // Every call passes the gate first: the method's rule, judged against the caller's
+        // certificate and its node's standing in the store.
+        let gate = GateLayer::new(manager.store().memory().clone());
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(gate.clone())
             .add_service(self.api.grpc_service())
             .add_service(manager.dispatcher().grpc_service())
             .add_service(manager.raft().grpc_service())
             .add_service(manager.membership_service())
-            .add_service(NodeCaService::server(manager.store().clone()))
+            .add_service(NodeCaService::server(manager.context()))
             .serve_with_incoming_shutdown(tls.incoming(listener), async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             });
-        // A removed node's certificate stays valid until it expires: every API refuses it.
-        let follow = (*tls)
-            .clone()
-            .follow_removed_nodes(manager.store().memory().clone());
         let addr = addr.to_string();
         let task = tokio::spawn(async move {
-            let following = tokio::spawn(follow);
             if let Err(err) = server.await {
                 tracing::error!(addr = %addr, error = %err, "manager listener failed");
             }
-            following.abort();
         });
-        Ok(Listener { stop, task, tls })
+        Ok(Listener {
+            stop,
+            task,
+            tls,
+            gate,
+        })
     }
 
     /// Leaves the cluster: stops this node's tasks and forgets the cluster's state.

@@ -90,10 +90,16 @@ impl Daemon {
         Ok(())
     }
 
-    /// A new certificate for a new key, issued by whichever manager answers first.
+    /// A new certificate for a new key, issued by whichever manager answers first. It names the
+    /// node's raft id should the cluster make it a manager: its current one, or a new one for a
+    /// worker about to be promoted.
     async fn renew(&self, m: &mut Membership) -> Result<Certificates, DaemonError> {
         let key = NodeKey::generate()?;
         let csr = key.csr_der()?;
+        let raft_id = match m.state.role {
+            Role::Manager => m.state.raft_id,
+            Role::Worker => rand::random::<u64>().max(1),
+        };
         let mut last = None;
         for manager in m.state.managers.clone() {
             let channel = match m.transport.channel(&manager).await {
@@ -105,6 +111,7 @@ impl Daemon {
             };
             let request = IssueNodeCertificateRequest {
                 csr: csr.clone(),
+                raft_id,
                 ..Default::default()
             };
             match NodeCaClient::new(channel)
@@ -147,7 +154,10 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         tracing::info!(node.id = %m.state.node_id, "promoted: starting the manager");
         let _ = std::fs::remove_dir_all(state::raft_dir(&self.config.state_dir));
-        m.state.raft_id = rand::random::<u64>().max(1);
+        // The raft id the new manager certificate names: peers accept no other from this node.
+        m.state.raft_id = identity(certs)?.node_identity()?.raft_id.ok_or_else(|| {
+            DaemonError::Refused("the manager certificate issued names no raft id".into())
+        })?;
         let manager = self.start_manager(&m.state, &m.transport).await?;
         let listener = match self.listen(&m.state.listen_addr, &manager, certs).await {
             Ok(listener) => listener,
@@ -161,6 +171,7 @@ impl Daemon {
             let request = RaftJoinRequest {
                 raft_id: m.state.raft_id,
                 addr: m.state.advertise_addr.clone(),
+                node_id: m.state.node_id.clone(),
             };
             joined = match m.transport.channel(&addr).await {
                 Ok(channel) => RaftMembershipClient::new(channel)

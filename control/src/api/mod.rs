@@ -67,6 +67,11 @@ impl Api {
 
 /// Writes go to the leader: a client of it, or `None` when this manager leads.
 async fn leader(context: &ManagerContext) -> Result<Option<ControlClient<Channel>>, Status> {
+    Ok(leader_channel(context).await?.map(ControlClient::new))
+}
+
+/// A channel to the leader, or `None` when this manager leads.
+async fn leader_channel(context: &ManagerContext) -> Result<Option<Channel>, Status> {
     const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
     let mut watch = context.raft.leadership();
     let mut unreachable: Option<String> = None;
@@ -93,7 +98,7 @@ async fn leader(context: &ManagerContext) -> Result<Option<ControlClient<Channel
             break;
         };
         match context.transport.channel(&addr).await {
-            Ok(channel) => return Ok(Some(ControlClient::new(channel))),
+            Ok(channel) => return Ok(Some(channel)),
             Err(err) => {
                 tracing::debug!(leader = %addr, error = %err, "leader unreachable");
                 unreachable = Some(addr);

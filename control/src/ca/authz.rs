@@ -1,6 +1,7 @@
 //! Who is calling a gRPC handler, and the checks handlers make with it. Requests arriving on the
 //! local unix socket (root-only, `meshctl`) are trusted explicitly; requests on 2377 are judged by
-//! the certificate rustls verified.
+//! the certificate rustls verified, after the [`gate`](super::gate) has judged it against the
+//! store (removed nodes, current roles).
 
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
@@ -46,30 +47,16 @@ pub fn is_local<T>(request: &Request<T>) -> bool {
     caller(request) == Caller::Local
 }
 
-/// What a node removed from the cluster is told, wherever it calls.
+/// What a node removed from the cluster is told, wherever it calls (the gate says it).
 pub const REMOVED_NODE: &str = "this node was removed from the cluster: leave with \"meshctl swarm leave --force\" and join again";
-
-/// Refuses a certificate whose node was removed from the cluster (still valid until it expires).
-fn refuse_removed<T>(request: &Request<T>) -> Result<(), Status> {
-    let removed = request
-        .extensions()
-        .get::<PeerInfo>()
-        .is_some_and(|info| info.removed);
-    if removed {
-        return Err(Status::permission_denied(REMOVED_NODE));
-    }
-    Ok(())
-}
 
 /// A node certificate of any role (for the dispatcher, certificate renewal).
 pub fn require_node<T>(request: &Request<T>) -> Result<NodeIdentity, Status> {
-    refuse_removed(request)?;
     peer(request).ok_or_else(|| Status::unauthenticated("this API needs a node certificate"))
 }
 
 /// A manager certificate (for Raft and manager-to-manager forwarding).
 pub fn require_manager<T>(request: &Request<T>) -> Result<NodeIdentity, Status> {
-    refuse_removed(request)?;
     match peer(request) {
         Some(identity) if identity.role == Role::Manager => Ok(identity),
         _ => Err(Status::permission_denied(
@@ -80,7 +67,6 @@ pub fn require_manager<T>(request: &Request<T>) -> Result<NodeIdentity, Status> 
 
 /// The local socket or a manager certificate (for the control API, served on both).
 pub fn require_local_or_manager<T>(request: &Request<T>) -> Result<Caller, Status> {
-    refuse_removed(request)?;
     match caller(request) {
         Caller::Local => Ok(Caller::Local),
         Caller::Node(identity) if identity.role == Role::Manager => Ok(Caller::Node(identity)),
@@ -112,14 +98,16 @@ mod tests {
 
     fn node(role: Role) -> PeerInfo {
         PeerInfo {
-            removed: false,
             remote_addr: None,
+            rejected: None,
             identity: Some(NodeIdentity {
                 node_id: "n1".into(),
                 role,
                 cluster_id: "c1".into(),
                 not_before: SystemTime::UNIX_EPOCH,
                 not_after: SystemTime::UNIX_EPOCH,
+                serial: vec![1],
+                raft_id: None,
             }),
         }
     }
@@ -129,7 +117,7 @@ mod tests {
         let anonymous = PeerInfo {
             remote_addr: None,
             identity: None,
-            removed: false,
+            rejected: None,
         };
         // (request, is local, node ok, manager ok, local-or-manager ok)
         let cases = [
@@ -160,23 +148,6 @@ mod tests {
                 either_ok,
                 "case {i}"
             );
-        }
-    }
-
-    #[test]
-    fn a_removed_node_is_refused_whatever_its_role() {
-        for role in [Role::Manager, Role::Worker] {
-            let mut info = node(role);
-            info.removed = true;
-            let req = request(Some(info), false);
-            for status in [
-                require_node(&req).expect_err("node"),
-                require_manager(&req).expect_err("manager"),
-                require_local_or_manager(&req).expect_err("local or manager"),
-            ] {
-                assert_eq!(status.code(), tonic::Code::PermissionDenied);
-                assert_eq!(status.message(), REMOVED_NODE);
-            }
         }
     }
 

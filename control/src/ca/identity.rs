@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::error::CaError;
 
@@ -11,6 +11,14 @@ use super::error::CaError;
 pub const MANAGER_OU: &str = "mesh-manager";
 /// The organizational unit of a worker's certificate, and its DNS name.
 pub const WORKER_OU: &str = "mesh-worker";
+
+/// How a manager certificate names its holder's Raft id: a URI subject alternative name.
+const RAFT_ID_URI_PREFIX: &str = "urn:mesh:raft:";
+
+/// The URI a manager certificate carries for Raft id `raft_id`.
+pub fn raft_id_uri(raft_id: u64) -> String {
+    format!("{RAFT_ID_URI_PREFIX}{raft_id}")
+}
 
 /// The role a node certificate grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +84,10 @@ pub struct NodeIdentity {
     pub cluster_id: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The certificate's serial number, as its DER integer bytes.
+    pub serial: Vec<u8>,
+    /// A manager's Raft id, from its `urn:mesh:raft:<id>` name; `None` in a worker's.
+    pub raft_id: Option<u64>,
 }
 
 impl NodeIdentity {
@@ -118,12 +130,39 @@ impl NodeIdentity {
             return Err(CaError::NotNodeCertificate("empty node id".into()));
         }
         let validity = cert.validity();
+        let raft_ids: Vec<u64> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .into_iter()
+            .flat_map(|san| san.value.general_names.iter())
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => uri.strip_prefix(RAFT_ID_URI_PREFIX),
+                _ => None,
+            })
+            .map(|id| {
+                id.parse::<u64>().map_err(|_| {
+                    CaError::NotNodeCertificate(format!("malformed raft id URI {id:?}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let raft_id = match raft_ids.as_slice() {
+            [] => None,
+            [id] if role == Role::Manager && *id != 0 => Some(*id),
+            _ => {
+                return Err(CaError::NotNodeCertificate(format!(
+                    "a {role} certificate with raft ids {raft_ids:?}"
+                )));
+            }
+        };
         Ok(Self {
             node_id,
             role,
             cluster_id,
             not_before: to_system_time(validity.not_before.timestamp()),
             not_after: to_system_time(validity.not_after.timestamp()),
+            serial: cert.raw_serial().to_vec(),
+            raft_id,
         })
     }
 
@@ -163,6 +202,8 @@ mod tests {
             cluster_id: "c1".into(),
             not_before,
             not_after: not_before + Duration::from_secs(lifetime_secs),
+            serial: vec![1],
+            raft_id: None,
         }
     }
 

@@ -8,17 +8,21 @@
 //! its join token `SWMTKN-1-<root digest>-<secret>` first pins the root CA (the node fetches it
 //! over an unverified connection and compares digests before sending anything else), then its
 //! secret, checked by the manager in constant time, decides the role of the certificate issued
-//! for the node's own key. The 2377 listener asks for but does not require a client certificate,
-//! so that `NodeCA` answers joining nodes; every other handler authorizes through [`Caller`]: a
-//! worker certificate may only use the dispatcher and renew its own certificate
-//! ([`require_node`]); Raft and manager APIs need a manager certificate ([`require_manager`]);
-//! the control API also trusts the root-only local unix socket ([`require_local_or_manager`]).
-//! Renewal and root rotation swap the listener's identity in place ([`TlsServer::set_identity`]).
+//! for the node's own key; a manager's certificate also names its Raft id. The 2377 listener asks
+//! for but does not require a client certificate, so that `NodeCA` answers joining nodes; every
+//! call on it passes the [`gate`] first, which judges the certificate against the node's current
+//! standing in the store (its cluster, removal, role, a certificate replaced when the role
+//! changed) by one table of every method. Handlers then authorize through [`Caller`]: a worker
+//! certificate may only use the dispatcher and renew its own certificate ([`require_node`]);
+//! Raft and manager APIs need a manager certificate ([`require_manager`]); the control API also
+//! trusts the root-only local unix socket ([`require_local_or_manager`]). Renewal and root
+//! rotation swap the listener's identity in place ([`TlsServer::set_identity`]).
 
 mod authz;
 mod client;
 mod csr;
 mod error;
+pub mod gate;
 mod identity;
 mod root;
 mod server;
@@ -32,8 +36,9 @@ pub use authz::{
 pub use client::{CONNECT_TIMEOUT, connect, connect_lazy, connect_with_roots, fetch_root_ca};
 pub use csr::NodeKey;
 pub use error::CaError;
-pub use identity::{MANAGER_OU, NodeIdentity, Role, WORKER_OU};
-pub use root::{ROOT_CA_CN, ROOT_CA_VALIDITY, RootCa};
+pub use gate::GateLayer;
+pub use identity::{MANAGER_OU, NodeIdentity, Role, WORKER_OU, raft_id_uri};
+pub use root::{NodeSubject, ROOT_CA_CN, ROOT_CA_VALIDITY, RootCa};
 pub use server::{PeerInfo, TlsConnection, TlsServer};
 pub use tls::{MANAGER_SERVER_NAME, TlsIdentity, certs_from_pem};
 pub use token::{JoinToken, ParsedToken, TokenError, secret_matches};

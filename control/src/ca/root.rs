@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::error::CaError;
-use super::identity::Role;
+use super::identity::{Role, raft_id_uri};
 
 /// The root CA certificate's common name.
 pub const ROOT_CA_CN: &str = "mesh-root-ca";
@@ -22,6 +22,16 @@ pub const ROOT_CA_CN: &str = "mesh-root-ca";
 pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 /// How far certificates are backdated, to tolerate clocks a little behind the CA's.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+/// Who a node certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSubject<'a> {
+    pub node_id: &'a str,
+    pub role: Role,
+    pub cluster_id: &'a str,
+    /// A manager's Raft id, carried as the URI `urn:mesh:raft:<id>`; ignored for a worker.
+    pub raft_id: Option<u64>,
+}
 
 /// A root CA able to sign node certificates.
 pub struct RootCa {
@@ -131,11 +141,15 @@ impl RootCa {
     pub fn sign_node(
         &self,
         csr_der: &[u8],
-        node_id: &str,
-        role: Role,
-        cluster_id: &str,
+        subject: &NodeSubject<'_>,
         validity: Duration,
     ) -> Result<String, CaError> {
+        let NodeSubject {
+            node_id,
+            role,
+            cluster_id,
+            raft_id,
+        } = *subject;
         if node_id.is_empty() || cluster_id.is_empty() {
             return Err(CaError::invalid(
                 "node certificate request",
@@ -158,6 +172,11 @@ impl RootCa {
             SanType::DnsName(role.as_ou().try_into()?),
             SanType::DnsName(node_id.try_into()?),
         ];
+        if let (Role::Manager, Some(raft_id)) = (role, raft_id.filter(|id| *id != 0)) {
+            params
+                .subject_alt_names
+                .push(SanType::URI(raft_id_uri(raft_id).try_into()?));
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

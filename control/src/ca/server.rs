@@ -2,7 +2,6 @@
 //! current (hot-swappable) server configuration, and yields connections that carry the peer's
 //! verified identity into every request's extensions.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,9 +11,10 @@ use std::time::Duration;
 
 use futures::Stream;
 use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -22,12 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
-use mesh_proto::Cluster;
-
 use super::error::CaError;
 use super::identity::NodeIdentity;
 use super::tls::{TlsIdentity, server_config};
-use crate::store::{Event, MemoryStore, Read as _};
 
 /// How long a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,8 +40,24 @@ const BACKLOG: usize = 64;
 /// [`set_identity`]: TlsServer::set_identity
 #[derive(Clone)]
 pub struct TlsServer {
-    config: Arc<RwLock<Arc<ServerConfig>>>,
-    removed: Arc<RwLock<HashSet<String>>>,
+    config: Arc<RwLock<Current>>,
+}
+
+/// The configuration new handshakes use, and the verifier that judges client chains after them.
+#[derive(Clone)]
+struct Current {
+    config: Arc<ServerConfig>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl Current {
+    fn new(identity: &TlsIdentity) -> Result<Self, CaError> {
+        let (config, verifier) = server_config(identity)?;
+        Ok(Self {
+            config: Arc::new(config),
+            verifier,
+        })
+    }
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -56,57 +69,19 @@ impl std::fmt::Debug for TlsServer {
 impl TlsServer {
     pub fn new(identity: &TlsIdentity) -> Result<Self, CaError> {
         Ok(Self {
-            config: Arc::new(RwLock::new(Arc::new(server_config(identity)?))),
-            removed: Arc::default(),
+            config: Arc::new(RwLock::new(Current::new(identity)?)),
         })
     }
 
     /// Replaces the certificate, key and trusted roots for new connections.
     pub fn set_identity(&self, identity: &TlsIdentity) -> Result<(), CaError> {
-        let config = Arc::new(server_config(identity)?);
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        let current = Current::new(identity)?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = current;
         debug!("tls server identity replaced");
         Ok(())
     }
 
-    /// The ids of nodes removed from the cluster. Their certificates stay valid until they
-    /// expire, so new connections presenting one are marked ([`PeerInfo::removed`]) and every
-    /// API refuses them with a message that says why.
-    pub fn set_removed_nodes(&self, node_ids: impl IntoIterator<Item = String>) {
-        *self.removed.write().unwrap_or_else(|e| e.into_inner()) = node_ids.into_iter().collect();
-    }
-
-    /// Keeps the removed nodes in step with the cluster object of `store`, until the store's
-    /// event stream closes.
-    pub async fn follow_removed_nodes(self, store: Arc<MemoryStore>) {
-        loop {
-            let (removed, mut events) = store.view_and_watch(|tx| {
-                tx.list::<Cluster>()
-                    .into_iter()
-                    .next()
-                    .map(|c| c.removed_nodes)
-                    .unwrap_or_default()
-            });
-            self.set_removed_nodes(removed);
-            loop {
-                match events.recv().await {
-                    Ok(event) if event.as_a::<Cluster>().is_some() => break,
-                    Ok(Event::Reset) | Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return,
-                    Ok(_) => {}
-                }
-            }
-        }
-    }
-
-    fn is_removed(&self, node_id: &str) -> bool {
-        self.removed
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(node_id)
-    }
-
-    fn current(&self) -> Arc<ServerConfig> {
+    fn current(&self) -> Current {
         self.config
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -136,19 +111,12 @@ impl TlsServer {
                         continue;
                     }
                 };
-                let acceptor = TlsAcceptor::from(server.current());
+                let current = server.current();
                 let tx = tx.clone();
-                let server = server.clone();
                 tokio::spawn(async move {
-                    let Some(mut conn) = handshake(acceptor, tcp, remote).await else {
+                    let Some(conn) = handshake(current, tcp, remote).await else {
                         return;
                     };
-                    if let Some(id) = &conn.info.identity
-                        && server.is_removed(&id.node_id)
-                    {
-                        debug!(%remote, node.id = %id.node_id, "connection from a removed node");
-                        conn.info.removed = true;
-                    }
                     // The receiver is gone only when the server stopped.
                     let _ = tx.send(Ok(conn)).await;
                 });
@@ -159,11 +127,8 @@ impl TlsServer {
     }
 }
 
-async fn handshake(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    remote: SocketAddr,
-) -> Option<TlsConnection> {
+async fn handshake(current: Current, tcp: TcpStream, remote: SocketAddr) -> Option<TlsConnection> {
+    let acceptor = TlsAcceptor::from(current.config.clone());
     if let Err(error) = tcp.set_nodelay(true) {
         debug!(%remote, %error, "cannot set TCP_NODELAY");
     }
@@ -178,18 +143,13 @@ async fn handshake(
             return None;
         }
     };
-    let identity = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| match NodeIdentity::from_der(leaf) {
-            Ok(identity) => Some(identity),
-            Err(error) => {
-                debug!(%remote, %error, "peer certificate is not a node certificate");
-                None
-            }
-        });
+    let (identity, rejected) = match stream.get_ref().1.peer_certificates() {
+        Some([leaf, intermediates @ ..]) => judge_chain(&*current.verifier, leaf, intermediates),
+        _ => (None, None),
+    };
+    if let Some(reason) = &rejected {
+        debug!(%remote, %reason, "peer certificate not trusted");
+    }
     debug!(
         %remote,
         node.id = identity.as_ref().map(|i| i.node_id.as_str()),
@@ -201,9 +161,25 @@ async fn handshake(
         info: PeerInfo {
             remote_addr: Some(remote),
             identity,
-            removed: false,
+            rejected,
         },
     })
+}
+
+/// A presented chain's node identity, when the roots vouch for it and it is a node certificate;
+/// otherwise why not.
+fn judge_chain(
+    verifier: &dyn ClientCertVerifier,
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> (Option<NodeIdentity>, Option<String>) {
+    if let Err(error) = verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        return (None, Some(error.to_string()));
+    }
+    match NodeIdentity::from_der(leaf) {
+        Ok(identity) => (Some(identity), None),
+        Err(error) => (None, Some(error.to_string())),
+    }
 }
 
 /// What the transport knows about the other end of a connection; tonic puts it in the
@@ -212,10 +188,12 @@ async fn handshake(
 pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     /// From the client certificate, which rustls verified against the cluster's roots; `None`
-    /// when the client presented none (a node that is joining).
+    /// when the client presented none (a node that is joining) or one of no trust.
     pub identity: Option<NodeIdentity>,
-    /// The certificate's node was removed from the cluster: every API refuses it.
-    pub removed: bool,
+    /// Why a certificate the client presented was not trusted: no root of the cluster vouches
+    /// for it, it expired, or it is no node certificate. Every call but fetching the root CA is
+    /// refused on such a connection.
+    pub rejected: Option<String>,
 }
 
 /// A server-side TLS connection on 2377.

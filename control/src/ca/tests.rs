@@ -22,16 +22,21 @@ use super::*;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+fn subject<'a>(node_id: &'a str, role: Role, cluster_id: &'a str) -> NodeSubject<'a> {
+    let raft_id = (role == Role::Manager).then_some(7);
+    NodeSubject {
+        node_id,
+        role,
+        cluster_id,
+        raft_id,
+    }
+}
+
 fn issue(ca: &RootCa, node_id: &str, role: Role) -> TlsIdentity {
     let key = NodeKey::generate().expect("key");
+    let subject = subject(node_id, role, "cluster-1");
     let cert = ca
-        .sign_node(
-            &key.csr_der().expect("csr"),
-            node_id,
-            role,
-            "cluster-1",
-            90 * DAY,
-        )
+        .sign_node(&key.csr_der().expect("csr"), &subject, 90 * DAY)
         .expect("sign");
     TlsIdentity::from_pem(&cert, key.to_pem(), ca.cert_pem()).expect("identity")
 }
@@ -76,6 +81,15 @@ impl NodeCa for Echo {
 }
 
 async fn serve(server: &TlsServer, root_pem: &str) -> (SocketAddr, oneshot::Sender<()>) {
+    serve_behind(server, root_pem, None).await
+}
+
+/// [`serve`], with the gate of `store` in front when given.
+async fn serve_behind(
+    server: &TlsServer,
+    root_pem: &str,
+    gate: Option<&crate::store::Store>,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -83,14 +97,21 @@ async fn serve(server: &TlsServer, root_pem: &str) -> (SocketAddr, oneshot::Send
     let service = NodeCaServer::new(Echo {
         root_pem: root_pem.as_bytes().to_vec(),
     });
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    match gate {
+        Some(store) => {
+            let router = tonic::transport::Server::builder()
+                .layer(GateLayer::new(store.memory().clone()))
+                .add_service(service);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+        }
+        None => {
+            let router = tonic::transport::Server::builder().add_service(service);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+        }
+    }
     (addr, stop)
 }
 
@@ -117,6 +138,14 @@ fn signed_certificate_carries_the_identity() {
             (id.node_id.as_str(), id.role, id.cluster_id.as_str()),
             ("node-abc", role, "cluster-1")
         );
+        // A manager's Raft id rides in its certificate; a worker has none.
+        let raft_id = (role == Role::Manager).then_some(7);
+        assert_eq!(id.raft_id, raft_id);
+        assert_eq!(id.serial.len(), 16, "a 128-bit random serial");
+        assert_ne!(
+            id.serial,
+            issue(&ca, "node-abc", role).node_identity().unwrap().serial
+        );
         assert_eq!(role.as_ou(), ou);
         let now = SystemTime::now();
         assert!(id.not_before < now && now < id.not_after);
@@ -142,7 +171,11 @@ fn root_ca_round_trips_through_pem() {
     );
     let key = NodeKey::generate().expect("key");
     let leaf_pem = ca
-        .sign_node(&key.csr_der().expect("csr"), "n1", Role::Worker, "c", DAY)
+        .sign_node(
+            &key.csr_der().expect("csr"),
+            &subject("n1", Role::Worker, "c"),
+            DAY,
+        )
         .expect("sign");
     let error = RootCa::from_pem(&leaf_pem, key.to_pem()).expect_err("a leaf is no CA");
     assert!(error.to_string().contains("not a CA"), "{error}");
@@ -154,15 +187,18 @@ fn sign_node_refuses_bad_requests() {
     let ca = RootCa::generate("cluster-1").expect("ca");
     let csr = NodeKey::generate().expect("key").csr_der().expect("csr");
     assert!(
-        ca.sign_node(b"garbage", "n1", Role::Worker, "c", DAY)
+        ca.sign_node(b"garbage", &subject("n1", Role::Worker, "c"), DAY)
             .is_err()
     );
-    assert!(ca.sign_node(&csr, "", Role::Worker, "c", DAY).is_err());
+    assert!(
+        ca.sign_node(&csr, &subject("", Role::Worker, "c"), DAY)
+            .is_err()
+    );
     let mut tampered = csr.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0xff;
     assert!(
-        ca.sign_node(&tampered, "n1", Role::Worker, "c", DAY)
+        ca.sign_node(&tampered, &subject("n1", Role::Worker, "c"), DAY)
             .is_err()
     );
 }
@@ -235,19 +271,55 @@ async fn mutual_tls_identifies_callers_by_role() {
     assert_eq!((seen.node_id.as_str(), seen.role), ("", -1));
     assert!(whoami(channel, "manager-only").await.is_err());
 
-    // (d) a client certificate from another CA fails the handshake (TLS 1.3 reports it to the
-    // client on first use at the latest).
+    // (d) a client certificate from another CA proves its key but carries no identity: behind
+    // the gate every call but fetching the root CA is refused, saying why.
     let other = RootCa::generate("cluster-1").expect("other");
     let mut forged = issue(&other, "m9", Role::Manager);
     forged.roots = manager.roots.clone();
-    let result = match connect(&addr, &forged).await {
-        Ok(channel) => whoami(channel, "")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(error) => Err(error.to_string()),
-    };
-    assert!(result.is_err(), "a foreign client certificate got through");
+    let seen = whoami(connect(&addr, &forged).await.expect("connect"), "")
+        .await
+        .expect("the handler sees an anonymous caller");
+    assert_eq!((seen.node_id.as_str(), seen.role), ("", -1));
+    let store = crate::store::direct_store();
+    store
+        .update(|tx| {
+            tx.create(mesh_proto::Cluster {
+                id: "cluster-1".into(),
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("cluster");
+    let (gated, _stop_gated) = serve_behind(&server, ca.cert_pem(), Some(&store)).await;
+    let gated = gated.to_string();
+    let channel = connect(&gated, &forged).await.expect("connect");
+    let refused = whoami(channel.clone(), "")
+        .await
+        .expect_err("a foreign certificate is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused.message().contains("not one of this cluster"),
+        "{refused:?}"
+    );
+    NodeCaClient::new(channel)
+        .get_root_ca_certificate(GetRootCaCertificateRequest {})
+        .await
+        .expect("the root CA is anyone's to fetch");
+    // An expired certificate of this CA is refused as well.
+    let key = NodeKey::generate().expect("key");
+    let expired = ca
+        .sign_node(
+            &key.csr_der().expect("csr"),
+            &subject("m8", Role::Manager, "cluster-1"),
+            Duration::ZERO,
+        )
+        .expect("sign");
+    let expired = TlsIdentity::from_pem(&expired, key.to_pem(), ca.cert_pem()).expect("id");
+    // Valid to the second it was signed in: past it a moment later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let channel = connect(&gated, &expired).await.expect("connect");
+    let refused = whoami(channel, "").await.expect_err("expired");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     // A client that trusts another CA refuses this server.
     let stranger = issue(&other, "n2", Role::Worker);
@@ -336,16 +408,17 @@ async fn a_removed_manager_is_refused_with_a_reason_once_the_cluster_lists_it() 
         })
         .await
         .expect("cluster");
-    let follower = tokio::spawn(server.clone().follow_removed_nodes(store.memory().clone()));
-    let (addr, _stop) = serve(&server, ca.cert_pem()).await;
+    let (addr, _stop) = serve_behind(&server, ca.cert_pem(), Some(&store)).await;
     let addr = addr.to_string();
-    let removed = issue(&ca, "m1", Role::Manager);
-    let kept = issue(&ca, "m2", Role::Manager);
-    let manager_call = async |client: &TlsIdentity| {
-        let channel = connect(&addr, client).await.expect("connect");
-        whoami(channel, "manager-only").await
-    };
-    assert_eq!(manager_call(&removed).await.expect("before").node_id, "m1");
+    // One connection each, kept across the removal: the gate judges every call, not connections.
+    let removed = connect(&addr, &issue(&ca, "m1", Role::Manager))
+        .await
+        .expect("connect m1");
+    let kept = connect(&addr, &issue(&ca, "m2", Role::Manager))
+        .await
+        .expect("connect m2");
+    let seen = whoami(removed.clone(), "manager-only").await;
+    assert_eq!(seen.expect("before").node_id, "m1");
 
     store
         .update(|tx| {
@@ -355,18 +428,11 @@ async fn a_removed_manager_is_refused_with_a_reason_once_the_cluster_lists_it() 
         })
         .await
         .expect("remove m1");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let refusal = loop {
-        match manager_call(&removed).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(tokio::time::Instant::now() < deadline, "m1 still accepted");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let refusal = whoami(removed, "manager-only")
+        .await
+        .expect_err("m1 is refused at once, on its open connection");
     assert_eq!(refusal.code(), tonic::Code::PermissionDenied);
     assert_eq!(refusal.message(), REMOVED_NODE);
-    assert_eq!(manager_call(&kept).await.expect("kept").node_id, "m2");
-    follower.abort();
+    let seen = whoami(kept, "manager-only").await;
+    assert_eq!(seen.expect("kept").node_id, "m2");
 }

@@ -9,6 +9,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 pub use super::authz::{
@@ -97,21 +98,77 @@ fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, C
     Ok(Arc::new(store))
 }
 
-/// The 2377 server: presents the node's chain, asks for a client certificate without requiring
-/// one (a joining node has none yet), and verifies any that is presented against the roots.
-pub(crate) fn server_config(identity: &TlsIdentity) -> Result<ServerConfig, CaError> {
+/// The 2377 server: presents the node's chain and asks for a client certificate without requiring
+/// one (a joining node has none yet). A presented certificate must prove its key in the
+/// handshake, but its chain is judged after it (by the returned verifier, against the roots), so
+/// that a certificate of no trust ends in a gRPC refusal that says so rather than in a failed
+/// handshake that says nothing.
+pub(crate) fn server_config(
+    identity: &TlsIdentity,
+) -> Result<(ServerConfig, Arc<dyn ClientCertVerifier>), CaError> {
     let provider = provider();
     let verifier =
         WebPkiClientVerifier::builder_with_provider(root_store(&identity.roots)?, provider.clone())
             .allow_unauthenticated()
             .build()
             .map_err(|e| CaError::Verifier(e.to_string()))?;
+    let handshake = Arc::new(ChainJudgedLater {
+        inner: verifier.clone(),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(handshake)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(config)
+    Ok((config, verifier))
+}
+
+/// A client certificate verifier for the handshake that checks the client's proof of its key
+/// but leaves the chain to be judged afterwards (see [`server_config`]).
+#[derive(Debug)]
+struct ChainJudgedLater {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for ChainJudgedLater {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// A client that verifies the server against `roots` (and the name `mesh-manager`), presenting

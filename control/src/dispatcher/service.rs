@@ -44,21 +44,45 @@ impl DispatcherService {
         Err(status)
     }
 
-    fn session(&self, session_id: &str) -> Result<(String, watch::Receiver<bool>), Status> {
+    /// The node and close signal of session `session_id`, which must be the caller's own: a
+    /// session id alone proves nothing.
+    fn session<T>(
+        &self,
+        request: &Request<T>,
+        session_id: &str,
+    ) -> Result<(String, watch::Receiver<bool>), Status> {
+        let caller = crate::ca::require_node(request)?;
+        self.owned_session(&caller, session_id)
+    }
+
+    /// [`session`](Self::session) for a caller already identified.
+    fn owned_session(
+        &self,
+        identity: &crate::ca::NodeIdentity,
+        session_id: &str,
+    ) -> Result<(String, watch::Receiver<bool>), Status> {
         self.check_active()?;
-        self.inner
+        // (An unknown session id is "not found"; another node's is refused below.)
+        let (node_id, closed) = self
+            .inner
             .sessions
             .get(session_id)
-            .ok_or_else(|| Status::not_found("session invalid: open a new session"))
+            .ok_or_else(|| Status::not_found("session invalid: open a new session"))?;
+        if node_id != identity.node_id {
+            return Err(Status::permission_denied(
+                "this session belongs to another node",
+            ));
+        }
+        Ok((node_id, closed))
     }
 
     /// Creates or refreshes the node object of a registering agent and marks it READY.
     async fn register(
         &self,
         req: &SessionRequest,
-        role: crate::ca::Role,
+        identity: &crate::ca::NodeIdentity,
     ) -> Result<(), StoreError> {
-        let role = NodeRole::from(role) as i32;
+        let role = NodeRole::from(identity.role) as i32;
         let description = req.description.clone().unwrap_or_default();
         let status = NodeStatus {
             state: NodeState::Ready as i32,
@@ -186,7 +210,6 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        self.check_active()?;
         let identity = crate::ca::require_node(&request)?;
         let mut req = request.into_inner();
         if !req.node_id.is_empty() && req.node_id != identity.node_id {
@@ -194,6 +217,7 @@ impl Dispatcher for DispatcherService {
                 "the session's node id does not match the node's certificate",
             ));
         }
+        self.check_active()?;
         req.node_id = identity.node_id.clone();
         let removed = self.inner.store.view(|tx| {
             tx.list::<Cluster>()
@@ -203,12 +227,13 @@ impl Dispatcher for DispatcherService {
         if removed {
             return Err(Status::permission_denied(crate::ca::REMOVED_NODE));
         }
-        self.register(&req, identity.role)
+        self.register(&req, &identity)
             .await
             .map_err(crate::api::status)?;
         let session_id = new_id();
         let closed = self.inner.sessions.open(&session_id, &req.node_id);
-        tracing::info!(node.id = %req.node_id, session.id = %session_id, "agent session opened");
+        // The session id is a per-node secret: never logged.
+        tracing::info!(node.id = %req.node_id, "agent session opened");
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(session_messages(
             self.inner.clone(),
@@ -224,7 +249,7 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.check_active()?;
+        self.session(&request, &request.get_ref().session_id)?;
         let req = request.into_inner();
         if !self.inner.sessions.heartbeat(&req.session_id) {
             return Err(Status::not_found("session invalid: open a new session"));
@@ -239,7 +264,7 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        let (node_id, closed) = self.session(&request.into_inner().session_id)?;
+        let (node_id, closed) = self.session(&request, &request.get_ref().session_id)?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(assignments::stream(
             self.inner.store.clone(),
@@ -254,8 +279,8 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let (node_id, _) = self.session(&request, &request.get_ref().session_id)?;
         let req = request.into_inner();
-        let (node_id, _) = self.session(&req.session_id)?;
         self.inner
             .statuses
             .send(StatusBatch {
@@ -270,7 +295,7 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<LogSubscriptionsRequest>,
     ) -> Result<Response<Self::LogSubscriptionsStream>, Status> {
-        let (node_id, mut closed) = self.session(&request.into_inner().session_id)?;
+        let (node_id, mut closed) = self.session(&request, &request.get_ref().session_id)?;
         let subscriptions = self.inner.broker.connect(&node_id);
         let broker = self.inner.broker.clone();
         let stream = UnboundedReceiverStream::new(subscriptions)
@@ -286,13 +311,15 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
+        let caller = crate::ca::require_node(&request)?;
         let mut messages = request.into_inner();
+        // The first message names the caller's own session; the stream is that node's logs.
         let mut node: Option<String> = None;
         while let Some(message) = messages.message().await? {
             let node_id = match &node {
                 Some(n) => n.clone(),
                 None => {
-                    let (n, _) = self.session(&message.session_id)?;
+                    let (n, _) = self.owned_session(&caller, &message.session_id)?;
                     node = Some(n.clone());
                     n
                 }

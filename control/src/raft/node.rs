@@ -226,6 +226,20 @@ impl RaftNode {
         &self.inner.raft
     }
 
+    /// What `meshctl info` shows of this member: its term, leader, members and progress.
+    pub fn info(&self) -> mesh_proto::RaftInfo {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        mesh_proto::RaftInfo {
+            id: metrics.id,
+            term: metrics.current_term,
+            leader: metrics.current_leader.unwrap_or_default(),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+        }
+    }
+
     /// The `mesh.v1.Raft` service to serve on this manager's gRPC listener.
     pub fn grpc_service(&self) -> mesh_proto::raft_server::RaftServer<RaftService> {
         RaftService::new(self.inner.raft.clone()).into_server()

@@ -114,3 +114,69 @@ async fn three_members_replicate_and_fail_over() -> anyhow::Result<()> {
     n3.stop().await?;
     Ok(())
 }
+
+/// A Vote for term `term` from candidate `candidate`, as a peer would send it.
+fn vote_payload(term: u64, candidate: u64) -> Vec<u8> {
+    let vote = openraft::raft::VoteRequest::<u64> {
+        vote: openraft::Vote::new(term, candidate),
+        last_log_id: None,
+    };
+    serde_json::to_vec(&vote).expect("vote encodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_from_anyone_but_the_member_it_names_changes_nothing() -> anyhow::Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let n1 = TestNode::start(dirs[0].path(), 1).await?;
+    n1.node.initialize().await?;
+    let n2 = TestNode::start(dirs[1].path(), 2).await?;
+    n1.node.add_voter(2, n2.addr.clone()).await?;
+    create(&n1.store, "a").await?;
+    replicated(&[&n2], "a").await?;
+    let term = |n: &TestNode| n.node.raft().metrics().borrow().current_term;
+    let before = (term(&n1), term(&n2));
+
+    // (whose certificate, naming which raft id, claiming to be which candidate)
+    let attempts = [
+        ("a stranger's raft id", 9, 9, 9),
+        ("another member's raft id", 2, 2, 1),
+        ("a certificate without a raft id", 2, 0, 2),
+    ];
+    for (what, node, raft_id, candidate) in attempts {
+        let identity = if raft_id == 0 {
+            super::worker_identity(node)
+        } else {
+            super::manager_identity(node, raft_id)
+        };
+        for target in [&n1, &n2] {
+            let channel = crate::ca::connect(&target.addr, &identity).await?;
+            let refused = mesh_proto::raft_client::RaftClient::new(channel)
+                .vote(mesh_proto::RaftPayload {
+                    data: vote_payload(before.0 + 100, candidate),
+                })
+                .await
+                .expect_err(what);
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{what}");
+        }
+    }
+    // A member speaking for itself is heard (and refused a vote for a stale term only by Raft).
+    let channel = crate::ca::connect(&n2.addr, &super::manager_identity(1, 1)).await?;
+    mesh_proto::raft_client::RaftClient::new(channel)
+        .vote(mesh_proto::RaftPayload {
+            data: vote_payload(0, 1),
+        })
+        .await?;
+
+    assert_eq!(
+        (term(&n1), term(&n2)),
+        before,
+        "no refused message moved a term"
+    );
+    let leader = n2.node.raft().metrics().borrow().current_leader;
+    assert_eq!(leader, Some(1));
+    create(&n1.store, "b").await?;
+    replicated(&[&n2], "b").await?;
+    n1.stop().await?;
+    n2.stop().await?;
+    Ok(())
+}

@@ -7,7 +7,7 @@ mod single;
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,10 +16,11 @@ use openraft::{StorageError, StorageIOError};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use super::{LogStore, RaftConfig, RaftNode, SealKey, StateMachine, TypeConfig};
+use crate::ca::{NodeKey, NodeSubject, Role, RootCa, TlsIdentity, TlsServer};
 use crate::store::{MemoryStore, Store};
+use crate::transport::Transport;
 
 struct Builder;
 
@@ -74,7 +75,40 @@ where
     Ok(())
 }
 
-/// A Raft member serving its gRPC service on a random 127.0.0.1 port.
+/// The CA every test member's certificate comes from.
+static CA: LazyLock<RootCa> = LazyLock::new(|| RootCa::generate("cluster-1").expect("test CA"));
+
+/// A manager certificate for node `node-<id>` naming `raft_id`, from [`CA`].
+fn manager_identity(id: u64, raft_id: u64) -> TlsIdentity {
+    identity(id, Role::Manager, Some(raft_id))
+}
+
+/// A worker certificate for node `node-<id>`, from [`CA`].
+fn worker_identity(id: u64) -> TlsIdentity {
+    identity(id, Role::Worker, None)
+}
+
+fn identity(id: u64, role: Role, raft_id: Option<u64>) -> TlsIdentity {
+    let key = NodeKey::generate().expect("key");
+    let node_id = format!("node-{id}");
+    let subject = NodeSubject {
+        node_id: &node_id,
+        role,
+        cluster_id: "cluster-1",
+        raft_id,
+    };
+    let cert = CA
+        .sign_node(
+            &key.csr_der().expect("csr"),
+            &subject,
+            Duration::from_secs(3600),
+        )
+        .expect("sign");
+    TlsIdentity::from_pem(&cert, key.to_pem(), CA.cert_pem()).expect("identity")
+}
+
+/// A Raft member serving its gRPC service on a random 127.0.0.1 port, over mutual TLS with a
+/// manager certificate naming its raft id, as a manager's listener does.
 struct TestNode {
     node: RaftNode,
     memory: Arc<MemoryStore>,
@@ -88,12 +122,17 @@ impl TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let memory = Arc::new(MemoryStore::new());
-        let node = RaftNode::open(config(dir, id, &addr), memory.clone())
+        let identity = manager_identity(id, id);
+        let config = RaftConfig {
+            transport: Some(Transport::new(identity.clone())),
+            ..config(dir, id, &addr)
+        };
+        let node = RaftNode::open(config, memory.clone())
             .await
             .context("opening raft")?;
         let service = node.grpc_service();
+        let incoming = TlsServer::new(&identity)?.incoming(listener);
         let server = tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
             let served = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(incoming)

@@ -29,6 +29,15 @@ pub async fn run(host: &str, json: bool) -> Result<(), CliError> {
         writeln!(out, " ClusterID: {}", info.cluster_id)?;
         writeln!(out, " Node Address: {}", info.node_addr)?;
     }
+    if let Some(raft) = &info.raft {
+        writeln!(out, " Raft:")?;
+        writeln!(out, "  ID: {}", raft.id)?;
+        writeln!(out, "  Term: {}", raft.term)?;
+        writeln!(out, "  Leader: {}", raft.leader)?;
+        writeln!(out, "  Voters: {}", raft.voters.len())?;
+        writeln!(out, "  Applied index: {}", raft.applied_index)?;
+        writeln!(out, " Refused calls (port 2377): {}", info.refused_calls)?;
+    }
     match &info.gossip {
         Some(g) => {
             writeln!(out, "Gossip:")?;
@@ -76,6 +85,15 @@ fn to_json(info: &InfoResponse) -> Value {
             "NodeAddr": info.node_addr,
             "ControlAvailable": info.is_manager,
             "ClusterID": info.cluster_id,
+            "Raft": info.raft.as_ref().map(|r| json!({
+                "ID": r.id,
+                "Term": r.term,
+                "Leader": r.leader,
+                "Voters": r.voters,
+                "Learners": r.learners,
+                "AppliedIndex": r.applied_index,
+            })),
+            "RefusedCalls": info.refused_calls,
         },
         "Gossip": gossip,
         "LoadBalancer": (!info.lb_backend.is_empty()).then(|| json!({
@@ -103,8 +121,31 @@ mod tests {
         };
         let value = to_json(&info);
         assert_eq!(value["Swarm"]["LocalNodeState"], "active");
+        assert!(value["Swarm"]["Raft"].is_null(), "a worker has no raft");
         assert_eq!(value["Gossip"]["Members"], 3);
         assert_eq!(value["Gossip"]["DroppedUnknownKey"], 7);
+    }
+
+    #[test]
+    fn json_names_a_managers_raft_state_and_refusals() {
+        let info = InfoResponse {
+            node_id: "n1".into(),
+            is_manager: true,
+            raft: Some(mesh_proto::RaftInfo {
+                id: 7,
+                term: 3,
+                leader: 7,
+                voters: vec![7, 9],
+                learners: vec![],
+                applied_index: 42,
+            }),
+            refused_calls: 5,
+            ..Default::default()
+        };
+        let value = to_json(&info);
+        assert_eq!(value["Swarm"]["Raft"]["Term"], 3);
+        assert_eq!(value["Swarm"]["Raft"]["Voters"], json!([7, 9]));
+        assert_eq!(value["Swarm"]["RefusedCalls"], 5);
     }
 
     #[test]
