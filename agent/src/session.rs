@@ -34,6 +34,9 @@ enum SessionError {
     Renewed,
 }
 
+/// How long opening a session (and its streams) may take before another manager is tried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct SessionConfig {
     pub node_id: String,
     /// This node's advertise address.
@@ -146,31 +149,33 @@ async fn session(
             None
         }
     };
-    let mut session_stream = client
-        .session(SessionRequest {
-            node_id: config.node_id.clone(),
-            description,
-            addr: config.addr.clone(),
-        })
+    let request = SessionRequest {
+        node_id: config.node_id.clone(),
+        description,
+        addr: config.addr.clone(),
+    };
+    let mut session_stream = within(OPEN_TIMEOUT, client.session(request))
         .await?
         .into_inner();
-    let first = session_stream.message().await?.ok_or(SessionError::Ended)?;
+    let first = within(OPEN_TIMEOUT, session_stream.message())
+        .await?
+        .ok_or(SessionError::Ended)?;
     let session_id = first.session_id.clone();
     learn_managers(config, &first);
-    let period = Duration::from_nanos(first.heartbeat_period_ns.max(100_000_000) as u64);
+    let mut period = heartbeat_period(first.heartbeat_period_ns);
     // The session id is a per-node secret: never logged.
-    tracing::info!(manager = %addr, "session established");
+    tracing::info!(manager = %addr, heartbeat = ?period, "session established");
 
-    let mut assignments = client
-        .assignments(AssignmentsRequest {
-            session_id: session_id.clone(),
-        })
+    let request = AssignmentsRequest {
+        session_id: session_id.clone(),
+    };
+    let mut assignments = within(OPEN_TIMEOUT, client.assignments(request))
         .await?
         .into_inner();
-    let mut subscriptions = client
-        .log_subscriptions(LogSubscriptionsRequest {
-            session_id: session_id.clone(),
-        })
+    let request = LogSubscriptionsRequest {
+        session_id: session_id.clone(),
+    };
+    let mut subscriptions = within(OPEN_TIMEOUT, client.log_subscriptions(request))
         .await?
         .into_inner();
     // After reconnecting, the manager may have missed reports: send every task's latest.
@@ -187,7 +192,8 @@ async fn session(
                 session_id: session_id.clone(),
                 updates: updates.clone(),
             };
-            if let Err(status) = client.update_task_status(request).await {
+            let sent = within(period, client.update_task_status(request)).await;
+            if let Err(status) = sent {
                 *unsent = updates;
                 break Err(status.into());
             }
@@ -197,9 +203,25 @@ async fn session(
                 if config.transport.generation() != generation {
                     break Err(SessionError::Renewed);
                 }
+                // A manager that goes silent fails the heartbeat after one period: the session
+                // ends and the next one tries another manager.
                 let request = HeartbeatRequest { session_id: session_id.clone() };
-                if let Err(status) = client.heartbeat(request).await {
-                    break Err(status.into());
+                match within(period, client.heartbeat(request)).await {
+                    // The managers may have changed the period since the session opened.
+                    Ok(answer) => {
+                        let now = heartbeat_period(answer.into_inner().period_ns);
+                        if now != period {
+                            period = now;
+                            heartbeat = tokio::time::interval_at(
+                                tokio::time::Instant::now() + period,
+                                period,
+                            );
+                            heartbeat.set_missed_tick_behavior(
+                                tokio::time::MissedTickBehavior::Delay,
+                            );
+                        }
+                    }
+                    Err(status) => break Err(status.into()),
                 }
             }
             message = session_stream.message() => match message {
@@ -262,6 +284,22 @@ fn learn_managers(config: &mut SessionConfig, message: &mesh_proto::SessionMessa
 }
 
 /// The leader's address, when a manager that does not lead says where it is.
+/// The heartbeat period a manager names, in nanoseconds; at least 100 ms.
+fn heartbeat_period(nanos: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0).max(100_000_000))
+}
+
+/// A call's answer, or `DeadlineExceeded` when none comes within `deadline`: a manager whose
+/// packets are dropped never answers at all.
+async fn within<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+}
+
 fn leader_hint(err: &SessionError) -> Option<String> {
     match err {
         SessionError::Rpc(status) => status

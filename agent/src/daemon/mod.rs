@@ -9,7 +9,9 @@ mod keys;
 mod standing;
 
 use mesh_control::api::{Api, NodeCaService};
-use mesh_control::ca::{CaError, GateLayer, TlsIdentity, TlsServer};
+use mesh_control::ca::{
+    CaError, GateLayer, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, TlsIdentity, TlsServer,
+};
 use mesh_control::manager::{Manager, ManagerConfig};
 use mesh_control::transport::Transport;
 use mesh_proto::{GossipInfo, InfoResponse};
@@ -26,6 +28,8 @@ use crate::state::{self, NodeState, Role};
 use crate::worker::Worker;
 
 const DEFAULT_PORT: u16 = 2377;
+/// How long the manager port lets one call run before it answers (a stream, once opened, runs on).
+const SERVER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -294,8 +298,13 @@ impl Daemon {
         // Every call passes the gate first: the method's rule, judged against the caller's
         // certificate and its node's standing in the store.
         let gate = GateLayer::new(manager.store().memory().clone());
+        // Pings find out clients whose packets are dropped; a call that runs too long ends.
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(10)))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .timeout(SERVER_CALL_TIMEOUT)
             .layer(gate.clone())
             .add_service(self.api.grpc_service())
             .add_service(manager.dispatcher().grpc_service())

@@ -23,6 +23,13 @@ use super::token::ParsedToken;
 
 /// Bound on TCP connect plus TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an HTTP/2 ping checks a channel, also while idle, and how long its answer may
+/// take: a peer whose packets are dropped (not refused) is found out within their sum, and every
+/// call and stream on the channel fails then instead of waiting for TCP to give up.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The deadline of a call that sets none of its own (a stream's deadline covers its opening).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A channel to the manager at `addr` (`host:port`): the manager must prove a `mesh-manager`
 /// certificate from `identity.roots`; the node presents its own certificate.
@@ -99,6 +106,10 @@ fn endpoint(addr: &str) -> Result<Endpoint, CaError> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| CaError::connect(addr, &e))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true))
 }
 

@@ -33,7 +33,10 @@ pub use authz::{
     Caller, REMOVED_NODE, caller, is_local, peer, require_local_or_manager, require_manager,
     require_node,
 };
-pub use client::{CONNECT_TIMEOUT, connect, connect_lazy, connect_with_roots, fetch_root_ca};
+pub use client::{
+    CALL_TIMEOUT, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, connect, connect_lazy,
+    connect_with_roots, fetch_root_ca,
+};
 pub use csr::NodeKey;
 pub use error::CaError;
 pub use gate::GateLayer;

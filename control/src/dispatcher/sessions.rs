@@ -1,6 +1,6 @@
 //! Agent sessions and their heartbeats, held in memory on the leader.
 
-use mesh_proto::{Node, NodeState};
+use mesh_proto::{Cluster, Node, NodeState};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,18 +90,42 @@ impl Sessions {
     }
 }
 
+/// How long a node that was READY under the previous leader has, once this one starts, to find
+/// it: agents notice a silent manager within two heartbeat periods, then may try a manager that
+/// cannot be reached (a connection attempt is bounded at 3 s) before they land here.
+pub(super) fn takeover_grace(period: Duration, grace: Duration) -> Duration {
+    grace.max(period * 3 + Duration::from_secs(5))
+}
+
 /// Marks nodes down when their heartbeats stop. Nodes that are READY in the store but have no
-/// session when this leader starts get one grace period to register.
+/// session when this leader starts get [`takeover_grace`] to register.
 pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // The period follows the cluster's spec (`swarm init --dispatcher-heartbeat`, which a
+        // first leader starts before it has written).
+        let wanted = inner.store.view(|tx| {
+            tx.list::<Cluster>()
+                .into_iter()
+                .next()
+                .and_then(|c| c.spec)
+                .map(|s| s.dispatcher_heartbeat_period_ns)
+                .filter(|ns| *ns > 0)
+        });
+        if let Some(ns) = wanted {
+            let period = Duration::from_nanos(ns.unsigned_abs());
+            if inner.config.borrow().heartbeat_period != period {
+                inner.config.send_modify(|c| c.heartbeat_period = period);
+                tracing::info!(period = ?period, "dispatcher heartbeat period set");
+            }
+        }
         let config = inner.config.borrow().clone();
         let grace = config.heartbeat_period.mul_f64(config.grace_multiplier);
         let mut down = inner.sessions.expire(grace);
-        if started.elapsed() > grace {
+        if started.elapsed() > takeover_grace(config.heartbeat_period, grace) {
             let unregistered = inner.store.view(|tx| {
                 tx.find::<Node>(|n| node_state(n) == NodeState::Ready)
                     .into_iter()
@@ -147,4 +171,23 @@ pub(super) fn node_state(node: &Node) -> NodeState {
         .as_ref()
         .and_then(|s| NodeState::try_from(s.state).ok())
         .unwrap_or(NodeState::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_leader_waits_for_agents_finding_it() {
+        let secs = Duration::from_secs;
+        // (heartbeat period, grace, takeover grace)
+        let cases = [
+            (secs(5), secs(5).mul_f64(1.5), secs(20)),
+            (secs(1), secs(1).mul_f64(1.5), secs(8)),
+            (secs(1), secs(60), secs(60)),
+        ];
+        for (period, grace, want) in cases {
+            assert_eq!(takeover_grace(period, grace), want, "{period:?} {grace:?}");
+        }
+    }
 }
