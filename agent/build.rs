@@ -1,5 +1,7 @@
-//! Records the git commit the daemon was built from (for `meshd --version`) and compiles the eBPF
-//! programs under `ebpf/` (`*.bpf.c`) with clang into `OUT_DIR`, to be embedded in the binary.
+//! Records the git commit the daemon was built from (for `meshd --version`), compiles the eBPF
+//! programs under `ebpf/` (`*.bpf.c`) with clang into `OUT_DIR`, and builds `mesh-pause` (the
+//! process of task sandboxes, `pause/main.rs`) as a static executable there; all are embedded in
+//! the binary.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +12,35 @@ fn main() {
         // One line that cargo shows as the build's error, with what to do about it.
         println!("cargo::error=building the eBPF programs: {err}");
     }
+    if let Err(err) = build_pause() {
+        println!("cargo::error=building mesh-pause: {err}");
+    }
+}
+
+/// `pause/main.rs` as a statically linked executable in `OUT_DIR/mesh-pause`.
+fn build_pause() -> Result<(), String> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("pause/main.rs");
+    println!("cargo:rerun-if-changed={}", source.display());
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let target = std::env::var("TARGET").map_err(|e| e.to_string())?;
+    let status = Command::new(&rustc)
+        .args(["--edition", "2024", "--crate-name", "mesh_pause"])
+        .args(["--target", &target])
+        .args(["-C", "target-feature=+crt-static"])
+        .args(["-C", "opt-level=s", "-C", "strip=symbols"])
+        .arg("-o")
+        .arg(out.join("mesh-pause"))
+        .arg(&source)
+        .status()
+        .map_err(|e| format!("cannot run {rustc}: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "{rustc} could not link it statically for {target} ({status}): it needs glibc's \
+             static libc.a (Debian's libc6-dev)"
+        ));
+    }
+    Ok(())
 }
 
 fn record_commit() {

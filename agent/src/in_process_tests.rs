@@ -117,7 +117,10 @@ async fn running(api: &Api, service: &str) -> usize {
 }
 
 fn running_containers(fake: &FakeExecutor) -> usize {
-    fake.containers().iter().filter(|c| c.running).count()
+    fake.containers()
+        .iter()
+        .filter(|c| c.running && !c.sandbox)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

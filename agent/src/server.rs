@@ -32,6 +32,7 @@ pub enum ServeError {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let executor = DockerExecutor::connect(&config.docker_host, config.hostname.clone())
         .await
+        .and_then(|executor| executor.with_sandboxes_from(&config.state_dir))
         .map_err(|source| ServeError::Docker {
             host: config.docker_host.clone(),
             source,

@@ -46,7 +46,8 @@ impl Engine {
         image::import(&dockerd, temp.path()).await?;
         let docker = DockerExecutor::connect(&dockerd.host(), None)
             .await
-            .context("the executor connects to the test dockerd")?;
+            .context("the executor connects to the test dockerd")?
+            .with_sandboxes_from(temp.path())?;
         Ok(Self {
             docker,
             dockerd,
@@ -114,9 +115,27 @@ async fn a_container_runs_logs_stops_and_goes() -> anyhow::Result<()> {
         PullPolicy::Missing,
         &["sh", "-c", script],
     );
-    let id = docker.prepare(&t).await.context("prepare")?;
+    // The sandbox runs first, holding the network namespace the task's container joins.
+    let sandbox = docker
+        .prepare_sandbox(&t)
+        .await
+        .context("prepare sandbox")?;
     assert_eq!(
-        docker.prepare(&t).await.context("prepare again")?,
+        docker
+            .prepare_sandbox(&t)
+            .await
+            .context("prepare sandbox again")?,
+        sandbox,
+        "a second prepare reuses the sandbox"
+    );
+    let held = docker.inspect(&sandbox).await.context("inspect sandbox")?;
+    assert!(held.running && held.pid > 0, "{held:?}");
+    let id = docker.prepare(&t, &sandbox).await.context("prepare")?;
+    assert_eq!(
+        docker
+            .prepare(&t, &sandbox)
+            .await
+            .context("prepare again")?,
         id,
         "a second prepare reuses the container"
     );
@@ -134,11 +153,23 @@ async fn a_container_runs_logs_stops_and_goes() -> anyhow::Result<()> {
     docker.start(&id).await.context("start")?;
     let info = docker.inspect(&id).await.context("inspect")?;
     assert!(info.running && info.pid > 0, "{info:?}");
+    let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net"));
+    assert_eq!(
+        netns(info.pid)?,
+        netns(held.pid)?,
+        "the task runs in its sandbox's network namespace"
+    );
     let listed = docker.list().await.context("list")?;
     assert!(
         listed
             .iter()
-            .any(|c| c.id == id && c.task_id == "livetask1" && c.running),
+            .any(|c| c.id == id && c.task_id == "livetask1" && c.running && !c.sandbox),
+        "{listed:?}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|c| c.id == sandbox && c.task_id == "livetask1" && c.sandbox),
         "{listed:?}"
     );
 
@@ -177,6 +208,7 @@ async fn a_container_runs_logs_stops_and_goes() -> anyhow::Result<()> {
         matches!(gone, Err(ExecError::ContainerNotFound { .. })),
         "{gone:?}"
     );
+    docker.remove(&sandbox).await.context("remove sandbox")?;
     Ok(())
 }
 
@@ -191,7 +223,11 @@ async fn an_exit_code_comes_back_from_wait() -> anyhow::Result<()> {
         PullPolicy::Never,
         &["sh", "-c", "exit 3"],
     );
-    let id = docker.prepare(&t).await.context("prepare")?;
+    let sandbox = docker
+        .prepare_sandbox(&t)
+        .await
+        .context("prepare sandbox")?;
+    let id = docker.prepare(&t, &sandbox).await.context("prepare")?;
     docker.start(&id).await.context("start")?;
     assert_eq!(docker.wait(&id).await.context("wait")?, 3);
     let info = docker.inspect(&id).await.context("inspect")?;
@@ -200,6 +236,7 @@ async fn an_exit_code_comes_back_from_wait() -> anyhow::Result<()> {
         "{info:?}"
     );
     docker.remove(&id).await.context("remove")?;
+    docker.remove(&sandbox).await.context("remove sandbox")?;
     Ok(())
 }
 
@@ -210,7 +247,7 @@ async fn a_missing_image_fails_fast() -> anyhow::Result<()> {
     for pull in [PullPolicy::Never, PullPolicy::Missing] {
         let started = Instant::now();
         let t = task("livetask3", "mesh-no-such-image", pull, &[]);
-        let result = engine.docker.prepare(&t).await;
+        let result = engine.docker.prepare_sandbox(&t).await;
         let Err(err) = result else {
             panic!("{pull:?}: prepare succeeded without the image: {result:?}");
         };

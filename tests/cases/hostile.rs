@@ -374,11 +374,22 @@ async fn hostile_clients_are_refused_everywhere_and_change_nothing() -> anyhow::
             "2",
             "--network",
             "back",
+            // On a manager that stays one: removing and demoting other nodes moves none of them.
+            "--constraint",
+            "node.hostname==node2",
             BUSYBOX_IMAGE,
             "sleep",
             "1000000",
         ])
         .await?;
+
+    wait_until(CONVERGE, "web's 2 tasks running", async || {
+        let services = node1.meshctl_json(&["service", "ls"]).await?;
+        Ok(services
+            .iter()
+            .any(|s| s["Name"] == "web" && s["Replicas"] == "2/2"))
+    })
+    .await?;
 
     // A worker's certificate, and a removed worker's.
     let worker = identity_of(cluster.node("node5")?)?;

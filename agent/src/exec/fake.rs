@@ -28,6 +28,9 @@ pub struct FakeContainer {
     pub running: bool,
     pub exit_code: i32,
     pub logs: Vec<LogChunk>,
+    /// A task's sandbox; for a task's container, the sandbox it joined.
+    pub sandbox: bool,
+    pub joined: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -73,7 +76,7 @@ impl FakeExecutor {
             let container = state
                 .containers
                 .values_mut()
-                .find(|c| c.task_id == task_id && c.running);
+                .find(|c| c.task_id == task_id && c.running && !c.sandbox);
             container.map(|c| {
                 c.running = false;
                 c.exit_code = code;
@@ -97,15 +100,29 @@ impl FakeExecutor {
                 running,
                 exit_code,
                 logs: Vec::new(),
+                sandbox: false,
+                joined: None,
             },
         );
         id
     }
 
+    /// The sandbox of `task_id`, if it has one.
+    pub fn sandbox_of(&self, task_id: &str) -> Option<FakeContainer> {
+        self.lock()
+            .containers
+            .values()
+            .find(|c| c.task_id == task_id && c.sandbox)
+            .cloned()
+    }
+
     /// Appends output to the container of `task_id`; false if there is none.
     pub fn push_log(&self, task_id: &str, stderr: bool, data: &[u8]) -> bool {
         let mut state = self.lock();
-        let container = state.containers.values_mut().find(|c| c.task_id == task_id);
+        let container = state
+            .containers
+            .values_mut()
+            .find(|c| c.task_id == task_id && !c.sandbox);
         container
             .map(|c| {
                 c.logs.push(LogChunk {
@@ -116,8 +133,8 @@ impl FakeExecutor {
             .is_some()
     }
 
-    /// How many times the operation (`prepare`, `start`, `wait`, `inspect`, `stop`, `remove`,
-    /// `list`, `logs`) was called.
+    /// How many times the operation (`prepare_sandbox`, `prepare`, `start`, `wait`, `inspect`,
+    /// `stop`, `remove`, `list`, `logs`) was called.
     pub fn calls(&self, op: &str) -> usize {
         self.lock().calls.get(op).copied().unwrap_or(0)
     }
@@ -128,11 +145,12 @@ impl FakeExecutor {
         all
     }
 
+    /// The task's own container (not its sandbox).
     pub fn container_of(&self, task_id: &str) -> Option<FakeContainer> {
         self.lock()
             .containers
             .values()
-            .find(|c| c.task_id == task_id)
+            .find(|c| c.task_id == task_id && !c.sandbox)
             .cloned()
     }
 
@@ -176,7 +194,41 @@ impl Executor for FakeExecutor {
         futures::future::ready(Ok(self.description.clone())).boxed()
     }
 
-    fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>> {
+    fn prepare_sandbox<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>> {
+        let id = {
+            let mut state = self.lock();
+            *state.calls.entry("prepare_sandbox").or_default() += 1;
+            let existing = state
+                .containers
+                .values()
+                .find(|c| c.task_id == task.id && c.sandbox)
+                .map(|c| c.id.clone());
+            existing.unwrap_or_else(|| {
+                let id = next_id(&mut state);
+                let sandbox = FakeContainer {
+                    id: id.clone(),
+                    task_id: task.id.clone(),
+                    name: format!("{}.sandbox", task_name(task)),
+                    started: true,
+                    running: true,
+                    exit_code: 0,
+                    logs: Vec::new(),
+                    sandbox: true,
+                    joined: None,
+                };
+                state.containers.insert(id.clone(), sandbox);
+                id
+            })
+        };
+        self.changed.notify_waiters();
+        futures::future::ready(Ok(id)).boxed()
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        task: &'a Task,
+        sandbox: &'a str,
+    ) -> BoxFuture<'a, Result<String, ExecError>> {
         let mut state = self.lock();
         *state.calls.entry("prepare").or_default() += 1;
         let result = match state.prepare_failures.get(&task.id) {
@@ -194,6 +246,8 @@ impl Executor for FakeExecutor {
                     running: false,
                     exit_code: 0,
                     logs: Vec::new(),
+                    sandbox: false,
+                    joined: Some(sandbox.to_owned()),
                 };
                 state.containers.insert(id.clone(), container);
                 Ok(id)
@@ -268,6 +322,7 @@ impl Executor for FakeExecutor {
                 id: c.id.clone(),
                 task_id: c.task_id.clone(),
                 running: c.running,
+                sandbox: c.sandbox,
             })
             .collect();
         futures::future::ready(Ok(listing)).boxed()

@@ -20,6 +20,8 @@ pub const LABEL_TASK_NAME: &str = "com.mesh.task.name";
 pub const LABEL_SERVICE_ID: &str = "com.mesh.service.id";
 pub const LABEL_SERVICE_NAME: &str = "com.mesh.service.name";
 pub const LABEL_NODE_ID: &str = "com.mesh.node.id";
+/// Set (to `true`) on a task's sandbox container: the one that holds its network namespace.
+pub const LABEL_SANDBOX: &str = "com.mesh.task.sandbox";
 
 /// Swarm's default stop grace period, used when a task's spec sets none.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -44,6 +46,13 @@ pub enum ExecError {
     /// The engine answered and refused: `message` is its own words.
     #[error("{op}: {message}")]
     Engine { op: &'static str, message: String },
+    /// This node's side of the work failed (writing the sandbox's `pause`).
+    #[error("{what}: {source}")]
+    Local {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The engine could not be reached or answered nonsense.
     #[error("{op}: {source}")]
     Docker {
@@ -72,6 +81,8 @@ pub struct ContainerListing {
     pub id: String,
     pub task_id: String,
     pub running: bool,
+    /// The task's sandbox, not its own container.
+    pub sandbox: bool,
 }
 
 /// What part of a container's output to read.
@@ -98,9 +109,19 @@ pub trait Executor: Send + Sync + 'static {
     /// The node as the engine describes it: hostname, platform, resources, engine version and labels.
     fn describe(&self) -> BoxFuture<'_, Result<NodeDescription, ExecError>>;
 
-    /// Gets the task's image according to its pull policy and creates its container (not started);
-    /// returns the container id.
-    fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>>;
+    /// Gets the task's image according to its pull policy, then creates and starts the task's
+    /// sandbox: a container that only holds the network namespace (with the hostname and DNS
+    /// settings) the task's own container will join, so that its networks are in place before the
+    /// task's process runs. Returns the sandbox's id; a sandbox the task has already is reused.
+    fn prepare_sandbox<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>>;
+
+    /// Creates the task's container (not started) in the network namespace of `sandbox`; returns
+    /// the container id.
+    fn prepare<'a>(
+        &'a self,
+        task: &'a Task,
+        sandbox: &'a str,
+    ) -> BoxFuture<'a, Result<String, ExecError>>;
 
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
 
@@ -116,7 +137,7 @@ pub trait Executor: Send + Sync + 'static {
     /// already gone is not an error.
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
 
-    /// Every container carrying `LABEL_TASK_ID`, running or not.
+    /// Every container carrying `LABEL_TASK_ID`, running or not, sandboxes included.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerListing>, ExecError>>;
 
     fn logs(

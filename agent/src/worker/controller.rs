@@ -1,5 +1,10 @@
 //! One task's controller: walks the task through Swarm's states on the executor, one step at a
 //! time, and reports every change. It never moves a task backwards and never restarts a container.
+//!
+//! Networks come before processes: preparing a task starts its sandbox (a container holding
+//! only its network namespace), plugs the task's networks into it, and only then creates the
+//! task's container inside it; a failed attach rejects the task before its process ever runs.
+//! Once the task's container has ended, its networks are unplugged and its sandbox removed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +53,8 @@ pub(super) struct Controller {
     closed: bool,
     network: Option<Arc<dyn TaskNetwork>>,
     attached: bool,
+    /// The task's sandbox container, once made (or found, for a container an earlier agent left).
+    sandbox: Option<String>,
 }
 
 impl Controller {
@@ -77,6 +84,7 @@ impl Controller {
             closed: false,
             network,
             attached: false,
+            sandbox: None,
         }
     }
 
@@ -89,9 +97,11 @@ impl Controller {
             }
             self.step().await;
             if self.state() == TaskState::Running && !self.attached {
+                // A container an earlier agent left running: its interfaces are taken over.
                 self.attach_network().await;
             } else if self.state() > TaskState::Running && self.attached {
                 self.detach_network().await;
+                self.remove_sandbox().await;
             }
         }
         debug!(task.id = %self.task.id, "task controller stopped");
@@ -127,7 +137,58 @@ impl Controller {
         }
     }
 
-    /// Connects the running container to the task's overlay networks.
+    /// Starts the task's sandbox and plugs its networks into it; returns the sandbox's id.
+    async fn plug(&mut self) -> Result<String, (&'static str, String)> {
+        let sandbox = self
+            .executor
+            .prepare_sandbox(&self.task)
+            .await
+            .map_err(|e| ("preparing", e.to_string()))?;
+        self.sandbox = Some(sandbox.clone());
+        let Some(network) = self.network.clone() else {
+            return Ok(sandbox);
+        };
+        let attaching = |e: String| ("attaching networks", e);
+        let info = self
+            .executor
+            .inspect(&sandbox)
+            .await
+            .map_err(|e| attaching(e.to_string()))?;
+        let pid = u32::try_from(info.pid)
+            .ok()
+            .filter(|pid| info.running && *pid != 0)
+            .ok_or_else(|| attaching("the task's sandbox is not running".to_owned()))?;
+        self.attached = true;
+        network
+            .attach(&self.task, pid)
+            .await
+            .map_err(|e| attaching(e.to_string()))?;
+        Ok(sandbox)
+    }
+
+    /// Removes the task's sandbox (finding it first for a task an earlier agent ran).
+    async fn remove_sandbox(&mut self) {
+        let sandbox = match self.sandbox.take() {
+            Some(id) => Some(id),
+            None => match self.executor.list().await {
+                Ok(all) => all
+                    .into_iter()
+                    .find(|c| c.sandbox && c.task_id == self.task.id)
+                    .map(|c| c.id),
+                Err(error) => {
+                    warn!(task.id = %self.task.id, %error, "cannot list containers");
+                    None
+                }
+            },
+        };
+        if let Some(id) = sandbox
+            && let Err(error) = self.executor.remove(&id).await
+        {
+            warn!(task.id = %self.task.id, container.id = %id, %error, "cannot remove sandbox");
+        }
+    }
+
+    /// Connects a running container an earlier agent left to the task's overlay networks.
     async fn attach_network(&mut self) {
         self.attached = true;
         let (Some(network), Ok(pid)) = (self.network.clone(), u32::try_from(self.pid)) else {
@@ -213,14 +274,30 @@ impl Controller {
 
     async fn prepare(&mut self) {
         if self.container.is_none() {
-            match self.executor.prepare(&self.task).await {
+            let sandbox = match self.plug().await {
+                Ok(sandbox) => sandbox,
+                Err((message, err)) => {
+                    self.unplug().await;
+                    return self.fail(TaskState::Rejected, message, err);
+                }
+            };
+            match self.executor.prepare(&self.task, &sandbox).await {
                 Ok(id) => self.container = Some(id),
                 Err(error) => {
+                    self.unplug().await;
                     return self.fail(TaskState::Rejected, "preparing", error.to_string());
                 }
             }
         }
         self.set(TaskState::Ready, "prepared");
+    }
+
+    /// Undoes [`plug`](Self::plug): the networks, then the sandbox.
+    async fn unplug(&mut self) {
+        if self.attached {
+            self.detach_network().await;
+        }
+        self.remove_sandbox().await;
     }
 
     async fn start(&mut self) {
@@ -305,6 +382,7 @@ impl Controller {
                 }
             }
         }
+        self.remove_sandbox().await;
         if self.state() < TaskState::Complete {
             self.set(TaskState::Shutdown, "shutdown");
         }
@@ -372,7 +450,7 @@ impl Controller {
 /// The container of `task_id` among `all`, a running one first.
 pub(super) fn pick(all: Vec<ContainerListing>, task_id: &str) -> Option<ContainerListing> {
     all.into_iter()
-        .filter(|c| c.task_id == task_id)
+        .filter(|c| c.task_id == task_id && !c.sandbox)
         .max_by_key(|c| c.running)
 }
 

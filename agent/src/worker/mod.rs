@@ -228,6 +228,10 @@ impl Worker {
                 state.retiring.push(self.remove_orphan(container));
                 continue;
             }
+            // A wanted task's sandbox stays; its controller finds it when it needs it.
+            if container.sandbox {
+                continue;
+            }
             let better = found
                 .get(&container.task_id)
                 .is_none_or(|held| container.running && !held.running);

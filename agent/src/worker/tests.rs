@@ -227,7 +227,9 @@ async fn desired_shutdown_stops_the_container_and_keeps_it() {
     assert_eq!(fake.calls("stop"), 1);
     let container = fake.container_of("t1").expect("container kept");
     assert!(!container.running);
-    assert_eq!(fake.calls("remove"), 0);
+    // Only its sandbox goes: the stopped task has no network left to hold.
+    assert!(fake.sandbox_of("t1").is_none(), "sandbox removed");
+    assert_eq!(fake.calls("remove"), 1);
 }
 
 #[tokio::test]
@@ -468,4 +470,97 @@ async fn statuses_and_logs_follow_the_tasks() {
             .iter()
             .all(|m| m.service_name == "web" && m.slot == 1 && m.node_id == "node1")
     );
+}
+
+/// A task network that records what it was asked, against the executor's state at that moment,
+/// and fails the attaches of the tasks it is told to.
+#[derive(Default)]
+struct RecordingNetwork {
+    executor: std::sync::Mutex<Option<Arc<FakeExecutor>>>,
+    /// (task id, pid, whether the task's own container existed then)
+    attached: std::sync::Mutex<Vec<(String, u32, bool)>>,
+    detached: std::sync::Mutex<Vec<String>>,
+    failing: std::sync::Mutex<Vec<String>>,
+}
+
+impl crate::network::TaskNetwork for RecordingNetwork {
+    fn attach<'a>(
+        &'a self,
+        task: &'a Task,
+        pid: u32,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::network::OverlayError>> {
+        let executor = self.executor.lock().unwrap().clone().expect("executor");
+        let created = executor.container_of(&task.id).is_some();
+        self.attached
+            .lock()
+            .unwrap()
+            .push((task.id.clone(), pid, created));
+        let fails = self.failing.lock().unwrap().contains(&task.id);
+        Box::pin(async move {
+            if fails {
+                Err(crate::network::OverlayError::Attachment {
+                    network: "front".to_owned(),
+                    reason: "no address left".to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn detach<'a>(&'a self, task_id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        self.detached.lock().unwrap().push(task_id.to_owned());
+        Box::pin(async {})
+    }
+
+    fn drain<'a>(&'a self, _task_id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn start_with_network() -> (Arc<FakeExecutor>, Arc<RecordingNetwork>, Worker, Updates) {
+    let fake = Arc::new(FakeExecutor::new());
+    let network = Arc::new(RecordingNetwork::default());
+    *network.executor.lock().unwrap() = Some(fake.clone());
+    let (worker, receiver) = Worker::new(fake.clone(), "node1".to_owned(), Some(network.clone()));
+    let updates = Updates {
+        receiver,
+        kept: VecDeque::new(),
+    };
+    (fake, network, worker, updates)
+}
+
+#[tokio::test]
+async fn networks_are_plugged_into_the_sandbox_before_the_task_container_exists() {
+    let (fake, network, worker, mut updates) = start_with_network();
+    assign_one(&worker, "t1").await;
+    updates.until("t1", TaskState::Running).await;
+    let sandbox = fake.sandbox_of("t1").expect("a sandbox");
+    assert!(sandbox.running);
+    let container = fake.container_of("t1").expect("the task's container");
+    assert_eq!(container.joined.as_deref(), Some(sandbox.id.as_str()));
+    let attached = network.attached.lock().unwrap().clone();
+    assert_eq!(
+        attached,
+        [("t1".to_owned(), 4242, false)],
+        "attached once, before create"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_attach_rejects_the_task_before_its_process_runs() {
+    let (fake, network, worker, mut updates) = start_with_network();
+    network.failing.lock().unwrap().push("t1".to_owned());
+    assign_one(&worker, "t1").await;
+    let seen = updates.until("t1", TaskState::Rejected).await;
+    let status = last_status(&seen);
+    assert_eq!(status.message, "attaching networks");
+    assert!(status.err.contains("no address left"), "{}", status.err);
+    assert!(
+        fake.container_of("t1").is_none(),
+        "no task container was made"
+    );
+    assert_eq!(fake.calls("start"), 0);
+    assert!(fake.sandbox_of("t1").is_none(), "the sandbox was removed");
+    assert_eq!(network.detached.lock().unwrap().clone(), ["t1".to_owned()]);
 }

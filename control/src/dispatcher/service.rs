@@ -29,6 +29,12 @@ impl DispatcherService {
         Self { inner }
     }
 
+    /// How long a session may go without a heartbeat under the period in force now.
+    fn grace(&self) -> std::time::Duration {
+        let config = self.inner.config.borrow();
+        config.heartbeat_period.mul_f64(config.grace_multiplier)
+    }
+
     fn check_active(&self) -> Result<(), Status> {
         if *self.inner.active.borrow() {
             return Ok(());
@@ -231,7 +237,10 @@ impl Dispatcher for DispatcherService {
             .await
             .map_err(crate::api::status)?;
         let session_id = new_id();
-        let closed = self.inner.sessions.open(&session_id, &req.node_id);
+        let closed = self
+            .inner
+            .sessions
+            .open(&session_id, &req.node_id, self.grace());
         // The session id is a per-node secret: never logged.
         tracing::info!(node.id = %req.node_id, "agent session opened");
         let (tx, rx) = mpsc::channel(4);
@@ -251,7 +260,7 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.session(&request, &request.get_ref().session_id)?;
         let req = request.into_inner();
-        if !self.inner.sessions.heartbeat(&req.session_id) {
+        if !self.inner.sessions.heartbeat(&req.session_id, self.grace()) {
             return Err(Status::not_found("session invalid: open a new session"));
         }
         let period = self.inner.config.borrow().heartbeat_period;

@@ -12,6 +12,9 @@ use crate::store::{Read, now_nanos};
 struct Session {
     node_id: String,
     last_heartbeat: Instant,
+    /// The grace in force when the agent last heard the period (at opening or its last
+    /// heartbeat): an agent told 5 s is not held to a 1 s period before it has heard of it.
+    allowance: Duration,
     /// Flipped to true when the session ends; every stream of the session watches it.
     closed: watch::Sender<bool>,
 }
@@ -26,8 +29,14 @@ impl Sessions {
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a session for `node_id`, ending any earlier session of the same node.
-    pub(super) fn open(&self, session_id: &str, node_id: &str) -> watch::Receiver<bool> {
+    /// Opens a session for `node_id`, ending any earlier session of the same node; `grace` is
+    /// the one in force now.
+    pub(super) fn open(
+        &self,
+        session_id: &str,
+        node_id: &str,
+        grace: Duration,
+    ) -> watch::Receiver<bool> {
         let mut sessions = self.lock();
         sessions.retain(|_, s| {
             let same_node = s.node_id == node_id;
@@ -42,6 +51,7 @@ impl Sessions {
             Session {
                 node_id: node_id.to_string(),
                 last_heartbeat: Instant::now(),
+                allowance: grace,
                 closed,
             },
         );
@@ -55,21 +65,24 @@ impl Sessions {
             .map(|s| (s.node_id.clone(), s.closed.subscribe()))
     }
 
-    pub(super) fn heartbeat(&self, session_id: &str) -> bool {
+    /// Records a heartbeat; the answer tells the agent the period behind `grace`.
+    pub(super) fn heartbeat(&self, session_id: &str, grace: Duration) -> bool {
         match self.lock().get_mut(session_id) {
             Some(s) => {
                 s.last_heartbeat = Instant::now();
+                s.allowance = grace;
                 true
             }
             None => false,
         }
     }
 
-    /// Ends and forgets the sessions whose last heartbeat is older than `grace`; returns their nodes.
+    /// Ends and forgets the sessions whose last heartbeat is older than `grace` (or than the
+    /// longer grace they last heard of); returns their nodes.
     fn expire(&self, grace: Duration) -> Vec<String> {
         let mut expired = Vec::new();
         self.lock().retain(|_, s| {
-            let alive = s.last_heartbeat.elapsed() <= grace;
+            let alive = s.last_heartbeat.elapsed() <= grace.max(s.allowance);
             if !alive {
                 s.closed.send_replace(true);
                 expired.push(s.node_id.clone());
@@ -176,6 +189,20 @@ pub(super) fn node_state(node: &Node) -> NodeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_is_held_to_the_period_it_was_told() {
+        let sessions = Sessions::default();
+        let _a = sessions.open("a", "n1", Duration::from_secs(60));
+        let _b = sessions.open("b", "n2", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(20));
+        // The period shrank: n1, told the long one, keeps it until its next heartbeat.
+        assert_eq!(sessions.expire(Duration::from_millis(5)), ["n2"]);
+        assert!(sessions.heartbeat("a", Duration::ZERO));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(sessions.expire(Duration::from_millis(5)), ["n1"]);
+        assert!(!sessions.has_node("n1"));
+    }
 
     #[test]
     fn a_new_leader_waits_for_agents_finding_it() {

@@ -1,6 +1,7 @@
 //! Containers of tasks: the create body built from a task's spec, and the container operations.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -19,7 +20,7 @@ use tracing::debug;
 
 use super::{container_error, engine_error, is_not_found};
 use crate::exec::{
-    ContainerInfo, ContainerListing, ExecError, LABEL_NODE_ID, LABEL_SERVICE_ID,
+    ContainerInfo, ContainerListing, ExecError, LABEL_NODE_ID, LABEL_SANDBOX, LABEL_SERVICE_ID,
     LABEL_SERVICE_NAME, LABEL_TASK_ID, LABEL_TASK_NAME, stop_grace, task_name,
 };
 
@@ -68,6 +69,7 @@ impl ContainerConfig {
         let grace_secs = i64::try_from(stop_grace(task).as_secs()).unwrap_or(i64::MAX);
         let mounts = container.mounts.iter().map(mount).collect::<Vec<_>>();
         let host_config = HostConfig {
+            // Set to the sandbox's network namespace by `in_sandbox`.
             network_mode: Some("none".to_owned()),
             nano_cpus: limits.map(|l| l.nano_cpus).filter(|n| *n > 0),
             memory: limits.map(|l| l.memory_bytes).filter(|n| *n > 0),
@@ -96,7 +98,64 @@ impl ContainerConfig {
             body,
         })
     }
+
+    /// Joins the network namespace of sandbox container `sandbox`, which also carries the hostname
+    /// and DNS settings (the engine refuses them on a container that joins another's network).
+    pub fn in_sandbox(mut self, sandbox: &str) -> Self {
+        self.body.hostname = None;
+        if let Some(host) = self.body.host_config.as_mut() {
+            host.network_mode = Some(format!("container:{sandbox}"));
+            host.dns = None;
+        }
+        self
+    }
+
+    /// The task's sandbox: its image, running only `pause` (bind-mounted from this node at
+    /// [`PAUSE_TARGET`]) with no network but the one meshd plugs in, the task's hostname and the
+    /// given DNS servers; named after the task with a `.sandbox` suffix and labelled as its
+    /// sandbox (not with the service's labels: a service's containers are its tasks').
+    pub fn sandbox(&self, pause: &Path, dns: &[String]) -> Self {
+        let mut labels = self.body.labels.clone().unwrap_or_default();
+        labels.retain(|key, _| {
+            [LABEL_TASK_ID, LABEL_TASK_NAME, LABEL_NODE_ID].contains(&key.as_str())
+        });
+        labels.insert(LABEL_SANDBOX.to_owned(), "true".to_owned());
+        let pause_mount = Mount {
+            typ: Some(MountType::BIND),
+            source: Some(pause.display().to_string()),
+            target: Some(PAUSE_TARGET.to_owned()),
+            read_only: Some(true),
+            ..Default::default()
+        };
+        let host_config = HostConfig {
+            network_mode: Some("none".to_owned()),
+            dns: (!dns.is_empty()).then(|| dns.to_vec()),
+            mounts: Some(vec![pause_mount]),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            entrypoint: Some(vec![PAUSE_TARGET.to_owned()]),
+            cmd: None,
+            hostname: self.body.hostname.clone(),
+            user: Some("0".to_owned()),
+            labels: Some(labels),
+            stop_timeout: Some(0),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        Self {
+            task_id: self.task_id.clone(),
+            name: format!("{}.sandbox", self.name),
+            image: self.image.clone(),
+            pull: self.pull,
+            body,
+        }
+    }
 }
+
+/// Where a sandbox's `pause` is mounted.
+pub const PAUSE_TARGET: &str = "/.mesh-pause";
 
 fn mount(m: &mesh_proto::Mount) -> Mount {
     let kind = mesh_proto::MountType::try_from(m.r#type).unwrap_or(mesh_proto::MountType::Bind);
@@ -260,11 +319,14 @@ pub(super) async fn list(docker: &Docker) -> Result<Vec<ContainerListing>, ExecE
     Ok(containers
         .into_iter()
         .filter_map(|c| {
-            let task_id = c.labels.as_ref()?.get(LABEL_TASK_ID)?.clone();
+            let labels = c.labels.as_ref()?;
+            let task_id = labels.get(LABEL_TASK_ID)?.clone();
+            let sandbox = labels.get(LABEL_SANDBOX).is_some_and(|v| v == "true");
             Some(ContainerListing {
                 id: c.id?,
                 task_id,
                 running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                sandbox,
             })
         })
         .collect())
@@ -356,6 +418,53 @@ mod tests {
             mounts[0].tmpfs_options.as_ref().and_then(|o| o.size_bytes),
             Some(1 << 20)
         );
+    }
+
+    #[test]
+    fn a_task_joins_its_sandbox_which_holds_its_network_settings() {
+        let mut t = task(2);
+        if let Some(c) = t.spec.as_mut().and_then(|s| s.container.as_mut()) {
+            c.hostname = "web-host".to_owned();
+        }
+        let config = ContainerConfig::from_task(&t).expect("valid task");
+        let dns = vec!["127.0.0.11".to_owned()];
+        let sandbox = config.sandbox(Path::new("/var/lib/mesh/mesh-pause"), &dns);
+        assert_eq!(sandbox.name, "web.2.t1.sandbox");
+        let body = &sandbox.body;
+        assert_eq!(body.image.as_deref(), Some("busybox"));
+        assert_eq!(
+            body.entrypoint.as_deref(),
+            Some(&[PAUSE_TARGET.to_owned()][..])
+        );
+        assert_eq!(body.hostname.as_deref(), Some("web-host"));
+        let labels = body.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(LABEL_SANDBOX).map(String::as_str), Some("true"));
+        assert_eq!(labels.get(LABEL_TASK_ID).map(String::as_str), Some("t1"));
+        assert!(
+            !labels.contains_key("team"),
+            "the task's own labels stay on the task"
+        );
+        assert!(
+            !labels.contains_key(LABEL_SERVICE_NAME),
+            "a service's containers are its tasks'"
+        );
+        let host = body.host_config.clone().unwrap_or_default();
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.dns, Some(dns));
+        let mounts = host.mounts.unwrap_or_default();
+        assert_eq!(
+            mounts[0].source.as_deref(),
+            Some("/var/lib/mesh/mesh-pause")
+        );
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(host.memory, None, "limits are the task's");
+
+        let joined = config.in_sandbox("sb1");
+        assert_eq!(joined.body.hostname, None);
+        let host = joined.body.host_config.unwrap_or_default();
+        assert_eq!(host.network_mode.as_deref(), Some("container:sb1"));
+        assert_eq!(host.dns, None);
+        assert_eq!(host.memory, Some(64 << 20));
     }
 
     #[test]

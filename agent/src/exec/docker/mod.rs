@@ -5,6 +5,9 @@ mod image;
 mod logs;
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -20,6 +23,9 @@ use super::{ContainerInfo, ContainerListing, ExecError, Executor, LogChunk, LogO
 /// Requests to the engine that do not stream give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `mesh-pause`, the process of every task's sandbox, built by `build.rs`.
+const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh-pause"));
+
 /// An executor backed by one Docker Engine.
 #[derive(Debug, Clone)]
 pub struct DockerExecutor {
@@ -27,6 +33,8 @@ pub struct DockerExecutor {
     hostname: Option<String>,
     /// Nameservers written into containers' `resolv.conf` (the embedded DNS), when set.
     dns: Vec<String>,
+    /// Where this node keeps `mesh-pause` for sandboxes to mount.
+    pause: Option<PathBuf>,
 }
 
 impl DockerExecutor {
@@ -49,7 +57,28 @@ impl DockerExecutor {
             docker,
             hostname,
             dns: Vec::new(),
+            pause: None,
         })
+    }
+
+    /// Writes `mesh-pause` into `dir` (replacing what was there, atomically) for sandboxes to
+    /// run; an executor without it cannot make sandboxes.
+    pub fn with_sandboxes_from(mut self, dir: &Path) -> Result<Self, ExecError> {
+        let path = dir.join("mesh-pause");
+        let local = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |source| ExecError::Local { what, source }
+        };
+        std::fs::create_dir_all(dir).map_err(local("cannot create the directory of"))?;
+        let partial = dir.join(".mesh-pause.partial");
+        let mut file = std::fs::File::create(&partial).map_err(local("cannot write"))?;
+        file.write_all(PAUSE).map_err(local("cannot write"))?;
+        file.sync_all().map_err(local("cannot write"))?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+            .map_err(local("cannot make executable"))?;
+        std::fs::rename(&partial, &path).map_err(local("cannot write"))?;
+        self.pause = Some(path);
+        Ok(self)
     }
 
     /// Points containers' `resolv.conf` at `servers` (the embedded DNS at 127.0.0.11).
@@ -91,15 +120,30 @@ impl Executor for DockerExecutor {
         self.describe_node().boxed()
     }
 
-    fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>> {
+    fn prepare_sandbox<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>> {
         async move {
-            let mut spec = container::ContainerConfig::from_task(task)?;
-            if !self.dns.is_empty()
-                && let Some(host) = spec.body.host_config.as_mut()
-            {
-                host.dns = Some(self.dns.clone());
-            }
+            let spec = container::ContainerConfig::from_task(task)?;
+            let pause = self.pause.as_deref().ok_or_else(|| ExecError::Engine {
+                op: "create sandbox",
+                message: "this node has no pause program for sandboxes".to_owned(),
+            })?;
             image::ensure(&self.docker, &spec.image, spec.pull).await?;
+            let id = container::create(&self.docker, &spec.sandbox(pause, &self.dns)).await?;
+            if !container::inspect(&self.docker, &id).await?.running {
+                container::start(&self.docker, &id).await?;
+            }
+            Ok(id)
+        }
+        .boxed()
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        task: &'a Task,
+        sandbox: &'a str,
+    ) -> BoxFuture<'a, Result<String, ExecError>> {
+        async move {
+            let spec = container::ContainerConfig::from_task(task)?.in_sandbox(sandbox);
             container::create(&self.docker, &spec).await
         }
         .boxed()
