@@ -71,13 +71,15 @@ pub fn slot_key(task: &Task) -> SlotKey {
 }
 
 /// The tasks grouped by slot, each group oldest first.
-pub fn group_by_slot(tasks: Vec<Task>) -> BTreeMap<SlotKey, Vec<Task>> {
-    let mut slots: BTreeMap<SlotKey, Vec<Task>> = BTreeMap::new();
+pub fn group_by_slot<'a>(
+    tasks: impl IntoIterator<Item = &'a Task>,
+) -> BTreeMap<SlotKey, Vec<&'a Task>> {
+    let mut slots: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
     for task in tasks {
-        slots.entry(slot_key(&task)).or_default().push(task);
+        slots.entry(slot_key(task)).or_default().push(task);
     }
     for group in slots.values_mut() {
-        group.sort_by_key(created_at);
+        group.sort_by_key(|t| created_at(t));
     }
     slots
 }
