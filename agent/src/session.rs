@@ -148,7 +148,7 @@ async fn session(
     let session_id = first.session_id.clone();
     learn_managers(config, &first);
     let period = Duration::from_nanos(first.heartbeat_period_ns.max(100_000_000) as u64);
-    tracing::info!(manager = %addr, session.id = %session_id, "session established");
+    tracing::info!(manager = %addr, "session established");
 
     let mut assignments = client
         .assignments(AssignmentsRequest {

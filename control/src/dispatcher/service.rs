@@ -208,7 +208,7 @@ impl Dispatcher for DispatcherService {
             .map_err(crate::api::status)?;
         let session_id = new_id();
         let closed = self.inner.sessions.open(&session_id, &req.node_id);
-        tracing::info!(node.id = %req.node_id, session.id = %session_id, "agent session opened");
+        tracing::info!(node.id = %req.node_id, "agent session opened");
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(session_messages(
             self.inner.clone(),
