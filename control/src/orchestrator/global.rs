@@ -159,7 +159,7 @@ impl Reconcile for GlobalOrchestrator {
                 }
             }
         } else if let Some(task) = event.as_a::<Task>() {
-            if task.slot == 0 {
+            if task.slot == 0 && task::plan_changed(event.old_as::<Task>(), task) {
                 self.dirty.insert(task.service_id.clone());
             }
         } else if event.as_a::<Node>().is_some() {

@@ -201,7 +201,7 @@ impl Reconcile for ReplicatedOrchestrator {
                 }
             }
         } else if let Some(task) = event.as_a::<Task>() {
-            if task.slot != 0 {
+            if task.slot != 0 && task::plan_changed(event.old_as::<Task>(), task) {
                 self.dirty.insert(task.service_id.clone());
             }
         } else if let Some(node) = event.as_a::<Node>() {

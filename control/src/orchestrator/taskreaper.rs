@@ -118,7 +118,17 @@ impl Reconcile for TaskReaper {
 
     fn observe(&mut self, event: &Event) {
         if let Some(task) = event.as_a::<Task>() {
-            if !event.is_delete() {
+            // A live task on its way to running can make nothing prunable or removable; a new
+            // task can (one more in its slot), as can any change of a task no longer wanted.
+            let relevant = match event.old_as::<Task>() {
+                None => true,
+                Some(old) => {
+                    !task::is_live(task)
+                        || task::is_terminal(task::state(task))
+                        || task::desired(old) != task::desired(task)
+                }
+            };
+            if !event.is_delete() && relevant {
                 self.dirty
                     .entry(task.service_id.clone())
                     .or_default()
