@@ -219,7 +219,7 @@ impl Control for Api {
         let context = self.context(&r)?;
         context
             .store
-            .view(|tx| tx.list::<Cluster>().into_iter().next())
+            .view_promptly(|tx| tx.list::<Cluster>().into_iter().next())
             .map(|mut cluster| {
                 // The CA's key and the gossip keys never leave the store through the API.
                 if let Some(root) = cluster.root_ca.as_mut() {

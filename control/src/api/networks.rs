@@ -123,13 +123,13 @@ pub(super) async fn create(
 pub(super) fn get(context: &ManagerContext, req: GetNetworkRequest) -> Result<Network, Status> {
     context
         .store
-        .view(|tx| resolve::network(tx, &req.reference))
+        .view_promptly(|tx| resolve::network(tx, &req.reference))
         .map_err(status)
 }
 
 pub(super) fn list(context: &ManagerContext) -> ListNetworksResponse {
     ListNetworksResponse {
-        networks: context.store.view(|tx| tx.list::<Network>()),
+        networks: context.store.view_promptly(|tx| tx.list::<Network>()),
     }
 }
 

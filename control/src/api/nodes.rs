@@ -32,7 +32,7 @@ fn with_manager_status(context: &ManagerContext, mut node: Node) -> Node {
 pub(super) fn get(context: &ManagerContext, req: GetNodeRequest) -> Result<Node, Status> {
     context
         .store
-        .view(|tx| resolve::node(tx, &req.reference))
+        .view_promptly(|tx| resolve::node(tx, &req.reference))
         .map(|node| with_manager_status(context, node))
         .map_err(status)
 }
@@ -42,7 +42,7 @@ pub(super) fn list(context: &ManagerContext) -> ListNodesResponse {
     ListNodesResponse {
         nodes: context
             .store
-            .view(|tx| tx.list::<Node>())
+            .view_promptly(|tx| tx.list::<Node>())
             .into_iter()
             .map(|node| with_manager_status(context, node))
             .collect(),

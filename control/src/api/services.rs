@@ -17,7 +17,7 @@ use crate::store::{Kind, Read, StoreError, WriteTx, new_id};
 pub(super) fn get(context: &ManagerContext, req: GetServiceRequest) -> Result<Service, Status> {
     context
         .store
-        .view(|tx| resolve::service(tx, &req.reference))
+        .view_promptly(|tx| resolve::service(tx, &req.reference))
         .map_err(status)
 }
 
@@ -156,7 +156,7 @@ pub(super) async fn remove(
 /// The services with, for each, its tasks running and wanted. One pass over the tasks, reading
 /// them in place: the view stays short however many tasks there are.
 pub(super) fn list(context: &ManagerContext) -> ListServicesResponse {
-    context.store.view(|tx| {
+    context.store.view_promptly(|tx| {
         // Per service: (tasks wanted running, of which running).
         let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
         for task in tx.iter::<Task>() {
@@ -192,7 +192,7 @@ pub(super) fn list(context: &ManagerContext) -> ListServicesResponse {
 }
 
 pub(super) fn list_tasks(context: &ManagerContext, req: ListTasksRequest) -> ListTasksResponse {
-    let tasks = context.store.view(|tx| {
+    let tasks = context.store.view_promptly(|tx| {
         tx.find::<Task>(|t| {
             (req.service_ids.is_empty() || req.service_ids.contains(&t.service_id))
                 && (req.node_ids.is_empty() || req.node_ids.contains(&t.node_id))
@@ -208,7 +208,7 @@ pub(super) fn logs(
 ) -> Result<Stream<LogMessage>, Status> {
     let tasks = context
         .store
-        .view(|tx| -> Result<Vec<Task>, StoreError> {
+        .view_promptly(|tx| -> Result<Vec<Task>, StoreError> {
             match resolve::service(tx, &req.reference) {
                 Ok(service) => Ok(tx.find::<Task>(|t| t.service_id == service.id)),
                 Err(StoreError::NotFound { .. }) => resolve::task(tx, &req.reference)

@@ -2,6 +2,7 @@
 //! in place by the restart policy, removed from nodes that stop being eligible.
 
 use mesh_proto::{Node, NodeAvailability, Service, Task, TaskState};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -60,7 +61,7 @@ pub fn plan_service(
     let by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     let mut plan = Plan::default();
     let slots = task::group_by_slot(tasks);
-    let mut current: Vec<(SlotKey, Task, &[&Task])> = Vec::new();
+    let mut current: Vec<(SlotKey, Cow<'_, Task>, &[&Task])> = Vec::new();
     let mut served: BTreeSet<&str> = BTreeSet::new();
     for (key, group) in &slots {
         let live: Vec<&Task> = group.iter().copied().filter(|t| task::is_live(t)).collect();

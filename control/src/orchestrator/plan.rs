@@ -8,6 +8,7 @@
 
 use futures::future::join_all;
 use mesh_proto::{Service, Task, TaskState};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use tokio::time::Instant;
 
@@ -92,22 +93,23 @@ impl Plan {
     }
 
     /// Restarts `task` (whose slot's tasks are `group`) if it needs it and its policy allows;
-    /// returns the slot's live task afterwards: the replacement, or `task` itself.
-    pub fn restart_if_needed(
+    /// returns the slot's live task afterwards: the replacement, or `task` itself (borrowed: a
+    /// pass over a hundred thousand slots copies none of them).
+    pub fn restart_if_needed<'t>(
         &mut self,
         service: &Service,
-        task: &Task,
+        task: &'t Task,
         group: &[&Task],
         node_down: bool,
         history: &RestartHistory,
         now: i64,
-    ) -> Task {
+    ) -> Cow<'t, Task> {
         if !restart::needs_restart(task, node_down) {
-            return task.clone();
+            return Cow::Borrowed(task);
         }
         if self.is_full() {
             self.truncated = true;
-            return task.clone();
+            return Cow::Borrowed(task);
         }
         if let Some((old, new)) =
             restart::plan_restart(service, task, group, node_down, history, now)
@@ -117,17 +119,25 @@ impl Plan {
                 create: Some(new.clone()),
                 restart: Some((task::slot_key(task), task.spec_version)),
             });
-            return new;
+            return Cow::Owned(new);
         }
-        task.clone()
+        Cow::Borrowed(task)
     }
 
     /// Moves a rolling update on by one slot, if it may progress. `slots` holds each slot's key,
     /// live task and history.
-    pub fn advance_update(&mut self, service: &Service, slots: &[(SlotKey, Task, &[&Task])]) {
+    pub fn advance_update(
+        &mut self,
+        service: &Service,
+        slots: &[(SlotKey, Cow<'_, Task>, &[&Task])],
+    ) {
         let views: Vec<SlotView<'_>> = slots
             .iter()
-            .map(|(key, live, history)| SlotView { key, live, history })
+            .map(|(key, live, history)| SlotView {
+                key,
+                live: live.as_ref(),
+                history,
+            })
             .collect();
         if let Some(view) = update::next_slot(service.spec_version, &views)
             .and_then(|key| views.iter().find(|v| v.key == key))

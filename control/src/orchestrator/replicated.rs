@@ -2,6 +2,7 @@
 //! restarting (with the restart policy, also when a task's node goes down) and rolling updates.
 
 use mesh_proto::{Node, Service, Task, TaskState};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -15,10 +16,10 @@ use crate::store::{Event, Read, ReadTx, Store};
 
 /// A slot holding a live task, as scaling sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveSlot {
+pub struct LiveSlot<'a> {
     pub slot: u64,
     /// The node of its task, once assigned.
-    pub node_id: Option<String>,
+    pub node_id: Option<&'a str>,
     /// Whether its task is observed RUNNING.
     pub running: bool,
 }
@@ -29,15 +30,15 @@ pub struct LiveSlot {
 /// Scaling down keeps SwarmKit's preference: first unassigned tasks, then tasks on the nodes that
 /// run the most tasks of the service, non-running tasks before running ones, higher slots first.
 /// Scaling up fills the lowest free slot numbers.
-pub fn scale(live: &[LiveSlot], replicas: u64, limit: usize) -> (Vec<u64>, Vec<u64>) {
+pub fn scale(live: &[LiveSlot<'_>], replicas: u64, limit: usize) -> (Vec<u64>, Vec<u64>) {
     let count = live.len() as u64;
     if count > replicas {
-        let mut order: Vec<&LiveSlot> = live.iter().collect();
+        let mut order: Vec<&LiveSlot<'_>> = live.iter().collect();
         order.sort_by_key(|s| (!s.running, s.slot));
         let mut per_node: HashMap<&str, usize> = HashMap::new();
-        let mut ranked: Vec<(usize, &LiveSlot)> = order
+        let mut ranked: Vec<(usize, &LiveSlot<'_>)> = order
             .into_iter()
-            .map(|s| match s.node_id.as_deref() {
+            .map(|s| match s.node_id {
                 Some(node) => {
                     let n = per_node.entry(node).or_default();
                     *n += 1;
@@ -94,11 +95,11 @@ pub fn plan_service(
             plan.set_desired(task, TaskState::Shutdown);
         }
     }
-    let live_slots: Vec<LiveSlot> = live
+    let live_slots: Vec<LiveSlot<'_>> = live
         .iter()
         .map(|(slot, t)| LiveSlot {
             slot: *slot,
-            node_id: (!t.node_id.is_empty()).then(|| t.node_id.clone()),
+            node_id: (!t.node_id.is_empty()).then_some(t.node_id.as_str()),
             running: task::state(t) == TaskState::Running,
         })
         .collect();
@@ -110,7 +111,7 @@ pub fn plan_service(
     }
 
     // Restarts, then the rolling update over the slots that stay.
-    let mut current: Vec<(SlotKey, Task, &[&Task])> = Vec::new();
+    let mut current: Vec<(SlotKey, Cow<'_, Task>, &[&Task])> = Vec::new();
     for (key, group) in &slots {
         let SlotKey::Replica(slot) = key else {
             continue;
@@ -240,10 +241,10 @@ impl Reconcile for ReplicatedOrchestrator {
 mod tests {
     use super::*;
 
-    fn slot(slot: u64, node: Option<&str>, running: bool) -> LiveSlot {
+    fn slot(slot: u64, node: Option<&str>, running: bool) -> LiveSlot<'_> {
         LiveSlot {
             slot,
-            node_id: node.map(str::to_string),
+            node_id: node,
             running,
         }
     }
@@ -251,7 +252,13 @@ mod tests {
     #[test]
     fn scale_plans() {
         // (name, live slots, replicas, slots to shut down, slots to create)
-        type Case = (&'static str, Vec<LiveSlot>, u64, Vec<u64>, Vec<u64>);
+        type Case = (
+            &'static str,
+            Vec<LiveSlot<'static>>,
+            u64,
+            Vec<u64>,
+            Vec<u64>,
+        );
         let cases: Vec<Case> = vec![
             ("create from nothing", vec![], 3, vec![], vec![1, 2, 3]),
             ("steady", vec![slot(1, None, false)], 1, vec![], vec![]),

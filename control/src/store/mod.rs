@@ -97,6 +97,11 @@ impl Store {
         self.memory.view(f)
     }
 
+    /// A short read that does not queue behind waiting writers ([`MemoryStore::view_promptly`]).
+    pub fn view_promptly<T>(&self, f: impl FnOnce(&ReadTx<'_>) -> T) -> T {
+        self.memory.view_promptly(f)
+    }
+
     /// Runs `f` against the current state and proposes what it wrote as one transaction. A
     /// transaction that encodes to more than [`MAX_TX_BYTES`] is refused unproposed: no write,
     /// whatever made it, becomes a giant Raft entry.
