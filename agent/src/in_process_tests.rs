@@ -335,3 +335,102 @@ async fn bad_input_changes_nothing() {
     assert_eq!(listed.services.len(), 1, "only the valid service exists");
     daemon.shutdown().await;
 }
+
+/// Everything the control API shows of the store, to compare before and after a refused request.
+async fn everything(api: &Api) -> String {
+    let services = api
+        .list_services(local(ListServicesRequest {}))
+        .await
+        .expect("list services")
+        .into_inner();
+    let networks = api
+        .list_networks(local(mesh_proto::ListNetworksRequest {}))
+        .await
+        .expect("list networks")
+        .into_inner();
+    let nodes = api
+        .list_nodes(local(mesh_proto::ListNodesRequest {}))
+        .await
+        .expect("list nodes")
+        .into_inner();
+    let specs: Vec<_> = nodes.nodes.iter().map(|n| (&n.id, &n.spec)).collect();
+    // Maps in key order, so that equal contents print alike.
+    let running: std::collections::BTreeMap<_, _> = services.running_tasks.iter().collect();
+    let desired: std::collections::BTreeMap<_, _> = services.desired_tasks.iter().collect();
+    format!(
+        "{:?}\n{running:?}\n{desired:?}\n{:?}\n{networks:?}\n{specs:?}",
+        services.services,
+        tasks(api).await
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_million_replicas_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeExecutor::new());
+    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone());
+    daemon
+        .init(InitRequest {
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("swarm init");
+    let api = daemon.api().clone();
+    api.create_service(local(CreateServiceRequest {
+        spec: Some(spec("web", 1)),
+    }))
+    .await
+    .expect("create");
+    eventually("the replica runs", || async {
+        running(&api, "web").await == 1
+    })
+    .await;
+    let before = everything(&api).await;
+
+    let message = "replicas 100000000 is above the limit of 100000 per service";
+    let started = std::time::Instant::now();
+    let err = api
+        .create_service(local(CreateServiceRequest {
+            spec: Some(spec("huge", 100_000_000)),
+        }))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), message);
+    let web = api
+        .get_service(local(GetServiceRequest {
+            reference: "web".into(),
+        }))
+        .await
+        .expect("get")
+        .into_inner();
+    let err = api
+        .update_service(local(UpdateServiceRequest {
+            service_id: web.id.clone(),
+            version: web.meta.and_then(|m| m.version),
+            spec: Some(spec("web", 100_000_000)),
+        }))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), message);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after trying: {:?}",
+        started.elapsed()
+    );
+
+    // Nothing changed, and the manager still answers and still works.
+    assert_eq!(everything(&api).await, before);
+    api.create_service(local(CreateServiceRequest {
+        spec: Some(spec("after", 2)),
+    }))
+    .await
+    .expect("a legal create still works");
+    eventually("its replicas run", || async {
+        running(&api, "after").await == 2
+    })
+    .await;
+    daemon.shutdown().await;
+}

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api_load;
 mod converge;
 mod failover;
 mod gossip;
@@ -28,6 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The control API's p99 latency while the manager schedules 100,000 replicas, beside idle,
+    /// and the manager's memory per task.
+    ApiLoad {
+        /// Benchmark a release build of meshd (builds it first).
+        #[arg(long)]
+        release: bool,
+    },
     /// Time `service create --replicas 10` to all running, then scale 10→30.
     Converge {
         /// Benchmark a release build of meshd (builds it first).
@@ -80,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
     match cli.which {
+        Bench::ApiLoad { release } => api_load::api_load(release).await,
         Bench::Converge { release } => converge::converge(release).await,
         Bench::Failover { release } => failover::failover(release).await,
         Bench::Overlay { release } => overlay::overlay(release).await,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod ca;
 pub mod dispatcher;
 pub mod keymanager;
+pub mod limits;
 pub mod manager;
 pub mod membership;
 pub mod orchestrator;

@@ -4,6 +4,8 @@
 //! asking task shares with the service, and forwarding everything else to the node's resolvers.
 
 mod directory;
+mod forward;
+mod limit;
 mod server;
 #[cfg(test)]
 mod tests;

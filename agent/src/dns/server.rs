@@ -1,11 +1,10 @@
 //! One resolver per task sandbox at 127.0.0.11:53 (UDP), its socket created inside the sandbox's
 //! network namespace: service names from the [`Directory`], everything else forwarded to the
-//! node's own resolvers.
+//! node's own resolvers by the node's one [`Forwarder`].
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::A;
@@ -15,14 +14,13 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::directory::{Directory, Resolution};
+use super::forward::{ForwardLimits, Forwarder};
 use crate::netlink::{NetlinkError, Netns, bind_udp};
 
 /// Where Docker's embedded DNS listens, and where tasks' `resolv.conf` points.
 pub const RESOLVER_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 /// TTL of the answers for service names: short, as they change with the tasks.
 const TTL: u32 = 5;
-/// How long a forwarded query waits for the node's resolver.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The node's resolvers, from its `resolv.conf` (loopback ones excluded: they would not be
 /// reachable the same way).
@@ -42,7 +40,7 @@ pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
 /// The embedded DNS of this node: a shared directory and one server per sandbox.
 pub struct Dns {
     directory: Arc<RwLock<Directory>>,
-    upstreams: Arc<Vec<SocketAddr>>,
+    forwarder: Arc<Forwarder>,
     servers: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
@@ -50,7 +48,7 @@ impl Dns {
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
         Self {
             directory: Arc::new(RwLock::new(Directory::default())),
-            upstreams: Arc::new(upstreams),
+            forwarder: Arc::new(Forwarder::new(upstreams, ForwardLimits::default())),
             servers: Mutex::new(HashMap::new()),
         }
     }
@@ -71,9 +69,10 @@ impl Dns {
             UdpSocket::from_std(socket).map_err(|e| NetlinkError::io("serve dns", sandbox, e))?;
         let server = Server {
             socket,
+            sandbox: Arc::from(task_id),
             networks,
             directory: self.directory.clone(),
-            upstreams: self.upstreams.clone(),
+            forwarder: self.forwarder.clone(),
         };
         let task = tokio::spawn(server.run());
         if let Some(old) = self.servers.lock().await.insert(task_id.to_owned(), task) {
@@ -97,15 +96,18 @@ impl Dns {
     }
 }
 
-struct Server {
-    socket: UdpSocket,
-    networks: Vec<String>,
-    directory: Arc<RwLock<Directory>>,
-    upstreams: Arc<Vec<SocketAddr>>,
+/// The resolver of one sandbox.
+pub(super) struct Server {
+    pub(super) socket: UdpSocket,
+    /// The sandbox's task id: with the asker's address, the source its rate is kept for.
+    pub(super) sandbox: Arc<str>,
+    pub(super) networks: Vec<String>,
+    pub(super) directory: Arc<RwLock<Directory>>,
+    pub(super) forwarder: Arc<Forwarder>,
 }
 
 impl Server {
-    async fn run(self) {
+    pub(super) async fn run(self) {
         let socket = Arc::new(self.socket);
         let mut buf = vec![0u8; 4096];
         loop {
@@ -125,18 +127,28 @@ impl Server {
                 Answer::Reply(bytes) => {
                     let _ = socket.send_to(&bytes, from).await;
                 }
-                Answer::Forward => {
-                    let socket = socket.clone();
-                    let upstreams = self.upstreams.clone();
-                    let query = query.to_vec();
-                    tokio::spawn(async move {
-                        if let Some(bytes) = forward(&upstreams, &query).await {
-                            let _ = socket.send_to(&bytes, from).await;
-                        } else if let Some(bytes) = failure(&query) {
+                Answer::Forward => match self.forwarder.admit(&self.sandbox, from.ip()) {
+                    Ok(permit) => {
+                        let socket = socket.clone();
+                        let forwarder = self.forwarder.clone();
+                        let query = query.to_vec();
+                        tokio::spawn(async move {
+                            let reply = match forwarder.forward(&query).await {
+                                Some(reply) => Some(reply),
+                                None => error_reply(&query, ResponseCode::ServFail),
+                            };
+                            drop(permit);
+                            if let Some(bytes) = reply {
+                                let _ = socket.send_to(&bytes, from).await;
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        if let Some(bytes) = error_reply(query, ResponseCode::Refused) {
                             let _ = socket.send_to(&bytes, from).await;
                         }
-                    });
-                }
+                    }
+                },
                 Answer::Drop => {}
             }
         }
@@ -193,37 +205,11 @@ pub(super) fn answer(directory: &Directory, networks: &[String], query: &[u8]) -
     }
 }
 
-/// SERVFAIL for a query no upstream answered.
-fn failure(query: &[u8]) -> Option<Vec<u8>> {
+/// An error answer to `query`: SERVFAIL when no upstream answered, REFUSED when it was not
+/// forwarded.
+pub(super) fn error_reply(query: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
-    let mut response = Message::error_msg(
-        request.metadata.id,
-        request.metadata.op_code,
-        ResponseCode::ServFail,
-    );
+    let mut response = Message::error_msg(request.metadata.id, request.metadata.op_code, code);
     response.queries = request.queries;
     response.to_vec().ok()
-}
-
-/// Relays a query to the node's resolvers in turn; the first answer wins.
-async fn forward(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
-    for upstream in upstreams {
-        let bind: SocketAddr = if upstream.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let Ok(socket) = UdpSocket::bind(bind).await else {
-            continue;
-        };
-        if socket.send_to(query, upstream).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        if let Ok(Ok(len)) = tokio::time::timeout(FORWARD_TIMEOUT, socket.recv(&mut buf)).await {
-            buf.truncate(len);
-            return Some(buf);
-        }
-    }
-    None
 }

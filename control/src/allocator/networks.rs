@@ -193,8 +193,10 @@ fn set_status(
     tx.update(task)
 }
 
-/// Attaches queued NEW tasks to their networks and moves them to PENDING. Tasks waiting for a
-/// network stay queued; everything else leaves the queue once written.
+/// Attaches queued NEW tasks to their networks and moves them to PENDING, oldest first, until the
+/// transaction holds a batch. Tasks waiting for a network stay queued, and so do those left for
+/// the next pass (which this pass's commit triggers); everything else leaves the queue once
+/// written.
 pub(super) async fn allocate_tasks(
     store: &Store,
     pools: &mut Pools,
@@ -205,15 +207,21 @@ pub(super) async fn allocate_tasks(
         .update(|tx| {
             let networks = tx.list::<Network>();
             let mut done = Vec::new();
-            let mut tasks = Vec::new();
-            for id in ids {
-                match tx.get::<Task>(&id).filter(is_new) {
-                    Some(task) => tasks.push(task),
-                    None => done.push(id),
+            let mut order = Vec::new();
+            for id in &ids {
+                match tx.peek::<Task>(id).filter(|t| is_new(t)) {
+                    Some(task) => order.push((written_at(task.meta.as_ref()), id)),
+                    None => done.push(id.clone()),
                 }
             }
-            tasks.sort_by_key(|t| (written_at(t.meta.as_ref()), t.id.clone()));
-            for mut task in tasks {
+            order.sort();
+            for (_, id) in order {
+                if tx.is_full() {
+                    break;
+                }
+                let Some(mut task) = tx.get::<Task>(id) else {
+                    continue;
+                };
                 let id = task.id.clone();
                 let service = tx.get::<Service>(&task.service_id);
                 match attach(pools, &networks, service.as_ref(), &task) {

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::limits::LimitError;
 use crate::store::StoreError;
 
 /// Metadata key carrying the leader's address on a "not the leader" error.
@@ -13,7 +14,7 @@ pub fn status(err: StoreError) -> Status {
         StoreError::NotFound { .. } => Status::not_found(message),
         StoreError::AlreadyExists { .. } => Status::already_exists(message),
         StoreError::Conflict { .. } => Status::aborted(message),
-        StoreError::InvalidArgument(_) => Status::invalid_argument(message),
+        StoreError::InvalidArgument(_) | StoreError::Limit(_) => Status::invalid_argument(message),
         StoreError::NotLeader { leader } => {
             let mut status = Status::new(Code::Unavailable, message);
             if let Some(leader) = leader.and_then(|l| l.parse().ok()) {
@@ -24,6 +25,11 @@ pub fn status(err: StoreError) -> Status {
         StoreError::NoQuorum | StoreError::Shutdown => Status::unavailable(message),
         StoreError::Raft(_) => Status::internal(message),
     }
+}
+
+/// A request beyond one of the [limits](crate::limits).
+pub fn limit(err: LimitError) -> Status {
+    Status::invalid_argument(err.to_string())
 }
 
 pub fn not_a_manager() -> Status {

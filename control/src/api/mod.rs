@@ -12,7 +12,7 @@ mod resolve;
 mod services;
 mod validate;
 
-pub use error::{LEADER_METADATA, not_a_manager, status};
+pub use error::{LEADER_METADATA, limit, not_a_manager, status};
 pub use node_ca::{DEFAULT_CERT_EXPIRY, NodeCaService, cert_validity, trusted_roots_pem};
 pub use validate::{service_name as validate_service_name, service_spec as validate_service_spec};
 
@@ -118,8 +118,12 @@ macro_rules! forward {
 }
 
 impl Api {
+    /// The service, refusing requests larger than [`MAX_REQUEST_BYTES`] before they are decoded.
+    /// Replies are not capped here: a listing of many tasks is as large as it is.
+    ///
+    /// [`MAX_REQUEST_BYTES`]: crate::limits::MAX_REQUEST_BYTES
     pub fn grpc_service(&self) -> ControlServer<Api> {
-        ControlServer::new(self.clone())
+        ControlServer::new(self.clone()).max_decoding_message_size(crate::limits::MAX_REQUEST_BYTES)
     }
 }
 
@@ -220,7 +224,7 @@ impl Control for Api {
         let context = self.context(&r)?;
         context
             .store
-            .view(|tx| tx.list::<Cluster>().into_iter().next())
+            .view_promptly(|tx| tx.list::<Cluster>().into_iter().next())
             .map(|mut cluster| {
                 // The CA's key and the gossip keys never leave the store through the API.
                 if let Some(root) = cluster.root_ca.as_mut() {

@@ -16,9 +16,10 @@ use crate::store::{Kind, Read, StoreError, new_id};
 pub const OVERLAY: &str = "overlay";
 
 fn validate(spec: &NetworkSpec) -> Result<(), String> {
+    crate::limits::network(spec).map_err(|e| e.to_string())?;
     let name = spec.annotations.as_ref().map_or("", |a| a.name.as_str());
     let valid_name = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= crate::limits::MAX_NETWORK_NAME
         && name
             .chars()
             .next()
@@ -122,13 +123,13 @@ pub(super) async fn create(
 pub(super) fn get(context: &ManagerContext, req: GetNetworkRequest) -> Result<Network, Status> {
     context
         .store
-        .view(|tx| resolve::network(tx, &req.reference))
+        .view_promptly(|tx| resolve::network(tx, &req.reference))
         .map_err(status)
 }
 
 pub(super) fn list(context: &ManagerContext) -> ListNetworksResponse {
     ListNetworksResponse {
-        networks: context.store.view(|tx| tx.list::<Network>()),
+        networks: context.store.view_promptly(|tx| tx.list::<Network>()),
     }
 }
 

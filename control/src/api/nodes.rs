@@ -6,7 +6,8 @@ use mesh_proto::{
 };
 use tonic::Status;
 
-use super::{ManagerContext, resolve, status};
+use super::{ManagerContext, limit, resolve, status};
+use crate::limits::BATCH_WRITES;
 use crate::store::{Kind, Read, StoreError, now_nanos};
 
 /// Fills in a manager's live standing: whether it leads now (from Raft) and whether it is
@@ -31,7 +32,7 @@ fn with_manager_status(context: &ManagerContext, mut node: Node) -> Node {
 pub(super) fn get(context: &ManagerContext, req: GetNodeRequest) -> Result<Node, Status> {
     context
         .store
-        .view(|tx| resolve::node(tx, &req.reference))
+        .view_promptly(|tx| resolve::node(tx, &req.reference))
         .map(|node| with_manager_status(context, node))
         .map_err(status)
 }
@@ -41,7 +42,7 @@ pub(super) fn list(context: &ManagerContext) -> ListNodesResponse {
     ListNodesResponse {
         nodes: context
             .store
-            .view(|tx| tx.list::<Node>())
+            .view_promptly(|tx| tx.list::<Node>())
             .into_iter()
             .map(|node| with_manager_status(context, node))
             .collect(),
@@ -72,6 +73,7 @@ pub(super) async fn update(
             "node label keys must not be empty",
         ));
     }
+    crate::limits::node(&spec).map_err(limit)?;
     let id = req.node_id.clone();
     context
         .store
@@ -110,7 +112,15 @@ pub(super) async fn update(
     get(context, GetNodeRequest { reference: id })
 }
 
+/// Removes a node. Its tasks are orphaned a batch per transaction, so that a node holding many
+/// tasks never makes one giant write; the last transaction orphans the rest and removes the node.
 pub(super) async fn remove(context: &ManagerContext, req: RemoveNodeRequest) -> Result<(), Status> {
+    while !remove_batch(context, &req).await? {}
+    Ok(())
+}
+
+/// One transaction of [`remove`]; true once the node is gone.
+async fn remove_batch(context: &ManagerContext, req: &RemoveNodeRequest) -> Result<bool, Status> {
     context
         .store
         .update_retrying(|tx| {
@@ -132,9 +142,16 @@ pub(super) async fn remove(context: &ManagerContext, req: RemoveNodeRequest) -> 
                 )));
             }
             // Its tasks are orphaned: the orchestrators replace them elsewhere.
-            for mut task in tx.find::<Task>(|t| {
-                t.node_id == node.id && t.desired_state <= TaskState::Running as i32
-            }) {
+            let tasks: Vec<Task> = tx
+                .iter::<Task>()
+                .filter(|t| t.node_id == node.id && t.desired_state <= TaskState::Running as i32)
+                .take(BATCH_WRITES)
+                .cloned()
+                .collect();
+            for mut task in tasks {
+                if tx.is_full() {
+                    return Ok(false);
+                }
                 let state = task.status.get_or_insert_with(Default::default);
                 if state.state <= TaskState::Running as i32 {
                     state.state = TaskState::Orphaned as i32;
@@ -144,12 +161,16 @@ pub(super) async fn remove(context: &ManagerContext, req: RemoveNodeRequest) -> 
                 task.desired_state = TaskState::Shutdown as i32;
                 tx.update(task)?;
             }
+            if tx.is_full() {
+                return Ok(false);
+            }
             // Its certificate is refused from now on.
             if let Some(mut cluster) = tx.list::<Cluster>().into_iter().next() {
                 cluster.removed_nodes.push(node.id.clone());
                 tx.update(cluster)?;
             }
-            tx.delete::<Node>(&node.id)
+            tx.delete::<Node>(&node.id)?;
+            Ok(true)
         })
         .await
         .map_err(status)

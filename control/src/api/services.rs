@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use mesh_proto::{
     CreateServiceRequest, Endpoint, EndpointSpec, GetServiceRequest, ListServicesResponse,
-    ListTasksRequest, ListTasksResponse, LogMessage, RemoveServiceRequest, Service,
+    ListTasksRequest, ListTasksResponse, LogMessage, Node, RemoveServiceRequest, Service,
     ServiceLogsRequest, ServiceSpec, Task, TaskState, UpdateServiceRequest, service_spec::Mode,
 };
 use std::collections::HashMap;
@@ -11,12 +11,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{ManagerContext, Stream, ports, resolve, status, validate};
+use crate::limits;
 use crate::store::{Kind, Read, StoreError, WriteTx, new_id};
 
 pub(super) fn get(context: &ManagerContext, req: GetServiceRequest) -> Result<Service, Status> {
     context
         .store
-        .view(|tx| resolve::service(tx, &req.reference))
+        .view_promptly(|tx| resolve::service(tx, &req.reference))
         .map_err(status)
 }
 
@@ -54,6 +55,7 @@ pub(super) async fn create(
                 });
             }
             check_networks(tx, service.spec.as_ref())?;
+            check_cluster_tasks(tx, &service.id, service.spec.as_ref())?;
             let mut service = service.clone();
             service.endpoint = Some(endpoint(tx, &service.id, &spec_endpoint, None)?);
             tx.create(service)
@@ -99,6 +101,7 @@ pub(super) async fn update(
                 ));
             }
             check_networks(tx, Some(&spec))?;
+            check_cluster_tasks(tx, &service.id, Some(&spec))?;
             let wanted = spec.endpoint.clone().unwrap_or_default();
             service.endpoint = Some(endpoint(tx, &service.id, &wanted, service.endpoint.take())?);
             // New tasks for a new task template, and for new ports (as Swarm does): a task
@@ -150,28 +153,32 @@ pub(super) async fn remove(
         .map_err(status)
 }
 
+/// The services with, for each, its tasks running and wanted. One pass over the tasks, reading
+/// them in place: the view stays short however many tasks there are.
 pub(super) fn list(context: &ManagerContext) -> ListServicesResponse {
-    context.store.view(|tx| {
+    context.store.view_promptly(|tx| {
+        // Per service: (tasks wanted running, of which running).
+        let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
+        for task in tx.iter::<Task>() {
+            if task.desired_state != TaskState::Running as i32 {
+                continue;
+            }
+            let running = task
+                .status
+                .as_ref()
+                .is_some_and(|s| s.state == TaskState::Running as i32);
+            let entry = counts.entry(task.service_id.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(running);
+        }
         let services = tx.list::<Service>();
         let mut running_tasks = HashMap::new();
         let mut desired_tasks = HashMap::new();
-        let tasks = tx.list::<Task>();
         for service in &services {
-            let of_service = tasks.iter().filter(|t| t.service_id == service.id);
-            let running = of_service
-                .clone()
-                .filter(|t| {
-                    t.desired_state == TaskState::Running as i32
-                        && t.status
-                            .as_ref()
-                            .is_some_and(|s| s.state == TaskState::Running as i32)
-                })
-                .count() as u64;
+            let (wanted, running) = counts.get(service.id.as_str()).copied().unwrap_or_default();
             let desired = match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
                 Some(Mode::Replicated(r)) => r.replicas,
-                _ => of_service
-                    .filter(|t| t.desired_state == TaskState::Running as i32)
-                    .count() as u64,
+                _ => wanted,
             };
             running_tasks.insert(service.id.clone(), running);
             desired_tasks.insert(service.id.clone(), desired);
@@ -185,7 +192,7 @@ pub(super) fn list(context: &ManagerContext) -> ListServicesResponse {
 }
 
 pub(super) fn list_tasks(context: &ManagerContext, req: ListTasksRequest) -> ListTasksResponse {
-    let tasks = context.store.view(|tx| {
+    let tasks = context.store.view_promptly(|tx| {
         tx.find::<Task>(|t| {
             (req.service_ids.is_empty() || req.service_ids.contains(&t.service_id))
                 && (req.node_ids.is_empty() || req.node_ids.contains(&t.node_id))
@@ -201,7 +208,7 @@ pub(super) fn logs(
 ) -> Result<Stream<LogMessage>, Status> {
     let tasks = context
         .store
-        .view(|tx| -> Result<Vec<Task>, StoreError> {
+        .view_promptly(|tx| -> Result<Vec<Task>, StoreError> {
             match resolve::service(tx, &req.reference) {
                 Ok(service) => Ok(tx.find::<Task>(|t| t.service_id == service.id)),
                 Err(StoreError::NotFound { .. }) => resolve::task(tx, &req.reference)
@@ -233,6 +240,22 @@ pub(super) fn logs(
         Ok(m)
     });
     Ok(Box::pin(stream))
+}
+
+/// The cluster's services, with service `id` as `spec`, must stay within the cluster-wide task
+/// limit.
+fn check_cluster_tasks(
+    tx: &impl Read,
+    id: &str,
+    spec: Option<&ServiceSpec>,
+) -> Result<(), StoreError> {
+    let nodes = tx.iter::<Node>().count() as u64;
+    let others = tx
+        .iter::<Service>()
+        .filter(|s| s.id != id)
+        .filter_map(|s| s.spec.as_ref());
+    limits::cluster_tasks(limits::wanted_tasks(others.chain(spec), nodes))?;
+    Ok(())
 }
 
 /// Every network a service attaches to must exist (by id, name or id prefix).

@@ -34,6 +34,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
         .map(|a| a.name.as_str())
         .unwrap_or_default();
     service_name(name)?;
+    crate::limits::service_spec(spec).map_err(|e| e.to_string())?;
     if spec.mode.is_none() {
         return Err("service mode is missing: replicated or global".into());
     }

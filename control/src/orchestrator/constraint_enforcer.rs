@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use super::driver::{self, RETRY_DELAY, Reconcile};
 use super::task;
+use crate::limits::BATCH_WRITES;
 use crate::scheduler::constraint::{Constraint, matches_all};
 use crate::store::{Event, Read, ReadTx, Store};
 
@@ -84,26 +85,41 @@ impl Reconcile for ConstraintEnforcer {
             return None;
         }
         let nodes = std::mem::take(&mut self.dirty);
+        // A batch per transaction: a node left half done is looked at again at once.
         let result = store
             .update(|tx| {
-                let mut rejected = 0usize;
                 let found: Vec<Node> = nodes.iter().filter_map(|id| tx.get::<Node>(id)).collect();
                 for node in found {
-                    let tasks = tx.find::<Task>(|t| t.node_id == node.id && task::is_live(t));
-                    for task in tasks.iter().filter(|t| violates(t, &node)) {
-                        let mut task = task::with_desired(task, TaskState::Shutdown);
+                    let violating: Vec<Task> = tx
+                        .iter::<Task>()
+                        .filter(|t| t.node_id == node.id && task::is_live(t))
+                        .filter(|t| violates(t, &node))
+                        .take(BATCH_WRITES)
+                        .cloned()
+                        .collect();
+                    for task in violating {
+                        if tx.is_full() {
+                            return Ok(true);
+                        }
+                        let mut task = task::with_desired(&task, TaskState::Shutdown);
                         task.status.get_or_insert_with(Default::default).message =
                             REJECTED_MESSAGE.to_string();
                         debug!(task.id = %task.id, node.id = %node.id, "task rejected by constraints");
                         tx.update(task)?;
-                        rejected += 1;
+                    }
+                    if tx.is_full() {
+                        return Ok(true);
                     }
                 }
-                Ok(rejected)
+                Ok(false)
             })
             .await;
         match result {
-            Ok(_) => None,
+            Ok(false) => None,
+            Ok(true) => {
+                self.dirty.extend(nodes);
+                Some(Instant::now())
+            }
             Err(err) => {
                 driver::log_write_error(Self::NAME, &err);
                 self.dirty.extend(nodes);

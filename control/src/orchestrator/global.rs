@@ -2,12 +2,13 @@
 //! in place by the restart policy, removed from nodes that stop being eligible.
 
 use mesh_proto::{Node, NodeAvailability, Service, Task, TaskState};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::driver::{self, RETRY_DELAY, Reconcile};
+use super::driver::{self, Reconcile};
 use super::plan::{self, Plan};
 use super::restart::RestartHistory;
 use super::task::{self, SlotKey};
@@ -45,7 +46,7 @@ pub fn eligibility(node: Option<&Node>, constraints: Option<&[Constraint]>) -> E
 /// Plans one global service against its tasks and the cluster's nodes.
 pub fn plan_service(
     service: &Service,
-    tasks: Vec<Task>,
+    tasks: Vec<&Task>,
     nodes: &[Node],
     history: &RestartHistory,
     now: i64,
@@ -60,10 +61,10 @@ pub fn plan_service(
     let by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     let mut plan = Plan::default();
     let slots = task::group_by_slot(tasks);
-    let mut current: Vec<(SlotKey, Task, &[Task])> = Vec::new();
+    let mut current: Vec<(SlotKey, Cow<'_, Task>, &[&Task])> = Vec::new();
     let mut served: BTreeSet<&str> = BTreeSet::new();
     for (key, group) in &slots {
-        let live: Vec<&Task> = group.iter().filter(|t| task::is_live(t)).collect();
+        let live: Vec<&Task> = group.iter().copied().filter(|t| task::is_live(t)).collect();
         let Some((newest, older)) = live.split_last() else {
             continue;
         };
@@ -95,15 +96,14 @@ pub fn plan_service(
         if !served.contains(node.id.as_str())
             && eligibility(Some(node), constraints.as_deref()) == Eligibility::Run
         {
-            plan.creates
-                .push(task::new_task(service, 0, Some(&node.id)));
+            plan.create(task::new_task(service, 0, Some(&node.id)));
         }
     }
     plan
 }
 
 fn plan_from_store(tx: &impl Read, id: &str, history: &RestartHistory, now: i64) -> Plan {
-    let tasks = tx.find::<Task>(|t| t.service_id == id);
+    let tasks: Vec<&Task> = tx.iter::<Task>().filter(|t| t.service_id == id).collect();
     let Some(service) = tx.get::<Service>(id) else {
         return Plan::remove_all(&tasks, |t| t.slot == 0);
     };
@@ -160,7 +160,7 @@ impl Reconcile for GlobalOrchestrator {
                 }
             }
         } else if let Some(task) = event.as_a::<Task>() {
-            if task.slot == 0 {
+            if task.slot == 0 && task::plan_changed(event.old_as::<Task>(), task) {
                 self.dirty.insert(task.service_id.clone());
             }
         } else if event.as_a::<Node>().is_some() {
@@ -177,18 +177,14 @@ impl Reconcile for GlobalOrchestrator {
             return None;
         }
         let services = std::mem::take(&mut self.dirty);
-        let failed = plan::reconcile_services(
+        plan::reconcile_services(
             store,
             Self::NAME,
             services,
             &mut self.history,
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
-        .await;
-        if failed.is_empty() {
-            return None;
-        }
-        self.dirty.extend(failed);
-        Some(Instant::now() + RETRY_DELAY)
+        .await
+        .requeue(&mut self.dirty)
     }
 }

@@ -2,40 +2,43 @@
 //! restarting (with the restart policy, also when a task's node goes down) and rolling updates.
 
 use mesh_proto::{Node, Service, Task, TaskState};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{self, RETRY_DELAY, Reconcile};
+use super::driver::{self, Reconcile};
 use super::plan::{self, Plan};
 use super::restart::RestartHistory;
 use super::task::{self, SlotKey};
+use crate::limits::BATCH_WRITES;
 use crate::store::{Event, Read, ReadTx, Store};
 
 /// A slot holding a live task, as scaling sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveSlot {
+pub struct LiveSlot<'a> {
     pub slot: u64,
     /// The node of its task, once assigned.
-    pub node_id: Option<String>,
+    pub node_id: Option<&'a str>,
     /// Whether its task is observed RUNNING.
     pub running: bool,
 }
 
-/// Which slots to shut down and which to fill to reach `replicas` live slots.
+/// Which slots to shut down and which to fill to move towards `replicas` live slots, at most
+/// `limit` of either: a large scale is done over several passes, a batch each.
 ///
 /// Scaling down keeps SwarmKit's preference: first unassigned tasks, then tasks on the nodes that
 /// run the most tasks of the service, non-running tasks before running ones, higher slots first.
 /// Scaling up fills the lowest free slot numbers.
-pub fn scale(live: &[LiveSlot], replicas: u64) -> (Vec<u64>, Vec<u64>) {
+pub fn scale(live: &[LiveSlot<'_>], replicas: u64, limit: usize) -> (Vec<u64>, Vec<u64>) {
     let count = live.len() as u64;
     if count > replicas {
-        let mut order: Vec<&LiveSlot> = live.iter().collect();
+        let mut order: Vec<&LiveSlot<'_>> = live.iter().collect();
         order.sort_by_key(|s| (!s.running, s.slot));
         let mut per_node: HashMap<&str, usize> = HashMap::new();
-        let mut ranked: Vec<(usize, &LiveSlot)> = order
+        let mut ranked: Vec<(usize, &LiveSlot<'_>)> = order
             .into_iter()
-            .map(|s| match s.node_id.as_deref() {
+            .map(|s| match s.node_id {
                 Some(node) => {
                     let n = per_node.entry(node).or_default();
                     *n += 1;
@@ -48,14 +51,16 @@ pub fn scale(live: &[LiveSlot], replicas: u64) -> (Vec<u64>, Vec<u64>) {
         let remove = ranked
             .iter()
             .skip(replicas as usize)
+            .take(limit)
             .map(|(_, s)| s.slot)
             .collect();
         return (remove, Vec::new());
     }
     let taken: BTreeSet<u64> = live.iter().map(|s| s.slot).collect();
+    let wanted = usize::try_from(replicas - count).unwrap_or(usize::MAX);
     let create = (1..)
         .filter(|slot| !taken.contains(slot))
-        .take((replicas - count) as usize)
+        .take(wanted.min(limit))
         .collect();
     (Vec::new(), create)
 }
@@ -64,7 +69,7 @@ pub fn scale(live: &[LiveSlot], replicas: u64) -> (Vec<u64>, Vec<u64>) {
 pub fn plan_service(
     service: &Service,
     replicas: u64,
-    tasks: Vec<Task>,
+    tasks: Vec<&Task>,
     node_down: &dyn Fn(&Task) -> bool,
     history: &RestartHistory,
     now: i64,
@@ -74,7 +79,7 @@ pub fn plan_service(
     // The live task of each slot: the newest one; any other live task there is stopped.
     let mut live: HashMap<u64, &Task> = HashMap::new();
     for (key, group) in &slots {
-        let live_tasks: Vec<&Task> = group.iter().filter(|t| task::is_live(t)).collect();
+        let live_tasks: Vec<&Task> = group.iter().copied().filter(|t| task::is_live(t)).collect();
         let Some((newest, older)) = live_tasks.split_last() else {
             continue;
         };
@@ -90,15 +95,15 @@ pub fn plan_service(
             plan.set_desired(task, TaskState::Shutdown);
         }
     }
-    let live_slots: Vec<LiveSlot> = live
+    let live_slots: Vec<LiveSlot<'_>> = live
         .iter()
         .map(|(slot, t)| LiveSlot {
             slot: *slot,
-            node_id: (!t.node_id.is_empty()).then(|| t.node_id.clone()),
+            node_id: (!t.node_id.is_empty()).then_some(t.node_id.as_str()),
             running: task::state(t) == TaskState::Running,
         })
         .collect();
-    let (remove, create) = scale(&live_slots, replicas);
+    let (remove, create) = scale(&live_slots, replicas, BATCH_WRITES);
     for slot in &remove {
         if let Some(task) = live.remove(slot) {
             plan.set_desired(task, TaskState::Shutdown);
@@ -106,7 +111,7 @@ pub fn plan_service(
     }
 
     // Restarts, then the rolling update over the slots that stay.
-    let mut current: Vec<(SlotKey, Task, &[Task])> = Vec::new();
+    let mut current: Vec<(SlotKey, Cow<'_, Task>, &[&Task])> = Vec::new();
     for (key, group) in &slots {
         let SlotKey::Replica(slot) = key else {
             continue;
@@ -121,14 +126,14 @@ pub fn plan_service(
     plan.advance_update(service, &current);
 
     for slot in create {
-        plan.creates.push(task::new_task(service, slot, None));
+        plan.create(task::new_task(service, slot, None));
     }
     plan
 }
 
-/// Plans the service `id` against the store as `tx` sees it.
+/// Plans the service `id` against the store as `tx` sees it, reading its tasks in place.
 fn plan_from_store(tx: &impl Read, id: &str, history: &RestartHistory, now: i64) -> Plan {
-    let tasks = tx.find::<Task>(|t| t.service_id == id);
+    let tasks: Vec<&Task> = tx.iter::<Task>().filter(|t| t.service_id == id).collect();
     let Some(service) = tx.get::<Service>(id) else {
         return Plan::remove_all(&tasks, |t| t.slot != 0);
     };
@@ -197,7 +202,7 @@ impl Reconcile for ReplicatedOrchestrator {
                 }
             }
         } else if let Some(task) = event.as_a::<Task>() {
-            if task.slot != 0 {
+            if task.slot != 0 && task::plan_changed(event.old_as::<Task>(), task) {
                 self.dirty.insert(task.service_id.clone());
             }
         } else if let Some(node) = event.as_a::<Node>() {
@@ -220,7 +225,7 @@ impl Reconcile for ReplicatedOrchestrator {
             return None;
         }
         let services = std::mem::take(&mut self.dirty);
-        let failed = plan::reconcile_services(
+        let reconciled = plan::reconcile_services(
             store,
             Self::NAME,
             services,
@@ -228,11 +233,7 @@ impl Reconcile for ReplicatedOrchestrator {
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
         .await;
-        if failed.is_empty() {
-            return None;
-        }
-        self.dirty.extend(failed);
-        Some(Instant::now() + RETRY_DELAY)
+        reconciled.requeue(&mut self.dirty)
     }
 }
 
@@ -240,10 +241,10 @@ impl Reconcile for ReplicatedOrchestrator {
 mod tests {
     use super::*;
 
-    fn slot(slot: u64, node: Option<&str>, running: bool) -> LiveSlot {
+    fn slot(slot: u64, node: Option<&str>, running: bool) -> LiveSlot<'_> {
         LiveSlot {
             slot,
-            node_id: node.map(str::to_string),
+            node_id: node,
             running,
         }
     }
@@ -251,7 +252,13 @@ mod tests {
     #[test]
     fn scale_plans() {
         // (name, live slots, replicas, slots to shut down, slots to create)
-        type Case = (&'static str, Vec<LiveSlot>, u64, Vec<u64>, Vec<u64>);
+        type Case = (
+            &'static str,
+            Vec<LiveSlot<'static>>,
+            u64,
+            Vec<u64>,
+            Vec<u64>,
+        );
         let cases: Vec<Case> = vec![
             ("create from nothing", vec![], 3, vec![], vec![1, 2, 3]),
             ("steady", vec![slot(1, None, false)], 1, vec![], vec![]),
@@ -311,7 +318,7 @@ mod tests {
             ),
         ];
         for (name, live, replicas, remove, create) in cases {
-            let (mut got_remove, got_create) = scale(&live, replicas);
+            let (mut got_remove, got_create) = scale(&live, replicas, usize::MAX);
             got_remove.sort_unstable();
             assert_eq!((got_remove, got_create), (remove, create), "{name}");
         }

@@ -83,11 +83,11 @@ pub fn attempts_in_window(policy: Option<&RestartPolicy>, times: &[i64], now: i6
 
 /// Restart times read from the store: every task of the slot made from `spec_version` but the
 /// first one is a restart, created when it happened (reaped history makes this a lower bound).
-fn stored_restart_times(slot_tasks: &[Task], spec_version: u64) -> Vec<i64> {
+fn stored_restart_times(slot_tasks: &[&Task], spec_version: u64) -> Vec<i64> {
     let mut times: Vec<i64> = slot_tasks
         .iter()
         .filter(|t| t.spec_version == spec_version)
-        .map(task::created_at)
+        .map(|t| task::created_at(t))
         .collect();
     times.sort_unstable();
     times.into_iter().skip(1).collect()
@@ -139,7 +139,7 @@ pub fn needs_restart(task: &Task, node_down: bool) -> bool {
 pub fn plan_restart(
     service: &Service,
     task: &Task,
-    slot_tasks: &[Task],
+    slot_tasks: &[&Task],
     node_down: bool,
     history: &RestartHistory,
     now: i64,
@@ -239,9 +239,15 @@ impl Reconcile for RestartSupervisor {
             .collect();
         let mut retry = None;
         if !due.is_empty() {
+            // A batch per transaction; what is left is still due and goes at once.
             let result = store
                 .update(|tx| {
+                    let mut started = HashSet::new();
                     for id in &due {
+                        if tx.is_full() {
+                            break;
+                        }
+                        started.insert(id.clone());
                         let Some(task) = tx.get::<Task>(id) else {
                             continue;
                         };
@@ -249,11 +255,16 @@ impl Reconcile for RestartSupervisor {
                             tx.update(task::with_desired(&task, TaskState::Running))?;
                         }
                     }
-                    Ok(())
+                    Ok(started)
                 })
                 .await;
             match result {
-                Ok(()) => self.waiting.retain(|id, _| !due.contains(id)),
+                Ok(started) => {
+                    self.waiting.retain(|id, _| !started.contains(id));
+                    if started.len() < due.len() {
+                        retry = Some(Instant::now());
+                    }
+                }
                 Err(err) => {
                     driver::log_write_error(Self::NAME, &err);
                     retry = Some(Instant::now() + RETRY_DELAY);
@@ -367,6 +378,7 @@ mod tests {
             task("c", 30, 1),
             task("d", 40, 2),
         ];
+        let slot: Vec<&Task> = slot.iter().collect();
         assert_eq!(stored_restart_times(&slot, 1), vec![20, 30]);
         assert_eq!(stored_restart_times(&slot, 2), Vec::<i64>::new());
 

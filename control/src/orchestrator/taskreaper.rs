@@ -27,10 +27,11 @@ pub fn retention(cluster: Option<&Cluster>) -> usize {
 
 /// The tasks of one slot to delete so that at most `limit` remain: the oldest that have finished
 /// and that no orchestrator wants running any more.
-pub fn prune(slot_tasks: &[Task], limit: usize) -> Vec<&Task> {
+pub fn prune<'a>(slot_tasks: &[&'a Task], limit: usize) -> Vec<&'a Task> {
     let excess = slot_tasks.len().saturating_sub(limit);
     let mut done: Vec<&Task> = slot_tasks
         .iter()
+        .copied()
         .filter(|t| !task::is_live(t) && task::is_terminal(task::state(t)))
         .collect();
     done.sort_by_key(|t| task::created_at(t));
@@ -52,7 +53,8 @@ pub struct TaskReaper {
     store: Store,
     /// Every slot must be looked at (start, reset, changed limit, node down).
     all: bool,
-    dirty: BTreeSet<(String, SlotKey)>,
+    /// Slots to look at, by service.
+    dirty: HashMap<String, BTreeSet<SlotKey>>,
 }
 
 impl TaskReaper {
@@ -60,7 +62,7 @@ impl TaskReaper {
         Self {
             store,
             all: true,
-            dirty: BTreeSet::new(),
+            dirty: HashMap::new(),
         }
     }
 
@@ -77,11 +79,19 @@ impl TaskReaper {
             .into_iter()
             .map(|n| (n.id.clone(), n))
             .collect();
-        let mut slots: HashMap<(String, SlotKey), Vec<Task>> = HashMap::new();
-        for task in tx.list::<Task>() {
-            let key = (task.service_id.clone(), task::slot_key(&task));
-            if self.all || self.dirty.contains(&key) {
-                slots.entry(key).or_default().push(task);
+        // Read in place: only what is deleted is copied (its id).
+        let mut slots: HashMap<(&str, SlotKey), Vec<&Task>> = HashMap::new();
+        for task in tx.iter::<Task>() {
+            let dirty = self.dirty.get(task.service_id.as_str());
+            if !self.all && dirty.is_none() {
+                continue;
+            }
+            let key = task::slot_key(task);
+            if self.all || dirty.is_some_and(|slots| slots.contains(&key)) {
+                slots
+                    .entry((task.service_id.as_str(), key))
+                    .or_default()
+                    .push(task);
             }
         }
         let mut delete = BTreeSet::new();
@@ -108,9 +118,21 @@ impl Reconcile for TaskReaper {
 
     fn observe(&mut self, event: &Event) {
         if let Some(task) = event.as_a::<Task>() {
-            if !event.is_delete() {
+            // A live task on its way to running can make nothing prunable or removable; a new
+            // task can (one more in its slot), as can any change of a task no longer wanted.
+            let relevant = match event.old_as::<Task>() {
+                None => true,
+                Some(old) => {
+                    !task::is_live(task)
+                        || task::is_terminal(task::state(task))
+                        || task::desired(old) != task::desired(task)
+                }
+            };
+            if !event.is_delete() && relevant {
                 self.dirty
-                    .insert((task.service_id.clone(), task::slot_key(task)));
+                    .entry(task.service_id.clone())
+                    .or_default()
+                    .insert(task::slot_key(task));
             }
         } else if event.as_a::<Cluster>().is_some() {
             self.all = true;
@@ -128,22 +150,34 @@ impl Reconcile for TaskReaper {
         }
         let delete = store.view(|tx| self.plan(tx));
         if !delete.is_empty() {
-            let count = delete.len();
+            // A batch per transaction; with more left the same slots are planned again at once.
             let result = store
                 .update(|tx| {
+                    let mut count = 0;
                     for id in &delete {
+                        if tx.is_full() {
+                            break;
+                        }
                         if tx.get::<Task>(id).is_some() {
                             tx.delete::<Task>(id)?;
                         }
+                        count += 1;
                     }
-                    Ok(())
+                    Ok(count)
                 })
                 .await;
-            if let Err(err) = result {
-                driver::log_write_error(Self::NAME, &err);
-                return Some(Instant::now() + RETRY_DELAY);
+            match result {
+                Ok(count) => {
+                    debug!(count, "tasks reaped");
+                    if count < delete.len() {
+                        return Some(Instant::now());
+                    }
+                }
+                Err(err) => {
+                    driver::log_write_error(Self::NAME, &err);
+                    return Some(Instant::now() + RETRY_DELAY);
+                }
             }
-            debug!(count, "tasks reaped");
         }
         self.all = false;
         self.dirty.clear();
@@ -190,7 +224,7 @@ mod tests {
     #[test]
     fn prunes_oldest_finished_first() {
         use TaskState::{Failed, Running, Shutdown};
-        let slot = vec![
+        let slot = [
             task("live", 60, Running, Running),
             task("t5", 50, Failed, Shutdown),
             task("t1", 10, Failed, Shutdown),
@@ -206,6 +240,7 @@ mod tests {
             (1, vec!["t1", "t2", "t3", "t4", "t5"]),
             (0, vec!["t1", "t2", "t3", "t4", "t5"]),
         ];
+        let slot: Vec<&Task> = slot.iter().collect();
         for (limit, want) in cases {
             let got: Vec<&str> = prune(&slot, limit).iter().map(|t| t.id.as_str()).collect();
             assert_eq!(got, want, "limit {limit}");

@@ -18,7 +18,7 @@ pub const PARALLELISM: usize = 1;
 pub struct SlotView<'a> {
     pub key: &'a SlotKey,
     pub live: &'a Task,
-    pub history: &'a [Task],
+    pub history: &'a [&'a Task],
 }
 
 /// The slot to replace next, if the update may progress; slots come in `SlotKey` order.
@@ -98,12 +98,12 @@ mod tests {
         ];
         for (i, (slots, want)) in cases.into_iter().enumerate() {
             let older = task(1, TaskState::Shutdown);
-            let histories: Vec<Vec<Task>> = slots
+            let histories: Vec<Vec<&Task>> = slots
                 .iter()
                 .map(|(live, has_older)| {
-                    let mut h = vec![live.clone()];
+                    let mut h = vec![live];
                     if *has_older {
-                        h.push(older.clone());
+                        h.push(&older);
                     }
                     h
                 })

@@ -290,7 +290,7 @@ fn filters_accept_and_reject() {
         ),
     ];
     for (name, filter, node, on_node, task, expected) in cases {
-        let info = NodeInfo::new(node, on_node);
+        let info = NodeInfo::new(node, &on_node);
         let request = TaskRequest::new(&task).expect("valid constraints");
         assert_eq!(filter.check(&request, &info), expected, "{name}");
     }

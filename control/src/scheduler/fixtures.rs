@@ -132,11 +132,7 @@ pub fn infos(nodes: Vec<Node>, tasks: &[Task]) -> Vec<NodeInfo> {
     nodes
         .into_iter()
         .map(|n| {
-            let on_node: Vec<Task> = tasks
-                .iter()
-                .filter(|t| t.node_id == n.id)
-                .cloned()
-                .collect();
+            let on_node: Vec<&Task> = tasks.iter().filter(|t| t.node_id == n.id).collect();
             NodeInfo::new(n, on_node)
         })
         .collect()

@@ -6,11 +6,13 @@ use std::collections::{HashMap, HashSet};
 /// A port published on a node in host mode: the protocol (`PortProtocol` as stored) and number.
 pub type HostPort = (i32, u32);
 
-/// One node's snapshot: its tasks and its resources still free for reservations.
+/// One node's snapshot: what its tasks hold and its resources still free for reservations. It
+/// keeps counts, not the tasks: building it reads them in place.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     node: Node,
-    tasks: Vec<Task>,
+    /// Tasks holding resources here, including those placed by the current batch.
+    held: usize,
     available: Resources,
     /// Tasks on the node meant to keep running (desired state at most RUNNING), by service.
     active_by_service: HashMap<String, usize>,
@@ -22,7 +24,7 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// Builds the snapshot from the node and any tasks; only tasks that hold resources on this node
     /// are kept (see [`holds_resources`]), so callers may pass every task they have.
-    pub fn new(node: Node, tasks: impl IntoIterator<Item = Task>) -> Self {
+    pub fn new<'a>(node: Node, tasks: impl IntoIterator<Item = &'a Task>) -> Self {
         let available = node
             .description
             .as_ref()
@@ -30,14 +32,14 @@ impl NodeInfo {
             .unwrap_or_default();
         let mut info = NodeInfo {
             node,
-            tasks: Vec::new(),
+            held: 0,
             available,
             active_by_service: HashMap::new(),
             active: 0,
             host_ports: HashSet::new(),
         };
         for task in tasks {
-            if task.node_id == info.node.id && holds_resources(&task) {
+            if task.node_id == info.node.id && holds_resources(task) {
                 info.add_task(task);
             }
         }
@@ -52,9 +54,9 @@ impl NodeInfo {
         &self.node.id
     }
 
-    /// The tasks holding resources on this node, including those placed by the current batch.
-    pub fn tasks(&self) -> &[Task] {
-        &self.tasks
+    /// How many tasks hold resources on this node, including those placed by the current batch.
+    pub fn held_tasks(&self) -> usize {
+        self.held
     }
 
     /// The node's resources minus the reservations of its tasks (negative if overcommitted).
@@ -79,11 +81,11 @@ impl NodeInfo {
 
     /// Accounts for `task` placed here: its reservations and host-mode ports and, if it should
     /// run, the spread counts.
-    pub(crate) fn add_task(&mut self, task: Task) {
-        let reserved = reservations(&task);
+    pub(crate) fn add_task(&mut self, task: &Task) {
+        let reserved = reservations(task);
         self.available.nano_cpus -= reserved.nano_cpus;
         self.available.memory_bytes -= reserved.memory_bytes;
-        self.host_ports.extend(host_ports(&task));
+        self.host_ports.extend(host_ports(task));
         if task.desired_state <= TaskState::Running as i32 {
             *self
                 .active_by_service
@@ -91,7 +93,7 @@ impl NodeInfo {
                 .or_default() += 1;
             self.active += 1;
         }
-        self.tasks.push(task);
+        self.held += 1;
     }
 }
 
@@ -148,8 +150,8 @@ mod tests {
             done,
             preassigned,
         ];
-        let info = NodeInfo::new(node("n1"), tasks);
-        assert_eq!(info.tasks().len(), 3);
+        let info = NodeInfo::new(node("n1"), &tasks);
+        assert_eq!(info.held_tasks(), 3);
         assert_eq!(
             info.available(),
             Resources {
@@ -189,7 +191,7 @@ mod tests {
             done,
             preassigned,
         ];
-        let info = NodeInfo::new(node("n1"), tasks);
+        let info = NodeInfo::new(node("n1"), &tasks);
         assert!(info.uses_host_port((tcp, 8080)));
         assert!(info.uses_host_port((tcp, 9090)), "still stopping");
         assert!(!info.uses_host_port((PortProtocol::Udp as i32, 8080)));

@@ -97,7 +97,7 @@ fn decide(nodes: &mut [NodeInfo], index: &HashMap<String, usize>, task: &Task) -
     let mut placed = task.clone();
     placed.node_id = node.id().to_string();
     placed.status.get_or_insert_with(Default::default).state = TaskState::Assigned as i32;
-    node.add_task(placed);
+    node.add_task(&placed);
     Decision::Assign {
         task_id: task.id.clone(),
         node_id: node.id().to_string(),

@@ -1,9 +1,14 @@
 //! The leader's scheduling loop: watches the store, batches what changed, commits the decisions.
+//!
+//! A pass decides at most [`SCHEDULE_BATCH`] tasks and commits them in one transaction; with more
+//! waiting, the loop yields and goes on with the next batch, so that a hundred thousand pending
+//! tasks never make one giant write nor keep the store's lock for long. Reads are in place: a
+//! pass copies only the tasks it decides.
 
 use mesh_proto::{Node, Task, TaskState};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
@@ -20,6 +25,9 @@ const MAX_BATCH_WAIT: Duration = Duration::from_millis(50);
 const CONFLICT_RETRY: Duration = Duration::from_millis(20);
 /// Delay before retrying after a commit that failed otherwise (no quorum, lost leadership, ...).
 const ERROR_RETRY: Duration = Duration::from_secs(1);
+
+/// Most tasks decided in one pass (and committed in one transaction).
+pub const SCHEDULE_BATCH: usize = crate::limits::BATCH_WRITES;
 
 pub const ASSIGNED_MESSAGE: &str = "scheduler assigned task to node";
 pub const PENDING_MESSAGE: &str = "pending task scheduling";
@@ -70,6 +78,23 @@ impl Scheduler {
             if due && work.has_work() {
                 work.not_before = None;
                 self.pass(&mut work).await;
+                if work.has_work() && work.not_before.is_none() {
+                    // More than a batch waits: take in what has happened meanwhile, let the
+                    // rest of the manager run, and go on.
+                    loop {
+                        match events.try_recv() {
+                            Ok(event) => work.observe(&event),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Lagged(missed)) => {
+                                warn!(missed, "scheduler fell behind the store; rescanning");
+                                work.rescan = true;
+                            }
+                            Err(TryRecvError::Closed) => break 'run,
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
             }
             let retry = async {
                 match work.not_before {
@@ -111,24 +136,44 @@ impl Scheduler {
         debug!("scheduler stopped");
     }
 
-    /// Decides for the queued tasks against a fresh view and commits in one transaction.
+    /// Decides for a batch of the queued tasks against a fresh view and commits it in one
+    /// transaction; the rest stay queued.
     async fn pass(&self, work: &mut Work) {
+        if std::mem::take(&mut work.retry_unschedulable) {
+            work.queued.extend(work.unschedulable.iter().cloned());
+        }
         let rescan = std::mem::take(&mut work.rescan);
-        let retry = std::mem::take(&mut work.retry_unschedulable);
-        let queued = std::mem::take(&mut work.queued);
-        let (nodes, batch, pending) = self.store.view(|tx| {
-            let wanted = |task: &Task| {
-                rescan
-                    || queued.contains(&task.id)
-                    || (retry && work.unschedulable.contains(&task.id))
-            };
-            let (nodes, mut batch) = snapshot(tx, wanted);
+        let (nodes, batch) = self.store.view(|tx| {
+            if rescan {
+                // Every pending task is queued again; whatever is no longer pending is forgotten.
+                let pending: BTreeSet<String> = tx
+                    .iter::<Task>()
+                    .filter(|t| is_schedulable(t))
+                    .map(|t| t.id.clone())
+                    .collect();
+                work.unschedulable.retain(|id| pending.contains(id));
+                work.queued = pending;
+            }
+            let mut batch = Vec::new();
+            while batch.len() < SCHEDULE_BATCH {
+                let Some(id) = work.queued.pop_first() else {
+                    break;
+                };
+                match tx.peek::<Task>(&id) {
+                    Some(task) if is_schedulable(task) => batch.push(task.clone()),
+                    _ => {
+                        work.unschedulable.remove(&id);
+                    }
+                }
+            }
+            if batch.is_empty() {
+                return (Vec::new(), batch);
+            }
             batch.sort_by(|a, b| {
                 (&a.service_id, a.slot, &a.id).cmp(&(&b.service_id, b.slot, &b.id))
             });
-            (nodes, batch, pending_ids(tx))
+            (node_infos(tx), batch)
         });
-        work.unschedulable.retain(|id| pending.contains(id));
         if batch.is_empty() {
             return;
         }
@@ -142,6 +187,11 @@ impl Scheduler {
                 let mut outcome = Outcome::default();
                 for decision in &decisions {
                     let id = decision.task_id();
+                    if tx.is_full() {
+                        // Decided, but not written in this batch: decide again in the next.
+                        outcome.changed.push(id.to_string());
+                        continue;
+                    }
                     let Some(current) = tx.get::<Task>(id) else {
                         continue;
                     };
@@ -227,32 +277,25 @@ fn apply_decision(mut task: Task, decision: &Decision) -> Option<Task> {
     }
 }
 
-/// Node snapshots holding every task that holds resources, and the pending tasks `wanted` picks.
-fn snapshot(tx: &ReadTx<'_>, wanted: impl Fn(&Task) -> bool) -> (Vec<NodeInfo>, Vec<Task>) {
-    let mut on_node: HashMap<String, Vec<Task>> = HashMap::new();
-    let mut batch = Vec::new();
-    for task in tx.list::<Task>() {
-        if holds_resources(&task) {
-            on_node.entry(task.node_id.clone()).or_default().push(task);
-        } else if is_schedulable(&task) && wanted(&task) {
-            batch.push(task);
-        }
+/// Node snapshots counting every task that holds resources, read in place.
+fn node_infos(tx: &ReadTx<'_>) -> Vec<NodeInfo> {
+    let mut on_node: HashMap<&str, Vec<&Task>> = HashMap::new();
+    for task in tx.iter::<Task>().filter(|t| holds_resources(t)) {
+        on_node.entry(task.node_id.as_str()).or_default().push(task);
     }
-    let nodes = tx
-        .list::<Node>()
+    tx.list::<Node>()
         .into_iter()
         .map(|node| {
-            let tasks = on_node.remove(&node.id).unwrap_or_default();
+            let tasks = on_node.remove(node.id.as_str()).unwrap_or_default();
             NodeInfo::new(node, tasks)
         })
-        .collect();
-    (nodes, batch)
+        .collect()
 }
 
 fn pending_ids(tx: &ReadTx<'_>) -> BTreeSet<String> {
-    tx.find::<Task>(is_schedulable)
-        .into_iter()
-        .map(|t| t.id)
+    tx.iter::<Task>()
+        .filter(|t| is_schedulable(t))
+        .map(|t| t.id.clone())
         .collect()
 }
 

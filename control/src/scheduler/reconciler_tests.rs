@@ -225,3 +225,55 @@ async fn stops_when_the_shutdown_sender_drops() {
         .expect("scheduler stops")
         .expect("scheduler task");
 }
+
+#[tokio::test]
+async fn many_pending_tasks_are_decided_a_batch_per_transaction() {
+    let h = Harness::start();
+    let count = 2 * SCHEDULE_BATCH + 100;
+    let tasks: Vec<Task> = (0..count).map(|i| task(&format!("t{i:05}"), "s")).collect();
+    let writes = crate::store::writes_per_entry(&h.store);
+    h.create(vec![node("a"), node("b"), node("c")], tasks).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let assigned = h.store.view(|tx| {
+            tx.iter::<Task>()
+                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Assigned as i32))
+                .count()
+        });
+        if assigned == count {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{assigned} of {count} assigned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let per_node = h.store.view(|tx| {
+        let mut per_node: HashMap<String, usize> = HashMap::new();
+        for t in tx.iter::<Task>() {
+            *per_node.entry(t.node_id.clone()).or_default() += 1;
+        }
+        per_node
+    });
+    assert!(
+        per_node.values().all(|n| n.abs_diff(count / 3) <= 1),
+        "{per_node:?}"
+    );
+
+    // The recorder reads the watch on its own: let it catch up with the last commit.
+    let recorded = || writes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for _ in 0..100 {
+        if recorded().iter().skip(1).sum::<usize>() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let entries = recorded();
+    // The first entry is the test's own create.
+    let decided = &entries[1..];
+    assert!(
+        decided.iter().all(|n| *n <= SCHEDULE_BATCH),
+        "an entry decided more than a batch: {entries:?}"
+    );
+    assert!(decided.len() >= 3, "{entries:?}");
+    assert_eq!(decided.iter().sum::<usize>(), count);
+    h.stop().await;
+}

@@ -41,3 +41,29 @@ pub fn direct_store() -> Store {
     });
     Store::new(memory, proposer)
 }
+
+/// The number of objects each entry applied to `store` wrote from now on, in order; recorded
+/// until the store's watch closes.
+pub fn writes_per_entry(store: &Store) -> Arc<Mutex<Vec<usize>>> {
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let mut events = store.memory().watch();
+    let out = recorded.clone();
+    tokio::spawn(async move {
+        let mut current = 0;
+        loop {
+            match events.recv().await {
+                Ok(super::Event::Commit { .. }) => {
+                    out.lock().unwrap_or_else(|e| e.into_inner()).push(current);
+                    current = 0;
+                }
+                Ok(super::Event::Reset) => current = 0,
+                Ok(_) => current += 1,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    panic!("the recorder missed {missed} events")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    recorded
+}

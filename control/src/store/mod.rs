@@ -26,7 +26,7 @@ mod tx;
 mod watch;
 
 #[cfg(test)]
-pub use direct::direct_store;
+pub use direct::{direct_store, writes_per_entry};
 pub use memory::{ApplyError, MemoryStore};
 pub use object::{Kind, Object, StoreObject};
 pub use tx::{Read, ReadTx, WriteTx};
@@ -34,7 +34,10 @@ pub use watch::Event;
 
 use futures::future::BoxFuture;
 use mesh_proto::Transaction;
+use prost::Message;
 use std::sync::Arc;
+
+use crate::limits::{LimitError, MAX_TX_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +49,8 @@ pub enum StoreError {
     Conflict { kind: Kind, id: String },
     #[error("{0}")]
     InvalidArgument(String),
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     #[error("this node is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
     NotLeader { leader: Option<String> },
     #[error("the cluster has no quorum: a majority of managers must be reachable to make changes")]
@@ -92,13 +97,24 @@ impl Store {
         self.memory.view(f)
     }
 
-    /// Runs `f` against the current state and proposes what it wrote as one transaction.
+    /// A short read that does not queue behind waiting writers ([`MemoryStore::view_promptly`]).
+    pub fn view_promptly<T>(&self, f: impl FnOnce(&ReadTx<'_>) -> T) -> T {
+        self.memory.view_promptly(f)
+    }
+
+    /// Runs `f` against the current state and proposes what it wrote as one transaction. A
+    /// transaction that encodes to more than [`MAX_TX_BYTES`] is refused unproposed: no write,
+    /// whatever made it, becomes a giant Raft entry.
     pub async fn update<T>(
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let (tx, out) = self.memory.write_tx(f)?;
         if !tx.actions.is_empty() {
+            let bytes = tx.encoded_len();
+            if bytes > MAX_TX_BYTES {
+                return Err(LimitError::Transaction { bytes }.into());
+            }
             self.proposer.propose(tx).await?;
         }
         Ok(out)
@@ -122,6 +138,9 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// Current time in Unix nanoseconds, as stored in [`mesh_proto::Meta`] and task statuses.
 pub fn now_nanos() -> i64 {

@@ -82,6 +82,18 @@ impl Object {
         }
     }
 
+    /// The object's size as it is proposed.
+    pub(crate) fn encoded_len(&self) -> usize {
+        use prost::Message;
+        match self {
+            Object::Node(o) => o.encoded_len(),
+            Object::Service(o) => o.encoded_len(),
+            Object::Task(o) => o.encoded_len(),
+            Object::Cluster(o) => o.encoded_len(),
+            Object::Network(o) => o.encoded_len(),
+        }
+    }
+
     pub(crate) fn meta_mut(&mut self) -> &mut Option<Meta> {
         match self {
             Object::Node(o) => &mut o.meta,

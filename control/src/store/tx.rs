@@ -6,14 +6,30 @@ use std::collections::BTreeMap;
 use super::memory::Tables;
 use super::object::{Kind, Object, StoreObject};
 use super::{StoreError, now_nanos};
+use crate::limits::{BATCH_BYTES, BATCH_WRITES};
 
 /// Read access shared by [`ReadTx`] and [`WriteTx`]; table-specific queries are built on it.
+///
+/// [`Read::iter`] borrows the objects; `list`, `find` and `get` copy them. With a hundred
+/// thousand tasks in the store, a scan that copies only what it keeps is what keeps a view short
+/// (writers wait for it, and readers for waiting writers).
 pub trait Read {
-    fn get<T: StoreObject>(&self, id: &str) -> Option<T>;
-    fn list<T: StoreObject>(&self) -> Vec<T>;
+    /// The object with `id`, borrowed.
+    fn peek<T: StoreObject>(&self, id: &str) -> Option<&T>;
+
+    /// Every object of the table, in id order, borrowed.
+    fn iter<T: StoreObject>(&self) -> impl Iterator<Item = &T>;
+
+    fn get<T: StoreObject>(&self, id: &str) -> Option<T> {
+        self.peek(id).cloned()
+    }
+
+    fn list<T: StoreObject>(&self) -> Vec<T> {
+        self.iter::<T>().cloned().collect()
+    }
 
     fn find<T: StoreObject>(&self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
-        self.list::<T>().into_iter().filter(|o| pred(o)).collect()
+        self.iter::<T>().filter(|o| pred(o)).cloned().collect()
     }
 }
 
@@ -28,12 +44,12 @@ impl<'a> ReadTx<'a> {
 }
 
 impl Read for ReadTx<'_> {
-    fn get<T: StoreObject>(&self, id: &str) -> Option<T> {
-        T::table(self.tables).get(id).cloned()
+    fn peek<T: StoreObject>(&self, id: &str) -> Option<&T> {
+        T::table(self.tables).get(id)
     }
 
-    fn list<T: StoreObject>(&self) -> Vec<T> {
-        T::table(self.tables).values().cloned().collect()
+    fn iter<T: StoreObject>(&self) -> impl Iterator<Item = &T> {
+        T::table(self.tables).values()
     }
 }
 
@@ -48,6 +64,8 @@ struct Change {
 pub struct WriteTx<'a> {
     tables: &'a Tables,
     changes: BTreeMap<(Kind, String), Change>,
+    /// Encoded bytes written so far (an object written twice counts twice).
+    bytes: usize,
 }
 
 impl<'a> WriteTx<'a> {
@@ -55,7 +73,14 @@ impl<'a> WriteTx<'a> {
         Self {
             tables,
             changes: BTreeMap::new(),
+            bytes: 0,
         }
+    }
+
+    /// Whether this transaction holds a reconciler's batch ([`BATCH_WRITES`] objects or
+    /// [`BATCH_BYTES`]): a reconciler stops writing here, commits, and goes on in the next one.
+    pub fn is_full(&self) -> bool {
+        self.changes.len() >= BATCH_WRITES || self.bytes >= BATCH_BYTES
     }
 
     fn base<T: StoreObject>(&self, id: &str) -> Option<T> {
@@ -77,6 +102,7 @@ impl<'a> WriteTx<'a> {
             });
         }
         let mut object = object.into_object();
+        self.bytes += object.encoded_len();
         let now = now_nanos();
         *object.meta_mut() = Some(Meta {
             version: None,
@@ -101,6 +127,7 @@ impl<'a> WriteTx<'a> {
             return Err(StoreError::NotFound { kind: T::KIND, id });
         }
         let mut object = object.into_object();
+        self.bytes += object.encoded_len();
         object
             .meta_mut()
             .get_or_insert_with(Default::default)
@@ -131,6 +158,7 @@ impl<'a> WriteTx<'a> {
         }
         let key = (T::KIND, id.to_string());
         let base = self.base::<T>(id).map(T::into_object);
+        self.bytes += base.as_ref().map_or(0, Object::encoded_len);
         if base.is_none() {
             // Created in this transaction: forget it.
             self.changes.remove(&key);
@@ -162,27 +190,41 @@ impl<'a> WriteTx<'a> {
 }
 
 impl Read for WriteTx<'_> {
-    fn get<T: StoreObject>(&self, id: &str) -> Option<T> {
+    fn peek<T: StoreObject>(&self, id: &str) -> Option<&T> {
         match self.changes.get(&(T::KIND, id.to_string())) {
-            Some(change) => change.next.as_ref().and_then(T::from_object).cloned(),
-            None => self.base(id),
+            Some(change) => change.next.as_ref().and_then(T::from_object),
+            None => T::table(self.tables).get(id),
         }
     }
 
-    fn list<T: StoreObject>(&self) -> Vec<T> {
-        let mut out: BTreeMap<String, T> = T::table(self.tables)
-            .iter()
-            .map(|(id, o)| (id.clone(), o.clone()))
-            .collect();
-        for ((kind, id), change) in &self.changes {
-            if *kind != T::KIND {
-                continue;
+    /// The stored table merged with this transaction's changes, still in id order.
+    fn iter<T: StoreObject>(&self) -> impl Iterator<Item = &T> {
+        let mut base = T::table(self.tables).iter().peekable();
+        let mut changed = self
+            .changes
+            .range((T::KIND, String::new())..)
+            .take_while(|((kind, _), _)| *kind == T::KIND)
+            .peekable();
+        std::iter::from_fn(move || {
+            loop {
+                let next_base = base.peek().map(|&(id, _)| id.as_str());
+                let next_change = changed.peek().map(|&(key, _)| key.1.as_str());
+                match (next_base, next_change) {
+                    (None, None) => return None,
+                    (Some(b), Some(c)) if c <= b => {
+                        if c == b {
+                            base.next();
+                        }
+                    }
+                    (Some(_), _) => return base.next().map(|(_, o)| o),
+                    (None, Some(_)) => {}
+                }
+                // The change comes first: its object, or nothing for a delete.
+                let (_, change) = changed.next()?;
+                if let Some(object) = change.next.as_ref().and_then(T::from_object) {
+                    return Some(object);
+                }
             }
-            match change.next.as_ref().and_then(T::from_object) {
-                Some(object) => out.insert(id.clone(), object.clone()),
-                None => out.remove(id),
-            };
-        }
-        out.into_values().collect()
+        })
     }
 }

@@ -12,6 +12,9 @@ pub enum CliError {
     Status(String),
     #[error(transparent)]
     Flag(#[from] FlagError),
+    /// Beyond one of the managers' limits: the same line the daemon would answer.
+    #[error(transparent)]
+    Limit(#[from] mesh_control::limits::LimitError),
     /// Input that parsed but does not make sense (or not together with other input).
     #[error("{0}")]
     Invalid(String),

@@ -9,6 +9,7 @@ use crate::flags::{
     parse_publish, parse_pull, parse_replicas, parse_restart_condition,
 };
 use clap::Args;
+use mesh_control::limits;
 use mesh_control::scheduler::constraint::{Constraint, ConstraintError};
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{
@@ -293,7 +294,7 @@ impl CreateFlags {
                 replicas: self.replicas.unwrap_or(1),
             })
         };
-        Ok(ServiceSpec {
+        let spec = ServiceSpec {
             annotations: Some(Annotations {
                 name: self.name.clone().unwrap_or_default(),
                 labels: self.labels.iter().cloned().collect(),
@@ -304,7 +305,9 @@ impl CreateFlags {
                 self.endpoint_mode.unwrap_or(EndpointMode::Vip),
                 &self.publish,
             ),
-        })
+        };
+        limits::service_spec(&spec)?;
+        Ok(spec)
     }
 }
 

@@ -195,3 +195,50 @@ async fn rolling_update_replaces_one_slot_at_a_time() {
     let old = store.view(|tx| tx.find::<Task>(|t| t.service_id == id && t.spec_version == 1));
     assert!(old.iter().all(|t| task::desired(t) == TaskState::Shutdown));
 }
+
+#[tokio::test]
+async fn a_large_scale_is_written_a_batch_per_transaction() {
+    use crate::limits::BATCH_WRITES;
+    let (store, _stop) = start();
+    create(&store, node("n1", "east")).await;
+    let writes = crate::store::writes_per_entry(&store);
+    let replicas = 2 * BATCH_WRITES as u64 + 200;
+    let svc = replicated("big", replicas, None);
+    let id = svc.id.clone();
+    create(&store, svc).await;
+    wait_for(&store, "every replica", |tx| {
+        slots(&live(tx, &id)) == (1..=replicas).collect::<Vec<_>>()
+    })
+    .await;
+    modify::<Service>(&store, &id, |s| {
+        if let Some(spec) = s.spec.as_mut() {
+            spec.mode = Some(service_spec::Mode::Replicated(ReplicatedService {
+                replicas: 0,
+            }));
+        }
+    })
+    .await;
+    wait_for(&store, "no replica", |tx| live(tx, &id).is_empty()).await;
+
+    // The recorder reads the watch on its own: let it catch up with the last commit.
+    let written = 2 * replicas as usize + 2;
+    let recorded = || writes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for _ in 0..100 {
+        if recorded().iter().sum::<usize>() >= written {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let entries = recorded();
+    assert!(
+        entries.iter().all(|n| *n <= BATCH_WRITES),
+        "an entry wrote more than a batch: {entries:?}"
+    );
+    let full = entries.iter().filter(|n| **n == BATCH_WRITES).count();
+    assert!(full >= 4, "two full batches up and two down: {entries:?}");
+    assert_eq!(
+        entries.iter().sum::<usize>(),
+        written,
+        "each task created once and stopped once (and the service written twice)"
+    );
+}

@@ -99,7 +99,7 @@ impl CreateArgs {
             gateway: self.gateway.map(|g| g.to_string()).unwrap_or_default(),
             ip_range: self.ip_range.map(|r| r.to_string()).unwrap_or_default(),
         });
-        Ok(NetworkSpec {
+        let spec = NetworkSpec {
             annotations: Some(Annotations {
                 name: self.name.clone(),
                 labels: self.labels.iter().cloned().collect(),
@@ -109,7 +109,9 @@ impl CreateArgs {
             attachable: self.attachable,
             driver_opts: self.opts.iter().cloned().collect(),
             ..NetworkSpec::default()
-        })
+        };
+        mesh_control::limits::network(&spec)?;
+        Ok(spec)
     }
 }
 

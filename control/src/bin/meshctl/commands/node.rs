@@ -177,6 +177,7 @@ async fn update(client: &mut Client, args: UpdateArgs) -> Result<(), CliError> {
     let annotations = spec.annotations.get_or_insert_with(Annotations::default);
     annotations.labels.extend(args.label_add);
     annotations.labels.retain(|k, _| !args.label_rm.contains(k));
+    mesh_control::limits::node(&spec)?;
     let request = UpdateNodeRequest {
         node_id: node.id.clone(),
         version: node.meta.as_ref().and_then(|m| m.version),

@@ -147,6 +147,9 @@ async fn scale(
 ) -> Result<(), CliError> {
     // Resolve and check every service before changing any.
     let mut targets = Vec::with_capacity(scales.len());
+    for (_, replicas) in scales {
+        mesh_control::limits::replicas(*replicas)?;
+    }
     for (reference, replicas) in scales {
         let service = get_service(client, reference).await?;
         if !matches!(

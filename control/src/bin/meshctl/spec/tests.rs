@@ -340,3 +340,29 @@ fn update_refuses_bad_input() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn limits_are_refused_before_sending_with_the_daemons_words() {
+    let replicas = "replicas 100000000 is above the limit of 100000 per service";
+    // (flags, the one-line error)
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--replicas".into(), "100000000".into()],
+            replicas.to_string(),
+        ),
+        (
+            std::iter::repeat_n(["-e".to_string(), "A=1".to_string()], 1025)
+                .flatten()
+                .collect(),
+            "the container's environment has 1025 entries, above the limit of 1024".into(),
+        ),
+    ];
+    for (flags, want) in cases {
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.push("busybox");
+        assert_eq!(create(&args).expect_err("refused"), want);
+    }
+    let spec = create(&["--replicas", "100000", "busybox"]).expect("at the limit");
+    let got = update(&spec, &["--replicas", "100000000"]).expect_err("refused");
+    assert_eq!(got, replicas);
+}

@@ -192,6 +192,7 @@ impl UpdateFlags {
         container
             .mounts
             .retain(|m| !self.mount_rm.contains(&m.target));
+        mesh_control::limits::service_spec(spec)?;
         Ok(())
     }
 }
