@@ -37,6 +37,7 @@ impl MembershipService {
             store,
             transport,
         })
+        .max_decoding_message_size(64 * 1024)
     }
 
     /// Checks that a request to add (`joining`) or remove `raft_id` for `node_id` may come from

@@ -25,6 +25,9 @@ fn root_ca(root: &mesh_proto::RootCa) -> Result<RootCa, Status> {
 }
 use crate::store::{Read, Store, new_id};
 
+/// The largest certificate request taken (the port answers strangers).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Swarm's default validity of node certificates.
 pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -34,7 +37,8 @@ pub struct NodeCaService {
 
 impl NodeCaService {
     pub fn server(context: ManagerContext) -> NodeCaServer<NodeCaService> {
-        NodeCaServer::new(NodeCaService { context })
+        // A request is a CSR and a token: anything near this size is no certificate request.
+        NodeCaServer::new(NodeCaService { context }).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
     fn store(&self) -> &Store {
