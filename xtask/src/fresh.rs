@@ -1,11 +1,12 @@
 //! `cargo xtask fresh-check`: proves that the README's two commands work on a fresh machine, so
 //! that the path cannot break again unnoticed. It builds a throwaway Debian 12 root with
 //! debootstrap holding only what a fresh machine has (git, a C linker, CA certificates with this
-//! machine's own authorities, and the docker client where this machine has one), lends it this machine's Rust toolchain read-only,
-//! clones HEAD into it, and in private mount and pid namespaces whose root it is runs, with a cold
-//! target directory and an empty cargo home: `cargo xtask demo`, a request to the demo's published port
-//! on every node, `cargo xtask demo down`, and `.ci/run` with `CI=true`. The kernel and the
-//! network namespace are this machine's, as they are for CI. Every line is shown and kept in
+//! machine's own authorities, and the docker client where this machine has one), lends it this
+//! machine's Rust toolchain read-only, clones HEAD into it, and, with the root as the root of
+//! private mount, pid and network namespaces (the network reaching out through NAT here), runs
+//! with a cold target directory and an empty cargo home: `cargo xtask demo`, a request to the
+//! demo's published port on every node, `cargo xtask demo down`, and `.ci/run` with `CI=true`.
+//! The kernel is this machine's, as it is for CI. Every line is shown and kept in
 //! `target/fresh-check/transcript.log`; the summary gives each command's time and outcome.
 
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use mesh_tests::process::{run_shown, run_sync_ok};
 
-use crate::{demo, deps, leftovers, step};
+use crate::{deps, step};
+
+mod uplink;
+
+use uplink::Uplink;
 
 /// Everything the check keeps: the cached base root, the work root, the transcript.
 const DIR: &str = "target/fresh-check";
@@ -50,18 +55,6 @@ pub fn check(args: &FreshArgs) -> anyhow::Result<()> {
         mesh_tests::skip::is_root(),
         "the fresh-machine check builds a Debian root and mounts inside it: run it as root"
     );
-    // The root shares this machine's network namespace, as a CI machine's tests have one to
-    // themselves: tests or a demo running here meanwhile would meet its own.
-    let busy: Vec<String> = ["mt-", "md-demo"]
-        .iter()
-        .flat_map(|prefix| mesh_tests::netns::links_with_prefix(prefix))
-        .collect();
-    ensure!(
-        busy.is_empty(),
-        "tests or a demo are running on this machine ({}): the check needs the machine's network \
-         to itself; stop them (`cargo xtask demo down`, `cargo xtask clean`) and run it again",
-        busy.join(", ")
-    );
     let started = Instant::now();
     deps::install_packages(deps::FRESH_CHECK_PACKAGES)?;
     let dir = std::fs::canonicalize(".")?.join(DIR);
@@ -79,13 +72,18 @@ pub fn check(args: &FreshArgs) -> anyhow::Result<()> {
     )?;
     let sysroot = toolchain()?;
     let transcript = dir.join("transcript.log");
+    let uplink = step::run(
+        "the fresh root's own network (a namespace, NAT to this machine's)",
+        "check that iproute2 and iptables work here",
+        Uplink::up,
+    )?;
     let outcome = step::run(
         "the README's commands inside the fresh root",
         "the transcript shows the first failure",
-        || run_inside(&root, &sysroot, args.demo_only, &transcript),
+        || run_inside(&root, &sysroot, &uplink, args.demo_only, &transcript),
     );
-    // Whatever happened inside, nothing of it may stay linked on this machine.
-    sweep();
+    // Whatever the run made in its network goes with its namespace.
+    drop(uplink);
     if !args.keep {
         remove_root(&root)?;
     }
@@ -263,12 +261,14 @@ fn label(command: &str) -> &str {
 
 /// Runs [`script`] with `root` as the root of a private mount namespace (pivot_root, not chroot:
 /// container runtimes need `/` to be the namespace's root, or `docker exec` lands outside the
-/// container) and of a private pid namespace, so that nothing started inside outlives the script.
+/// container), of a private pid namespace, so that nothing started inside outlives the script,
+/// and in the network namespace of `uplink`, so that nothing it makes meets this machine's.
 /// It gets its own /proc and /run and this machine's toolchain, read-only; every line is shown
 /// and recorded; returns the marks.
 fn run_inside(
     root: &Path,
     sysroot: &Path,
+    uplink: &Uplink,
     demo_only: bool,
     transcript: &Path,
 ) -> anyhow::Result<Vec<Mark>> {
@@ -288,8 +288,11 @@ fn run_inside(
          PATH={s}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
          /bin/bash -c 'cd / && umount -l /.host && rmdir /.host && exec bash -c \"$0\"' \"$0\" 2>&1\n"
     );
-    let mut child = Command::new("unshare")
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", uplink.netns()))
         .args([
+            "--",
+            "unshare",
             "--mount",
             "--pid",
             "--propagation",
@@ -318,20 +321,6 @@ fn run_inside(
         bail!("the root could not be entered ({status}): see the lines above");
     }
     Ok(marks)
-}
-
-/// Removes what the run left on this machine's network, which the root shares: the demo's
-/// bridge and namespaces, test leftovers. (Processes cannot outlive the run: they were all in
-/// its pid namespace.)
-fn sweep() {
-    if let Err(err) = demo::down() {
-        eprintln!("    removing the demo's links: {err:#}");
-    }
-    let left = leftovers::find();
-    if !left.is_empty() {
-        left.report();
-        leftovers::clean(&left);
-    }
 }
 
 /// Removes a root directory, refusing while anything is mounted inside it.
