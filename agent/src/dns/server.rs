@@ -43,7 +43,14 @@ pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
 pub struct Dns {
     directory: Arc<RwLock<Directory>>,
     upstreams: Arc<Vec<SocketAddr>>,
-    servers: Mutex<HashMap<String, JoinHandle<()>>>,
+    servers: Mutex<HashMap<String, Serving>>,
+}
+
+/// A sandbox's resolver: where it answers, for which networks.
+struct Serving {
+    sandbox: Netns,
+    networks: Vec<String>,
+    task: JoinHandle<()>,
 }
 
 impl Dns {
@@ -59,13 +66,21 @@ impl Dns {
         &self.directory
     }
 
-    /// Starts (or restarts) the resolver of a task's sandbox, answering for `networks`.
+    /// Starts (or restarts) the resolver of a task's sandbox, answering for `networks`; one
+    /// already answering there for the same networks (started early after a restart) is kept.
     pub async fn serve(
         &self,
         task_id: &str,
         sandbox: &Netns,
         networks: Vec<String>,
     ) -> Result<(), NetlinkError> {
+        if let Some(serving) = self.servers.lock().await.get(task_id)
+            && serving.sandbox == *sandbox
+            && serving.networks == networks
+            && !serving.task.is_finished()
+        {
+            return Ok(());
+        }
         let socket = bind_udp(sandbox, SocketAddr::from((RESOLVER_ADDR, 53))).await?;
         let socket =
             UdpSocket::from_std(socket).map_err(|e| NetlinkError::io("serve dns", sandbox, e))?;
@@ -75,9 +90,18 @@ impl Dns {
             directory: self.directory.clone(),
             upstreams: self.upstreams.clone(),
         };
-        let task = tokio::spawn(server.run());
-        if let Some(old) = self.servers.lock().await.insert(task_id.to_owned(), task) {
-            old.abort();
+        let serving = Serving {
+            sandbox: sandbox.clone(),
+            networks: server.networks.clone(),
+            task: tokio::spawn(server.run()),
+        };
+        if let Some(old) = self
+            .servers
+            .lock()
+            .await
+            .insert(task_id.to_owned(), serving)
+        {
+            old.task.abort();
         }
         Ok(())
     }
@@ -85,14 +109,14 @@ impl Dns {
     /// Stops a sandbox's resolver.
     pub async fn stop(&self, task_id: &str) {
         if let Some(server) = self.servers.lock().await.remove(task_id) {
-            server.abort();
+            server.task.abort();
         }
     }
 
     /// Stops every resolver.
     pub async fn stop_all(&self) {
         for (_, server) in self.servers.lock().await.drain() {
-            server.abort();
+            server.task.abort();
         }
     }
 }
