@@ -95,12 +95,17 @@ impl Node {
         self.meshd.kill();
     }
 
-    /// Starts meshd again with the same flags and waits until it answers `node ls`.
+    /// Starts meshd again with the same flags and waits until it answers: `node ls` on a
+    /// manager (once its control plane is back), `info` on a worker (which has no `node ls`).
     pub async fn restart_meshd(&mut self) -> anyhow::Result<()> {
         self.meshd.restart().await?;
         let what = format!("{}'s meshd to answer after restart", self.hostname);
+        let probe: &[&str] = match self.role {
+            Role::Manager => &["node", "ls"],
+            Role::Worker => &["info"],
+        };
         crate::wait_until(Duration::from_secs(60), &what, async || {
-            Ok(self.meshctl(&["node", "ls"]).await?.success())
+            Ok(self.meshctl(probe).await?.success())
         })
         .await
     }

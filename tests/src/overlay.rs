@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -92,6 +92,31 @@ impl Drop for OverlayNamespaces {
         for name in namespaces_of(&self.prefix).unwrap_or_default() {
             crate::netns::delete_namespace(&name);
         }
+        remove_pins(&self.prefix);
+    }
+}
+
+/// Where meshd pins its eBPF load balancer's links and maps, so that they outlive it: a directory
+/// per prefix on the BPF file system of pid 1's mount namespace.
+pub fn pin_dir(prefix: &str) -> PathBuf {
+    Path::new("/proc/1/root/sys/fs/bpf/mesh").join(prefix)
+}
+
+/// Removes a meshd's eBPF pins (links first, so that its programs detach before their maps go),
+/// which it leaves on purpose when it stops without leaving the swarm.
+pub fn remove_pins(prefix: &str) {
+    let dir = pin_dir(prefix);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+    paths.sort_by_key(|p| !p.to_string_lossy().contains(".link"));
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
     }
 }
 
@@ -128,6 +153,7 @@ impl OverlayCluster {
             for name in namespaces_of(prefix).unwrap_or_default() {
                 crate::netns::delete_namespace(&name);
             }
+            remove_pins(prefix);
         }
     }
 }
