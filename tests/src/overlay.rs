@@ -97,9 +97,9 @@ impl Drop for OverlayNamespaces {
 }
 
 /// Where meshd pins its eBPF load balancer's links and maps, so that they outlive it: a directory
-/// per prefix on the BPF file system of pid 1's mount namespace.
+/// per prefix on the host's BPF file system (the tests run in the host's mount namespace).
 pub fn pin_dir(prefix: &str) -> PathBuf {
-    Path::new("/proc/1/root/sys/fs/bpf/mesh").join(prefix)
+    Path::new("/sys/fs/bpf/mesh").join(prefix)
 }
 
 /// Removes a meshd's eBPF pins (links first, so that its programs detach before their maps go),
@@ -110,7 +110,7 @@ pub fn remove_pins(prefix: &str) {
         return;
     };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
-    paths.sort_by_key(|p| !p.to_string_lossy().contains(".link"));
+    paths.sort_by_key(|p| !p.to_string_lossy().contains("link_"));
     for path in paths {
         let _ = std::fs::remove_file(path);
     }

@@ -5,29 +5,106 @@
 //! give every start a fresh one), which dies with it and takes its mounts along: a network
 //! namespace held only by such a mount is destroyed with every device in it. So these mounts are
 //! made from a throwaway thread that entered pid 1's mount namespace, and reached from anywhere
-//! through `/proc/1/root`, which resolves in that namespace.
+//! through `/proc/1/root`, which resolves in that namespace. Where pid 1 is hidden from meshd
+//! (some sandboxes deny even root access to it), the topmost ancestor's mount namespace it may
+//! enter takes its place, held open for as long as meshd runs.
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::{NetlinkError, sys};
 
-/// Where pid 1's file system tree is seen from any mount namespace.
-pub const HOST_ROOT: &str = "/proc/1/root";
-/// pid 1's mount namespace.
-const HOST_MOUNTS: &str = "/proc/1/ns/mnt";
+/// pid 1's mount namespace and root.
+const PID1_MOUNTS: &str = "/proc/1/ns/mnt";
+const PID1_ROOT: &str = "/proc/1/root";
 /// Where the BPF file system is mounted, as everywhere.
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// `path` (absolute, as pid 1 sees it) as reached from this process.
-pub fn host_path(path: &Path) -> PathBuf {
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    Path::new(HOST_ROOT).join(relative)
+/// The mount namespace meshd's lasting mounts go to, held open for the life of the process.
+struct Anchor {
+    /// Its root as reached from this process.
+    root: PathBuf,
+    /// The namespace, to enter; `None` when it is this process's own (nothing else reachable).
+    mounts: Option<File>,
+    /// Keeps the root reachable through `/proc/self/fd` when it is not pid 1's.
+    _root_dir: Option<File>,
 }
 
-/// Runs `f` on a fresh thread that entered pid 1's mount namespace and waits for it: the paths it
-/// uses are pid 1's, and what it mounts stays mounted there. Blocking.
+/// pid 1's mount namespace where this process may enter it (as root normally may); otherwise
+/// (pid 1 hidden from it, as in some sandboxes) the topmost ancestor's it may enter, held open;
+/// otherwise its own.
+fn anchor() -> &'static Anchor {
+    static ANCHOR: OnceLock<Anchor> = OnceLock::new();
+    ANCHOR.get_or_init(|| {
+        if let Ok(mounts) = File::open(PID1_MOUNTS) {
+            return Anchor {
+                root: PathBuf::from(PID1_ROOT),
+                mounts: Some(mounts),
+                _root_dir: None,
+            };
+        }
+        for pid in ancestors().into_iter().rev() {
+            let (Ok(mounts), Ok(root)) = (
+                File::open(format!("/proc/{pid}/ns/mnt")),
+                File::open(format!("/proc/{pid}/root")),
+            ) else {
+                continue;
+            };
+            tracing::debug!(
+                pid,
+                "pid 1's mount namespace is hidden: using an ancestor's"
+            );
+            return Anchor {
+                root: PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd())),
+                mounts: Some(mounts),
+                _root_dir: Some(root),
+            };
+        }
+        tracing::warn!("no mount namespace but meshd's own to keep namespaces and pins in");
+        Anchor {
+            root: PathBuf::from("/"),
+            mounts: None,
+            _root_dir: None,
+        }
+    })
+}
+
+/// This process's ancestors, parent first.
+fn ancestors() -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut pid = std::process::id();
+    while let Some(parent) = parent_of(pid).filter(|p| *p > 1 && !found.contains(p)) {
+        found.push(parent);
+        pid = parent;
+    }
+    found
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `path` (absolute, as the anchoring mount namespace sees it) as reached from this process.
+pub fn host_path(path: &Path) -> PathBuf {
+    join_root(&anchor().root, path)
+}
+
+fn join_root(root: &Path, path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    root.join(relative)
+}
+
+/// Runs `f` on a fresh thread that entered the anchoring mount namespace and waits for it: the
+/// paths it uses are that namespace's, and what it mounts stays mounted there. Blocking.
 pub(crate) fn in_host_mounts<T, F>(op: &'static str, target: &str, f: F) -> Result<T, NetlinkError>
 where
     T: Send,
@@ -53,10 +130,13 @@ where
     }
 }
 
-/// Moves the calling thread into pid 1's mount namespace.
+/// Moves the calling thread into the anchoring mount namespace (nothing to do when it is this
+/// process's own).
 pub(super) fn enter_host_mounts() -> io::Result<()> {
-    let ns = File::open(HOST_MOUNTS)?;
-    sys::setns_mnt(&ns)
+    match &anchor().mounts {
+        Some(ns) => sys::setns_mnt(ns),
+        None => Ok(()),
+    }
 }
 
 /// The BPF file system of pid 1's mount namespace, as reached from here, mounted first if it is
@@ -86,8 +166,21 @@ pub fn host_bpffs() -> Result<PathBuf, NetlinkError> {
 /// VXLAN device holding its VNI) after meshd deletes it in pid 1's mount namespace. Returns how
 /// many were detached.
 pub fn release_private_copies(prefix: &str) -> usize {
-    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
-    if own.is_none() || own == std::fs::read_link(HOST_MOUNTS).ok() {
+    let Some(anchor) = &anchor().mounts else {
+        return 0;
+    };
+    let own = std::fs::metadata("/proc/self/ns/mnt").ok();
+    let theirs = anchor.metadata().ok();
+    let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        a.ino() == b.ino() && a.dev() == b.dev()
+    };
+    if own.is_none()
+        || own
+            .as_ref()
+            .zip(theirs.as_ref())
+            .is_some_and(|(a, b)| same(a, b))
+    {
         return 0;
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -150,14 +243,23 @@ mod tests {
     }
 
     #[test]
-    fn host_paths_go_through_pid_1s_root() {
+    fn host_paths_go_through_the_anchors_root() {
+        let root = Path::new(PID1_ROOT);
         assert_eq!(
-            host_path(Path::new("/run/netns/x")),
+            join_root(root, Path::new("/run/netns/x")),
             PathBuf::from("/proc/1/root/run/netns/x")
         );
         assert_eq!(
-            host_path(Path::new("sys/fs/bpf")),
+            join_root(root, Path::new("sys/fs/bpf")),
             PathBuf::from("/proc/1/root/sys/fs/bpf")
         );
+        assert!(host_path(Path::new("/run/netns/x")).ends_with("run/netns/x"));
+    }
+
+    #[test]
+    fn ancestors_lead_up_from_the_parent() {
+        let found = ancestors();
+        assert_eq!(found.first().copied(), parent_of(std::process::id()));
+        assert!(!found.contains(&1));
     }
 }

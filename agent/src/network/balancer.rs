@@ -90,6 +90,7 @@ impl Balancer {
     }
 
     /// Whether a task's sandbox is tracked.
+    #[cfg(test)]
     pub fn tracks(&self, task_id: &str) -> bool {
         self.sandboxes.contains_key(task_id)
     }

@@ -46,14 +46,14 @@ impl Pins {
         self.dir.join(name)
     }
 
-    /// Where the link of program `name` is pinned.
+    /// Where the link of program `name` is pinned (bpffs refuses names with a dot).
     pub(super) fn link(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.link"))
+        self.dir.join(format!("link_{name}"))
     }
 
     /// Where a new link of program `name` is pinned before it replaces the old one.
     pub(super) fn new_link(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.link.new"))
+        self.dir.join(format!("new_link_{name}"))
     }
 
     /// Makes the directory ready for loading: the BPF file system mounted (in pid 1's mount
@@ -114,7 +114,7 @@ impl Pins {
         };
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
         // Links first, so that no program runs against maps already gone.
-        paths.sort_by_key(|p| !p.to_string_lossy().contains(".link"));
+        paths.sort_by_key(|p| !p.to_string_lossy().contains("link_"));
         let mut errors = Vec::new();
         for path in paths {
             if let Err(source) = fs::remove_file(&path) {
@@ -149,20 +149,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pins_live_under_pid_1s_bpffs_by_prefix() {
+    fn pins_live_under_the_hosts_bpffs_by_prefix() {
         let pins = Pins::for_prefix("m0123abcd");
         assert_eq!(
             pins.dir(),
-            Path::new("/proc/1/root/sys/fs/bpf/mesh/m0123abcd")
+            host_path(Path::new("/sys/fs/bpf/mesh/m0123abcd"))
         );
         assert_eq!(
             pins.link("lb_connect4"),
-            Path::new("/proc/1/root/sys/fs/bpf/mesh/m0123abcd/lb_connect4.link")
+            pins.dir().join("link_lb_connect4")
         );
-        assert_eq!(
-            pins.map("lb_slots"),
-            Path::new("/proc/1/root/sys/fs/bpf/mesh/m0123abcd/lb_slots")
-        );
+        assert_eq!(pins.map("lb_slots"), pins.dir().join("lb_slots"));
     }
 
     #[test]
