@@ -8,15 +8,15 @@
 //! dies with it.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mesh_tests::overlay::{OverlayCluster, Sandbox, diagnostics};
+use mesh_tests::overlay::{OverlayCluster, Sandbox, diagnostics, vip_on};
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, require_privileged, wait_for, wait_until};
-use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 /// How long meshd stays down: about what a systemd restart takes.
@@ -24,8 +24,11 @@ const DOWN: Duration = Duration::from_secs(1);
 /// How long the loops go on after the restart: past the data plane's 20 s settling, when what
 /// gossip never confirmed is withdrawn.
 const AFTER: Duration = Duration::from_secs(28);
-/// Lookups that overlap the moment meshd answered again count as "during".
-const OVERLAP: usize = 2;
+
+/// Where the client's probe loops log, one line per attempt. The test image has nothing but
+/// `/bin`: no `/tmp`.
+const VIP_LOG: &str = "/vip.log";
+const DNS_LOG: &str = "/dns.log";
 
 /// Every web task serves its container's hostname over HTTP on port 80.
 const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
@@ -34,7 +37,7 @@ const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f 
 async fn a_sigkilled_meshd_restarting_loses_no_vip_mesh_or_task() -> anyhow::Result<()> {
     require_privileged!();
     let cluster = Cluster::builder().managers(1).workers(2).start().await?;
-    crash_and_restart(OverlayCluster::new(cluster), "crash").await
+    crash_and_restart(OverlayCluster::new(cluster), "crash", Mounts::Host).await
 }
 
 #[tokio::test]
@@ -47,11 +50,29 @@ async fn a_meshd_in_a_fresh_mount_namespace_each_start_finds_its_data_plane_agai
         .private_mounts()
         .start()
         .await?;
-    crash_and_restart(OverlayCluster::new(cluster), "mounts").await
+    crash_and_restart(
+        OverlayCluster::new(cluster),
+        "mounts",
+        Mounts::FreshEachStart,
+    )
+    .await
 }
 
-async fn crash_and_restart(mut cluster: OverlayCluster, tag: &str) -> anyhow::Result<()> {
-    let result = scenario(&mut cluster, tag).await;
+/// Which mount namespace meshd runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mounts {
+    /// The host's (the test's own).
+    Host,
+    /// A new one at every start, which dies with it.
+    FreshEachStart,
+}
+
+async fn crash_and_restart(
+    mut cluster: OverlayCluster,
+    tag: &str,
+    mounts: Mounts,
+) -> anyhow::Result<()> {
+    let result = scenario(&mut cluster, tag, mounts).await;
     if let Err(err) = &result {
         eprintln!("FAILED: {err:#}\n{}", diagnostics(&cluster).await);
         return result;
@@ -82,58 +103,139 @@ async fn running(
     Ok(all)
 }
 
-async fn vip_of(node: &Node, service: &str) -> anyhow::Result<String> {
-    let out = node.meshctl_ok(&["service", "inspect", service]).await?;
-    let parsed: Value = serde_json::from_str(&out)?;
-    let first = parsed.as_array().and_then(|a| a.first()).unwrap_or(&parsed);
-    first["Endpoint"]["VirtualIPs"][0]["Addr"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .map(str::to_owned)
-        .with_context(|| format!("{service} has no virtual IP: {first}"))
+/// Seconds since boot, as `/proc/uptime` says: the one clock the host and the containers (no
+/// time namespace) share.
+fn uptime() -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string("/proc/uptime")?;
+    let first = text.split_whitespace().next().unwrap_or_default();
+    first
+        .parse()
+        .with_context(|| format!("/proc/uptime: {text:?}"))
 }
 
-/// A loop run inside the client's container, one attempt every `pause`, each appending `ok` or
-/// `fail` to `log` in the container.
+/// A loop run inside the client's container, one attempt every `pause`, each appending when it
+/// started and ended (uptime) and `ok` or `fail` to `log` in the container.
 fn probe_loop(attempt: &str, log: &str, pause: &str) -> String {
     format!(
-        "while true; do if {attempt}; then echo ok >> {log}; else echo fail >> {log}; fi; sleep {pause}; done"
+        "while true; do read t _ < /proc/uptime; \
+         if {attempt}; then r=ok; else r=fail; fi; \
+         read u _ < /proc/uptime; echo \"$t $u $r\" >> {log}; sleep {pause}; done"
     )
 }
 
-/// The outcomes a loop logged so far, in order (`true`: it worked).
-async fn outcomes(node: &Node, client: &Sandbox, log: &str) -> anyhow::Result<Vec<bool>> {
+/// One attempt of a probe loop.
+#[derive(Clone, Copy, Debug)]
+struct Outcome {
+    /// When it started and ended (uptime).
+    start: f64,
+    end: f64,
+    ok: bool,
+}
+
+/// The outcomes a loop logged so far, in order.
+async fn outcomes(node: &Node, client: &Sandbox, log: &str) -> anyhow::Result<Vec<Outcome>> {
     let out = node
         .docker(&["exec", &client.container, "cat", log])
         .await?
         .ok(&format!("reading {log}"))?;
-    Ok(out.stdout.lines().map(|l| l.trim() == "ok").collect())
-}
-
-fn failures(outcomes: &[bool]) -> usize {
-    outcomes.iter().filter(|ok| !**ok).count()
+    out.stdout
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [start, end, result] = fields[..] else {
+                anyhow::bail!("{log}: {line:?}");
+            };
+            Ok(Outcome {
+                start: start.parse()?,
+                end: end.parse()?,
+                ok: result == "ok",
+            })
+        })
+        .collect()
 }
 
 /// Connections from the host to `addr` (the routing mesh on a node), one every 100 ms, until
-/// `stop`; counts attempts and failures.
+/// `stop`; each outcome is pushed to `seen`.
 fn mesh_loop(
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    attempts: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
+    seen: Arc<Mutex<Vec<Outcome>>>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::task::spawn_blocking(move || {
         while !stop.load(Ordering::Relaxed) {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            if mesh_tests::observe::http_get(addr).is_none() {
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
+            let start = uptime()?;
+            let ok = mesh_tests::observe::http_get(addr).is_some();
+            let end = uptime()?;
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Outcome { start, end, ok });
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(())
     })
 }
 
-async fn scenario(cluster: &mut Cluster, tag: &str) -> anyhow::Result<()> {
+/// Stops the routing-mesh loop when dropped, also when the test fails half-way (the runtime
+/// waits for blocking tasks at its end).
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The attempts of a log that started in `[from, to)`: how many, the slowest, and when the
+/// failed ones started relative to `zero`.
+struct Window {
+    attempts: usize,
+    slowest: f64,
+    failed: Vec<f64>,
+}
+
+impl Window {
+    fn of(log: &[Outcome], from: f64, to: f64, zero: f64) -> Self {
+        let inside: Vec<&Outcome> = log
+            .iter()
+            .filter(|o| o.start >= from && o.start < to)
+            .collect();
+        Self {
+            attempts: inside.len(),
+            slowest: inside.iter().map(|o| o.end - o.start).fold(0.0, f64::max),
+            failed: inside
+                .iter()
+                .filter(|o| !o.ok)
+                .map(|o| o.start - zero)
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} attempts (slowest {:.2}s), {} failed",
+            self.attempts,
+            self.slowest,
+            self.failed.len()
+        )?;
+        if !self.failed.is_empty() {
+            let at: Vec<String> = self.failed.iter().map(|t| format!("{t:+.2}s")).collect();
+            write!(f, " (at {} from the kill)", at.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// How many times meshd's log says it re-adopted its containers.
+fn readoptions(node: &Node) -> usize {
+    node.meshd_log_tail(usize::MAX)
+        .matches("containers re-adopted")
+        .count()
+}
+
+async fn scenario(cluster: &mut Cluster, tag: &str, expected: Mounts) -> anyhow::Result<()> {
     let manager = cluster.manager();
     let network = format!("net-{tag}");
     manager
@@ -192,7 +294,7 @@ async fn scenario(cluster: &mut Cluster, tag: &str) -> anyhow::Result<()> {
     })
     .await?;
     ensure!(client.node == crashed, "the client runs on {}", client.node);
-    let vip = vip_of(manager, "web").await?;
+    let vip = vip_on(manager, "web", &network).await?;
     let node = cluster.node(&crashed)?;
 
     // Ready: every web task answers through the VIP, the name gives the VIP, the routing mesh
@@ -241,8 +343,8 @@ async fn scenario(cluster: &mut Cluster, tag: &str) -> anyhow::Result<()> {
     let vip_attempt = format!("{request} | grep -q '^HTTP/1'");
     let dns_attempt = format!("nslookup -type=a web 127.0.0.11 | grep -qwF {vip}");
     for (attempt, log, pause) in [
-        (vip_attempt.as_str(), "/tmp/vip.log", "0.1"),
-        (dns_attempt.as_str(), "/tmp/dns.log", "0.2"),
+        (vip_attempt.as_str(), VIP_LOG, "0.1"),
+        (dns_attempt.as_str(), DNS_LOG, "0.2"),
     ] {
         node.docker(&[
             "exec",
@@ -255,82 +357,89 @@ async fn scenario(cluster: &mut Cluster, tag: &str) -> anyhow::Result<()> {
         .await?
         .ok("starting a probe loop")?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (mesh_attempts, mesh_failed) =
-        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mesh = mesh_loop(
-        published,
-        stop.clone(),
-        mesh_attempts.clone(),
-        mesh_failed.clone(),
-    );
+    let stop = Stop(Arc::new(AtomicBool::new(false)));
+    let mesh_log = Arc::new(Mutex::new(Vec::new()));
+    let mesh = mesh_loop(published, stop.0.clone(), mesh_log.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    // The crash, and the restart a second later.
     let index = cluster.position(&crashed)?;
-    let vip_before = outcomes(cluster.node(&crashed)?, &client, "/tmp/vip.log")
-        .await?
-        .len();
-    let dns_before = outcomes(cluster.node(&crashed)?, &client, "/tmp/dns.log")
-        .await?
-        .len();
-    let mesh_before = mesh_failed.load(Ordering::Relaxed);
+    let adoptions = readoptions(&cluster.nodes()[index]);
+    let first_mounts = cluster.nodes()[index].meshd_mount_namespace()?;
+    let killed = uptime()?;
     cluster.nodes_mut()[index].kill_meshd();
-    let killed = Instant::now();
     tokio::time::sleep(DOWN).await;
     cluster.nodes_mut()[index].restart_meshd().await?;
-    let back = killed.elapsed();
+    let back = uptime()?;
     let node = cluster.node(&crashed)?;
-    let dns_back = outcomes(node, &client, "/tmp/dns.log").await?.len();
-    let vip_back = outcomes(node, &client, "/tmp/vip.log").await?.len();
-    eprintln!(
-        "{crashed}'s meshd: SIGKILLed, started again after {DOWN:?}, answered {back:?} after the kill"
+    let mounts = node.meshd_mount_namespace()?;
+    // Each start with private mounts unshares a new namespace; the old one died with the
+    // killed meshd, so the kernel may hand its inode number to the new one: only "not the
+    // host's" can be told apart.
+    let host = std::fs::read_link("/proc/self/ns/mnt")?;
+    let seen = match (first_mounts == host, mounts == host) {
+        (true, true) => Mounts::Host,
+        (false, false) => Mounts::FreshEachStart,
+        _ => anyhow::bail!(
+            "meshd ran in {first_mounts:?}, then in {mounts:?}; the host's is {host:?}"
+        ),
+    };
+    ensure!(
+        seen == expected,
+        "meshd's mount namespaces: {seen:?}, not {expected:?}"
     );
-    tokio::time::sleep(AFTER).await;
+    wait_until(AFTER, "meshd to re-adopt its containers", async || {
+        Ok(readoptions(node) > adoptions)
+    })
+    .await?;
+    let readopted = uptime()?;
+    let rest = AFTER.saturating_sub(Duration::from_secs_f64(readopted - back));
+    tokio::time::sleep(rest).await;
 
-    stop.store(true, Ordering::Relaxed);
-    mesh.await?;
-    let node = cluster.node(&crashed)?;
-    let vip_log = outcomes(node, &client, "/tmp/vip.log").await?;
-    let dns_log = outcomes(node, &client, "/tmp/dns.log").await?;
+    drop(stop);
+    mesh.await??;
+    let end = uptime()?;
+    let vip_log = outcomes(node, &client, VIP_LOG).await?;
+    let dns_log = outcomes(node, &client, DNS_LOG).await?;
+    let mesh_log = mesh_log.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let after = running(cluster, &["web", "client"]).await?;
     cluster
         .wait_node_status(&crashed, "Ready", CONVERGE)
         .await?;
 
-    let vip_during = failures(&vip_log[vip_before..vip_back.min(vip_log.len())]);
-    let vip_after = failures(&vip_log[vip_back.min(vip_log.len())..]);
-    let settled_from = (dns_back + OVERLAP).min(dns_log.len());
-    let dns_during = failures(&dns_log[dns_before..settled_from]);
-    let dns_after = failures(&dns_log[settled_from..]);
-    let mesh_total = mesh_attempts.load(Ordering::Relaxed);
-    let mesh_fails = mesh_failed.load(Ordering::Relaxed) - mesh_before;
-    eprintln!(
-        "VIP: {} connections during the restart, {vip_during} failed; {} after, {vip_after} failed",
-        vip_back - vip_before,
-        vip_log.len() - vip_back
+    let window = |log: &[Outcome], from: f64, to: f64| Window::of(log, from, to, killed);
+    let (vip_down, vip_after) = (window(&vip_log, killed, back), window(&vip_log, back, end));
+    let vip_before = window(&vip_log, 0.0, killed);
+    let (dns_down, dns_after) = (window(&dns_log, killed, back), window(&dns_log, back, end));
+    let (mesh_down, mesh_after) = (
+        window(&mesh_log, killed, back),
+        window(&mesh_log, back, end),
     );
     eprintln!(
-        "DNS: {} lookups during the restart, {dns_during} failed; {} after, {dns_after} failed",
-        settled_from - dns_before,
-        dns_log.len() - settled_from
+        "{crashed}'s meshd ({expected:?} mounts): SIGKILLed, started again after {DOWN:?}; \
+         answering {:.2}s and containers re-adopted {:.2}s after the kill",
+        back - killed,
+        readopted - killed,
     );
-    eprintln!("routing mesh: {mesh_total} connections, {mesh_fails} failed across the restart");
+    eprintln!("VIP: before {vip_before}; down {vip_down}; after {vip_after}");
+    eprintln!("DNS: down {dns_down}; after {dns_after}");
+    eprintln!("routing mesh: down {mesh_down}; after {mesh_after}");
+
     ensure!(
-        vip_during == 0 && vip_after == 0,
-        "connections through the VIP failed: {vip_during} during the restart, {vip_after} after"
-    );
-    ensure!(
-        dns_after == 0,
-        "{dns_after} lookups failed after the restart"
-    );
-    ensure!(
-        mesh_fails == 0,
-        "{mesh_fails} connections through the routing mesh failed"
+        vip_before.failed.is_empty() && vip_down.failed.is_empty() && vip_after.failed.is_empty(),
+        "connections through the VIP failed: before {vip_before}; down {vip_down}; after {vip_after}"
     );
     ensure!(
-        vip_log.len() - vip_back >= 50,
-        "only {} connections after the restart",
-        vip_log.len() - vip_back
+        vip_down.attempts >= 5 && vip_after.attempts >= 50,
+        "too few connections to tell: down {vip_down}; after {vip_after}"
+    );
+    ensure!(
+        dns_after.failed.is_empty() && dns_after.attempts >= 20,
+        "lookups after the restart: {dns_after}"
+    );
+    ensure!(
+        mesh_down.failed.is_empty() && mesh_after.failed.is_empty() && mesh_down.attempts > 0,
+        "connections through the routing mesh: down {mesh_down}; after {mesh_after}"
     );
     ensure!(
         before == after,

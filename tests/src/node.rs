@@ -115,6 +115,13 @@ impl Node {
         self.netns.set_link(up)
     }
 
+    /// The mount namespace meshd runs in (`/proc/PID/ns/mnt`'s link, e.g. `mnt:[4026532301]`).
+    pub fn meshd_mount_namespace(&self) -> anyhow::Result<PathBuf> {
+        let pid = self.meshd.pid().context("meshd is not running")?;
+        let link = format!("/proc/{pid}/ns/mnt");
+        std::fs::read_link(&link).with_context(|| format!("cannot read {link}"))
+    }
+
     /// Whether this node's meshd has been started and not killed or stopped since.
     pub fn meshd_running(&self) -> bool {
         self.meshd.pid().is_some()

@@ -246,6 +246,30 @@ impl Sandbox {
     }
 }
 
+/// `service`'s VIP on `network`, without its prefix length. A service that publishes a port has
+/// one on `ingress` too, which a task not on `ingress` cannot reach.
+pub async fn vip_on(manager: &Node, service: &str, network: &str) -> anyhow::Result<String> {
+    let first = |out: &str| -> anyhow::Result<Value> {
+        let json: Value = serde_json::from_str(out)?;
+        Ok(json
+            .as_array()
+            .and_then(|a| a.first())
+            .unwrap_or(&json)
+            .clone())
+    };
+    let net = first(&manager.meshctl_ok(&["network", "inspect", network]).await?)?;
+    let net_id = net["Id"].as_str().context("network inspect shows no Id")?;
+    let svc = first(&manager.meshctl_ok(&["service", "inspect", service]).await?)?;
+    let vip = svc["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["NetworkID"] == net_id)
+        .and_then(|v| v["Addr"].as_str()?.split('/').next())
+        .with_context(|| format!("{service} has no VIP on {network}: {svc}"))?;
+    Ok(vip.to_owned())
+}
+
 /// The first 12 characters of an id, for messages and interface names.
 pub fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
