@@ -19,6 +19,8 @@ use mesh_tests::overlay::{OverlayCluster, Sandbox, diagnostics, vip_on};
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, require_privileged, wait_for, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(60);
+/// A short heartbeat period, so that a restart must fit in the dispatcher's grace.
+const HEARTBEAT: &str = "1s";
 /// How long meshd stays down: about what a systemd restart takes.
 const DOWN: Duration = Duration::from_secs(1);
 /// How long the loops go on after the restart: past the data plane's 20 s settling, when what
@@ -36,7 +38,12 @@ const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f 
 #[tokio::test]
 async fn a_sigkilled_meshd_restarting_loses_no_vip_mesh_or_task() -> anyhow::Result<()> {
     require_privileged!();
-    let cluster = Cluster::builder().managers(1).workers(2).start().await?;
+    let cluster = Cluster::builder()
+        .managers(1)
+        .workers(2)
+        .dispatcher_heartbeat(HEARTBEAT)
+        .start()
+        .await?;
     crash_and_restart(OverlayCluster::new(cluster), "crash", Mounts::Host).await
 }
 
@@ -47,6 +54,7 @@ async fn a_meshd_in_a_fresh_mount_namespace_each_start_finds_its_data_plane_agai
     let cluster = Cluster::builder()
         .managers(1)
         .workers(2)
+        .dispatcher_heartbeat(HEARTBEAT)
         .private_mounts()
         .start()
         .await?;
@@ -228,6 +236,14 @@ impl fmt::Display for Window {
     }
 }
 
+/// How many times the manager's log says it marked a node down (heartbeats missed).
+fn marked_down(manager: &Node) -> usize {
+    manager
+        .meshd_log_tail(usize::MAX)
+        .matches("node marked down")
+        .count()
+}
+
 /// How many times meshd's log says it re-adopted its containers.
 fn readoptions(node: &Node) -> usize {
     node.meshd_log_tail(usize::MAX)
@@ -365,6 +381,7 @@ async fn scenario(cluster: &mut Cluster, tag: &str, expected: Mounts) -> anyhow:
     // The crash, and the restart a second later.
     let index = cluster.position(&crashed)?;
     let adoptions = readoptions(&cluster.nodes()[index]);
+    let downs = marked_down(cluster.manager());
     let first_mounts = cluster.nodes()[index].meshd_mount_namespace()?;
     let killed = uptime()?;
     cluster.nodes_mut()[index].kill_meshd();
@@ -440,6 +457,10 @@ async fn scenario(cluster: &mut Cluster, tag: &str, expected: Mounts) -> anyhow:
     ensure!(
         mesh_down.failed.is_empty() && mesh_after.failed.is_empty() && mesh_down.attempts > 0,
         "connections through the routing mesh: down {mesh_down}; after {mesh_after}"
+    );
+    ensure!(
+        marked_down(cluster.manager()) == downs,
+        "the manager marked a node down across the restart"
     );
     ensure!(
         before == after,
