@@ -96,10 +96,14 @@ impl Drop for OverlayNamespaces {
     }
 }
 
-/// Where meshd pins its eBPF load balancer's links and maps, so that they outlive it: a directory
-/// per prefix on the host's BPF file system (the tests run in the host's mount namespace).
+/// Where every meshd pins its eBPF load balancer's links and maps, so that they outlive it: a
+/// directory per prefix on the host's BPF file system (the tests run in the host's mount
+/// namespace).
+pub const PINS: &str = "/sys/fs/bpf/mesh";
+
+/// One meshd's pin directory.
 pub fn pin_dir(prefix: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf/mesh").join(prefix)
+    Path::new(PINS).join(prefix)
 }
 
 /// Removes a meshd's eBPF pins (links first, so that its programs detach before their maps go),
