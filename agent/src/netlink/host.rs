@@ -40,6 +40,7 @@ fn anchor() -> &'static Anchor {
     static ANCHOR: OnceLock<Anchor> = OnceLock::new();
     ANCHOR.get_or_init(|| {
         if let Ok(mounts) = File::open(PID1_MOUNTS) {
+            tracing::debug!("lasting mounts go to pid 1's mount namespace");
             return Anchor {
                 root: PathBuf::from(PID1_ROOT),
                 mounts: Some(mounts),
@@ -53,9 +54,9 @@ fn anchor() -> &'static Anchor {
             ) else {
                 continue;
             };
-            tracing::debug!(
+            tracing::info!(
                 pid,
-                "pid 1's mount namespace is hidden: using an ancestor's"
+                "pid 1's mount namespace is hidden: lasting mounts go to its topmost ancestor's"
             );
             return Anchor {
                 root: PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd())),
