@@ -46,9 +46,10 @@ pub struct Dns {
     servers: Mutex<HashMap<String, Serving>>,
 }
 
-/// A sandbox's resolver: where it answers, for which networks.
+/// A sandbox's resolver: in which network namespace it answers (see [`Netns::identity`]: the
+/// same sandbox may be named through the pid of any of its processes), for which networks.
 struct Serving {
-    sandbox: Netns,
+    identity: Option<(u64, u64)>,
     networks: Vec<String>,
     task: JoinHandle<()>,
 }
@@ -74,12 +75,25 @@ impl Dns {
         sandbox: &Netns,
         networks: Vec<String>,
     ) -> Result<(), NetlinkError> {
-        if let Some(serving) = self.servers.lock().await.get(task_id)
-            && serving.sandbox == *sandbox
-            && serving.networks == networks
-            && !serving.task.is_finished()
+        let identity = sandbox.identity();
+        let same_sandbox = |serving: &Serving| {
+            !serving.task.is_finished() && identity.is_some() && serving.identity == identity
+        };
         {
-            return Ok(());
+            let mut servers = self.servers.lock().await;
+            if let Some(serving) = servers.get(task_id)
+                && same_sandbox(serving)
+            {
+                if serving.networks == networks {
+                    return Ok(());
+                }
+                // The same sandbox, other networks: its resolver lets go of 127.0.0.11:53
+                // before the new one binds it.
+                if let Some(old) = servers.remove(task_id) {
+                    old.task.abort();
+                    let _ = old.task.await;
+                }
+            }
         }
         let socket = bind_udp(sandbox, SocketAddr::from((RESOLVER_ADDR, 53))).await?;
         let socket =
@@ -91,7 +105,7 @@ impl Dns {
             upstreams: self.upstreams.clone(),
         };
         let serving = Serving {
-            sandbox: sandbox.clone(),
+            identity,
             networks: server.networks.clone(),
             task: tokio::spawn(server.run()),
         };

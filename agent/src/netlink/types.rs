@@ -46,6 +46,15 @@ impl Netns {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// Which namespace the file holds now (device and inode of the nsfs file): two paths name
+    /// the same namespace exactly when these match (e.g. `/proc/PID/ns/net` of two processes
+    /// sharing one); `None` when it cannot be read.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.0).ok()?;
+        Some((meta.dev(), meta.ino()))
+    }
 }
 
 impl fmt::Display for Netns {
@@ -243,5 +252,19 @@ impl NetlinkError {
     /// The object to create already exists.
     pub fn is_already_exists(&self) -> bool {
         self.raw_errno() == Some(libc::EEXIST)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_through_different_pids_name_the_same_namespace() {
+        let own = Netns::of_pid(std::process::id());
+        assert!(own.identity().is_some());
+        assert_eq!(own.identity(), Netns::current().identity());
+        assert_ne!(own.path(), Netns::current().path());
+        assert_eq!(Netns::from_path("/nonexistent/ns/net").identity(), None);
     }
 }
