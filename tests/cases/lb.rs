@@ -3,6 +3,9 @@
 //! no namespace has a route to) reaches the backends from the client only, over TCP and UDP, and
 //! only while the balancer is loaded and the service set.
 //!
+//! Pinned, the balancer outlives the process that loaded it (meshd across a restart) and the next
+//! load takes it over with its entries.
+//!
 //! Several tests run at once, each with its own `SockLb` attached to the same cgroup2 root: that
 //! they do not disturb each other is part of what is tested.
 
@@ -13,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use mesh_agent::lb::ebpf::{Protocol, SockLb};
+use mesh_agent::lb::ebpf::{Pins, Protocol, SockLb};
 use mesh_agent::netlink::{self, netns_cookie};
 use mesh_tests::netns::{Bridge, Netns};
 use mesh_tests::process::{Output, run};
@@ -365,5 +368,72 @@ async fn only_registered_namespaces_are_balanced_each_by_its_own_instance() -> a
     drop(theirs);
     let out = lab.tcp(&lab.stranger, &VIP.to_string(), 80).await?;
     not_reached(&out, "stranger after its balancer was dropped")?;
+    Ok(())
+}
+
+/// Removes a test's pins when dropped, also when the test fails half-way.
+struct PinsGuard(String);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        mesh_tests::overlay::remove_pins(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_balancer_outlives_its_owner_and_is_taken_over() -> anyhow::Result<()> {
+    require_privileged!();
+    let lab = Lab::start().await?;
+    let client = lab.cookie(&lab.client).await?;
+    let prefix = format!(
+        "{}{:x}-lb",
+        mesh_tests::netns::TEST_PREFIX,
+        std::process::id()
+    );
+    let _guard = PinsGuard(prefix.clone());
+    let pins = Pins::for_prefix(&prefix);
+
+    let mut first = SockLb::load_pinned(&pins)?;
+    first.set_service(client, VIP, 80, Protocol::Tcp, &lab.all_backends(80))?;
+    let entries = first.entries()?;
+    // The process that loaded it goes (as a SIGKILLed meshd does): its links and maps stay.
+    drop(first);
+    let seen = lab.spread(VIP, 80).await?;
+    ensure!(
+        seen == names(&[1, 2, 3], ""),
+        "with its loader gone: {seen:?}"
+    );
+
+    // The next load takes over the maps with their entries, and its programs replace the old.
+    let mut second = SockLb::load_pinned(&pins)?;
+    ensure!(
+        second.entries()? == entries && second.sandboxes() == BTreeSet::from([client]),
+        "taken over: {} entries (had {entries}), sandboxes {:?}",
+        second.entries()?,
+        second.sandboxes()
+    );
+    ensure!(lab.spread(VIP, 80).await? == names(&[1, 2, 3], ""));
+    second.set_service(client, VIP, 80, Protocol::Tcp, &[lab.backend(2, 80)])?;
+    let seen = lab.spread(VIP, 80).await?;
+    ensure!(
+        seen == names(&[2], ""),
+        "changed after the take-over: {seen:?}"
+    );
+    let links = std::fs::read_dir(pins.dir())?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("link_"))
+        .count();
+    ensure!(links == 3, "{links} pinned links, not one per program");
+
+    // Unpinned (leaving the swarm), it goes with its owner.
+    second.unpin()?;
+    ensure!(
+        !pins.dir().exists(),
+        "{} is still there",
+        pins.dir().display()
+    );
+    drop(second);
+    let out = lab.tcp(&lab.client, &VIP.to_string(), 80).await?;
+    not_reached(&out, "client after the unpinned balancer was dropped")?;
     Ok(())
 }

@@ -23,6 +23,7 @@ pub struct ClusterBuilder {
     fixed: Option<(String, [u8; 3], PathBuf)>,
     quiet: bool,
     progress: bool,
+    private_mounts: bool,
 }
 
 /// A running cluster; dropping it tears down every node, the bridge and the temp dir.
@@ -36,6 +37,9 @@ pub struct Cluster {
     /// The busybox image's id once the first node imported it; later nodes load the same image.
     image_id: Option<String>,
     quiet: bool,
+    /// Every start of every meshd gets a mount namespace of its own (see
+    /// [`ClusterBuilder::private_mounts`]).
+    private_mounts: bool,
 }
 
 impl Cluster {
@@ -47,6 +51,7 @@ impl Cluster {
             fixed: None,
             quiet: false,
             progress: false,
+            private_mounts: false,
         }
     }
 
@@ -102,6 +107,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Starts every meshd, each time, in a fresh private mount namespace
+    /// (`unshare --mount --propagation private`), as systemd's `PrivateMounts=` and its kin do:
+    /// the namespace, and every mount made in it, dies with that meshd.
+    pub fn private_mounts(mut self) -> Self {
+        self.private_mounts = true;
+        self
+    }
+
     /// Does not print the nodes' logs when the cluster is dropped (by default they are printed, and
     /// cargo test shows them only for failing tests).
     pub fn quiet(mut self) -> Self {
@@ -142,6 +155,7 @@ impl ClusterBuilder {
                     temp: None,
                     image_id: None,
                     quiet: self.quiet,
+                    private_mounts: self.private_mounts,
                 }
             }
             None => {
@@ -157,6 +171,7 @@ impl ClusterBuilder {
                     temp: Some(temp),
                     image_id: None,
                     quiet: self.quiet,
+                    private_mounts: self.private_mounts,
                 }
             }
         };
@@ -348,6 +363,7 @@ async fn start_node(
         listen_addr: format!("{addr}:{MANAGER_PORT}"),
         advertise_addr: addr,
         log: dir.join("meshd.log"),
+        private_mounts: cluster.private_mounts,
     };
     let meshd = Meshd::start(config).await?;
     let node = Node {

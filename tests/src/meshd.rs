@@ -23,6 +23,8 @@ pub struct MeshdConfig {
     pub advertise_addr: String,
     /// meshd's stderr is appended here across restarts.
     pub log: PathBuf,
+    /// Each start in a fresh private mount namespace of its own.
+    pub private_mounts: bool,
 }
 
 /// A running (or stopped) meshd; dropping it stops it.
@@ -56,8 +58,16 @@ impl Meshd {
         // The socket of a killed meshd may linger; only a fresh one shows that this meshd is up.
         let _ = std::fs::remove_file(&c.socket);
         let net = format!("--net={}", c.netns_path);
-        // nsenter keeps the host's mount namespace (and its cgroup2 mount) and execs: the pid is meshd's.
-        let child = Command::new("nsenter")
+        // nsenter keeps the host's mount namespace (and its cgroup2 mount) and execs: the pid is
+        // meshd's. With private mounts, unshare makes a copy of it first and execs nsenter.
+        let mut command = if c.private_mounts {
+            let mut unshare = Command::new("unshare");
+            unshare.args(["--mount", "--propagation", "private", "nsenter"]);
+            unshare
+        } else {
+            Command::new("nsenter")
+        };
+        let child = command
             .arg(net)
             .arg(bin)
             .args(["--state-dir", &c.state_dir.display().to_string()])
@@ -73,7 +83,7 @@ impl Meshd {
             .stderr(log)
             .process_group(0)
             .spawn()
-            .context("cannot start meshd through nsenter")?;
+            .context("cannot start meshd through nsenter (and unshare)")?;
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !self.config.socket.exists() {

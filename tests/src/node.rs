@@ -95,12 +95,17 @@ impl Node {
         self.meshd.kill();
     }
 
-    /// Starts meshd again with the same flags and waits until it answers `node ls`.
+    /// Starts meshd again with the same flags and waits until it answers: `node ls` on a
+    /// manager (once its control plane is back), `info` on a worker (which has no `node ls`).
     pub async fn restart_meshd(&mut self) -> anyhow::Result<()> {
         self.meshd.restart().await?;
         let what = format!("{}'s meshd to answer after restart", self.hostname);
+        let probe: &[&str] = match self.role {
+            Role::Manager => &["node", "ls"],
+            Role::Worker => &["info"],
+        };
         crate::wait_until(Duration::from_secs(60), &what, async || {
-            Ok(self.meshctl(&["node", "ls"]).await?.success())
+            Ok(self.meshctl(probe).await?.success())
         })
         .await
     }
@@ -108,6 +113,13 @@ impl Node {
     /// Cuts (`up == false`) or restores this node's link to the cluster bridge.
     pub fn set_link(&self, up: bool) -> anyhow::Result<()> {
         self.netns.set_link(up)
+    }
+
+    /// The mount namespace meshd runs in (`/proc/PID/ns/mnt`'s link, e.g. `mnt:[4026532301]`).
+    pub fn meshd_mount_namespace(&self) -> anyhow::Result<PathBuf> {
+        let pid = self.meshd.pid().context("meshd is not running")?;
+        let link = format!("/proc/{pid}/ns/mnt");
+        std::fs::read_link(&link).with_context(|| format!("cannot read {link}"))
     }
 
     /// Whether this node's meshd has been started and not killed or stopped since.

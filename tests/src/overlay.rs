@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -92,6 +92,35 @@ impl Drop for OverlayNamespaces {
         for name in namespaces_of(&self.prefix).unwrap_or_default() {
             crate::netns::delete_namespace(&name);
         }
+        remove_pins(&self.prefix);
+    }
+}
+
+/// Where every meshd pins its eBPF load balancer's links and maps, so that they outlive it: a
+/// directory per prefix on the host's BPF file system (the tests run in the host's mount
+/// namespace).
+pub const PINS: &str = "/sys/fs/bpf/mesh";
+
+/// One meshd's pin directory.
+pub fn pin_dir(prefix: &str) -> PathBuf {
+    Path::new(PINS).join(prefix)
+}
+
+/// Removes a meshd's eBPF pins (links first, so that its programs detach before their maps go),
+/// which it leaves on purpose when it stops without leaving the swarm.
+pub fn remove_pins(prefix: &str) {
+    let dir = pin_dir(prefix);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+    paths.sort_by_key(|p| !p.to_string_lossy().contains("link_"));
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
     }
 }
 
@@ -128,6 +157,7 @@ impl OverlayCluster {
             for name in namespaces_of(prefix).unwrap_or_default() {
                 crate::netns::delete_namespace(&name);
             }
+            remove_pins(prefix);
         }
     }
 }
@@ -218,6 +248,30 @@ impl Sandbox {
             code => bail!("ping exited {code}: {}{}", out.stdout, out.stderr),
         }
     }
+}
+
+/// `service`'s VIP on `network`, without its prefix length. A service that publishes a port has
+/// one on `ingress` too, which a task not on `ingress` cannot reach.
+pub async fn vip_on(manager: &Node, service: &str, network: &str) -> anyhow::Result<String> {
+    let first = |out: &str| -> anyhow::Result<Value> {
+        let json: Value = serde_json::from_str(out)?;
+        Ok(json
+            .as_array()
+            .and_then(|a| a.first())
+            .unwrap_or(&json)
+            .clone())
+    };
+    let net = first(&manager.meshctl_ok(&["network", "inspect", network]).await?)?;
+    let net_id = net["Id"].as_str().context("network inspect shows no Id")?;
+    let svc = first(&manager.meshctl_ok(&["service", "inspect", service]).await?)?;
+    let vip = svc["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["NetworkID"] == net_id)
+        .and_then(|v| v["Addr"].as_str()?.split('/').next())
+        .with_context(|| format!("{service} has no VIP on {network}: {svc}"))?;
+    Ok(vip.to_owned())
 }
 
 /// The first 12 characters of an id, for messages and interface names.

@@ -165,14 +165,12 @@ pub fn down() -> anyhow::Result<()> {
             process::terminate(pid, Duration::from_secs(10));
         }
         dockerd::stop(&node);
-        // meshd keeps its overlay namespaces across restarts, so they outlive it.
-        let overlay = format!(
-            "{}-",
-            mesh_tests::overlay::netns_prefix(&node.join("state"))
-        );
-        for ns in netns::namespaces_with_prefix(&overlay) {
+        // meshd keeps its overlay namespaces and eBPF pins across restarts, so they outlive it.
+        let prefix = mesh_tests::overlay::netns_prefix(&node.join("state"));
+        for ns in netns::namespaces_with_prefix(&format!("{prefix}-")) {
             netns::delete_namespace(&ns);
         }
+        mesh_tests::overlay::remove_pins(&prefix);
     }
     for ns in netns::namespaces_with_prefix(BRIDGE) {
         netns::delete_namespace(&ns);

@@ -1,10 +1,12 @@
 //! What test runs leave behind: `mt-*` namespaces, links, temp dirs and processes whose owning test
-//! process (its pid is in the name, in hex) is gone.
+//! process (its pid is in the name, in hex) is gone, and eBPF pins under `/sys/fs/bpf/mesh` that no
+//! running meshd owns.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mesh_tests::netns::{self, TEST_PREFIX};
+use mesh_tests::overlay::{PINS, netns_prefix, remove_pins};
 use mesh_tests::process;
 
 /// Everything found that belongs to a test process that no longer exists.
@@ -14,6 +16,9 @@ pub struct Leftovers {
     pub links: Vec<String>,
     pub dirs: Vec<PathBuf>,
     pub processes: Vec<(u32, String)>,
+    /// Pin directories (`/sys/fs/bpf/mesh/<prefix>`) of meshds that no longer run: their
+    /// programs stay attached to the host's cgroup2 root until the pins go.
+    pub pins: Vec<PathBuf>,
 }
 
 impl Leftovers {
@@ -22,6 +27,7 @@ impl Leftovers {
             && self.links.is_empty()
             && self.dirs.is_empty()
             && self.processes.is_empty()
+            && self.pins.is_empty()
     }
 
     pub fn report(&self) {
@@ -40,6 +46,9 @@ impl Leftovers {
         }
         for (pid, cmd) in &self.processes {
             eprintln!("leftover process {pid}: {cmd}");
+        }
+        for dir in &self.pins {
+            eprintln!("leftover eBPF pins: {}", dir.display());
         }
     }
 }
@@ -88,7 +97,40 @@ pub fn find() -> Leftovers {
             found.processes.push((pid, cmd.trim().to_owned()));
         }
     }
+    found.pins = orphaned_pins();
     found
+}
+
+/// The pin directories under [`PINS`] whose prefix (named after a state dir) is no running
+/// meshd's.
+fn orphaned_pins() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(PINS) else {
+        return Vec::new();
+    };
+    let live: Vec<String> = process::pids_with_cmdline("--state-dir")
+        .into_iter()
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            state_dir_of(&raw)
+        })
+        .map(|dir| netns_prefix(&dir))
+        .collect();
+    entries
+        .flatten()
+        .filter(|e| !live.contains(&e.file_name().to_string_lossy().into_owned()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The `--state-dir` of a meshd command line (`/proc/PID/cmdline`, NUL-separated).
+fn state_dir_of(cmdline: &[u8]) -> Option<PathBuf> {
+    let text = String::from_utf8_lossy(cmdline);
+    let mut args = text.split('\0');
+    if !args.clone().any(|a| a.ends_with("meshd")) {
+        return None;
+    }
+    args.find(|a| *a == "--state-dir")?;
+    args.next().map(PathBuf::from)
 }
 
 /// Removes leftovers: daemons first (with their containers), then namespaces, links and directories.
@@ -113,6 +155,11 @@ pub fn clean(found: &Leftovers) {
             eprintln!("cannot remove {}: {err}", dir.display());
         }
     }
+    for dir in &found.pins {
+        if let Some(prefix) = dir.file_name() {
+            remove_pins(&prefix.to_string_lossy());
+        }
+    }
 }
 
 /// Directories under a test dir that held a dockerd.
@@ -125,4 +172,24 @@ fn node_dirs(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.join("docker.pid").exists())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_meshd_command_line_names_its_state_dir() {
+        let meshd =
+            b"/w/target/debug/meshd\0--state-dir\0/tmp/mt-1f-0-x/node1/state\0--socket\0s\0";
+        assert_eq!(
+            state_dir_of(meshd),
+            Some(PathBuf::from("/tmp/mt-1f-0-x/node1/state"))
+        );
+        assert_eq!(
+            state_dir_of(b"nsenter\0--net=/run/netns/x\0/w/meshd\0"),
+            None
+        );
+        assert_eq!(state_dir_of(b"other\0--state-dir\0/tmp/y\0"), None);
+    }
 }

@@ -53,7 +53,8 @@ pub(super) async fn follow(
 impl Daemon {
     /// The overlay data plane, unless disabled (gossip port 0) or the advertise address is not
     /// IPv4. What an earlier run left in the kernel stays until the worker re-attaches its tasks
-    /// and the data plane's sweep removes the rest.
+    /// and the data plane's sweep removes the rest; its tasks' DNS resolvers and VIPs are brought
+    /// back at once.
     pub(super) async fn dataplane(&self, state: &NodeState) -> Option<Arc<Dataplane>> {
         if self.config.gossip_port == 0 {
             return None;
@@ -65,6 +66,12 @@ impl Daemon {
                 return None;
             }
         };
+        // Started in a mount namespace of its own, meshd may hold copies of its namespaces'
+        // mounts that would outlive their deletion; its mounts live in pid 1's.
+        crate::netlink::host::release_private_copies(&format!(
+            "{}-",
+            crate::network::prefix_for(&self.config.state_dir)
+        ));
         let overlay = Overlay::new(
             Arc::new(RtNetlink::new()),
             &self.config.state_dir,
@@ -73,11 +80,14 @@ impl Daemon {
             self.config.gwbridge_subnet,
         );
         let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        Some(Arc::new(Dataplane::new(
+        let dataplane = Arc::new(Dataplane::new(
             Arc::new(overlay),
             self.config.gossip_port,
             crate::dns::upstreams(&resolv_conf),
             self.config.lb_backend,
-        )))
+        ));
+        // Before the session: the running tasks' DNS and VIPs come back first.
+        dataplane.restore().await;
+        Some(dataplane)
     }
 }

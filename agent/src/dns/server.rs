@@ -41,7 +41,15 @@ pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
 pub struct Dns {
     directory: Arc<RwLock<Directory>>,
     forwarder: Arc<Forwarder>,
-    servers: Mutex<HashMap<String, JoinHandle<()>>>,
+    servers: Mutex<HashMap<String, Serving>>,
+}
+
+/// A sandbox's resolver: in which network namespace it answers (see [`Netns::identity`]: the
+/// same sandbox may be named through the pid of any of its processes), for which networks.
+struct Serving {
+    identity: Option<(u64, u64)>,
+    networks: Vec<String>,
+    task: JoinHandle<()>,
 }
 
 impl Dns {
@@ -57,13 +65,34 @@ impl Dns {
         &self.directory
     }
 
-    /// Starts (or restarts) the resolver of a task's sandbox, answering for `networks`.
+    /// Starts (or restarts) the resolver of a task's sandbox, answering for `networks`; one
+    /// already answering there for the same networks (started early after a restart) is kept.
     pub async fn serve(
         &self,
         task_id: &str,
         sandbox: &Netns,
         networks: Vec<String>,
     ) -> Result<(), NetlinkError> {
+        let identity = sandbox.identity();
+        let same_sandbox = |serving: &Serving| {
+            !serving.task.is_finished() && identity.is_some() && serving.identity == identity
+        };
+        {
+            let mut servers = self.servers.lock().await;
+            if let Some(serving) = servers.get(task_id)
+                && same_sandbox(serving)
+            {
+                if serving.networks == networks {
+                    return Ok(());
+                }
+                // The same sandbox, other networks: its resolver lets go of 127.0.0.11:53
+                // before the new one binds it.
+                if let Some(old) = servers.remove(task_id) {
+                    old.task.abort();
+                    let _ = old.task.await;
+                }
+            }
+        }
         let socket = bind_udp(sandbox, SocketAddr::from((RESOLVER_ADDR, 53))).await?;
         let socket =
             UdpSocket::from_std(socket).map_err(|e| NetlinkError::io("serve dns", sandbox, e))?;
@@ -74,9 +103,18 @@ impl Dns {
             directory: self.directory.clone(),
             forwarder: self.forwarder.clone(),
         };
-        let task = tokio::spawn(server.run());
-        if let Some(old) = self.servers.lock().await.insert(task_id.to_owned(), task) {
-            old.abort();
+        let serving = Serving {
+            identity,
+            networks: server.networks.clone(),
+            task: tokio::spawn(server.run()),
+        };
+        if let Some(old) = self
+            .servers
+            .lock()
+            .await
+            .insert(task_id.to_owned(), serving)
+        {
+            old.task.abort();
         }
         Ok(())
     }
@@ -84,14 +122,14 @@ impl Dns {
     /// Stops a sandbox's resolver.
     pub async fn stop(&self, task_id: &str) {
         if let Some(server) = self.servers.lock().await.remove(task_id) {
-            server.abort();
+            server.task.abort();
         }
     }
 
     /// Stops every resolver.
     pub async fn stop_all(&self) {
         for (_, server) in self.servers.lock().await.drain() {
-            server.abort();
+            server.task.abort();
         }
     }
 }

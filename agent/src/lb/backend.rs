@@ -1,5 +1,6 @@
 //! What the data plane asks of a service load balancer, whichever kernel mechanism it uses.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::ebpf::LbError;
@@ -59,4 +60,22 @@ pub trait LoadBalancer: Send {
 
     /// The entries it holds in the kernel: eBPF map entries, or IPVS services and destinations.
     fn entries(&self) -> Result<usize, BackendError>;
+
+    /// What the kernel already balances for `sandbox`, backends by VIP, as an earlier run of
+    /// meshd left it (the eBPF balancer's pinned maps); empty when it knows of nothing.
+    fn programmed(&self, _sandbox: &Sandbox) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+        BTreeMap::new()
+    }
+
+    /// Removes everything set for sandboxes other than those with the netns cookies in `keep`:
+    /// those an earlier run left for tasks that went while meshd was down. Tries every step.
+    fn retain_sandboxes(&mut self, _keep: &BTreeSet<u64>) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Leaving the swarm: removes what keeps its kernel state alive past this process (pins),
+    /// so that it all goes when the balancer is dropped.
+    fn release(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }

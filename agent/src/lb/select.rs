@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tracing::info;
 
 use super::backend::{BackendError, LoadBalancer};
-use super::ebpf::{LbError, SockLb};
+use super::ebpf::{LbError, Pins, SockLb};
 use super::ipvs::{IpvsError, IpvsLb, IpvsSocket, NetnsTables};
 
 /// Where the kernel shows IPVS's connection table; present exactly when IPVS is loaded.
@@ -41,11 +41,12 @@ impl Backend {
         }
     }
 
-    /// Starts it: loads and attaches the eBPF programs, or readies IPVS (each sandbox's table is
-    /// opened when its first VIP is set).
-    pub fn open(self) -> Result<Box<dyn LoadBalancer>, BackendError> {
+    /// Starts it: loads and attaches the eBPF programs pinned in `pins` (re-adopting what an
+    /// earlier run pinned there), or readies IPVS (each sandbox's table is opened when its first
+    /// VIP is set; its state lives in the sandboxes and outlives meshd by itself).
+    pub fn open(self, pins: &Pins) -> Result<Box<dyn LoadBalancer>, BackendError> {
         Ok(match self {
-            Self::Ebpf => Box::new(SockLb::load()?),
+            Self::Ebpf => Box::new(SockLb::load_pinned(pins)?),
             Self::Ipvs => Box::new(IpvsLb::new(NetnsTables)),
         })
     }

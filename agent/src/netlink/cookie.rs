@@ -1,16 +1,14 @@
 //! The cookie of a network namespace: the number eBPF programs see for its sockets
 //! (`bpf_get_netns_cookie`), which the service load balancer keys its maps by.
 
-use std::fs::File;
-
-use super::real::on_own_thread;
+use super::real::{on_own_thread, open_netns};
 use super::{NetlinkError, Netns, sys};
 
 /// The netns cookie of `ns`, read on a short-lived thread that enters the namespace and exits with
 /// it, so the rest of the process never changes namespace.
 pub async fn netns_cookie(ns: &Netns) -> Result<u64, NetlinkError> {
     const OP: &str = "read netns cookie";
-    let file = File::open(ns.path()).map_err(|e| NetlinkError::io(OP, ns, e))?;
+    let file = open_netns(OP, ns)?;
     on_own_thread(OP, ns.to_string(), move || {
         sys::setns_net(&file)?;
         sys::netns_cookie()

@@ -5,6 +5,7 @@
 //! an in-memory model for tests. Every operation names the namespace it acts in.
 
 mod cookie;
+pub mod host;
 mod real;
 mod sockets;
 mod sys;
@@ -37,10 +38,13 @@ pub type Result<T> = std::result::Result<T, NetlinkError>;
 /// Creating something that exists fails with [`NetlinkError::is_already_exists`]; deleting something
 /// missing fails with [`NetlinkError::is_not_found`]. New links start down.
 pub trait Netlink: Send + Sync {
-    /// Creates the named namespace `/run/netns/NAME`. Names are global to the machine: callers
-    /// prefix them with something unique to their meshd.
+    /// Creates the named namespace `/run/netns/NAME` (in pid 1's mount namespace, so that it
+    /// outlives meshd's own). Names are global to the machine: callers prefix them with
+    /// something unique to their meshd. A leftover file whose namespace is gone is "already
+    /// exists" here and [`NetlinkError::is_stale`] to every operation in it.
     fn create_netns<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Netns>>;
-    /// Deletes a namespace made by [`Netlink::create_netns`], and with it every device inside.
+    /// Deletes a namespace made by [`Netlink::create_netns`], and with it every device inside
+    /// (or the leftover file of one that is gone).
     fn delete_netns<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Names of the namespaces under `/run/netns` that start with `prefix`.
     fn list_netns<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;

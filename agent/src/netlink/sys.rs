@@ -32,6 +32,114 @@ pub(super) fn unshare_net() -> io::Result<()> {
     }
 }
 
+/// The magic number of the file system holding namespace files (`/proc/PID/ns/*` and their bind
+/// mounts): a file under `/run/netns` without it is a leftover whose mount went away.
+pub(crate) const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// The magic number of the BPF file system, where pinned programs, links and maps live.
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Moves the calling thread into the mount namespace `ns` (e.g. `/proc/1/ns/mnt`). A thread that
+/// shares its file system attributes with others cannot change mount namespace, so it first takes
+/// its own copy of them (`unshare(CLONE_FS)`): only this thread sees the change.
+pub(super) fn setns_mnt(ns: &File) -> io::Result<()> {
+    // SAFETY: unshare(2) takes no pointers and only affects the calling thread.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ns` is an open file descriptor that outlives the call; setns(2) only changes the
+    // calling thread's namespace and reads no memory of ours.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The magic number of the file system `path` lies on (`statfs(2)`'s `f_type`).
+pub(crate) fn fs_magic(path: &Path) -> io::Result<i64> {
+    let path = c_path(path)?;
+    // SAFETY: an all-zero `statfs` is a valid value of a plain C struct.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `buf` a live local of the right type for the call.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut buf) };
+    if rc == 0 {
+        Ok(buf.f_type)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The magic number of the file system an open file lies on (`fstatfs(2)`'s `f_type`).
+pub(crate) fn file_fs_magic(file: &File) -> io::Result<i64> {
+    // SAFETY: an all-zero `statfs` is a valid value of a plain C struct.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `file` is an open descriptor for the whole call and `buf` a live local of the right
+    // type.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut buf) };
+    if rc == 0 {
+        Ok(buf.f_type)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Calls mount(2) with no data.
+fn mount(
+    src: &CString,
+    dst: &CString,
+    fstype: Option<&CString>,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
+    let fstype = fstype.map_or(std::ptr::null(), |t| t.as_ptr());
+    // SAFETY: the strings are NUL-terminated and live until mount(2) returns; `fstype` is either
+    // one of them or null, which the flags used here allow; no data is passed.
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fstype, flags, std::ptr::null()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Mounts a BPF file system at `dst` (an existing directory), as `mount -t bpf bpf DST` does.
+pub(super) fn mount_bpffs(dst: &Path) -> io::Result<()> {
+    let none = c_path(Path::new("bpf"))?;
+    mount(&none, &c_path(dst)?, Some(&none), 0)
+}
+
+/// Makes `path` a mount point whose mounts propagate to the mount namespaces that copy it, as
+/// `ip netns add` does with `/run/netns`: made shared, or, when it is no mount point yet, first
+/// bind-mounted onto itself.
+pub(super) fn make_shared_mount(path: &Path) -> io::Result<()> {
+    let dst = c_path(path)?;
+    let none = c_path(Path::new("none"))?;
+    match mount(&none, &dst, None, libc::MS_SHARED | libc::MS_REC) {
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+            mount(&dst, &dst, None, libc::MS_BIND | libc::MS_REC)?;
+            mount(&none, &dst, None, libc::MS_SHARED | libc::MS_REC)
+        }
+        other => other,
+    }
+}
+
+/// Detaches the mount at `path` (`umount -l`).
+pub(super) fn umount_detach(path: &Path) -> io::Result<()> {
+    let target = c_path(path)?;
+    // SAFETY: `target` is NUL-terminated and lives until umount2(2) returns.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Bind-mounts `src` onto `dst` (both existing paths), as `mount --bind` does.
 pub(super) fn bind_mount(src: &Path, dst: &Path) -> io::Result<()> {
     let c = |p: &Path| {

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 
-/// Where named network namespaces live, as with `ip netns`.
+/// Where named network namespaces live, as with `ip netns` (in pid 1's mount namespace).
 pub const NETNS_DIR: &str = "/run/netns";
 
 /// A network namespace, identified by its nsfs file (`/run/netns/NAME` or `/proc/PID/ns/net`).
@@ -22,9 +22,15 @@ impl Netns {
         Self(path.into())
     }
 
-    /// The named namespace `/run/netns/NAME`.
+    /// The named namespace `/run/netns/NAME` of pid 1's mount namespace, where meshd makes them
+    /// (reached through `/proc/1/root`, whatever mount namespace this process runs in).
     pub fn named(name: &str) -> Self {
-        Self(Path::new(NETNS_DIR).join(name))
+        Self(Self::named_dir().join(name))
+    }
+
+    /// The directory of the named namespaces, as reached from this process.
+    pub fn named_dir() -> PathBuf {
+        super::host::host_path(Path::new(NETNS_DIR))
     }
 
     /// The namespace of process `pid` (e.g. a container's init).
@@ -39,6 +45,15 @@ impl Netns {
 
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// Which namespace the file holds now (device and inode of the nsfs file): two paths name
+    /// the same namespace exactly when these match (e.g. `/proc/PID/ns/net` of two processes
+    /// sharing one); `None` when it cannot be read.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.0).ok()?;
+        Some((meta.dev(), meta.ino()))
     }
 }
 
@@ -188,6 +203,10 @@ pub enum NetlinkError {
         target: String,
         reason: String,
     },
+    /// A named namespace's file is there but holds no namespace: the mount that held it went
+    /// away (it lived in a mount namespace that died), and the namespace with it.
+    #[error("{op} {target}: not a network namespace any more (the mount that held it is gone)")]
+    Stale { op: &'static str, target: String },
 }
 
 impl NetlinkError {
@@ -211,20 +230,41 @@ impl NetlinkError {
     pub fn raw_errno(&self) -> Option<i32> {
         match self {
             Self::Kernel { source, .. } => source.raw_os_error(),
-            Self::Other { .. } => None,
+            Self::Other { .. } | Self::Stale { .. } => None,
         }
     }
 
-    /// The object to delete or act on does not exist.
+    /// The object to delete or act on does not exist (a stale namespace file counts: its
+    /// namespace is gone).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.raw_errno(),
-            Some(libc::ENOENT | libc::ENODEV | libc::ESRCH | libc::EADDRNOTAVAIL)
-        )
+        self.is_stale()
+            || matches!(
+                self.raw_errno(),
+                Some(libc::ENOENT | libc::ENODEV | libc::ESRCH | libc::EADDRNOTAVAIL)
+            )
+    }
+
+    /// The namespace file is a leftover that holds no namespace.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Self::Stale { .. })
     }
 
     /// The object to create already exists.
     pub fn is_already_exists(&self) -> bool {
         self.raw_errno() == Some(libc::EEXIST)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_through_different_pids_name_the_same_namespace() {
+        let own = Netns::of_pid(std::process::id());
+        assert!(own.identity().is_some());
+        assert_eq!(own.identity(), Netns::current().identity());
+        assert_ne!(own.path(), Netns::current().path());
+        assert_eq!(Netns::from_path("/nonexistent/ns/net").identity(), None);
     }
 }

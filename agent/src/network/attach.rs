@@ -140,7 +140,7 @@ impl Overlay {
         let name = self.netns_name(vni);
         let ns = match self.netlink.create_netns(&name).await {
             Ok(ns) => ns,
-            Err(err) if err.is_already_exists() => Netns::named(&name),
+            Err(err) if err.is_already_exists() => self.adopt_netns(&name).await?,
             Err(err) => return Err(err.into()),
         };
         created(self.netlink.create_bridge(&ns, BRIDGE, mtu).await)?;
@@ -172,6 +172,22 @@ impl Overlay {
         );
         self.add_remote_fdb(state, vni).await;
         Ok(())
+    }
+
+    /// The namespace an earlier run left under `name`, or a new one in its place when only its
+    /// file is left (it was held by a mount namespace that died, and every device in it went
+    /// too): the caller then builds it again and re-attaches each task's sandbox in place.
+    async fn adopt_netns(&self, name: &str) -> Result<Netns, OverlayError> {
+        let ns = Netns::named(name);
+        match self.netlink.list_links(&ns).await {
+            Err(err) if err.is_stale() => {
+                tracing::warn!(netns = %name, "overlay namespace lost with an earlier mount namespace: rebuilding it");
+                gone(self.netlink.delete_netns(name).await)?;
+                Ok(self.netlink.create_netns(name).await?)
+            }
+            Err(err) => Err(err.into()),
+            Ok(_) => Ok(ns),
+        }
     }
 
     /// The underlay MTU: that of the link holding the VTEP address.

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::balancer::Balancer;
+use super::continuity::{Continuity, SavedSandbox};
 use super::ingress;
 use super::{Overlay, OverlayError};
 use crate::dns::Dns;
@@ -18,7 +19,8 @@ use crate::gossip::{
     Change, EndpointRecord, Gossip, GossipConfig, GossipError, GossipStats, KeyRing, SealKey,
 };
 use crate::lb::LbBackend;
-use crate::netlink::Netns;
+use crate::lb::ebpf::Pins;
+use crate::netlink::{Netns, netns_cookie};
 
 /// What the worker's controllers call when a task's container starts or goes.
 pub trait TaskNetwork: Send + Sync {
@@ -34,8 +36,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a member alone announces itself to the managers again.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long gossip runs before entries it does not know of are taken to be stale: a few
-/// anti-entropy rounds, so that a restarted agent has heard every live endpoint by then.
+/// anti-entropy rounds, so that a restarted agent has heard every live endpoint by then. Until
+/// then, nothing an earlier run knew of is taken out of the DNS, the VIPs or the routing mesh.
 const SETTLE: Duration = Duration::from_secs(20);
+/// How often the endpoint table is saved for the next start, when it changed.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Running {
     gossip: Arc<Gossip>,
@@ -54,32 +59,100 @@ pub struct Dataplane {
     balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
     /// The routing mesh's rules as last applied.
     mesh: Arc<Mutex<Option<ingress::Plan>>>,
+    /// What an earlier run saved, and what this one saves for the next.
+    continuity: Arc<Continuity>,
 }
 
 impl Dataplane {
     /// The data plane; its tasks' DNS forwards what it does not know to `upstreams`, and its
     /// service VIPs go through the load balancer `lb` stands for.
+    ///
+    /// What an earlier run left is taken over: the load balancer's pinned programs and maps, and
+    /// the endpoint table it saved, which the DNS answers from at once (see
+    /// [`Dataplane::restore`] for the sandboxes).
     pub fn new(
         overlay: Arc<Overlay>,
         gossip_port: u16,
         upstreams: Vec<SocketAddr>,
         lb: LbBackend,
     ) -> Self {
+        let continuity = Continuity::load(overlay.state_dir());
+        let dns = Dns::new(upstreams);
+        let seed: Vec<EndpointRecord> = continuity.seed().records().cloned().collect();
+        for record in &seed {
+            Self::learn(&dns, &Change::Upsert(record.clone()));
+        }
+        let seeded = seed.len();
+        let balancer = match Balancer::open(lb, &Pins::for_prefix(overlay.prefix())) {
+            Ok(mut balancer) => {
+                // The saved table is whole: what it lacks was gone before the restart.
+                if seeded > 0 {
+                    balancer.release_hold();
+                }
+                Some(Arc::new(std::sync::Mutex::new(balancer)))
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "service VIPs disabled: the load balancer cannot start");
+                None
+            }
+        };
+        if seeded > 0 {
+            tracing::info!(
+                endpoints = seeded,
+                "endpoints of the earlier run taken over"
+            );
+        }
         Self {
             overlay,
             gossip_port,
             running: Mutex::new(None),
             published: Arc::new(Mutex::new(HashMap::new())),
-            dns: Arc::new(Dns::new(upstreams)),
+            dns: Arc::new(dns),
             mesh: Arc::new(Mutex::new(None)),
-            balancer: match Balancer::open(lb) {
-                Ok(balancer) => Some(Arc::new(std::sync::Mutex::new(balancer))),
-                Err(err) => {
-                    tracing::warn!(error = %err, "service VIPs disabled: the load balancer cannot start");
-                    None
-                }
-            },
+            balancer,
+            continuity: Arc::new(continuity),
         }
+    }
+
+    /// Brings back, before anything else, the DNS resolvers and service VIPs of the sandboxes
+    /// an earlier run attached whose network namespace is still the same: their tasks resolve
+    /// names again within moments of a restart, before meshd has reached the managers and
+    /// re-adopted the containers (which then keeps them as they are). Returns how many.
+    pub async fn restore(&self) -> usize {
+        let mut restored = 0;
+        for (task_id, saved) in self.continuity.saved_sandboxes() {
+            let sandbox = Netns::of_pid(saved.pid);
+            match netns_cookie(&sandbox).await {
+                Ok(cookie) if cookie == saved.cookie => {}
+                _ => {
+                    tracing::debug!(task.id = %task_id, pid = saved.pid, "saved sandbox is gone");
+                    continue;
+                }
+            }
+            if let Err(err) = self
+                .dns
+                .serve(&task_id, &sandbox, saved.networks.clone())
+                .await
+            {
+                tracing::warn!(task.id = %task_id, error = %err, "cannot bring back the sandbox's DNS");
+                continue;
+            }
+            if let Some(balancer) = &self.balancer {
+                let handle = crate::lb::Sandbox {
+                    netns: sandbox,
+                    cookie: saved.cookie,
+                };
+                let (task_id, networks) = (task_id.clone(), saved.networks);
+                on_balancer(balancer, move |b| b.add_sandbox(&task_id, handle, networks)).await;
+            }
+            self.continuity.restored(&task_id);
+            restored += 1;
+        }
+        Self::rebalance(&self.dns, self.balancer.as_ref()).await;
+        if restored > 0 {
+            tracing::info!(sandboxes = restored, "sandboxes' DNS and VIPs brought back");
+        }
+        restored
     }
 
     /// Records what an endpoint change means for service names.
@@ -150,21 +223,27 @@ impl Dataplane {
         let balancer = self.balancer.clone();
         let mesh = self.mesh.clone();
         let records = gossip.clone();
+        let continuity = self.continuity.clone();
         let feeder = tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
+                continuity.seed().observe(&change);
+                continuity.touch();
                 Self::learn(&dns, &change);
                 Self::rebalance(&dns, balancer.as_ref()).await;
                 overlay.apply(change).await;
-                reroute(&overlay, &records, &mesh).await;
+                reroute(&overlay, &records, &mesh, &continuity).await;
             }
         });
         let sweeper = tokio::spawn(sweep(
-            self.overlay.clone(),
-            gossip.clone(),
-            self.published.clone(),
-            self.dns.clone(),
-            self.balancer.clone(),
-            self.mesh.clone(),
+            Swept {
+                overlay: self.overlay.clone(),
+                gossip: gossip.clone(),
+                published: self.published.clone(),
+                dns: self.dns.clone(),
+                balancer: self.balancer.clone(),
+                mesh: self.mesh.clone(),
+                continuity: self.continuity.clone(),
+            },
             peers,
         ));
         *running = Some(Running {
@@ -183,6 +262,10 @@ impl Dataplane {
             r.feeder.abort();
             r.sweeper.abort();
             let _ = r.sweeper.await;
+            // The table as it is now, for the next start.
+            self.continuity.touch();
+            self.continuity
+                .save_endpoints(|| self.continuity.view(r.gossip.records()));
             match Arc::try_unwrap(r.gossip) {
                 Ok(gossip) => gossip.shutdown().await,
                 Err(_) => tracing::warn!("gossip still in use at shutdown"),
@@ -195,6 +278,10 @@ impl Dataplane {
     pub async fn leave(&self) {
         self.shutdown().await;
         self.published.lock().await.clear();
+        if let Some(balancer) = &self.balancer {
+            on_balancer(balancer, Balancer::release).await;
+        }
+        self.continuity.clear();
         self.overlay.clear().await;
     }
 
@@ -217,12 +304,21 @@ impl Dataplane {
         for record in &records {
             Self::learn(&self.dns, &Change::Upsert(record.clone()));
         }
+        let handle = Balancer::sandbox_of(&sandbox).await?;
+        self.continuity.attached(
+            &task.id,
+            SavedSandbox {
+                pid,
+                cookie: handle.cookie,
+                networks: networks.clone(),
+            },
+        );
         if let Some(balancer) = &self.balancer {
-            let handle = Balancer::sandbox_of(&sandbox).await?;
             let task_id = task.id.clone();
             on_balancer(balancer, move |b| b.add_sandbox(&task_id, handle, networks)).await;
         }
         Self::rebalance(&self.dns, self.balancer.as_ref()).await;
+        self.continuity.touch();
         if records.is_empty() {
             return Ok(());
         }
@@ -246,7 +342,7 @@ impl Dataplane {
     async fn reroute(&self) {
         let gossip = self.running.lock().await.as_ref().map(|r| r.gossip.clone());
         if let Some(gossip) = gossip {
-            reroute(&self.overlay, &gossip, &self.mesh).await;
+            reroute(&self.overlay, &gossip, &self.mesh, &self.continuity).await;
         }
     }
 
@@ -267,10 +363,13 @@ impl Dataplane {
             }
         }
         tracing::debug!(task.id = %task_id, "task drained from its services");
+        self.continuity.touch();
         self.reroute().await;
     }
 
     async fn detach_task(&self, task_id: &str) {
+        self.continuity.detached(task_id);
+        self.continuity.touch();
         self.dns.stop(task_id).await;
         let records = self.published.lock().await.remove(task_id);
         for record in records.iter().flatten() {
@@ -307,64 +406,114 @@ impl TaskNetwork for Dataplane {
     }
 }
 
-/// Every [`SWEEP_INTERVAL`]: removes namespaces and gateway leases no task uses; once gossip has
-/// settled, also FDB and neighbour entries towards endpoints gossip does not know, and withdraws
-/// records an earlier run of this node published for tasks that are no longer attached here.
-/// Meanwhile, every [`REJOIN_INTERVAL`], announces itself to the managers again while it knows no
-/// other member: a join sent before a manager's gossip listened is lost, and SWIM only talks to
-/// members it knows.
-async fn sweep(
+/// What the sweep works on.
+struct Swept {
     overlay: Arc<Overlay>,
     gossip: Arc<Gossip>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
     dns: Arc<Dns>,
     balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
     mesh: Arc<Mutex<Option<ingress::Plan>>>,
-    peers: Vec<SocketAddr>,
-) {
+    continuity: Arc<Continuity>,
+}
+
+/// Every [`SWEEP_INTERVAL`]: removes namespaces and gateway leases no task uses; once gossip has
+/// settled, also FDB and neighbour entries towards endpoints gossip does not know, and withdraws
+/// records an earlier run of this node published for tasks that are no longer attached here.
+/// Meanwhile, every [`REJOIN_INTERVAL`], announces itself to the managers again while it knows no
+/// other member: a join sent before a manager's gossip listened is lost, and SWIM only talks to
+/// members it knows. Every [`SAVE_INTERVAL`], saves the endpoint table if it changed.
+async fn sweep(s: Swept, peers: Vec<SocketAddr>) {
     let started = tokio::time::Instant::now();
     let mut sweeps = tokio::time::interval(SWEEP_INTERVAL);
     let mut rejoins = tokio::time::interval(REJOIN_INTERVAL);
+    let mut saves = tokio::time::interval(SAVE_INTERVAL);
     sweeps.tick().await;
+    let settle_at = tokio::time::sleep(SETTLE);
+    tokio::pin!(settle_at);
+    let mut settled = false;
     loop {
         tokio::select! {
             _ = sweeps.tick() => {}
+            () = &mut settle_at, if !settled => {
+                settled = true;
+                settle(&s).await;
+            }
             _ = rejoins.tick() => {
-                if !peers.is_empty() && gossip.member_count() <= 1 {
+                if !peers.is_empty() && s.gossip.member_count() <= 1 {
                     tracing::debug!("no gossip member known yet: announcing again");
-                    if let Err(err) = gossip.join(peers.clone()).await {
+                    if let Err(err) = s.gossip.join(peers.clone()).await {
                         tracing::warn!(error = %err, "cannot join gossip");
                     }
                 }
                 continue;
             }
+            _ = saves.tick() => {
+                s.continuity
+                    .save_endpoints(|| s.continuity.view(s.gossip.records()));
+                continue;
+            }
         }
-        if let Err(err) = overlay.sweep().await {
+        if let Err(err) = s.overlay.sweep().await {
             tracing::warn!(error = %err, "cannot sweep overlay leftovers");
         }
         // Expires VIPs kept empty past their grace.
-        Dataplane::rebalance(&dns, balancer.as_ref()).await;
-        reroute(&overlay, &gossip, &mesh).await;
+        Dataplane::rebalance(&s.dns, s.balancer.as_ref()).await;
+        reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity).await;
         if started.elapsed() < SETTLE {
             continue;
         }
-        overlay.sweep_entries().await;
-        let published = published.lock().await;
-        let node_id = &overlay.node_id;
-        for record in gossip.records() {
+        s.overlay.sweep_entries().await;
+        let published = s.published.lock().await;
+        let node_id = &s.overlay.node_id;
+        for record in s.gossip.records() {
             let ours = record.node_id == *node_id
                 && !published
                     .get(&record.task_id)
                     .is_some_and(|r| r.iter().any(|p| p.key() == record.key()));
             if ours {
                 tracing::info!(task.id = %record.task_id, "withdrawing an endpoint of an earlier run");
-                Dataplane::learn(&dns, &Change::Remove(record.clone()));
-                if let Err(err) = gossip.withdraw(record.key()).await {
+                Dataplane::learn(&s.dns, &Change::Remove(record.clone()));
+                if let Err(err) = s.gossip.withdraw(record.key()).await {
                     tracing::warn!(error = %err, "cannot withdraw endpoint");
                 }
             }
         }
     }
+}
+
+/// Gossip has settled: what the earlier run knew and gossip never confirmed leaves the DNS, the
+/// VIPs and the routing mesh; sandboxes brought back at start that no task claimed go; the load
+/// balancer stops holding what it took over and drops what sandboxes that went left in it.
+async fn settle(s: &Swept) {
+    let known = s.gossip.records();
+    let stale = {
+        let published = s.published.lock().await;
+        let mut known = known;
+        known.extend(published.values().flatten().cloned());
+        s.continuity.seed().settle(&known)
+    };
+    for record in &stale {
+        Dataplane::learn(&s.dns, &Change::Remove(record.clone()));
+    }
+    let unclaimed = s.continuity.take_unclaimed();
+    for task_id in &unclaimed {
+        s.dns.stop(task_id).await;
+    }
+    if let Some(balancer) = &s.balancer {
+        on_balancer(balancer, move |b| {
+            for task_id in &unclaimed {
+                b.remove_sandbox(task_id);
+            }
+            b.release_hold();
+            b.prune();
+        })
+        .await;
+    }
+    Dataplane::rebalance(&s.dns, s.balancer.as_ref()).await;
+    s.continuity.touch();
+    reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity).await;
+    tracing::info!(withdrawn = stale.len(), "gossip settled");
 }
 
 /// Runs `f` on the load balancer on a blocking thread: its kernel calls (and the IPVS backend's
@@ -383,10 +532,19 @@ async fn on_balancer(
     }
 }
 
-/// Applies the routing mesh's rules for what gossip knows now, when they changed.
-async fn reroute(overlay: &Overlay, gossip: &Gossip, mesh: &Mutex<Option<ingress::Plan>>) {
-    let local = overlay.gateway_addrs().await;
-    let plan = ingress::plan(&gossip.records(), overlay.vtep(), &local);
+/// Applies the routing mesh's rules for what gossip knows now, when they changed. Until gossip
+/// has settled, what the earlier run knew counts too, and so do this node's tasks not attached
+/// again yet (by their gateway leases): nothing is taken out of the rules before then.
+async fn reroute(
+    overlay: &Overlay,
+    gossip: &Gossip,
+    mesh: &Mutex<Option<ingress::Plan>>,
+    continuity: &Continuity,
+) {
+    let settled = continuity.is_settled();
+    let local = overlay.gateway_addrs(!settled).await;
+    let records = continuity.view(gossip.records());
+    let plan = ingress::plan(&records, overlay.vtep(), &local);
     let mut applied = mesh.lock().await;
     if applied.as_ref() == Some(&plan) || (applied.is_none() && plan.is_empty()) {
         return;

@@ -84,14 +84,18 @@ pub(super) fn veth_name(task_id: &str) -> String {
 }
 
 impl Overlay {
-    /// The gateway-bridge address of every local task that has one, by task id.
-    pub(super) async fn gateway_addrs(&self) -> std::collections::BTreeMap<String, Ipv4Addr> {
+    /// The gateway-bridge address of every local task that has one, by task id; with
+    /// `unattached`, also of those leased by an earlier run and not attached again yet.
+    pub(super) async fn gateway_addrs(
+        &self,
+        unattached: bool,
+    ) -> std::collections::BTreeMap<String, Ipv4Addr> {
         let state = self.state.lock().await;
         state
             .leases
             .by_task
             .iter()
-            .filter(|(task, _)| state.tasks.contains_key(*task))
+            .filter(|(task, _)| unattached || state.tasks.contains_key(*task))
             .map(|(task, addr)| (task.clone(), *addr))
             .collect()
     }

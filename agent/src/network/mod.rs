@@ -3,11 +3,13 @@
 
 mod attach;
 mod balancer;
+mod continuity;
 mod dataplane;
 mod gateway;
 mod ingress;
 mod nat;
 mod remote;
+mod settle;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -117,6 +119,11 @@ impl Overlay {
         self.vtep
     }
 
+    /// Where this node keeps its state (and what the data plane saves for its next start).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     fn netns_name(&self, vni: u32) -> String {
         format!("{}-{vni}", self.prefix)
     }
@@ -137,6 +144,9 @@ impl Overlay {
             let ns = Netns::named(&name);
             let links = match self.netlink.list_links(&ns).await {
                 Ok(links) => links,
+                // Its mount went with an earlier run's mount namespace, and the namespace with
+                // it: only the file is left.
+                Err(err) if err.is_stale() => Vec::new(),
                 Err(err) if err.is_not_found() => continue,
                 Err(err) => return Err(err.into()),
             };
@@ -175,8 +185,9 @@ impl Overlay {
     }
 }
 
-/// `m` and eight hex digits of an FNV-1a hash of the state dir.
-fn prefix_for(state_dir: &Path) -> String {
+/// The prefix of the namespace names of the meshd whose state dir is `state_dir`: `m` and eight
+/// hex digits of an FNV-1a hash of it.
+pub fn prefix_for(state_dir: &Path) -> String {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in state_dir.as_os_str().as_encoded_bytes() {
         hash ^= u32::from(*byte);

@@ -149,3 +149,72 @@ async fn the_last_task_leaving_removes_namespace_and_gateway_bridge() {
         "{here:?}"
     );
 }
+
+#[tokio::test]
+async fn a_namespace_lost_with_an_earlier_mount_namespace_is_rebuilt_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let netlink = fake_with_containers(&[100, 200]);
+    let first = overlay(&netlink, dir.path());
+    let kept = task("t1aaaaaaaaaaaaa", 4096, "10.1.0.2/24");
+    let other = task("t2bbbbbbbbbbbbb", 4097, "10.2.0.2/24");
+    first.attach(&kept, 100).await.unwrap();
+    first.attach(&other, 200).await.unwrap();
+    drop(first);
+
+    // The agent's mount namespace died with it: both overlay namespaces went with their veths
+    // (the containers' eth0 too), leaving their files behind.
+    let prefix = format!("{}-", overlay(&netlink, dir.path()).prefix());
+    netlink.lose_netns(&format!("{prefix}4096"));
+    netlink.lose_netns(&format!("{prefix}4097"));
+    let lost = Netns::named(&format!("{prefix}4096"));
+    assert!(netlink.list_links(&lost).await.unwrap_err().is_stale());
+    assert_eq!(addresses(&netlink, 100).await, ["eth1 172.18.0.2/16"]);
+
+    let second = overlay(&netlink, dir.path());
+    // A sweep before the tasks re-attach removes both leftover files: they hold nothing.
+    second.sweep().await.unwrap();
+    assert!(netlink.list_netns(&prefix).await.unwrap().is_empty());
+    // Re-attaching rebuilds the namespace, its bridge and VXLAN device, and the sandbox's eth0
+    // with the task's address, in the running container.
+    second.attach(&kept, 100).await.unwrap();
+    assert_eq!(
+        addresses(&netlink, 100).await,
+        ["eth0 10.1.0.2/24", "eth1 172.18.0.2/16"]
+    );
+    let links = netlink.list_links(&lost).await.unwrap();
+    let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    let veth = format!("v{}", short(&kept.id));
+    assert!(
+        names.contains(&"br0") && names.contains(&"vx4096") && names.contains(&veth.as_str()),
+        "{names:?}"
+    );
+    assert_eq!(
+        netlink.list_netns(&prefix).await.unwrap(),
+        [format!("{prefix}4096")],
+        "only the rebuilt namespace is there"
+    );
+}
+
+#[tokio::test]
+async fn re_attaching_into_a_lost_namespace_that_was_not_swept_rebuilds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let netlink = fake_with_containers(&[100]);
+    let first = overlay(&netlink, dir.path());
+    let kept = task("t1aaaaaaaaaaaaa", 4096, "10.1.0.2/24");
+    first.attach(&kept, 100).await.unwrap();
+    drop(first);
+    let prefix = format!("{}-", overlay(&netlink, dir.path()).prefix());
+    netlink.lose_netns(&format!("{prefix}4096"));
+
+    let second = overlay(&netlink, dir.path());
+    second.attach(&kept, 100).await.unwrap();
+    assert_eq!(
+        addresses(&netlink, 100).await,
+        ["eth0 10.1.0.2/24", "eth1 172.18.0.2/16"]
+    );
+    second.sweep().await.unwrap();
+    assert_eq!(
+        netlink.list_netns(&prefix).await.unwrap(),
+        [format!("{prefix}4096")]
+    );
+}

@@ -90,21 +90,29 @@ impl Controller {
 
     pub async fn run(mut self, known: Known) {
         self.adopt(known).await;
+        // A re-adopted running container is attached again at once: the next step waits for it
+        // to exit (or for a command), which may be never.
+        self.follow_network().await;
         while !self.closed {
             if self.removed {
                 self.teardown().await;
                 return;
             }
             self.step().await;
-            if self.state() == TaskState::Running && !self.attached {
-                // A container an earlier agent left running: its interfaces are taken over.
-                self.attach_network().await;
-            } else if self.state() > TaskState::Running && self.attached {
-                self.detach_network().await;
-                self.remove_sandbox().await;
-            }
+            self.follow_network().await;
         }
         debug!(task.id = %self.task.id, "task controller stopped");
+    }
+
+    /// Attaches a running container an earlier agent left to its networks (its interfaces are
+    /// taken over), and detaches the task and removes its sandbox once it no longer runs.
+    async fn follow_network(&mut self) {
+        if self.state() == TaskState::Running && !self.attached {
+            self.attach_network().await;
+        } else if self.state() > TaskState::Running && self.attached {
+            self.detach_network().await;
+            self.remove_sandbox().await;
+        }
     }
 
     fn state(&self) -> TaskState {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use mesh_proto::assignments_message::Type as AssignmentsType;
 use mesh_proto::{
     Annotations, AssignmentsMessage, ContainerSpec, LogSubscription, Task, TaskSpec, TaskState,
@@ -15,6 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Worker;
 use crate::exec::fake::{FakeExecutor, STOPPED_EXIT_CODE};
+use crate::network::{OverlayError, TaskNetwork};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -389,6 +391,59 @@ async fn a_restarted_worker_adopts_running_containers() {
     })
     .await
     .expect("the stale container removed");
+}
+
+/// A network that records which tasks are attached, with which pid.
+#[derive(Default)]
+struct Attachments(std::sync::Mutex<Vec<(String, u32)>>);
+
+impl TaskNetwork for Attachments {
+    fn attach<'a>(&'a self, task: &'a Task, pid: u32) -> BoxFuture<'a, Result<(), OverlayError>> {
+        self.0.lock().unwrap().push((task.id.clone(), pid));
+        Box::pin(async { Ok(()) })
+    }
+    fn detach<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()> {
+        self.0.lock().unwrap().retain(|(id, _)| id != task_id);
+        Box::pin(async {})
+    }
+    fn drain<'a>(&'a self, _task_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn a_readopted_running_container_is_attached_at_once() {
+    let fake = Arc::new(FakeExecutor::new());
+    fake.add_container("t1", true, 0);
+    let network = Arc::new(Attachments::default());
+    let (worker, receiver) = Worker::new(
+        fake.clone(),
+        "node1".to_owned(),
+        Some(network.clone() as Arc<dyn TaskNetwork>),
+    );
+    let mut updates = Updates {
+        receiver,
+        kept: VecDeque::new(),
+    };
+    worker
+        .assign(complete(vec![task(
+            "t1",
+            TaskState::Running,
+            TaskState::Running,
+        )]))
+        .await;
+    updates.until("t1", TaskState::Running).await;
+    // No further command comes, and the container keeps running: the attachment must not wait
+    // for either.
+    tokio::time::timeout(WAIT, async {
+        while network.0.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the re-adopted container attached to its networks");
+    assert_eq!(*network.0.lock().unwrap(), [("t1".to_owned(), 4242)]);
+    assert_eq!(fake.calls("start"), 0);
 }
 
 #[tokio::test]

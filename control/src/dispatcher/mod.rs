@@ -29,7 +29,8 @@ pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     pub heartbeat_period: Duration,
-    /// A node is marked down after this many periods without a heartbeat.
+    /// A node is marked down after this many periods without a heartbeat (but never before one
+    /// period and a restart allowance have passed: see `sessions::heartbeat_grace`).
     pub grace_multiplier: f64,
 }
 

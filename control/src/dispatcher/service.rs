@@ -32,7 +32,7 @@ impl DispatcherService {
     /// How long a session may go without a heartbeat under the period in force now.
     fn grace(&self) -> std::time::Duration {
         let config = self.inner.config.borrow();
-        config.heartbeat_period.mul_f64(config.grace_multiplier)
+        super::sessions::heartbeat_grace(config.heartbeat_period, config.grace_multiplier)
     }
 
     fn check_active(&self) -> Result<(), Status> {

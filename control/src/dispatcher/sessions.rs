@@ -110,6 +110,18 @@ pub(super) fn takeover_grace(period: Duration, grace: Duration) -> Duration {
     grace.max(period * 3 + Duration::from_secs(5))
 }
 
+/// What a restart of an agent's meshd costs at most between two heartbeats: about a second for
+/// systemd to start it again, plus its reconnection, with room to spare.
+const RESTART_ALLOWANCE: Duration = Duration::from_millis(2500);
+
+/// How long a node may go without a heartbeat before it is marked down: `multiplier` periods,
+/// but at least one period and a [`RESTART_ALLOWANCE`], so that a node whose meshd restarts is
+/// not taken for dead with a short period. With the default 5 s period both are 7.5 s: failover
+/// is no slower than before.
+pub(super) fn heartbeat_grace(period: Duration, multiplier: f64) -> Duration {
+    period.mul_f64(multiplier).max(period + RESTART_ALLOWANCE)
+}
+
 /// Marks nodes down when their heartbeats stop. Nodes that are READY in the store but have no
 /// session when this leader starts get [`takeover_grace`] to register.
 pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
@@ -136,7 +148,7 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
             }
         }
         let config = inner.config.borrow().clone();
-        let grace = config.heartbeat_period.mul_f64(config.grace_multiplier);
+        let grace = heartbeat_grace(config.heartbeat_period, config.grace_multiplier);
         let mut down = inner.sessions.expire(grace);
         if started.elapsed() > takeover_grace(config.heartbeat_period, grace) {
             let unregistered = inner.store.view(|tx| {
@@ -215,6 +227,27 @@ mod tests {
         ];
         for (period, grace, want) in cases {
             assert_eq!(takeover_grace(period, grace), want, "{period:?} {grace:?}");
+        }
+    }
+
+    #[test]
+    fn the_grace_leaves_room_for_a_restart_without_slowing_the_default() {
+        let ms = Duration::from_millis;
+        for (period, multiplier, grace) in [
+            // Swarm's default: 1.5 periods, as before.
+            (ms(5000), 1.5, ms(7500)),
+            // Short periods: a restart (about a second, plus reconnecting) still fits.
+            (ms(1000), 1.5, ms(3500)),
+            (ms(100), 1.5, ms(2600)),
+            // Long periods and larger multipliers keep theirs.
+            (ms(10_000), 1.5, ms(15_000)),
+            (ms(1000), 5.0, ms(5000)),
+        ] {
+            assert_eq!(
+                heartbeat_grace(period, multiplier),
+                grace,
+                "{period:?} × {multiplier}"
+            );
         }
     }
 }

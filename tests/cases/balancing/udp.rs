@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mesh_tests::image::udp;
-use mesh_tests::overlay::{OverlayCluster, Sandbox, diagnostics};
+use mesh_tests::overlay::{OverlayCluster, Sandbox, diagnostics, vip_on};
 use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, require_privileged, wait_for, wait_until};
-use serde_json::Value;
 
 use super::{CONVERGE, client_on, one_task_per_node, sandboxes};
 
@@ -49,30 +48,6 @@ async fn ask_node(node: &Node) -> anyhow::Result<String> {
     let target = SocketAddr::from((node.addr(), PUBLISHED)).to_string();
     let answer = tokio::task::spawn_blocking(move || udp::ask(&target, WAIT)).await?;
     answer.with_context(|| format!("{}:{PUBLISHED}/udp", node.hostname()))
-}
-
-/// `service`'s VIP on `network`, without its prefix length. A service that publishes a port has
-/// one on `ingress` too, which a task not on `ingress` cannot reach.
-async fn vip_on(manager: &Node, service: &str, network: &str) -> anyhow::Result<String> {
-    let first = |out: &str| -> anyhow::Result<Value> {
-        let json: Value = serde_json::from_str(out)?;
-        Ok(json
-            .as_array()
-            .and_then(|a| a.first())
-            .unwrap_or(&json)
-            .clone())
-    };
-    let net = first(&manager.meshctl_ok(&["network", "inspect", network]).await?)?;
-    let net_id = net["Id"].as_str().context("network inspect shows no Id")?;
-    let svc = first(&manager.meshctl_ok(&["service", "inspect", service]).await?)?;
-    let vip = svc["Endpoint"]["VirtualIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["NetworkID"] == net_id)
-        .and_then(|v| v["Addr"].as_str()?.split('/').next())
-        .with_context(|| format!("{service} has no VIP on {network}: {svc}"))?;
-    Ok(vip.to_owned())
 }
 
 #[tokio::test]

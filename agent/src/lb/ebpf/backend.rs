@@ -1,6 +1,7 @@
 //! [`SockLb`] as a [`LoadBalancer`]: a VIP is one port-0 service per protocol (every port of the
 //! VIP), each backend on port 0 (the port the client asked for).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{Protocol, SockLb, collected};
@@ -43,5 +44,29 @@ impl LoadBalancer for SockLb {
 
     fn entries(&self) -> Result<usize, BackendError> {
         Ok(SockLb::entries(self)?)
+    }
+
+    fn programmed(&self, sandbox: &Sandbox) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+        self.vips_of(sandbox.cookie)
+    }
+
+    fn retain_sandboxes(&mut self, keep: &BTreeSet<u64>) -> Result<(), BackendError> {
+        let errors = self
+            .sandboxes()
+            .into_iter()
+            .filter(|cookie| !keep.contains(cookie))
+            .filter_map(|cookie| {
+                tracing::info!(
+                    netns.cookie = cookie,
+                    "removing the services of a sandbox that went"
+                );
+                SockLb::remove_sandbox(self, cookie).err()
+            })
+            .collect();
+        Ok(collected(errors)?)
+    }
+
+    fn release(&mut self) -> Result<(), BackendError> {
+        Ok(self.unpin()?)
     }
 }

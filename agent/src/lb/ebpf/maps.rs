@@ -11,6 +11,37 @@ pub(super) const SERVICES: &str = "lb_services";
 pub(super) const SLOTS: &str = "lb_slots";
 pub(super) const REVNAT: &str = "lb_revnat";
 
+/// What a map of the object is, as the kernel reports it: a pinned map an earlier run left is
+/// re-used only when it still matches (a meshd of another layout may have pinned it).
+pub(super) struct MapSpec {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// The maps of `sock_lb.bpf.c`, as declared there.
+pub(super) const MAP_SPECS: [MapSpec; 3] = [
+    MapSpec {
+        name: SERVICES,
+        key_size: 16,
+        value_size: 8,
+        max_entries: 65536,
+    },
+    MapSpec {
+        name: SLOTS,
+        key_size: 8,
+        value_size: 8,
+        max_entries: 1 << 18,
+    },
+    MapSpec {
+        name: REVNAT,
+        key_size: 16,
+        value_size: 16,
+        max_entries: 65536,
+    },
+];
+
 pub(super) const IPPROTO_TCP: u8 = libc::IPPROTO_TCP as u8;
 pub(super) const IPPROTO_UDP: u8 = libc::IPPROTO_UDP as u8;
 
@@ -90,6 +121,27 @@ impl ServiceKey {
         }
     }
 
+    pub fn from_bytes(b: &ServiceKeyBytes) -> Self {
+        let mut cookie = [0u8; 8];
+        cookie.copy_from_slice(&b[0..8]);
+        Self {
+            netns_cookie: u64::from_ne_bytes(cookie),
+            vip: [b[8], b[9], b[10], b[11]],
+            port: [b[12], b[13]],
+            proto: b[14],
+            pad: 0,
+        }
+    }
+
+    /// The VIP and port (0: every port) this key stands for.
+    pub fn vip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.vip)
+    }
+
+    pub fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
+    }
+
     pub fn to_bytes(self) -> ServiceKeyBytes {
         let mut b = [0u8; 16];
         b[0..8].copy_from_slice(&self.netns_cookie.to_ne_bytes());
@@ -101,6 +153,13 @@ impl ServiceKey {
 }
 
 impl Service {
+    pub fn from_bytes(b: &ServiceBytes) -> Self {
+        Self {
+            table_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            table_size: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+
     pub fn to_bytes(self) -> ServiceBytes {
         let mut b = [0u8; 8];
         b[0..4].copy_from_slice(&self.table_id.to_ne_bytes());
@@ -110,6 +169,13 @@ impl Service {
 }
 
 impl SlotKey {
+    pub fn from_bytes(b: &SlotKeyBytes) -> Self {
+        Self {
+            table_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            slot: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+
     pub fn to_bytes(self) -> SlotKeyBytes {
         let mut b = [0u8; 8];
         b[0..4].copy_from_slice(&self.table_id.to_ne_bytes());
@@ -125,6 +191,14 @@ impl Backend {
             port: addr.port().to_be_bytes(),
             pad: [0; 2],
         }
+    }
+
+    /// Where a slot's bytes send a socket.
+    pub fn addr_of(b: &BackendBytes) -> SocketAddrV4 {
+        SocketAddrV4::new(
+            Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            u16::from_be_bytes([b[4], b[5]]),
+        )
     }
 
     pub fn to_bytes(self) -> BackendBytes {
@@ -194,6 +268,26 @@ mod tests {
         assert_eq!(backend.to_bytes(), [10, 0, 0, 3, 0x1f, 0x90, 0, 0]);
         let keep_port = Backend::new(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), 0));
         assert_eq!(&keep_port.to_bytes()[4..6], &[0, 0]);
+    }
+
+    #[test]
+    fn keys_and_values_read_back_as_written() {
+        let key = ServiceKey::new(7, Ipv4Addr::new(10, 99, 0, 10), 53, IPPROTO_UDP);
+        assert_eq!(ServiceKey::from_bytes(&key.to_bytes()), key);
+        assert_eq!(key.vip(), Ipv4Addr::new(10, 99, 0, 10));
+        assert_eq!(key.port(), 53);
+        let svc = Service {
+            table_id: 3,
+            table_size: 251,
+        };
+        assert_eq!(Service::from_bytes(&svc.to_bytes()), svc);
+        let slot = SlotKey {
+            table_id: 3,
+            slot: 250,
+        };
+        assert_eq!(SlotKey::from_bytes(&slot.to_bytes()), slot);
+        let at = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), 8080);
+        assert_eq!(Backend::addr_of(&Backend::new(at).to_bytes()), at);
     }
 
     #[test]

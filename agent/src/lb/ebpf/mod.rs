@@ -6,14 +6,19 @@
 //! and the lookup is a few hash lookups whatever the number of services.
 //!
 //! Each [`SockLb`] is its own copy of the programs and maps, attached to the cgroup2 root beside
-//! any other meshd's copy (cgroup links, which share a hook as `BPF_F_ALLOW_MULTI` does) and never
-//! pinned. It acts only on sockets of the
-//! network namespaces it was given (by netns cookie, see [`crate::netlink::netns_cookie`]); every
-//! other socket passes through unchanged. Dropping it detaches the programs and frees the maps.
+//! any other meshd's copy (cgroup links, which share a hook as `BPF_F_ALLOW_MULTI` does). It acts
+//! only on sockets of the network namespaces it was given (by netns cookie, see
+//! [`crate::netlink::netns_cookie`]); every other socket passes through unchanged.
+//!
+//! meshd loads it pinned ([`SockLb::load_pinned`], see [`Pins`]): the links and maps outlive the
+//! process, so service VIPs keep balancing while meshd is down or restarting, and the next start
+//! re-adopts the maps, reads back what they hold and attaches its programs in place of the old
+//! ones. Loaded unpinned ([`SockLb::load`]), dropping it detaches the programs and frees the maps.
 
 mod backend;
 mod cgroup;
 mod maps;
+mod pin;
 mod registry;
 
 use std::fmt;
@@ -22,17 +27,24 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use aya::maps::{HashMap, MapData, MapError};
+use aya::pin::PinError;
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
 use aya::sys::SyscallError;
-use aya::{Ebpf, Pod};
-use tracing::{debug, info};
+use aya::{Ebpf, EbpfLoader, Pod};
+use tracing::{debug, info, warn};
 
+use crate::netlink::NetlinkError;
 use cgroup::cgroup2_root;
 use maps::{
-    Backend, BackendBytes, IPPROTO_TCP, IPPROTO_UDP, REVNAT, RevNat, RevNatBytes, RevNatKeyBytes,
-    SERVICES, SLOTS, ServiceBytes, ServiceKey, ServiceKeyBytes, SlotKey, SlotKeyBytes,
+    Backend, BackendBytes, IPPROTO_TCP, IPPROTO_UDP, MAP_SPECS, REVNAT, RevNat, RevNatBytes,
+    RevNatKeyBytes, SERVICES, SLOTS, Service, ServiceBytes, ServiceKey, ServiceKeyBytes, SlotKey,
+    SlotKeyBytes,
 };
+pub use pin::Pins;
 use registry::{Registry, TableRef};
 
 /// The programs of the object, all `cgroup/*4` sock_addr hooks.
@@ -89,6 +101,21 @@ pub enum LbError {
         #[source]
         source: MapError,
     },
+    #[error("the BPF file system for pinning: {0}")]
+    Bpffs(#[source] NetlinkError),
+    #[error("pinning the link of {program} at {}: {source}", .path.display())]
+    Pin {
+        program: &'static str,
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error("eBPF program {program}'s link: {source}")]
+    Link {
+        program: &'static str,
+        #[source]
+        source: LinkError,
+    },
     #[error("{}", join(.0))]
     Teardown(Vec<LbError>),
 }
@@ -125,9 +152,12 @@ fn removed(result: Result<(), MapError>, map: &'static str) -> Result<(), LbErro
 
 /// The loaded, attached programs and their maps.
 pub struct SockLb {
-    /// Holds the programs and their cgroup links: dropping it detaches them. Declared first so
-    /// that it drops before the maps.
+    /// Holds the programs and, unpinned, their cgroup links: dropping it detaches them. Declared
+    /// first so that it drops before the maps.
     ebpf: Ebpf,
+    /// The links, when pinned: they stay attached after this is dropped, until unpinned.
+    links: Vec<PinnedLink>,
+    pins: Option<Pins>,
     services: HashMap<MapData, ServiceKeyBytes, ServiceBytes>,
     slots: HashMap<MapData, SlotKeyBytes, BackendBytes>,
     revnat: HashMap<MapData, RevNatKeyBytes, RevNatBytes>,
@@ -136,26 +166,47 @@ pub struct SockLb {
 
 impl SockLb {
     /// Loads the programs and attaches them to the cgroup2 root (found in /proc/self/mountinfo),
-    /// so that they see the sockets of every process on the machine.
+    /// so that they see the sockets of every process on the machine. Nothing is pinned: dropping
+    /// it detaches them.
     pub fn load() -> Result<Self, LbError> {
-        const MOUNTINFO: &str = "/proc/self/mountinfo";
-        let mountinfo = fs::read_to_string(MOUNTINFO).map_err(|source| LbError::Io {
-            path: MOUNTINFO.into(),
-            source,
-        })?;
-        let root = cgroup2_root(&mountinfo).ok_or(LbError::NoCgroup2)?;
-        Self::load_at(&root)
+        Self::open(&host_cgroup2()?, None)
     }
 
     /// Loads the programs and attaches them to the cgroup2 directory `cgroup` (and so to the
-    /// processes in its subtree). On failure nothing stays attached.
+    /// processes in its subtree), unpinned. On failure nothing stays attached.
     pub fn load_at(cgroup: &Path) -> Result<Self, LbError> {
+        Self::open(cgroup, None)
+    }
+
+    /// Loads the programs with their links and maps pinned in `pins`, attached to the cgroup2
+    /// root: what an earlier run pinned there is re-adopted (the maps with their entries, read
+    /// back into the bookkeeping), and the new links replace the old ones, so that some copy of
+    /// the programs is attached at every moment.
+    pub fn load_pinned(pins: &Pins) -> Result<Self, LbError> {
+        Self::open(&host_cgroup2()?, Some(pins))
+    }
+
+    /// [`SockLb::load_pinned`] on the cgroup2 directory `cgroup`.
+    pub fn load_pinned_at(cgroup: &Path, pins: &Pins) -> Result<Self, LbError> {
+        Self::open(cgroup, Some(pins))
+    }
+
+    fn open(cgroup: &Path, pins: Option<&Pins>) -> Result<Self, LbError> {
         let dir = File::open(cgroup).map_err(|source| LbError::Io {
             path: cgroup.to_owned(),
             source,
         })?;
         let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.bpf.o"));
-        let mut ebpf = Ebpf::load(object).map_err(LbError::Object)?;
+        let mut loader = EbpfLoader::new();
+        let mut adopted = false;
+        if let Some(pins) = pins {
+            pins.prepare()?;
+            adopted = pins.exist();
+            for spec in &MAP_SPECS {
+                loader.map_pin_path(spec.name, pins.map(spec.name));
+            }
+        }
+        let mut ebpf = loader.load(object).map_err(LbError::Object)?;
         let services = take_map(&mut ebpf, SERVICES)?;
         let slots = take_map(&mut ebpf, SLOTS)?;
         let revnat = take_map(&mut ebpf, REVNAT)?;
@@ -164,7 +215,9 @@ impl SockLb {
         // does, and the kernel refuses the flag itself on a link (EINVAL, aya issue #1078), so
         // `Single` (no flag) is what gives side-by-side attachment here.
         //
-        // An error returns early and drops `ebpf`, which detaches what was attached already.
+        // An error returns early and drops `ebpf` and the links taken so far, which detaches what
+        // was attached already; links pinned by an earlier run stay as they were.
+        let mut taken = Vec::new();
         for name in PROGRAMS {
             let failed = |source| LbError::Program {
                 program: name,
@@ -176,18 +229,110 @@ impl SockLb {
                 .try_into()
                 .map_err(failed)?;
             program.load().map_err(failed)?;
-            program
+            let id = program
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(failed)?;
+            if pins.is_some() {
+                let link = program.take_link(id).map_err(failed)?;
+                let link = FdLink::try_from(link).map_err(|source| LbError::Link {
+                    program: name,
+                    source,
+                })?;
+                taken.push((name, link));
+            }
         }
-        info!(cgroup = %cgroup.display(), "socket load balancer attached");
-        Ok(Self {
+        let links = match pins {
+            Some(pins) => pin_links(pins, taken)?,
+            None => Vec::new(),
+        };
+        let mut lb = Self {
             ebpf,
+            links,
+            pins: pins.cloned(),
             services,
             slots,
             revnat,
             registry: Registry::default(),
-        })
+        };
+        lb.readopt();
+        info!(cgroup = %cgroup.display(), pinned = pins.is_some(), adopted, sandboxes = lb.registry.sandboxes().len(), "socket load balancer attached");
+        Ok(lb)
+    }
+
+    /// Reads back what the maps hold (an earlier run's entries, when pinned) into the
+    /// bookkeeping, and deletes what is of no use: half-written tables and their services (set
+    /// again from scratch by the next sync), and tables no service uses.
+    fn readopt(&mut self) {
+        let services: Vec<(ServiceKey, Service)> = self
+            .services
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (ServiceKey::from_bytes(&k), Service::from_bytes(&v)))
+            .collect();
+        let slots: Vec<(SlotKey, SocketAddrV4)> = self
+            .slots
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (SlotKey::from_bytes(&k), Backend::addr_of(&v)))
+            .collect();
+        if services.is_empty() && slots.is_empty() {
+            return;
+        }
+        let rebuilt = Registry::rebuild(services, slots);
+        let mut errors = Vec::new();
+        for key in &rebuilt.broken {
+            if let Err(err) = removed(self.services.remove(&key.to_bytes()), SERVICES) {
+                errors.push(err);
+            }
+        }
+        for (table_id, slot) in &rebuilt.unused_slots {
+            let key = SlotKey {
+                table_id: *table_id,
+                slot: *slot,
+            };
+            if let Err(err) = removed(self.slots.remove(&key.to_bytes()), SLOTS) {
+                errors.push(err);
+            }
+        }
+        if !rebuilt.broken.is_empty() || !rebuilt.unused_slots.is_empty() {
+            warn!(
+                broken = rebuilt.broken.len(),
+                unused_slots = rebuilt.unused_slots.len(),
+                "deleted half-written entries an earlier run left"
+            );
+        }
+        if let Err(err) = collected(errors) {
+            warn!(error = %err, "cannot delete entries an earlier run left");
+        }
+        self.registry = rebuilt.registry;
+    }
+
+    /// Removes the pins (leaving the swarm): the programs detach and the maps go once this is
+    /// dropped. Nothing to do when loaded unpinned.
+    pub fn unpin(&mut self) -> Result<(), LbError> {
+        match self.pins.take() {
+            Some(pins) => pins.remove(),
+            None => Ok(()),
+        }
+    }
+
+    /// What is set for the sandbox with `netns_cookie`: each VIP's port-0 TCP service (as
+    /// [`crate::lb::LoadBalancer::set_vip`] sets them) with its backends' addresses.
+    pub fn vips_of(&self, netns_cookie: u64) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+        self.registry
+            .services_of(netns_cookie)
+            .into_iter()
+            .filter(|k| k.port() == 0 && k.proto == IPPROTO_TCP)
+            .filter_map(|k| {
+                let backends = self.registry.backends(&k)?;
+                Some((k.vip(), backends.iter().map(|b| *b.ip()).collect()))
+            })
+            .collect()
+    }
+
+    /// The netns cookies of every sandbox with a service set.
+    pub fn sandboxes(&self) -> BTreeSet<u64> {
+        self.registry.sandboxes()
     }
 
     /// Sets (or replaces) one service as the sandbox with `netns_cookie` sees it: connections to
@@ -354,8 +499,59 @@ impl fmt::Debug for SockLb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SockLb")
             .field("programs", &self.ebpf.programs().count())
+            .field("links", &self.links.len())
+            .field("pins", &self.pins)
             .finish_non_exhaustive()
     }
+}
+
+/// The cgroup2 root of this mount namespace (a copy of the host's: cgroup mounts are shared).
+fn host_cgroup2() -> Result<PathBuf, LbError> {
+    const MOUNTINFO: &str = "/proc/self/mountinfo";
+    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(|source| LbError::Io {
+        path: MOUNTINFO.into(),
+        source,
+    })?;
+    cgroup2_root(&mountinfo).ok_or(LbError::NoCgroup2)
+}
+
+/// Pins each new link under a temporary name, then moves it over the old one's pin: the old link
+/// detaches as its pin goes, after the new one is attached. If pinning fails, the new links
+/// detach (they are dropped) and the old ones stay.
+fn pin_links(pins: &Pins, links: Vec<(&'static str, FdLink)>) -> Result<Vec<PinnedLink>, LbError> {
+    let mut pinned = Vec::new();
+    for (name, link) in links {
+        let path = pins.new_link(name);
+        let _ = fs::remove_file(&path);
+        match link.pin(&path) {
+            Ok(link) => pinned.push((name, link)),
+            Err(source) => {
+                for (name, _) in &pinned {
+                    let _ = fs::remove_file(pins.new_link(name));
+                }
+                return Err(LbError::Pin {
+                    program: name,
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    let mut links = Vec::new();
+    for (name, link) in pinned {
+        let (from, to) = (pins.new_link(name), pins.link(name));
+        fs::rename(&from, &to).map_err(|source| LbError::Io {
+            path: to.clone(),
+            source,
+        })?;
+        // The pin's path moved: the handle is re-opened from where it is now.
+        drop(link);
+        links.push(PinnedLink::from_pin(&to).map_err(|source| LbError::Link {
+            program: name,
+            source,
+        })?);
+    }
+    Ok(links)
 }
 
 fn take_map<K: Pod, V: Pod>(

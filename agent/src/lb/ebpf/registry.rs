@@ -2,10 +2,10 @@
 //! backends share one table, so the kernel holds one table per distinct backend set, not one per
 //! sandbox. Pure bookkeeping: it says what to write and what to delete; `SockLb` does it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddrV4;
 
-use super::maps::{Service, ServiceKey};
+use super::maps::{Service, ServiceKey, SlotKey};
 use crate::lb::maglev::{self, TableSize};
 
 /// A Maglev table in the slots map.
@@ -32,6 +32,18 @@ pub(super) struct Plan {
     pub service: Service,
 }
 
+/// A registry read back from the maps an earlier run left (pinned), and what in them is of no
+/// use: entries to delete.
+#[derive(Default)]
+pub(super) struct Rebuilt {
+    pub registry: Registry,
+    /// Services whose table is not whole (a run stopped while writing or deleting it), or whose
+    /// backends another table already holds: deleted, to be set again from scratch.
+    pub broken: Vec<ServiceKey>,
+    /// Slots of tables no service uses: `(table id, slot)`.
+    pub unused_slots: Vec<(u32, u32)>,
+}
+
 #[derive(Default)]
 pub(super) struct Registry {
     services: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
@@ -40,6 +52,71 @@ pub(super) struct Registry {
 }
 
 impl Registry {
+    /// The registry that the maps' contents stand for: every service, and the table it points
+    /// at with the backends its slots hold. A table counts only when whole: slots `0..size` for
+    /// a prime `size` that the service names too. Nothing is assumed beyond what the maps say.
+    pub fn rebuild(
+        services: impl IntoIterator<Item = (ServiceKey, Service)>,
+        slots: impl IntoIterator<Item = (SlotKey, SocketAddrV4)>,
+    ) -> Rebuilt {
+        let mut tables: BTreeMap<u32, BTreeMap<u32, SocketAddrV4>> = BTreeMap::new();
+        for (key, backend) in slots {
+            tables
+                .entry(key.table_id)
+                .or_default()
+                .insert(key.slot, backend);
+        }
+        let mut rebuilt = Rebuilt::default();
+        let registry = &mut rebuilt.registry;
+        let mut services: Vec<(ServiceKey, Service)> = services.into_iter().collect();
+        services.sort_by_key(|(key, _)| *key);
+        for (key, service) in services {
+            if service.table_size == 0 {
+                registry.services.insert(key, Vec::new());
+                continue;
+            }
+            let whole = tables.get(&service.table_id).and_then(|slots| {
+                let size = TableSize::new(service.table_size)?;
+                let contiguous = u32::try_from(slots.len()).ok() == Some(size.get())
+                    && slots.keys().copied().eq(0..size.get());
+                contiguous.then_some((size, slots))
+            });
+            let Some((size, slots)) = whole else {
+                rebuilt.broken.push(key);
+                continue;
+            };
+            let mut backends: Vec<SocketAddrV4> = slots.values().copied().collect();
+            backends.sort_unstable();
+            backends.dedup();
+            let table = registry.tables.entry(backends.clone()).or_insert(Table {
+                table: TableRef {
+                    id: service.table_id,
+                    size,
+                },
+                users: 0,
+            });
+            if table.table.id != service.table_id {
+                rebuilt.broken.push(key);
+                continue;
+            }
+            table.users += 1;
+            registry.services.insert(key, backends);
+        }
+        let used: HashSet<u32> = registry.tables.values().map(|t| t.table.id).collect();
+        for (id, slots) in &tables {
+            if !used.contains(id) {
+                rebuilt
+                    .unused_slots
+                    .extend(slots.keys().map(|slot| (*id, *slot)));
+            }
+        }
+        registry.next_id = tables
+            .keys()
+            .max()
+            .map_or(1, |max| max.wrapping_add(1).max(1));
+        rebuilt
+    }
+
     /// What it takes to point `key` at `backends`, or `None` when it already does.
     pub fn plan_set(&self, key: ServiceKey, backends: &[SocketAddrV4]) -> Option<Plan> {
         let mut backends = backends.to_vec();
@@ -100,6 +177,16 @@ impl Registry {
     pub fn remove(&mut self, key: &ServiceKey) -> Option<TableRef> {
         let old = self.services.remove(key)?;
         self.release(&old)
+    }
+
+    /// The backends `key` points at, if it is registered.
+    pub fn backends(&self, key: &ServiceKey) -> Option<&[SocketAddrV4]> {
+        self.services.get(key).map(Vec::as_slice)
+    }
+
+    /// The netns cookies of every sandbox with a service registered.
+    pub fn sandboxes(&self) -> BTreeSet<u64> {
+        self.services.keys().map(|k| k.netns_cookie).collect()
     }
 
     /// The services registered for one sandbox.
@@ -254,5 +341,164 @@ mod tests {
         let mut want = vec![key(1), other_port];
         want.sort();
         assert_eq!(mine, want);
+    }
+}
+
+/// A registry rebuilt from what the maps hold, as after a restart with pinned maps.
+#[cfg(test)]
+mod rebuild_tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::lb::ebpf::maps::IPPROTO_TCP;
+
+    fn key(sandbox: u64) -> ServiceKey {
+        ServiceKey::new(sandbox, Ipv4Addr::new(10, 99, 0, 10), 0, IPPROTO_TCP)
+    }
+
+    fn backends(hosts: &[u8]) -> Vec<SocketAddrV4> {
+        hosts
+            .iter()
+            .map(|&h| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, h), 0))
+            .collect()
+    }
+
+    /// The two maps, written as `SockLb` writes them.
+    #[derive(Default)]
+    struct Maps {
+        services: BTreeMap<ServiceKey, Service>,
+        slots: BTreeMap<(u32, u32), SocketAddrV4>,
+    }
+
+    impl Maps {
+        fn set(&mut self, reg: &mut Registry, k: ServiceKey, hosts: &[u8]) {
+            let Some(plan) = reg.plan_set(k, &backends(hosts)) else {
+                return;
+            };
+            if let Some((table, slots)) = &plan.new_table {
+                for (slot, backend) in (0u32..).zip(slots) {
+                    self.slots.insert((table.id, slot), *backend);
+                }
+            }
+            self.services.insert(k, plan.service);
+            if let Some(old) = reg.commit_set(plan) {
+                self.delete_table(old.id);
+            }
+        }
+
+        fn delete_table(&mut self, id: u32) {
+            self.slots.retain(|(table, _), _| *table != id);
+        }
+
+        fn rebuild(&self) -> Rebuilt {
+            Registry::rebuild(
+                self.services.iter().map(|(k, v)| (*k, *v)),
+                self.slots.iter().map(|((table_id, slot), b)| {
+                    (
+                        SlotKey {
+                            table_id: *table_id,
+                            slot: *slot,
+                        },
+                        *b,
+                    )
+                }),
+            )
+        }
+    }
+
+    #[test]
+    fn what_the_maps_hold_is_known_again_and_not_rewritten() {
+        let (mut maps, mut reg) = (Maps::default(), Registry::default());
+        maps.set(&mut reg, key(1), &[2, 3]);
+        maps.set(&mut reg, key(2), &[3, 2]);
+        maps.set(&mut reg, key(3), &[4]);
+        maps.set(&mut reg, key(4), &[]);
+
+        let rebuilt = maps.rebuild();
+        assert!(rebuilt.broken.is_empty() && rebuilt.unused_slots.is_empty());
+        let again = rebuilt.registry;
+        for (k, hosts) in [(1, &[2u8, 3][..]), (2, &[2, 3]), (3, &[4]), (4, &[])] {
+            assert_eq!(again.backends(&key(k)), Some(&backends(hosts)[..]));
+            assert!(
+                again.plan_set(key(k), &backends(hosts)).is_none(),
+                "sandbox {k} would be rewritten"
+            );
+        }
+        assert_eq!(again.sandboxes(), BTreeSet::from([1, 2, 3, 4]));
+        assert_eq!(again.services_of(1), [key(1)]);
+    }
+
+    #[test]
+    fn a_rebuilt_registry_shares_releases_and_numbers_tables_as_before() {
+        let (mut maps, mut reg) = (Maps::default(), Registry::default());
+        maps.set(&mut reg, key(1), &[2, 3]);
+        maps.set(&mut reg, key(2), &[2, 3]);
+        maps.set(&mut reg, key(3), &[4]);
+        let mut again = maps.rebuild().registry;
+
+        // A third sandbox with the same backends shares the existing table.
+        let plan = again.plan_set(key(5), &backends(&[3, 2])).expect("new");
+        assert!(plan.new_table.is_none());
+        again.commit_set(plan);
+        // The shared table goes only with its last user.
+        let shared = maps.services[&key(1)].table_id;
+        assert_eq!(again.remove(&key(1)), None);
+        assert_eq!(again.remove(&key(2)), None);
+        assert_eq!(again.remove(&key(5)).map(|t| t.id), Some(shared));
+        // New tables never take an id in use.
+        let used: HashSet<u32> = maps.slots.keys().map(|(id, _)| *id).collect();
+        let plan = again.plan_set(key(6), &backends(&[9])).expect("new");
+        let id = plan.new_table.expect("a new table").0.id;
+        assert!(!used.contains(&id) && id != 0, "id {id} reused");
+    }
+
+    #[test]
+    fn half_written_and_unused_tables_are_left_to_delete() {
+        let (mut maps, mut reg) = (Maps::default(), Registry::default());
+        maps.set(&mut reg, key(1), &[2, 3]);
+        maps.set(&mut reg, key(2), &[4]);
+        // A run stopped while writing sandbox 2's next table: its service points at a table
+        // whose last slot is missing.
+        let torn = maps.services[&key(2)].table_id;
+        let last = maps.services[&key(2)].table_size - 1;
+        maps.slots.remove(&(torn, last));
+        // And while deleting a table nobody used any more.
+        maps.slots.insert((77, 0), backends(&[8])[0]);
+        maps.slots.insert((77, 1), backends(&[8])[0]);
+
+        let rebuilt = maps.rebuild();
+        assert_eq!(rebuilt.broken, [key(2)]);
+        let mut unused = rebuilt.unused_slots.clone();
+        unused.sort_unstable();
+        let mut want: Vec<(u32, u32)> = (0..last).map(|slot| (torn, slot)).collect();
+        want.extend([(77, 0), (77, 1)]);
+        want.sort_unstable();
+        assert_eq!(unused, want);
+        // The broken service is unknown, so the next setting writes it from scratch.
+        let again = rebuilt.registry;
+        assert!(!again.contains(&key(2)));
+        assert!(again.plan_set(key(2), &backends(&[4])).is_some());
+        assert!(again.plan_set(key(1), &backends(&[2, 3])).is_none());
+    }
+
+    #[test]
+    fn a_table_whose_backends_another_table_holds_is_broken() {
+        let mut maps = Maps::default();
+        let service = |table_id| Service {
+            table_id,
+            table_size: 251,
+        };
+        for id in [5, 6] {
+            for slot in 0..251 {
+                maps.slots.insert((id, slot), backends(&[1])[0]);
+            }
+        }
+        maps.services.insert(key(1), service(5));
+        maps.services.insert(key(2), service(6));
+        let rebuilt = maps.rebuild();
+        assert_eq!(rebuilt.broken, [key(2)]);
+        assert_eq!(rebuilt.unused_slots.len(), 251, "table 6's slots");
+        assert!(rebuilt.registry.contains(&key(1)));
     }
 }

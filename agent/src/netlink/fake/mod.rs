@@ -45,6 +45,14 @@ impl FakeNetlink {
         state.spaces.remove(ns);
     }
 
+    /// Loses a named namespace as the kernel does when the mount namespace holding its mount
+    /// dies: the namespace goes with its links (and their veth peers), its file stays.
+    pub fn lose_netns(&self, name: &str) {
+        let ns = Netns::named(name);
+        self.delete_netns_path(&ns);
+        self.lock().stale.insert(ns);
+    }
+
     /// Every call so far, as `"operation args"` lines.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
@@ -78,7 +86,7 @@ impl Netlink for FakeNetlink {
                     reason: "invalid namespace name".into(),
                 });
             }
-            if s.spaces.contains_key(&ns) {
+            if s.spaces.contains_key(&ns) || s.stale.contains(&ns) {
                 return err("create netns", &ns, libc::EEXIST);
             }
             s.spaces.insert(ns.clone(), Space::default());
@@ -89,6 +97,9 @@ impl Netlink for FakeNetlink {
     fn delete_netns<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
         self.run(format!("delete_netns {name}"), |s| {
             let ns = Netns::named(name);
+            if s.stale.remove(&ns) {
+                return Ok(());
+            }
             let names: Vec<String> = s
                 .space("delete netns", &ns)?
                 .links
@@ -105,10 +116,12 @@ impl Netlink for FakeNetlink {
 
     fn list_netns<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
         self.run(format!("list_netns {prefix}"), |s| {
-            let dir = std::path::Path::new(super::NETNS_DIR);
+            let dir = Netns::named_dir();
+            let dir = dir.as_path();
             let mut names: Vec<String> = s
                 .spaces
                 .keys()
+                .chain(&s.stale)
                 .filter(|ns| ns.path().parent() == Some(dir))
                 .filter_map(|ns| Some(ns.path().file_name()?.to_str()?.to_owned()))
                 .filter(|n| n.starts_with(prefix))

@@ -1,7 +1,7 @@
 //! The in-memory kernel state behind [`FakeNetlink`](super::FakeNetlink): namespaces holding
 //! links, addresses, a default route, FDB and neighbour entries, with the kernel's errnos.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use crate::netlink::{
@@ -26,6 +26,8 @@ pub(super) struct FakeLink {
 #[derive(Default)]
 pub(super) struct State {
     pub(super) spaces: HashMap<Netns, Space>,
+    /// Named namespaces whose file is left but whose namespace is gone.
+    pub(super) stale: HashSet<Netns>,
     pub(super) calls: Vec<String>,
     pub(super) next_mac: u8,
 }
@@ -37,6 +39,12 @@ pub(super) fn err<T>(op: &'static str, target: impl std::fmt::Display, errno: i3
 
 impl State {
     pub(super) fn space(&mut self, op: &'static str, ns: &Netns) -> Result<&mut Space> {
+        if self.stale.contains(ns) {
+            return Err(NetlinkError::Stale {
+                op,
+                target: ns.to_string(),
+            });
+        }
         self.spaces
             .get_mut(ns)
             .map_or_else(|| err(op, ns, libc::ENOENT), Ok)

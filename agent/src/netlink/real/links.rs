@@ -1,7 +1,6 @@
 //! Links: bridges, VXLAN devices and veth pairs; MTU, up, master; deletion and listing.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
@@ -96,7 +95,7 @@ async fn move_into(
     bridge: u32,
 ) -> Result<()> {
     let idx = index(from, from_ns, name).await?;
-    let file = File::open(ns.path()).map_err(|e| NetlinkError::io("open netns", ns, e))?;
+    let file = super::open_netns("open netns", ns)?;
     let msg = LinkUnspec::new_with_index(idx)
         .setns_by_fd(file.as_raw_fd())
         .build();
@@ -117,8 +116,7 @@ async fn move_into(
 
 pub(super) async fn create_veth(ns: &Netns, spec: &VethSpec) -> Result<()> {
     let handle = connect(ns).await?;
-    let file = File::open(spec.peer_ns.path())
-        .map_err(|e| NetlinkError::io("open netns", &spec.peer_ns, e))?;
+    let file = super::open_netns("open netns", &spec.peer_ns)?;
     let msg = LinkVeth::new(&spec.name, &spec.peer).mtu(spec.mtu).build();
     let target = format!("{} in {ns}", spec.name);
     handle

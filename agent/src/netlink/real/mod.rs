@@ -57,9 +57,24 @@ where
     }
 }
 
+/// Opens a network namespace's file, checking that it really holds one: a file under
+/// `/run/netns` whose mount went away is an empty file, which `setns` would refuse with a bare
+/// `EINVAL`; that is [`NetlinkError::Stale`] here.
+pub(crate) fn open_netns(op: &'static str, ns: &Netns) -> Result<File> {
+    let file = File::open(ns.path()).map_err(|e| NetlinkError::io(op, ns, e))?;
+    match sys::file_fs_magic(&file) {
+        Ok(sys::NSFS_MAGIC) => Ok(file),
+        Ok(_) => Err(NetlinkError::Stale {
+            op,
+            target: ns.to_string(),
+        }),
+        Err(e) => Err(NetlinkError::io(op, ns, e)),
+    }
+}
+
 /// Opens an rtnetlink connection whose socket lives in `ns`.
 async fn connect(ns: &Netns) -> Result<Handle> {
-    let file = File::open(ns.path()).map_err(|e| NetlinkError::io("open netns", ns, e))?;
+    let file = open_netns("open netns", ns)?;
     let runtime = tokio::runtime::Handle::current();
     let socket = on_own_thread("open netlink socket", ns.to_string(), move || {
         let _entered = runtime.enter();
