@@ -7,6 +7,7 @@
 pub mod allocator;
 pub mod api;
 pub mod ca;
+pub mod cli;
 pub mod dispatcher;
 pub mod keymanager;
 pub mod limits;
