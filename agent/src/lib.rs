@@ -6,6 +6,8 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod exec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gossip;
 mod hash;
 pub mod lb;

@@ -7,7 +7,10 @@
 pub mod allocator;
 pub mod api;
 pub mod ca;
+pub mod cli;
 pub mod dispatcher;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod keymanager;
 pub mod limits;
 pub mod manager;

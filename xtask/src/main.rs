@@ -9,6 +9,7 @@
 mod demo;
 mod deps;
 mod fresh;
+mod fuzz;
 mod leftovers;
 mod step;
 mod test;
@@ -49,6 +50,8 @@ enum Task {
         )]
         args: Vec<String>,
     },
+    /// Run the fuzz targets under fuzz/ (cargo-fuzz, installed on first use) for a bounded time.
+    Fuzz(fuzz::FuzzArgs),
     /// Remove namespaces, links, processes and directories left by test runs that died.
     Clean,
     /// Prove the README's two commands on a fresh Debian 12: a throwaway root built with
@@ -94,6 +97,7 @@ async fn run(task: Task) -> anyhow::Result<()> {
         } => demo::down(),
         Task::Bench { args } => bench(&args),
         Task::FreshCheck(args) => fresh::check(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Vm { which } => vm::run_vm(which),
         Task::Clean => {
             let found = leftovers::find();

@@ -1,6 +1,7 @@
-//! `cargo xtask test`: what CI runs. The packages first, one build, then fmt, clippy, unit tests and
-//! the privileged tests, then a check that the tests left nothing behind and did not change the
-//! host's forwarding settings. Every step says how long it took; the summary counts skipped tests.
+//! `cargo xtask test`: what CI runs. The packages first, one build, then fmt, clippy, unit tests,
+//! the privileged tests and a bounded run of every fuzz target, then a check that the tests left
+//! nothing behind and did not change the host's forwarding settings. Every step says how long it
+//! took; the summary counts skipped tests.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use anyhow::bail;
 use mesh_tests::process::{cargo, run_shown, run_sync};
 use mesh_tests::skip::{self, REQUIRE_ENV, SKIP_LOG_ENV};
 
-use crate::{deps, leftovers, step};
+use crate::{deps, fuzz, leftovers, step};
 
 /// One check of the run: what it is, cargo's arguments and environment, and what to do if it fails.
 struct Check<'a> {
@@ -75,6 +76,9 @@ pub fn all() -> anyhow::Result<()> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                // The fuzz targets' entry points too, which only the fuzz build compiles.
+                "--features",
+                "mesh-agent/fuzzing,mesh-control/fuzzing",
                 "--",
                 "-D",
                 "warnings",
@@ -103,6 +107,20 @@ pub fn all() -> anyhow::Result<()> {
             eprintln!("error: {}", step::one_line(&err));
             failed.push(check.what);
         }
+    }
+    // A bounded run of every fuzz target, from the committed seeds (its own instrumented build).
+    let fuzzing = format!(
+        "fuzzing ({} targets, {} s each)",
+        fuzz::TARGETS.len(),
+        fuzz::CI_SECONDS
+    );
+    if let Err(err) = step::run(
+        &fuzzing,
+        "the failing target and the input that broke it are above",
+        || fuzz::fuzz(fuzz::TARGETS, fuzz::CI_SECONDS),
+    ) {
+        eprintln!("error: {}", step::one_line(&err));
+        failed.push("fuzzing");
     }
     let skipped = skip::recorded(Path::new(SKIP_LOG));
 

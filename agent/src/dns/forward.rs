@@ -231,7 +231,7 @@ impl Forwarder {
 }
 
 /// Whether `datagram` answers the query sent with `id` and `questions`.
-fn is_answer(datagram: &[u8], id: u16, questions: &[Query]) -> bool {
+pub(super) fn is_answer(datagram: &[u8], id: u16, questions: &[Query]) -> bool {
     let Ok(reply) = Message::from_vec(datagram) else {
         return false;
     };

@@ -5,6 +5,8 @@
 
 mod directory;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod limit;
 mod server;
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-type Swim = Foca<NodeIdentity, PostcardCodec, FocaRng, RecordBroadcasts>;
+pub(super) type Swim = Foca<NodeIdentity, PostcardCodec, FocaRng, RecordBroadcasts>;
 
 pub(crate) struct Driver {
     foca: Swim,
@@ -72,29 +72,11 @@ impl Driver {
         counters: Arc<Counters>,
         changes: mpsc::UnboundedSender<Change>,
     ) -> Self {
-        // Sized for clusters of up to about a thousand nodes: news is retransmitted often enough to
-        // reach them all (a size of 16 stopped spreading member news early, so 100 members took
-        // ~95 s to see each other and 1,000 never did). The few pairs the epidemic still misses
-        // are found by the membership sync of the anti-entropy round.
-        let mut foca_config = Config::new_lan(NonZeroU32::MIN.saturating_add(1023));
-        foca_config.max_packet_size = NonZeroUsize::MIN.saturating_add(MAX_PLAINTEXT - 1);
-        if !config.swim_spreads_membership {
-            foca_config.probe_period = Duration::from_secs(3600);
-            foca_config.max_transmissions = NonZeroU8::MIN;
-            foca_config.periodic_announce = None;
-            foca_config.periodic_gossip = None;
-        }
         let handler = RecordBroadcasts {
             shared: shared.clone(),
             changes: changes.clone(),
         };
-        let foca = Foca::with_custom_broadcast(
-            identity,
-            foca_config,
-            FocaRng::from_os(),
-            PostcardCodec,
-            handler,
-        );
+        let foca = swim(identity, config, handler);
         let (timers_tx, timers_rx) = mpsc::unbounded_channel();
         Self {
             foca,
@@ -196,7 +178,7 @@ impl Driver {
         }
     }
 
-    async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+    pub(super) async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
         bump(&self.counters.received);
         let opened = lock_keys(&self.keys).open(datagram);
         let plain = match opened {
@@ -265,7 +247,7 @@ impl Driver {
     }
 
     /// Carries out what foca asked for: datagrams, timers and membership notifications.
-    async fn flush(&mut self) {
+    pub(super) async fn flush(&mut self) {
         while let Some((dst, data)) = self.runtime.to_send() {
             self.send_sealed(&wire::foca_frame(&data), dst.addr).await;
         }
@@ -320,6 +302,33 @@ impl Driver {
             self.send_digest(peer).await;
         }
     }
+}
+
+/// The SWIM member a driver runs, configured from `config`.
+pub(super) fn swim(
+    identity: NodeIdentity,
+    config: &GossipConfig,
+    handler: RecordBroadcasts,
+) -> Swim {
+    // Sized for clusters of up to about a thousand nodes: news is retransmitted often enough to
+    // reach them all (a size of 16 stopped spreading member news early, so 100 members took
+    // ~95 s to see each other and 1,000 never did). The few pairs the epidemic still misses
+    // are found by the membership sync of the anti-entropy round.
+    let mut foca_config = Config::new_lan(NonZeroU32::MIN.saturating_add(1023));
+    foca_config.max_packet_size = NonZeroUsize::MIN.saturating_add(MAX_PLAINTEXT - 1);
+    if !config.swim_spreads_membership {
+        foca_config.probe_period = Duration::from_secs(3600);
+        foca_config.max_transmissions = NonZeroU8::MIN;
+        foca_config.periodic_announce = None;
+        foca_config.periodic_gossip = None;
+    }
+    Foca::with_custom_broadcast(
+        identity,
+        foca_config,
+        FocaRng::from_os(),
+        PostcardCodec,
+        handler,
+    )
 }
 
 fn lock_keys(keys: &Mutex<KeyRing>) -> std::sync::MutexGuard<'_, KeyRing> {

@@ -3,6 +3,8 @@
 //! periodic anti-entropy so that every node converges after lost datagrams and restarts.
 
 mod driver;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod identity;
 mod membership;
 mod node;

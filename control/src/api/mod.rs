@@ -4,6 +4,8 @@
 
 mod cluster;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod networks;
 mod node_ca;
 mod nodes;
@@ -156,7 +158,7 @@ impl Control for Api {
     ) -> Result<Response<RemoveNodeResponse>, Status> {
         let context = self.context(&r)?;
         forward!(context, r, remove_node);
-        nodes::remove(&context, r.into_inner()).await?;
+        nodes::remove(&context.store, r.into_inner()).await?;
         Ok(Response::new(RemoveNodeResponse {}))
     }
 
@@ -166,7 +168,7 @@ impl Control for Api {
     ) -> Result<Response<Service>, Status> {
         let context = self.context(&r)?;
         forward!(context, r, create_service);
-        services::create(&context, r.into_inner())
+        services::create(&context.store, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -175,7 +177,7 @@ impl Control for Api {
         &self,
         r: Request<GetServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        services::get(&self.context(&r)?, r.into_inner()).map(Response::new)
+        services::get(&self.context(&r)?.store, r.into_inner()).map(Response::new)
     }
 
     async fn update_service(
@@ -184,7 +186,7 @@ impl Control for Api {
     ) -> Result<Response<Service>, Status> {
         let context = self.context(&r)?;
         forward!(context, r, update_service);
-        services::update(&context, r.into_inner())
+        services::update(&context.store, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -195,7 +197,7 @@ impl Control for Api {
     ) -> Result<Response<RemoveServiceResponse>, Status> {
         let context = self.context(&r)?;
         forward!(context, r, remove_service);
-        services::remove(&context, r.into_inner()).await?;
+        services::remove(&context.store, r.into_inner()).await?;
         Ok(Response::new(RemoveServiceResponse {}))
     }
 
@@ -264,7 +266,7 @@ impl Control for Api {
     ) -> Result<Response<Network>, Status> {
         let context = self.context(&r)?;
         forward!(context, r, create_network);
-        networks::create(&context, r.into_inner())
+        networks::create(&context.store, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -273,7 +275,7 @@ impl Control for Api {
         &self,
         r: Request<GetNetworkRequest>,
     ) -> Result<Response<Network>, Status> {
-        networks::get(&self.context(&r)?, r.into_inner()).map(Response::new)
+        networks::get(&self.context(&r)?.store, r.into_inner()).map(Response::new)
     }
 
     async fn list_networks(
@@ -289,7 +291,7 @@ impl Control for Api {
     ) -> Result<Response<RemoveNetworkResponse>, Status> {
         let context = self.context(&r)?;
         forward!(context, r, remove_network);
-        networks::remove(&context, r.into_inner()).await?;
+        networks::remove(&context.store, r.into_inner()).await?;
         Ok(Response::new(RemoveNetworkResponse {}))
     }
 

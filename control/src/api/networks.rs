@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use tonic::Status;
 
 use super::{ManagerContext, resolve, status};
-use crate::store::{Kind, Read, StoreError, new_id};
+use crate::store::{Kind, Read, Store, StoreError, new_id};
 
 /// The only driver: VXLAN overlays.
 pub const OVERLAY: &str = "overlay";
@@ -78,10 +78,7 @@ fn validate(spec: &NetworkSpec) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) async fn create(
-    context: &ManagerContext,
-    req: CreateNetworkRequest,
-) -> Result<Network, Status> {
+pub(super) async fn create(store: &Store, req: CreateNetworkRequest) -> Result<Network, Status> {
     let mut spec = req
         .spec
         .ok_or_else(|| Status::invalid_argument("network spec is missing"))?;
@@ -100,8 +97,7 @@ pub(super) async fn create(
         ..Default::default()
     };
     let id = network.id.clone();
-    context
-        .store
+    store
         .update(|tx| {
             if !tx
                 .find::<Network>(|n| resolve::network_name(n) == name)
@@ -117,12 +113,11 @@ pub(super) async fn create(
         .await
         .map_err(status)?;
     tracing::info!(network.id = %id, network.name = %name, "network created");
-    get(context, GetNetworkRequest { reference: id })
+    get(store, GetNetworkRequest { reference: id })
 }
 
-pub(super) fn get(context: &ManagerContext, req: GetNetworkRequest) -> Result<Network, Status> {
-    context
-        .store
+pub(super) fn get(store: &Store, req: GetNetworkRequest) -> Result<Network, Status> {
+    store
         .view_promptly(|tx| resolve::network(tx, &req.reference))
         .map_err(status)
 }
@@ -133,12 +128,8 @@ pub(super) fn list(context: &ManagerContext) -> ListNetworksResponse {
     }
 }
 
-pub(super) async fn remove(
-    context: &ManagerContext,
-    req: RemoveNetworkRequest,
-) -> Result<(), Status> {
-    context
-        .store
+pub(super) async fn remove(store: &Store, req: RemoveNetworkRequest) -> Result<(), Status> {
+    store
         .update(|tx| {
             let network = resolve::network(tx, &req.network_id)?;
             let name = resolve::network_name(&network).to_string();

@@ -8,7 +8,7 @@ use tonic::Status;
 
 use super::{ManagerContext, limit, resolve, status};
 use crate::limits::BATCH_WRITES;
-use crate::store::{Kind, Read, StoreError, now_nanos};
+use crate::store::{Kind, Read, Store, StoreError, now_nanos};
 
 /// Fills in a manager's live standing: whether it leads now (from Raft) and whether it is
 /// reachable (its node is not down).
@@ -53,6 +53,12 @@ pub(super) async fn update(
     context: &ManagerContext,
     req: UpdateNodeRequest,
 ) -> Result<Node, Status> {
+    let id = update_spec(&context.store, req).await?;
+    get(context, GetNodeRequest { reference: id })
+}
+
+/// Checks and writes the node's new spec; returns the node's id.
+pub(super) async fn update_spec(store: &Store, req: UpdateNodeRequest) -> Result<String, Status> {
     let spec = req
         .spec
         .ok_or_else(|| Status::invalid_argument("node spec is missing"))?;
@@ -74,9 +80,7 @@ pub(super) async fn update(
         ));
     }
     crate::limits::node(&spec).map_err(limit)?;
-    let id = req.node_id.clone();
-    context
-        .store
+    store
         .update(|tx| {
             let mut node = resolve::node(tx, &req.node_id)?;
             if let Some(version) = &req.version
@@ -105,24 +109,24 @@ pub(super) async fn update(
             }
             // The role manager carries out a role change, with its Raft membership change.
             node.spec = Some(spec.clone());
-            tx.update(node)
+            let id = node.id.clone();
+            tx.update(node)?;
+            Ok(id)
         })
         .await
-        .map_err(status)?;
-    get(context, GetNodeRequest { reference: id })
+        .map_err(status)
 }
 
 /// Removes a node. Its tasks are orphaned a batch per transaction, so that a node holding many
 /// tasks never makes one giant write; the last transaction orphans the rest and removes the node.
-pub(super) async fn remove(context: &ManagerContext, req: RemoveNodeRequest) -> Result<(), Status> {
-    while !remove_batch(context, &req).await? {}
+pub(super) async fn remove(store: &Store, req: RemoveNodeRequest) -> Result<(), Status> {
+    while !remove_batch(store, &req).await? {}
     Ok(())
 }
 
 /// One transaction of [`remove`]; true once the node is gone.
-async fn remove_batch(context: &ManagerContext, req: &RemoveNodeRequest) -> Result<bool, Status> {
-    context
-        .store
+async fn remove_batch(store: &Store, req: &RemoveNodeRequest) -> Result<bool, Status> {
+    store
         .update_retrying(|tx| {
             let node = resolve::node(tx, &req.node_id)?;
             if node.role == NodeRole::Manager as i32 {

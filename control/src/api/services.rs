@@ -12,19 +12,15 @@ use tonic::Status;
 
 use super::{ManagerContext, Stream, ports, resolve, status, validate};
 use crate::limits;
-use crate::store::{Kind, Read, StoreError, WriteTx, new_id};
+use crate::store::{Kind, Read, Store, StoreError, WriteTx, new_id};
 
-pub(super) fn get(context: &ManagerContext, req: GetServiceRequest) -> Result<Service, Status> {
-    context
-        .store
+pub(super) fn get(store: &Store, req: GetServiceRequest) -> Result<Service, Status> {
+    store
         .view_promptly(|tx| resolve::service(tx, &req.reference))
         .map_err(status)
 }
 
-pub(super) async fn create(
-    context: &ManagerContext,
-    req: CreateServiceRequest,
-) -> Result<Service, Status> {
+pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<Service, Status> {
     let mut spec = req
         .spec
         .ok_or_else(|| Status::invalid_argument("service spec is missing"))?;
@@ -42,8 +38,7 @@ pub(super) async fn create(
         ..Default::default()
     };
     let id = service.id.clone();
-    context
-        .store
+    store
         .update(|tx| {
             if !tx
                 .find::<Service>(|s| resolve::service_name(s) == name)
@@ -63,19 +58,15 @@ pub(super) async fn create(
         .await
         .map_err(status)?;
     tracing::info!(service.id = %id, service.name = %name, "service created");
-    get(context, GetServiceRequest { reference: id })
+    get(store, GetServiceRequest { reference: id })
 }
 
-pub(super) async fn update(
-    context: &ManagerContext,
-    req: UpdateServiceRequest,
-) -> Result<Service, Status> {
+pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<Service, Status> {
     let spec = req
         .spec
         .ok_or_else(|| Status::invalid_argument("service spec is missing"))?;
     validate::service_spec(&spec).map_err(Status::invalid_argument)?;
-    let id = context
-        .store
+    let id = store
         .update(|tx| {
             let mut service = resolve::service(tx, &req.service_id)?;
             if let Some(version) = &req.version
@@ -117,7 +108,7 @@ pub(super) async fn update(
         })
         .await
         .map_err(status)?;
-    get(context, GetServiceRequest { reference: id })
+    get(store, GetServiceRequest { reference: id })
 }
 
 /// The service's endpoint for `spec`: published ports assigned (keeping those `previous` gave),
@@ -139,12 +130,8 @@ fn endpoint(
     })
 }
 
-pub(super) async fn remove(
-    context: &ManagerContext,
-    req: RemoveServiceRequest,
-) -> Result<(), Status> {
-    context
-        .store
+pub(super) async fn remove(store: &Store, req: RemoveServiceRequest) -> Result<(), Status> {
+    store
         .update(|tx| {
             let service = resolve::service(tx, &req.service_id)?;
             tx.delete::<Service>(&service.id)

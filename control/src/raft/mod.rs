@@ -30,6 +30,8 @@ pub use network::{Network, connect};
 pub use node::{Leadership, RaftConfig, RaftNode};
 pub use seal::{SealError, SealKey};
 pub use server::RaftService;
+#[cfg(feature = "fuzzing")]
+pub(crate) use server::{check_sender as check_raft_sender, decode_payload};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 
 openraft::declare_raft_types!(

@@ -41,7 +41,12 @@ impl RaftService {
 }
 
 fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&request.into_inner().data)
+    decode_payload(&request.into_inner().data)
+}
+
+/// A peer's Raft message from the JSON it sent.
+pub(crate) fn decode_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(data)
         .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
 }
 

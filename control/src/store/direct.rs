@@ -1,5 +1,6 @@
 //! A store whose proposals apply at once, each transaction its own entry: for reconciler tests
-//! that need a real [`MemoryStore`] and watch stream but no Raft. Compiled only for tests.
+//! that need a real [`MemoryStore`] and watch stream but no Raft, and for the fuzz targets.
+//! Compiled only for tests and with the `fuzzing` feature.
 
 use futures::future::BoxFuture;
 use mesh_proto::{Proposal, Transaction};
@@ -42,6 +43,7 @@ pub fn direct_store() -> Store {
     Store::new(memory, proposer)
 }
 
+#[cfg(test)]
 /// The number of objects each entry applied to `store` wrote from now on, in order; recorded
 /// until the store's watch closes.
 pub fn writes_per_entry(store: &Store) -> Arc<Mutex<Vec<usize>>> {

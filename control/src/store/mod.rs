@@ -18,15 +18,17 @@
 //!   [`Event::Commit`] per entry. [`MemoryStore::view_and_watch`] reads and subscribes atomically, so a
 //!   reconciler that starts from a view misses no change made after it.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 mod direct;
 mod memory;
 mod object;
 mod tx;
 mod watch;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub use direct::direct_store;
 #[cfg(test)]
-pub use direct::{direct_store, writes_per_entry};
+pub use direct::writes_per_entry;
 pub use memory::{ApplyError, MemoryStore};
 pub use object::{Kind, Object, StoreObject};
 pub use tx::{Read, ReadTx, WriteTx};

@@ -8,9 +8,6 @@ use std::path::PathBuf;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// The default daemon address, as `-H` takes it.
-pub const DEFAULT_HOST: &str = "unix:///run/mesh/meshd.sock";
-
 /// Both of meshd's local APIs over one channel.
 pub struct Client {
     pub control: ControlClient<Channel>,

@@ -1,6 +1,7 @@
 //! Everything that ends a meshctl command early, each rendered as one line.
 
-use crate::flags::FlagError;
+use mesh_control::cli::InputError;
+use mesh_control::cli::flags::FlagError;
 
 /// Why a command failed. `main` prints `Connect` as is and the others after `Error: `.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,8 @@ pub enum CliError {
     /// Input that parsed but does not make sense (or not together with other input).
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
     /// The service did not converge: a task failed or was rejected.
     #[error("{0}")]
     Converge(String),

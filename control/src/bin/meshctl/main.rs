@@ -6,17 +6,16 @@
 mod client;
 mod commands;
 mod error;
-mod flags;
 mod inspect;
 mod listing;
 mod output;
 mod pretty;
 mod progress;
-mod spec;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use error::CliError;
+use mesh_control::cli::Cli;
 use std::io::Write;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -24,23 +23,6 @@ use tracing_subscriber::EnvFilter;
 /// Exit code for a command that failed or a value that does not parse (clap keeps 2 for usage).
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "meshctl",
-    about = "Drive a mesh cluster",
-    disable_version_flag = true
-)]
-struct Cli {
-    /// Daemon socket to connect to (unix:///path or /path)
-    #[arg(short = 'H', long, global = true, env = "MESH_HOST", default_value = client::DEFAULT_HOST)]
-    host: String,
-    /// Print version information and quit
-    #[arg(short = 'v', long)]
-    version: bool,
-    #[command(subcommand)]
-    command: Option<commands::Command>,
-}
 
 fn parse() -> Result<Cli, ExitCode> {
     Cli::try_parse().map_err(|error| {

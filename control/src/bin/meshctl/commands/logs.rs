@@ -6,48 +6,12 @@ use super::service::get_service;
 use crate::client::Client;
 use crate::error::CliError;
 use crate::output::short_id;
-use clap::Args;
+use mesh_control::cli::logs::{LogsArgs, Tail};
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{LogMessage, ServiceLogsRequest};
 use std::collections::HashMap;
 use std::io::Write;
 use tokio_stream::StreamExt;
-
-/// How much of the existing output `--tail` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tail {
-    All,
-    Lines(u64),
-}
-
-/// `--tail all` or a number of lines.
-fn parse_tail(value: &str) -> Result<Tail, String> {
-    if value == "all" {
-        return Ok(Tail::All);
-    }
-    value
-        .parse()
-        .map(Tail::Lines)
-        .map_err(|_| format!("invalid tail {value:?}: expected \"all\" or a non-negative integer"))
-}
-
-#[derive(Args, Debug)]
-pub struct LogsArgs {
-    /// Follow log output
-    #[arg(short, long)]
-    follow: bool,
-    /// Number of lines to show from the end of the logs ("all" or N)
-    #[arg(long, default_value = "all", value_parser = parse_tail, allow_negative_numbers = true)]
-    tail: Tail,
-    /// Show timestamps
-    #[arg(short, long)]
-    timestamps: bool,
-    /// Do not truncate output
-    #[arg(long)]
-    no_trunc: bool,
-    /// A service (id, name or prefix) or a task id
-    reference: String,
-}
 
 /// The prefix docker puts before each line: `web.1.abcdef123456@node-1    | `.
 pub fn prefix(message: &LogMessage, node: &str, slot_width: usize, no_trunc: bool) -> String {
@@ -146,16 +110,6 @@ mod tests {
         assert_eq!(
             prefix(&global, "host-1", 1, false),
             "web.node0123456789.abcdefghijkl@host-1    | "
-        );
-    }
-
-    #[test]
-    fn tails() {
-        assert_eq!(parse_tail("all"), Ok(Tail::All));
-        assert_eq!(parse_tail("10"), Ok(Tail::Lines(10)));
-        assert_eq!(
-            parse_tail("-1"),
-            Err("invalid tail \"-1\": expected \"all\" or a non-negative integer".to_string())
         );
     }
 }

@@ -11,34 +11,9 @@ mod version;
 
 use crate::client::{self, Client};
 use crate::error::CliError;
-use clap::Subcommand;
+use mesh_control::cli::Command;
 
 pub use version::{VERSION, commit};
-
-/// The top-level commands.
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Manage the swarm
-    #[command(subcommand)]
-    Swarm(swarm::SwarmCommand),
-    /// Manage swarm nodes
-    #[command(subcommand)]
-    Node(node::NodeCommand),
-    /// Manage swarm services
-    #[command(subcommand)]
-    Service(service::ServiceCommand),
-    /// Manage networks
-    #[command(subcommand)]
-    Network(network::NetworkCommand),
-    /// Display system-wide information: the swarm and the overlay's gossip
-    Info {
-        /// Format the output: `json` for one JSON object
-        #[arg(short, long, value_parser = parse_format)]
-        format: Option<bool>,
-    },
-    /// Show the meshctl and meshd version information
-    Version,
-}
 
 /// Runs `command` against the daemon at `host`. Input is validated before connecting.
 pub async fn run(command: Command, host: &str) -> Result<(), CliError> {
@@ -54,15 +29,4 @@ pub async fn run(command: Command, host: &str) -> Result<(), CliError> {
 
 async fn connect(host: &str) -> Result<Client, CliError> {
     client::connect(host).await
-}
-
-/// `--format` of `ls`/`ps`: only `json` (one object per line) or the default table.
-pub fn parse_format(value: &str) -> Result<bool, String> {
-    match value {
-        "json" | "{{json .}}" => Ok(true),
-        "table" => Ok(false),
-        other => Err(format!(
-            "unsupported format {other:?}: use --format json or leave it out for a table"
-        )),
-    }
 }

@@ -1,119 +1,21 @@
 //! `meshctl network create|ls|inspect|rm`.
 
-use super::parse_format;
 use crate::client::Client;
 use crate::error::CliError;
-use crate::flags::parse_label;
 use crate::listing::{Row, render};
 use crate::output::{rfc3339, short_id, write_pretty_json};
-use clap::{Args, Subcommand};
-use ipnet::Ipv4Net;
+use mesh_control::cli::network::NetworkCommand;
 use mesh_proto::{
-    Annotations, CreateNetworkRequest, GetNetworkRequest, IpamConfig, ListNetworksRequest, Network,
-    NetworkSpec, RemoveNetworkRequest,
+    CreateNetworkRequest, GetNetworkRequest, ListNetworksRequest, Network, NetworkSpec,
+    RemoveNetworkRequest,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
 
 /// The option key under which Docker shows an overlay's VXLAN id.
 const VXLAN_ID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
-
-#[derive(Subcommand, Debug)]
-pub enum NetworkCommand {
-    /// Create a network
-    Create(CreateArgs),
-    /// List networks
-    #[command(visible_alias = "list")]
-    Ls {
-        /// Only display network IDs
-        #[arg(short, long)]
-        quiet: bool,
-        /// Format output ("json")
-        #[arg(long, value_parser = parse_format)]
-        format: Option<bool>,
-    },
-    /// Display detailed information on one or more networks
-    Inspect {
-        #[arg(required = true)]
-        networks: Vec<String>,
-    },
-    /// Remove one or more networks
-    #[command(visible_alias = "remove")]
-    Rm {
-        #[arg(required = true)]
-        networks: Vec<String>,
-    },
-}
-
-#[derive(Args, Debug)]
-pub struct CreateArgs {
-    /// Driver to manage the network ("overlay")
-    #[arg(short, long, default_value = "overlay")]
-    driver: String,
-    /// Subnet in CIDR format
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    subnet: Option<Ipv4Net>,
-    /// IPv4 gateway for the subnet
-    #[arg(long, value_name = "IP", value_parser = parse_ip)]
-    gateway: Option<Ipv4Addr>,
-    /// Allocate task addresses from a sub-range
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    ip_range: Option<Ipv4Net>,
-    /// Enable manual container attachment
-    #[arg(long)]
-    attachable: bool,
-    /// Set metadata on a network
-    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
-    /// Set driver specific options
-    #[arg(short, long = "opt", value_name = "K=V", value_parser = parse_label)]
-    opts: Vec<(String, String)>,
-    name: String,
-}
-
-fn parse_cidr(value: &str) -> Result<Ipv4Net, String> {
-    value
-        .parse()
-        .map_err(|_| format!("invalid CIDR {value:?}: expected an IPv4 subnet such as 10.9.0.0/24"))
-}
-
-fn parse_ip(value: &str) -> Result<Ipv4Addr, String> {
-    value
-        .parse()
-        .map_err(|_| format!("invalid IP {value:?}: expected an IPv4 address such as 10.9.0.1"))
-}
-
-impl CreateArgs {
-    /// The spec these flags describe, or why they don't describe one.
-    fn to_spec(&self) -> Result<NetworkSpec, CliError> {
-        if self.subnet.is_none() && (self.gateway.is_some() || self.ip_range.is_some()) {
-            return Err(CliError::Invalid(
-                "--gateway and --ip-range need a --subnet".to_string(),
-            ));
-        }
-        let ipam = self.subnet.map(|subnet| IpamConfig {
-            subnet: subnet.to_string(),
-            gateway: self.gateway.map(|g| g.to_string()).unwrap_or_default(),
-            ip_range: self.ip_range.map(|r| r.to_string()).unwrap_or_default(),
-        });
-        let spec = NetworkSpec {
-            annotations: Some(Annotations {
-                name: self.name.clone(),
-                labels: self.labels.iter().cloned().collect(),
-            }),
-            driver: self.driver.clone(),
-            ipam: ipam.into_iter().collect(),
-            attachable: self.attachable,
-            driver_opts: self.opts.iter().cloned().collect(),
-            ..NetworkSpec::default()
-        };
-        mesh_control::limits::network(&spec)?;
-        Ok(spec)
-    }
-}
 
 /// Runs a network verb; `create`'s flags are checked before connecting.
 pub async fn run(command: NetworkCommand, host: &str) -> Result<(), CliError> {

@@ -1,69 +1,16 @@
 //! `meshctl service create|update|scale|rm`, and the dispatch of every `service` verb.
 
-use super::node::PsFlags;
-use super::parse_format;
 use crate::client::Client;
 use crate::error::CliError;
-use crate::flags::parse_scale;
 use crate::output::now_nanos;
 use crate::progress;
-use crate::spec::{CreateFlags, UpdateFlags};
-use clap::Subcommand;
+use mesh_control::cli::service::ServiceCommand;
+use mesh_control::cli::spec::{CreateFlags, UpdateFlags};
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{
     CreateServiceRequest, GetServiceRequest, RemoveServiceRequest, Service, UpdateServiceRequest,
 };
 use std::io::Write;
-
-#[derive(Subcommand, Debug)]
-pub enum ServiceCommand {
-    /// Create a new service
-    Create(Box<CreateFlags>),
-    /// List services
-    #[command(visible_alias = "list")]
-    Ls {
-        /// Only display IDs
-        #[arg(short, long)]
-        quiet: bool,
-        /// Format output ("json")
-        #[arg(long, value_parser = parse_format)]
-        format: Option<bool>,
-    },
-    /// List the tasks of one or more services
-    Ps {
-        #[command(flatten)]
-        flags: PsFlags,
-        #[arg(required = true)]
-        services: Vec<String>,
-    },
-    /// Display detailed information on one or more services
-    Inspect {
-        /// Print the information in a human friendly format
-        #[arg(long)]
-        pretty: bool,
-        #[arg(required = true)]
-        services: Vec<String>,
-    },
-    /// Scale one or multiple replicated services
-    Scale {
-        /// Exit immediately instead of waiting for the services to converge
-        #[arg(short, long)]
-        detach: bool,
-        /// SERVICE=REPLICAS
-        #[arg(required = true, value_parser = parse_scale, value_name = "SERVICE=REPLICAS")]
-        scales: Vec<(String, u64)>,
-    },
-    /// Update a service
-    Update(Box<UpdateFlags>),
-    /// Remove one or more services
-    #[command(visible_alias = "remove")]
-    Rm {
-        #[arg(required = true)]
-        services: Vec<String>,
-    },
-    /// Fetch the logs of a service or task
-    Logs(super::logs::LogsArgs),
-}
 
 pub async fn run(command: ServiceCommand, host: &str) -> Result<(), CliError> {
     // Everything clap could not judge alone is checked before connecting.

@@ -1,6 +1,6 @@
 //! `meshctl service ls|ps|inspect`: the read-only service verbs.
 
-use super::node::{PsFlags, print_tasks};
+use super::node::print_tasks;
 use super::service::get_service;
 use crate::client::Client;
 use crate::error::CliError;
@@ -8,6 +8,7 @@ use crate::inspect::service_json;
 use crate::listing::{render, service_rows};
 use crate::output::write_pretty_json;
 use crate::pretty;
+use mesh_control::cli::node::PsFlags;
 use mesh_proto::{ListServicesRequest, ListTasksRequest};
 use std::collections::HashMap;
 use std::io::Write;

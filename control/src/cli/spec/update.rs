@@ -4,8 +4,8 @@ use super::{
     ContainerFlags, ResourceFlags, RestartFlags, attachment, parse_constraint, parse_network,
     validate_image,
 };
-use crate::error::CliError;
-use crate::flags::{
+use crate::cli::InputError;
+use crate::cli::flags::{
     Words, parse_endpoint_mode, parse_env, parse_label, parse_mount, parse_publish, parse_replicas,
     parse_shell_words,
 };
@@ -100,7 +100,7 @@ fn same_target(a: &PortConfig, b: &PortConfig) -> bool {
 
 impl UpdateFlags {
     /// Checks what can be judged without the current spec.
-    pub fn validate(&self) -> Result<(), CliError> {
+    pub fn validate(&self) -> Result<(), InputError> {
         match &self.image {
             Some(image) => validate_image(image),
             None => Ok(()),
@@ -108,13 +108,13 @@ impl UpdateFlags {
     }
 
     /// Applies the flags to `spec`, as `docker service update` does: additions first, then removals.
-    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), CliError> {
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), InputError> {
         let global = matches!(spec.mode, Some(Mode::Global(_)));
         if let Some(replicas) = self.replicas {
             match &mut spec.mode {
                 Some(Mode::Replicated(replicated)) => replicated.replicas = replicas,
                 _ => {
-                    return Err(CliError::Invalid(
+                    return Err(InputError::Invalid(
                         "--replicas can only be used with replicated mode".to_string(),
                     ));
                 }
@@ -192,7 +192,7 @@ impl UpdateFlags {
         container
             .mounts
             .retain(|m| !self.mount_rm.contains(&m.target));
-        mesh_control::limits::service_spec(spec)?;
+        crate::limits::service_spec(spec)?;
         Ok(())
     }
 }

@@ -2,15 +2,15 @@
 //! `ServiceSpec`. Every value is parsed by clap through `flags`; what needs two flags (or the current
 //! spec) to judge is checked here, before the write request.
 
-use crate::error::CliError;
-use crate::flags::{
+use super::InputError;
+use crate::cli::flags::{
     parse_bytes, parse_count, parse_duration_ns, parse_endpoint_mode, parse_env, parse_label,
     parse_mode_global, parse_mount, parse_name, parse_nano_cpus, parse_placement_pref,
     parse_publish, parse_pull, parse_replicas, parse_restart_condition,
 };
+use crate::limits;
+use crate::scheduler::constraint::{Constraint, ConstraintError};
 use clap::Args;
-use mesh_control::limits;
-use mesh_control::scheduler::constraint::{Constraint, ConstraintError};
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{
     Annotations, ContainerSpec, EndpointMode, EndpointSpec, GlobalService, Mount,
@@ -23,11 +23,11 @@ fn parse_constraint(value: &str) -> Result<String, ConstraintError> {
     Constraint::parse(value).map(|_| value.to_string())
 }
 
-fn parse_max_per_node(value: &str) -> Result<u64, crate::flags::FlagError> {
+fn parse_max_per_node(value: &str) -> Result<u64, crate::cli::flags::FlagError> {
     parse_count("--replicas-max-per-node", value)
 }
 
-fn parse_max_attempts(value: &str) -> Result<u64, crate::flags::FlagError> {
+fn parse_max_attempts(value: &str) -> Result<u64, crate::cli::flags::FlagError> {
     parse_count("--restart-max-attempts", value)
 }
 
@@ -158,7 +158,7 @@ pub struct ContainerFlags {
 }
 
 impl ContainerFlags {
-    fn apply(&self, task: &mut TaskSpec, global: bool) -> Result<(), CliError> {
+    fn apply(&self, task: &mut TaskSpec, global: bool) -> Result<(), InputError> {
         let container = task.container.get_or_insert_with(ContainerSpec::default);
         if let Some(dir) = &self.workdir {
             container.dir.clone_from(dir);
@@ -177,7 +177,7 @@ impl ContainerFlags {
         }
         if let Some(max) = self.replicas_max_per_node {
             if global {
-                return Err(CliError::Invalid(
+                return Err(InputError::Invalid(
                     "--replicas-max-per-node can only be used with replicated mode".to_string(),
                 ));
             }
@@ -253,10 +253,10 @@ pub struct CreateFlags {
 
 impl CreateFlags {
     /// The spec these flags describe, or the first reason they don't describe one.
-    pub fn to_spec(&self) -> Result<ServiceSpec, CliError> {
+    pub fn to_spec(&self) -> Result<ServiceSpec, InputError> {
         let global = self.mode.unwrap_or(false);
         if global && self.replicas.is_some() {
-            return Err(CliError::Invalid(
+            return Err(InputError::Invalid(
                 "--replicas can only be used with replicated mode".to_string(),
             ));
         }
@@ -320,9 +320,9 @@ fn endpoint(mode: EndpointMode, ports: &[PortConfig]) -> Option<EndpointSpec> {
 }
 
 /// Refuses what cannot be an image reference, before the daemon is asked.
-pub fn validate_image(image: &str) -> Result<(), CliError> {
+pub fn validate_image(image: &str) -> Result<(), InputError> {
     if image.is_empty() || image.contains(char::is_whitespace) {
-        return Err(CliError::Invalid(format!(
+        return Err(InputError::Invalid(format!(
             "invalid image reference {image:?}: must be non-empty and contain no spaces"
         )));
     }
@@ -339,7 +339,7 @@ pub fn validate_image(image: &str) -> Result<(), CliError> {
         }
     });
     if path.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(CliError::Invalid(format!(
+        return Err(InputError::Invalid(format!(
             "invalid reference format {image:?}: repository name must be lowercase"
         )));
     }
