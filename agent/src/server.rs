@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
@@ -27,6 +28,8 @@ pub enum ServeError {
     Serve(#[from] tonic::transport::Error),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("cannot start the local API's thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
@@ -51,24 +54,70 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     tracing::info!(socket = %socket.display(), "meshd ready");
-    let served = tonic::transport::Server::builder()
-        .add_service(SwarmService::server(daemon.clone()))
-        .add_service(daemon.api().grpc_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            }
+    let (stop, stopped) = oneshot::channel();
+    let mut api = serve_local_api(daemon.clone(), listener, stopped)?;
+    let ended = tokio::select! {
+        _ = terminate.recv() => None,
+        _ = interrupt.recv() => None,
+        served = &mut api => Some(served),
+    };
+    let served = match ended {
+        Some(served) => served,
+        None => {
             tracing::info!("shutting down");
-        })
-        .await;
+            let _ = stop.send(());
+            api.await
+        }
+    };
     daemon.shutdown().await;
     let _ = std::fs::remove_file(&socket);
-    Ok(served?)
+    // A server thread that ended without a word panicked (the panic is on stderr).
+    served.unwrap_or_else(|_| {
+        Err(ServeError::Runtime(std::io::Error::other(
+            "the local API's thread stopped unexpectedly",
+        )))
+    })
+}
+
+/// Serves the local socket's API (meshctl's) on a thread and runtime of its own, so that its
+/// calls never wait for a runtime worker that a reconciler's pass over many tasks keeps busy:
+/// the kernel shares the cores between them instead. Its listener is registered with that
+/// runtime, so accepting does not depend on the main runtime's I/O driver either. The result
+/// arrives once `stop` fires and the server has drained.
+fn serve_local_api(
+    daemon: Arc<Daemon>,
+    listener: std::os::unix::net::UnixListener,
+    stop: oneshot::Receiver<()>,
+) -> Result<oneshot::Receiver<Result<(), ServeError>>, ServeError> {
+    let (done, result) = oneshot::channel();
+    let main = tokio::runtime::Handle::current();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    std::thread::Builder::new()
+        .name("meshd-api".into())
+        .spawn(move || {
+            let served = runtime.block_on(async move {
+                let listener =
+                    tokio::net::UnixListener::from_std(listener).map_err(ServeError::Runtime)?;
+                tonic::transport::Server::builder()
+                    .add_service(SwarmService::server(daemon.clone(), main))
+                    .add_service(daemon.api().grpc_service())
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                        let _ = stop.await;
+                    })
+                    .await
+                    .map_err(ServeError::Serve)
+            });
+            let _ = done.send(served);
+        })
+        .map_err(ServeError::Runtime)?;
+    Ok(result)
 }
 
 /// Binds the local API socket, readable and writable by root (and its group) only.
-fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ServeError> {
     let err = |source| ServeError::Socket {
         path: path.to_path_buf(),
         source,
@@ -80,7 +129,8 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
         _ => {}
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     Ok(listener)
 }

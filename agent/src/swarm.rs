@@ -5,18 +5,36 @@ use mesh_proto::{
     InfoRequest, InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse, LeaveRequest,
     LeaveResponse,
 };
+use std::future::Future;
 use std::sync::Arc;
+use tokio::runtime::Handle;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::{Daemon, DaemonError};
 
 pub struct SwarmService {
     daemon: Arc<Daemon>,
+    /// The daemon's own runtime: joining, leaving and initialising start and stop the node's
+    /// long-lived tasks, which belong there rather than on the runtime serving the socket.
+    runtime: Handle,
 }
 
 impl SwarmService {
-    pub fn server(daemon: Arc<Daemon>) -> SwarmServer<SwarmService> {
-        SwarmServer::new(SwarmService { daemon })
+    /// The service, running each call's work on `runtime`.
+    pub fn server(daemon: Arc<Daemon>, runtime: Handle) -> SwarmServer<SwarmService> {
+        SwarmServer::new(SwarmService { daemon, runtime })
+    }
+
+    /// Runs `work` on the daemon's runtime; it finishes even if the caller goes away.
+    async fn on_daemon<T, F>(&self, work: impl FnOnce(Arc<Daemon>) -> F) -> Result<T, Status>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.runtime
+            .spawn(work(self.daemon.clone()))
+            .await
+            .map_err(|e| Status::internal(format!("the call's work failed: {e}")))
     }
 }
 
@@ -42,10 +60,10 @@ fn status(err: DaemonError) -> Status {
 #[tonic::async_trait]
 impl Swarm for SwarmService {
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        let request = request.into_inner();
         let (node_id, cluster_id) = self
-            .daemon
-            .init(request.into_inner())
-            .await
+            .on_daemon(|daemon| async move { daemon.init(request).await })
+            .await?
             .map_err(status)?;
         Ok(Response::new(InitResponse {
             node_id,
@@ -54,10 +72,10 @@ impl Swarm for SwarmService {
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let request = request.into_inner();
         let (node_id, role) = self
-            .daemon
-            .join(request.into_inner())
-            .await
+            .on_daemon(|daemon| async move { daemon.join(request).await })
+            .await?
             .map_err(status)?;
         Ok(Response::new(JoinResponse {
             node_id,
@@ -69,14 +87,17 @@ impl Swarm for SwarmService {
         &self,
         request: Request<LeaveRequest>,
     ) -> Result<Response<LeaveResponse>, Status> {
-        self.daemon
-            .leave(request.into_inner().force)
-            .await
+        let force = request.into_inner().force;
+        self.on_daemon(|daemon| async move { daemon.leave(force).await })
+            .await?
             .map_err(status)?;
         Ok(Response::new(LeaveResponse {}))
     }
 
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        Ok(Response::new(self.daemon.info().await))
+        let info = self
+            .on_daemon(|daemon| async move { daemon.info().await })
+            .await?;
+        Ok(Response::new(info))
     }
 }
