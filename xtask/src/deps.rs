@@ -24,6 +24,8 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     // `cargo xtask bench overlay` measures throughput with iperf3.
     "iperf3",
+    // The fuzz targets (CI runs them): libfuzzer-sys compiles libFuzzer, which is C++.
+    "g++",
 ];
 
 /// `cargo xtask vm`: QEMU, and the decompressors of the kernel's modules.

@@ -263,8 +263,9 @@ fn label(command: &str) -> &str {
 /// container runtimes need `/` to be the namespace's root, or `docker exec` lands outside the
 /// container), of a private pid namespace, so that nothing started inside outlives the script,
 /// and in the network namespace of `uplink`, so that nothing it makes meets this machine's.
-/// It gets its own /proc and /run and this machine's toolchain, read-only; every line is shown
-/// and recorded; returns the marks.
+/// It gets its own /proc, /run and bpffs (pins made by this machine's own runs are not its
+/// leftovers) and this machine's toolchain, read-only; every line is shown and recorded; returns
+/// the marks.
 fn run_inside(
     root: &Path,
     sysroot: &Path,
@@ -279,6 +280,7 @@ fn run_inside(
          mount --bind {r} {r}\n\
          mount --rbind /dev {r}/dev && mount --make-rslave {r}/dev\n\
          mount --rbind /sys {r}/sys && mount --make-rslave {r}/sys\n\
+         mount -t bpf bpf {r}/sys/fs/bpf\n\
          mount -t proc proc {r}/proc\n\
          mount -t tmpfs tmpfs {r}/run\n\
          mkdir -p {r}{s} {r}/.host\n\
