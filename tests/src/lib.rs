@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod dockerd;
 pub mod image;
+pub mod lab;
 pub mod meshctl;
 pub mod meshd;
 pub mod netns;
