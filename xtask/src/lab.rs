@@ -118,6 +118,9 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
 }
 
 async fn up(name: &str, managers: usize, workers: usize, no_build: bool) -> anyhow::Result<()> {
+    let mut spec = LabSpec::new(name, managers, workers);
+    spec.progress = true;
+    spec.validate()?;
     if !no_build {
         deps::install()?;
         step::run(
@@ -127,8 +130,6 @@ async fn up(name: &str, managers: usize, workers: usize, no_build: bool) -> anyh
         )?;
     }
     let started = Instant::now();
-    let mut spec = LabSpec::new(name, managers, workers);
-    spec.progress = true;
     let lab = step::run_async(
         &format!("bringing up lab {name}: {managers} manager(s) and {workers} worker(s)"),
         "the nodes' logs were in /run/mesh-lab/<name>/nodeN/ (removed again after a failed start)",

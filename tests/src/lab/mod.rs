@@ -37,6 +37,22 @@ pub struct LabSpec {
 }
 
 impl LabSpec {
+    /// Checks the name and the node counts (before anything is installed, built or created).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        state::validate_name(&self.name)?;
+        let total = self.managers + self.workers;
+        if self.managers == 0 {
+            bail!("a lab needs at least one manager");
+        }
+        if total > state::MAX_NODES {
+            bail!(
+                "a lab holds at most {} nodes, not {total}",
+                state::MAX_NODES
+            );
+        }
+        Ok(())
+    }
+
     pub fn new(name: &str, managers: usize, workers: usize) -> Self {
         Self {
             name: name.to_owned(),
@@ -237,17 +253,12 @@ pub fn teardown(name: &str) {
             delay::stop(pid);
         }
     }
-    for node in node_dirs(&dir) {
-        for pid in process::pids_with_cmdline(&node.join("meshd.sock").display().to_string()) {
-            process::terminate(pid, Duration::from_secs(10));
+    // The nodes side by side: each waits mostly for its own daemons to stop.
+    std::thread::scope(|scope| {
+        for node in node_dirs(&dir) {
+            scope.spawn(move || stop_node(&node));
         }
-        crate::dockerd::stop(&node);
-        let prefix = crate::overlay::netns_prefix(&node.join("state"));
-        for ns in netns::namespaces_with_prefix(&format!("{prefix}-")) {
-            netns::delete_namespace(&ns);
-        }
-        crate::overlay::remove_pins(&prefix);
-    }
+    });
     for pid in process::pids_with_cmdline(&dir_needle(name)) {
         process::signal(pid, "KILL");
         process::wait_gone(pid, Duration::from_secs(5));
@@ -263,6 +274,20 @@ pub fn teardown(name: &str) {
     {
         eprintln!("cannot remove {}: {err}", dir.display());
     }
+}
+
+/// Stops one node's meshd, then its dockerd and containers, and removes the overlay namespaces
+/// and eBPF pins its meshd keeps.
+fn stop_node(node: &Path) {
+    for pid in process::pids_with_cmdline(&node.join("meshd.sock").display().to_string()) {
+        process::terminate(pid, Duration::from_secs(10));
+    }
+    crate::dockerd::stop(node);
+    let prefix = crate::overlay::netns_prefix(&node.join("state"));
+    for ns in netns::namespaces_with_prefix(&format!("{prefix}-")) {
+        netns::delete_namespace(&ns);
+    }
+    crate::overlay::remove_pins(&prefix);
 }
 
 /// The node directories (`node1`, …) under a lab's directory.
