@@ -69,6 +69,9 @@ enum LabAction {
 pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     let name = args.name.as_str();
     mesh_tests::lab::state::validate_name(name)?;
+    if !mesh_tests::skip::is_root() {
+        anyhow::bail!("lab commands need root (namespaces, links, iptables, dockerd)");
+    }
     match args.action {
         LabAction::Up {
             managers,

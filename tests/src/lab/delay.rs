@@ -21,8 +21,8 @@ pub const BINARY: &str = "mesh-lab-delay";
 const READY_FILE: &str = "delay.ready";
 /// The most packets the kernel queues for the delayer before accepting more without delay.
 const QUEUE_LEN: u32 = 8192;
-/// How long the loop sleeps when nothing is queued or due.
-const IDLE: Duration = Duration::from_micros(500);
+/// While packets are held, how often new arrivals are read (and stamped with their arrival).
+const TICK: Duration = Duration::from_micros(500);
 
 /// Starts the delayer for `node` and waits until it is bound; returns its pid.
 pub fn start(node: &LabNode, delay: Duration) -> anyhow::Result<u32> {
@@ -86,10 +86,16 @@ pub fn serve(queue_num: u16, delay: Duration, ready: &Path) -> anyhow::Result<()
     queue
         .set_fail_open(queue_num, true)
         .context("cannot make the queue fail open")?;
-    queue.set_nonblocking(true);
     File::create(ready).with_context(|| format!("cannot create {}", ready.display()))?;
     let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
     loop {
+        // Nothing held: sleep in the kernel until a packet comes.
+        if held.is_empty() {
+            queue.set_nonblocking(false);
+            let msg = queue.recv().context("cannot read the netfilter queue")?;
+            held.push_back((Instant::now() + delay, msg));
+            queue.set_nonblocking(true);
+        }
         loop {
             match queue.recv() {
                 Ok(msg) => held.push_back((Instant::now() + delay, msg)),
@@ -104,9 +110,9 @@ pub fn serve(queue_num: u16, delay: Duration, ready: &Path) -> anyhow::Result<()
                 queue.verdict(msg).context("cannot accept a held packet")?;
             }
         }
-        let wait = held.front().map_or(IDLE, |(due, _)| {
-            due.saturating_duration_since(now).min(IDLE)
-        });
-        std::thread::sleep(wait);
+        // Packets held: wake for the next one due, or sooner to stamp new arrivals on time.
+        if let Some((due, _)) = held.front() {
+            std::thread::sleep(due.saturating_duration_since(now).min(TICK));
+        }
     }
 }

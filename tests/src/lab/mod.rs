@@ -340,6 +340,11 @@ pub fn list() -> Vec<(String, Option<LabState>, Health)> {
 /// Labs nobody will take down: those whose owner died, and bridges or namespaces named like a
 /// lab's whose lab has no directory. For the leftover check.
 pub fn orphaned() -> Vec<String> {
+    // A lab being created has its directory a moment before its record: wait for that.
+    let _lock = Path::new(state::RUN_DIR)
+        .exists()
+        .then(state::lock)
+        .and_then(Result::ok);
     let mut names: Vec<String> = list()
         .into_iter()
         .filter(|(_, _, health)| *health == Health::Orphaned)
