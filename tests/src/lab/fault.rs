@@ -22,6 +22,8 @@ const PARTITION_CHAIN: &str = "MESHLAB-PARTITION";
 const FAULT_CHAIN: &str = "MESHLAB-FAULT";
 /// The NFQUEUE number of the delayer (queues are per network namespace).
 pub const DELAY_QUEUE: u16 = 0;
+/// How long a link taken up again may take to carry packets.
+const LINK_UP: Duration = Duration::from_secs(5);
 /// The longest delay a lab adds.
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
@@ -159,6 +161,7 @@ impl fmt::Display for Partition {
 /// Applies `fault` to `node` and records it in the lab's record.
 pub fn apply(state: &mut LabState, node: &LabNode, fault: Fault) -> anyhow::Result<()> {
     let mut faults = state.faults.get(&node.name).cloned().unwrap_or_default();
+    let was_down = faults.link_down;
     match fault {
         Fault::LinkDown => faults.link_down = true,
         Fault::LinkUp => faults.link_down = false,
@@ -170,7 +173,14 @@ pub fn apply(state: &mut LabState, node: &LabNode, fault: Fault) -> anyhow::Resu
             faults.loss_percent = None;
         }
     }
-    let outcome = program(node, &mut faults);
+    let mut outcome = program(node, &mut faults);
+    if outcome.is_ok() && was_down && !faults.link_down {
+        forget_neighbours(state, node);
+        if faults.loss_percent.is_none() {
+            let delay = Duration::from_millis(faults.delay_ms.unwrap_or(0));
+            outcome = wait_carrying(node, delay);
+        }
+    }
     if faults.is_empty() {
         state.faults.remove(&node.name);
     } else {
@@ -178,6 +188,49 @@ pub fn apply(state: &mut LabState, node: &LabNode, fault: Fault) -> anyhow::Resu
     }
     state.save()?;
     outcome
+}
+
+/// Drops the neighbour entries that failed while a node's link was down, on the node and on the
+/// others for its address: the kernel would otherwise hold a failed entry for up to a second more
+/// before it asks again, and the restored link would seem dead meanwhile.
+fn forget_neighbours(state: &LabState, node: &LabNode) {
+    let _ = run_sync("ip", &["-n", &node.netns, "neigh", "flush", "dev", "eth0"]);
+    let addr = node.addr.to_string();
+    for other in state.nodes().iter().filter(|o| o.index != node.index) {
+        let _ = run_sync(
+            "ip",
+            &[
+                "-n",
+                &other.netns,
+                "neigh",
+                "flush",
+                "to",
+                &addr,
+                "dev",
+                "eth0",
+            ],
+        );
+    }
+}
+
+/// Waits until a link taken up again carries packets: the kernel activates it up to a second
+/// after `ip link set up` returns. The host, on the lab's bridge, pings the node (whose answers
+/// may be held for `delay`).
+fn wait_carrying(node: &LabNode, delay: Duration) -> anyhow::Result<()> {
+    let addr = node.addr.to_string();
+    let answer = format!("{:.3}", (Duration::from_millis(200) + delay).as_secs_f64());
+    let deadline = std::time::Instant::now() + LINK_UP + 2 * delay;
+    while std::time::Instant::now() < deadline {
+        let ping = run_sync("ping", &["-c", "1", "-W", &answer, "-q", &addr]);
+        if ping.is_ok_and(|o| o.success()) {
+            return Ok(());
+        }
+    }
+    bail!(
+        "{}'s link is up but {addr} did not answer within {} s",
+        node.name,
+        LINK_UP.as_secs()
+    )
 }
 
 /// Makes the node's link, fault chain and delayer match `faults`.
@@ -256,24 +309,29 @@ pub fn partition(state: &mut LabState, partition: Option<&Partition>) -> anyhow:
 /// leaves through `eth0`: the partition's first, so that a packet the delayer accepts later has
 /// passed it already.
 fn ensure_chains(node: &LabNode) -> anyhow::Result<()> {
-    for (chain, position) in [(PARTITION_CHAIN, "1"), (FAULT_CHAIN, "")] {
+    for chain in [PARTITION_CHAIN, FAULT_CHAIN] {
         if !iptables_ok(node, &["-n", "-L", chain]) {
             iptables(node, &["-N", chain])?;
         }
-        let jump = ["POSTROUTING", "-o", "eth0", "-j", chain];
-        if !iptables_ok(node, &[&["-C"][..], &jump].concat()) {
-            let mut add = if position.is_empty() {
-                vec!["-A"]
-            } else {
-                vec!["-I", "POSTROUTING", position]
-            };
-            add.extend_from_slice(if position.is_empty() {
-                &jump
-            } else {
-                &jump[1..]
-            });
-            iptables(node, &add)?;
-        }
+    }
+    let jump = |chain| ["-o", "eth0", "-j", chain];
+    if !iptables_ok(
+        node,
+        &[&["-C", "POSTROUTING"][..], &jump(PARTITION_CHAIN)].concat(),
+    ) {
+        iptables(
+            node,
+            &[&["-I", "POSTROUTING", "1"][..], &jump(PARTITION_CHAIN)].concat(),
+        )?;
+    }
+    if !iptables_ok(
+        node,
+        &[&["-C", "POSTROUTING"][..], &jump(FAULT_CHAIN)].concat(),
+    ) {
+        iptables(
+            node,
+            &[&["-A", "POSTROUTING"][..], &jump(FAULT_CHAIN)].concat(),
+        )?;
     }
     Ok(())
 }
