@@ -202,24 +202,25 @@ async fn a_lab_takes_faults_and_partitions_and_refuses_bad_arguments() -> anyhow
         "node2 unreachable after link-up"
     );
 
-    // A partition cuts exactly the pairs across its groups, both ways.
-    let split = Partition::parse("1/2,3", 3)?;
-    fault::partition(&mut state, Some(&split))?;
-    for (a, b, open) in [
-        ("node1", "node2", false),
-        ("node1", "node3", false),
-        ("node2", "node3", true),
+    // A partition cuts exactly the pairs across its groups, both ways; a node in no group keeps
+    // every path, and a new partition replaces the last one.
+    for (spec, pairs) in [
+        ("1/2,3", [(1, 2, false), (1, 3, false), (2, 3, true)]),
+        ("1/2", [(1, 2, false), (1, 3, true), (2, 3, true)]),
     ] {
-        ensure!(
-            reaches(&state, a, b)? == open,
-            "{a} -> {b} should be {}",
-            if open { "open" } else { "cut" }
-        );
-        ensure!(
-            reaches(&state, b, a)? == open,
-            "{b} -> {a} should be {}",
-            if open { "open" } else { "cut" }
-        );
+        fault::partition(&mut state, Some(&Partition::parse(spec, 3)?))?;
+        for (a, b, open) in pairs {
+            let (a, b) = (format!("node{a}"), format!("node{b}"));
+            let want = if open { "open" } else { "cut" };
+            ensure!(
+                reaches(&state, &a, &b)? == open,
+                "{spec}: {a} -> {b} should be {want}"
+            );
+            ensure!(
+                reaches(&state, &b, &a)? == open,
+                "{spec}: {b} -> {a} should be {want}"
+            );
+        }
     }
     fault::partition(&mut state, None)?;
     ensure!(
