@@ -138,7 +138,7 @@ pub async fn up(spec: &LabSpec) -> anyhow::Result<Lab> {
             subnet,
             managers: spec.managers,
             workers: spec.workers,
-            owner: Some(std::process::id()),
+            owner: Some(state::Owner::me()?),
             ready: false,
             faults: Default::default(),
             partition: None,
@@ -327,9 +327,11 @@ pub fn list() -> Vec<(String, Option<LabState>, Health)> {
             let health = match &record {
                 None => Health::Orphaned,
                 Some(s) => match s.owner {
-                    Some(pid) if !process::alive(pid) => Health::Orphaned,
-                    Some(pid) if !s.ready => Health::Starting(pid),
-                    owner => Health::Up { owner },
+                    Some(owner) if !owner.alive() => Health::Orphaned,
+                    Some(owner) if !s.ready => Health::Starting(owner.pid),
+                    owner => Health::Up {
+                        owner: owner.map(|o| o.pid),
+                    },
                 },
             };
             (name, record, health)

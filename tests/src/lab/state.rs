@@ -40,7 +40,7 @@ pub struct LabState {
     pub workers: usize,
     /// The process that owns the lab: the `lab up` that is still bringing it up, or a test for
     /// the test's whole run. A lab whose owner is gone is a leftover; `None` once `lab up` is done.
-    pub owner: Option<u32>,
+    pub owner: Option<Owner>,
     /// Whether every node has joined.
     pub ready: bool,
     /// Faults by node name (`node2`); nodes without faults are absent.
@@ -49,6 +49,27 @@ pub struct LabState {
     /// The partition in force (`1,2/3,4`), if any.
     #[serde(default)]
     pub partition: Option<String>,
+}
+
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub started: u64,
+}
+
+impl Owner {
+    /// This process.
+    pub fn me() -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let started = crate::process::start_time(pid).context("cannot read /proc/self/stat")?;
+        Ok(Self { pid, started })
+    }
+
+    /// Whether the process still runs (a zombie does not).
+    pub fn alive(&self) -> bool {
+        crate::process::start_time(self.pid) == Some(self.started)
+    }
 }
 
 /// The faults one node has.
