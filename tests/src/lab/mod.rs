@@ -107,17 +107,8 @@ impl Drop for Lab {
 /// Brings up a lab: records it, then starts its nodes side by side and forms the swarm. On failure
 /// nothing of it is left.
 pub async fn up(spec: &LabSpec) -> anyhow::Result<Lab> {
-    state::validate_name(&spec.name)?;
-    let total = spec.managers + spec.workers;
-    if spec.managers == 0 {
-        bail!("a lab needs at least one manager");
-    }
-    if total > state::MAX_NODES {
-        bail!(
-            "a lab holds at most {} nodes, not {total}",
-            state::MAX_NODES
-        );
-    }
+    spec.validate()?;
+    let owner = state::Owner::me()?;
     let dir = state::lab_dir(&spec.name);
     let state = {
         let _lock = state::lock()?;
@@ -138,7 +129,7 @@ pub async fn up(spec: &LabSpec) -> anyhow::Result<Lab> {
             subnet,
             managers: spec.managers,
             workers: spec.workers,
-            owner: Some(state::Owner::me()?),
+            owner: Some(owner),
             ready: false,
             faults: Default::default(),
             partition: None,
