@@ -175,23 +175,30 @@ impl ClusterBuilder {
                 }
             }
         };
-        for index in 0..total {
-            let role = if index < self.managers {
-                Role::Manager
-            } else {
-                Role::Worker
-            };
-            let started = Instant::now();
-            let at = cluster.add_node(role).await?;
-            if self.progress {
-                let node = &cluster.nodes[at];
+        let roles: Vec<Role> = (0..total)
+            .map(|i| {
+                if i < self.managers {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        cluster.add_nodes(&roles).await?;
+        if self.progress {
+            for node in &cluster.nodes {
                 eprintln!(
-                    "    {} ({role:?}, {}): namespace, dockerd, image and meshd up in {:.1} s",
+                    "    {} ({:?}, {}): namespace, dockerd, image and meshd up",
                     node.hostname(),
+                    node.role(),
                     node.addr(),
-                    started.elapsed().as_secs_f64()
                 );
             }
+            eprintln!(
+                "    {total} nodes started side by side in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
         }
         let started = Instant::now();
         self.form(&cluster).await?;
@@ -214,9 +221,15 @@ impl ClusterBuilder {
             init.extend(["--dispatcher-heartbeat", period.as_str()]);
         }
         first.meshctl_ok(&init).await?;
-        for node in &cluster.nodes[1..] {
+        // Managers join one at a time (each is a Raft membership change); workers together.
+        for node in cluster.nodes[1..]
+            .iter()
+            .filter(|n| n.role() == Role::Manager)
+        {
             cluster.join(node).await?;
         }
+        let workers = cluster.nodes.iter().filter(|n| n.role() == Role::Worker);
+        futures::future::try_join_all(workers.map(|node| cluster.join(node))).await?;
         let total = cluster.nodes.len();
         crate::wait_until(
             Duration::from_secs(60),
@@ -239,15 +252,99 @@ impl Cluster {
     /// Starts one more node (namespace, dockerd, image, meshd) that has not joined the swarm yet, and
     /// returns its index in [`Cluster::nodes`]. [`Cluster::join`] joins it.
     pub async fn add_node(&mut self, role: Role) -> anyhow::Result<usize> {
-        let index = self.nodes.len() + 1;
-        let Ok(index) = u8::try_from(index) else {
-            bail!("node {index} does not fit one test bridge");
-        };
-        let (mut node, image_id) = start_node(self, index, role, self.image_id.as_deref()).await?;
-        node.quiet = self.quiet;
-        self.image_id = Some(image_id);
-        self.nodes.push(node);
+        self.add_nodes(&[role]).await?;
         Ok(self.nodes.len() - 1)
+    }
+
+    /// Starts one node per role, none joined yet, side by side: their namespaces, then every
+    /// dockerd at once, the image (imported once, loaded with the same id everywhere else), then
+    /// every meshd at once. On failure whatever these nodes started is torn down.
+    pub async fn add_nodes(&mut self, roles: &[Role]) -> anyhow::Result<()> {
+        let first = self.nodes.len() + 1;
+        let mut parts = Vec::new();
+        for (offset, role) in roles.iter().enumerate() {
+            let Ok(index) = u8::try_from(first + offset) else {
+                bail!("node {} does not fit one test bridge", first + offset);
+            };
+            let hostname = format!("node{index}");
+            let dir = self.dir.join(&hostname);
+            std::fs::create_dir_all(dir.join("state"))
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let netns = Netns::attach(&self.bridge, index)?;
+            parts.push((hostname, *role, dir, netns));
+        }
+        let dockerds = futures::future::join_all(
+            parts
+                .iter()
+                .map(|(_, _, dir, netns)| Dockerd::start(netns, dir, Networking::None)),
+        )
+        .await;
+        let dockerds: Vec<Dockerd> = dockerds.into_iter().collect::<anyhow::Result<_>>()?;
+        let mut loaders = dockerds.iter();
+        if self.image_id.is_none()
+            && let Some(first) = loaders.next()
+        {
+            self.image_id = Some(crate::image::import(first, &self.dir).await?);
+        }
+        let dir = &self.dir;
+        let loaded =
+            futures::future::try_join_all(loaders.map(|d| crate::image::load(d, dir))).await?;
+        if let Some(id) = loaded
+            .iter()
+            .find(|id| Some(id.as_str()) != self.image_id.as_deref())
+        {
+            bail!(
+                "image id differs after docker load: {id} != {:?}",
+                self.image_id
+            );
+        }
+        let configs: Vec<MeshdConfig> = parts
+            .iter()
+            .zip(&dockerds)
+            .map(|((hostname, _, dir, netns), dockerd)| {
+                self.meshd_config(hostname, dir, netns, dockerd)
+            })
+            .collect();
+        let meshds = futures::future::join_all(configs.into_iter().map(Meshd::start)).await;
+        let meshds: Vec<Meshd> = meshds.into_iter().collect::<anyhow::Result<_>>()?;
+        for (((hostname, role, dir, netns), dockerd), meshd) in
+            parts.into_iter().zip(dockerds).zip(meshds)
+        {
+            self.nodes.push(Node {
+                overlay: crate::overlay::OverlayNamespaces::for_state_dir(&dir.join("state")),
+                meshd,
+                dockerd,
+                netns,
+                hostname,
+                role,
+                dir,
+                keep: false,
+                quiet: self.quiet,
+            });
+        }
+        Ok(())
+    }
+
+    fn meshd_config(
+        &self,
+        hostname: &str,
+        dir: &Path,
+        netns: &Netns,
+        dockerd: &Dockerd,
+    ) -> MeshdConfig {
+        let addr = netns.addr().to_string();
+        MeshdConfig {
+            netns_path: netns.path(),
+            state_dir: dir.join("state"),
+            socket: dir.join("meshd.sock"),
+            docker_host: dockerd.host(),
+            hostname: hostname.to_owned(),
+            listen_addr: format!("{addr}:{MANAGER_PORT}"),
+            metrics_addr: Some(format!("{addr}:{}", crate::meshd::METRICS_PORT)),
+            advertise_addr: addr,
+            log: dir.join("meshd.log"),
+            private_mounts: self.private_mounts,
+        }
     }
 
     /// Joins `node` with its role's token, asked of a manager whose meshd runs, through that manager.
@@ -327,55 +424,4 @@ pub fn join_args(token: &str, node: &Node, manager: &Node) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-/// Starts node `index`: namespace, dockerd, the busybox image (imported on the first node, loaded with
-/// the same id on the others) and meshd. Returns the node and the image id.
-async fn start_node(
-    cluster: &Cluster,
-    index: u8,
-    role: Role,
-    image_id: Option<&str>,
-) -> anyhow::Result<(Node, String)> {
-    let hostname = format!("node{index}");
-    let dir = cluster.dir.join(&hostname);
-    std::fs::create_dir_all(dir.join("state"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let netns = Netns::attach(&cluster.bridge, index)?;
-    let dockerd = Dockerd::start(&netns, &dir, Networking::None).await?;
-    let image_id = match image_id {
-        None => crate::image::import(&dockerd, &cluster.dir).await?,
-        Some(id) => {
-            let loaded = crate::image::load(&dockerd, &cluster.dir).await?;
-            if loaded != id {
-                bail!("image id differs after docker load: {loaded} != {id}");
-            }
-            loaded
-        }
-    };
-    let addr = netns.addr().to_string();
-    let config = MeshdConfig {
-        netns_path: netns.path(),
-        state_dir: dir.join("state"),
-        socket: dir.join("meshd.sock"),
-        docker_host: dockerd.host(),
-        hostname: hostname.clone(),
-        listen_addr: format!("{addr}:{MANAGER_PORT}"),
-        advertise_addr: addr,
-        log: dir.join("meshd.log"),
-        private_mounts: cluster.private_mounts,
-    };
-    let meshd = Meshd::start(config).await?;
-    let node = Node {
-        overlay: crate::overlay::OverlayNamespaces::for_state_dir(&dir.join("state")),
-        meshd,
-        dockerd,
-        netns,
-        hostname,
-        role,
-        dir,
-        keep: false,
-        quiet: false,
-    };
-    Ok((node, image_id))
 }

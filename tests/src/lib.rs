@@ -3,12 +3,16 @@
 //!
 //! Tests start with [`require_privileged!`], build a [`Cluster`] and poll with [`wait_until`]; every
 //! guard (namespace, bridge, daemon) cleans up on drop, also when the test panics.
+//!
+//! [`lab`] builds named, lasting clusters on the same code for `cargo xtask lab` and `cargo xtask
+//! demo`.
 
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod dockerd;
 pub mod image;
+pub mod lab;
 pub mod meshctl;
 pub mod meshd;
 pub mod netns;

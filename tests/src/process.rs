@@ -116,6 +116,20 @@ pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// When a live process started (in clock ticks since boot, `/proc/PID/stat`'s 22nd field), or
+/// `None` if there is no such process or it is a zombie. With the pid, it names one process even
+/// after the pid is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the parenthesised command name: state is the 3rd, starttime the 22nd.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
 /// Sends a signal (`TERM`, `KILL`) to a pid through kill(1); the crate forbids unsafe code.
 pub fn signal(pid: u32, sig: &str) {
     let _ = run_sync("kill", &[&format!("-{sig}"), &pid.to_string()]);

@@ -1,21 +1,20 @@
-//! `cargo xtask demo`: three local nodes — each its own namespace, dockerd and meshd, one manager
-//! and two workers — running a demo web service published on port 8080 through the routing mesh,
-//! left running until `cargo xtask demo down`.
+//! `cargo xtask demo`: a lab named `demo` (see `cargo xtask lab`) of three local nodes — each its
+//! own namespace, dockerd and meshd, one manager and two workers — running a demo web service
+//! published on port 8080 through the routing mesh, left running until `cargo xtask demo down`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use mesh_tests::{BUSYBOX_IMAGE, Cluster, dockerd, netns, process, wait_for, wait_until};
+use mesh_tests::lab::{self, LabSpec};
+use mesh_tests::{BUSYBOX_IMAGE, Cluster, wait_for, wait_until};
 
 use mesh_tests::process::{cargo, run_shown};
 
 use crate::{deps, step};
 
-/// Everything the demo creates lives here, under fixed names the tests never use.
-const DIR: &str = "/tmp/mesh-demo";
-const BRIDGE: &str = "md-demo";
+/// The demo is the lab of this name: bridge `ml-demo`, files under `/run/mesh-lab/demo`.
+const NAME: &str = "demo";
 const NET: [u8; 3] = [10, 232, 0];
 const SERVICE: &str = "demo";
 const WORKERS: usize = 2;
@@ -25,7 +24,7 @@ const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f 
 const CONVERGE: Duration = Duration::from_secs(90);
 
 /// What to do when starting the demo fails part-way.
-const FIX: &str = "each node's logs are in /tmp/mesh-demo/nodeN/ (meshd.log, dockerd.log); \
+const FIX: &str = "each node's logs are in /run/mesh-lab/demo/nodeN/ (meshd.log, dockerd.log); \
                    `cargo xtask demo down` removes a half-started demo";
 
 pub async fn up() -> anyhow::Result<()> {
@@ -36,29 +35,28 @@ pub async fn up() -> anyhow::Result<()> {
         "read cargo's error above; if a system tool is missing, `cargo xtask deps` installs it",
         || run_shown(&cargo(), &["build", "--workspace", "--bins"], &[]),
     )?;
-    if Path::new(DIR).exists() || !netns::links_with_prefix(BRIDGE).is_empty() {
+    if !lab::left_behind(NAME).is_empty() {
         eprintln!("a demo is already up: taking it down first");
         down()?;
     }
     let nodes = 1 + WORKERS;
-    let cluster = step::run_async(
+    let mut spec = LabSpec::new(NAME, 1, WORKERS);
+    spec.subnet = Some(NET);
+    spec.progress = true;
+    let demo = step::run_async(
         &format!("starting {nodes} nodes (a manager and {WORKERS} workers) and forming the swarm"),
         FIX,
-        Cluster::builder()
-            .managers(1)
-            .workers(WORKERS)
-            .fixed(BRIDGE, NET, Path::new(DIR))
-            .progress()
-            .start(),
+        lab::up(&spec),
     )
     .await?;
     let answers = step::run_async(
         &format!("running the demo service: 3 web tasks published on port {PUBLISHED}"),
         FIX,
-        serve(&cluster),
+        serve(demo.cluster()),
     )
     .await?;
-    report(cluster, answers).await?;
+    report(demo.cluster(), answers).await?;
+    demo.keep();
     eprintln!(
         "==> the demo is up, {} after `cargo xtask demo` started",
         step::took(started.elapsed())
@@ -120,7 +118,7 @@ async fn serve(cluster: &Cluster) -> anyhow::Result<Vec<(SocketAddr, BTreeSet<St
 
 /// Prints the cluster and how to use it, and leaves it running.
 async fn report(
-    cluster: Cluster,
+    cluster: &Cluster,
     answers: Vec<(SocketAddr, BTreeSet<String>)>,
 ) -> anyhow::Result<()> {
     let node = cluster.manager();
@@ -132,7 +130,8 @@ async fn report(
         .display()
         .to_string();
     let nodes = cluster.nodes().len();
-    cluster.keep();
+    let dir = cluster.dir().display();
+    let bridge = lab::state::bridge_name(NAME);
 
     println!("$ meshctl node ls\n{ls}\n$ meshctl service ps {SERVICE}\n{ps}");
     for (addr, seen) in &answers {
@@ -140,8 +139,8 @@ async fn report(
         println!("http://{addr}/ answered from tasks {}", seen.join(", "));
     }
     println!(
-        "mesh is running: {nodes} nodes (network namespaces {BRIDGE}-1 to {BRIDGE}-{nodes}, node1 the \
-         manager), files under {DIR}."
+        "mesh is running: {nodes} nodes (network namespaces {bridge}-1 to {bridge}-{nodes}, node1 the \
+         manager), files under {dir}; it is the lab `{NAME}`."
     );
     println!("Use it:");
     println!("  export MESH_HOST=unix://{socket}");
@@ -153,54 +152,26 @@ async fn report(
     println!("  {meshctl} service scale {SERVICE}=5");
     println!("  {meshctl} service create --name sleeper {BUSYBOX_IMAGE} sleep 1000000");
     println!("  docker -H {docker_host} ps      # node1's containers, on its own dockerd");
-    println!("Logs: {DIR}/nodeN/meshd.log, {DIR}/nodeN/dockerd.log");
+    println!(
+        "  cargo xtask lab status --name {NAME}      # or exec, fault, partition: see cargo xtask lab"
+    );
+    println!("Logs: {dir}/nodeN/meshd.log, {dir}/nodeN/dockerd.log");
     println!("Stop it: cargo xtask demo down");
     Ok(())
 }
 
-/// Stops meshd and dockerd (removing their containers), deletes the namespace and bridge and the files.
+/// Stops meshd and dockerd (removing their containers), deletes the namespaces, bridge and files:
+/// `lab down` of the demo's lab.
 pub fn down() -> anyhow::Result<()> {
-    for node in node_dirs() {
-        for pid in process::pids_with_cmdline(&node.join("meshd.sock").display().to_string()) {
-            process::terminate(pid, Duration::from_secs(10));
-        }
-        dockerd::stop(&node);
-        // meshd keeps its overlay namespaces and eBPF pins across restarts, so they outlive it.
-        let prefix = mesh_tests::overlay::netns_prefix(&node.join("state"));
-        for ns in netns::namespaces_with_prefix(&format!("{prefix}-")) {
-            netns::delete_namespace(&ns);
-        }
-        mesh_tests::overlay::remove_pins(&prefix);
+    if lab::left_behind(NAME).is_empty() {
+        println!("no demo is up");
+        return Ok(());
     }
-    for ns in netns::namespaces_with_prefix(BRIDGE) {
-        netns::delete_namespace(&ns);
-    }
-    for link in netns::links_with_prefix(BRIDGE) {
-        netns::delete_link(&link);
-    }
-    for pid in process::pids_with_cmdline(DIR) {
-        process::signal(pid, "KILL");
-    }
-    if Path::new(DIR).exists() {
-        std::fs::remove_dir_all(DIR)?;
-    }
-    println!("demo stopped; {DIR}, namespaces {BRIDGE}-N and bridge {BRIDGE} removed");
+    lab::down(NAME)?;
+    println!(
+        "demo stopped; {}, namespaces {1}-N and bridge {1} removed",
+        lab::state::lab_dir(NAME).display(),
+        lab::state::bridge_name(NAME)
+    );
     Ok(())
-}
-
-/// The demo's node directories (`node1`, `node2`, …) that exist.
-fn node_dirs() -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(DIR) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("node"))
-        })
-        .collect()
 }

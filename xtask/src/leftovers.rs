@@ -1,6 +1,6 @@
 //! What test runs leave behind: `mt-*` namespaces, links, temp dirs and processes whose owning test
-//! process (its pid is in the name, in hex) is gone, and eBPF pins under `/sys/fs/bpf/mesh` that no
-//! running meshd owns.
+//! process (its pid is in the name, in hex) is gone, labs whose owner (a test, or a `lab up` that
+//! died half-way) is gone, and eBPF pins under `/sys/fs/bpf/mesh` that no running meshd owns.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +16,8 @@ pub struct Leftovers {
     pub links: Vec<String>,
     pub dirs: Vec<PathBuf>,
     pub processes: Vec<(u32, String)>,
+    /// Labs (`/run/mesh-lab/<name>`, `ml-<name>*`) whose owner died.
+    pub labs: Vec<String>,
     /// Pin directories (`/sys/fs/bpf/mesh/<prefix>`) of meshds that no longer run: their
     /// programs stay attached to the host's cgroup2 root until the pins go.
     pub pins: Vec<PathBuf>,
@@ -27,6 +29,7 @@ impl Leftovers {
             && self.links.is_empty()
             && self.dirs.is_empty()
             && self.processes.is_empty()
+            && self.labs.is_empty()
             && self.pins.is_empty()
     }
 
@@ -46,6 +49,12 @@ impl Leftovers {
         }
         for (pid, cmd) in &self.processes {
             eprintln!("leftover process {pid}: {cmd}");
+        }
+        for name in &self.labs {
+            eprintln!(
+                "leftover lab: {name} ({})",
+                mesh_tests::lab::left_behind(name).join(", ")
+            );
         }
         for dir in &self.pins {
             eprintln!("leftover eBPF pins: {}", dir.display());
@@ -97,6 +106,8 @@ pub fn find() -> Leftovers {
             found.processes.push((pid, cmd.trim().to_owned()));
         }
     }
+    found.labs = mesh_tests::lab::orphaned();
+    // After the labs: their meshds' pins are not leftovers until the labs are.
     found.pins = orphaned_pins();
     found
 }
@@ -135,6 +146,9 @@ fn state_dir_of(cmdline: &[u8]) -> Option<PathBuf> {
 
 /// Removes leftovers: daemons first (with their containers), then namespaces, links and directories.
 pub fn clean(found: &Leftovers) {
+    for name in &found.labs {
+        mesh_tests::lab::teardown(name);
+    }
     for dir in &found.dirs {
         for node in node_dirs(dir) {
             mesh_tests::dockerd::stop(&node);

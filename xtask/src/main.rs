@@ -10,6 +10,7 @@ mod demo;
 mod deps;
 mod fresh;
 mod fuzz;
+mod lab;
 mod leftovers;
 mod step;
 mod test;
@@ -40,6 +41,9 @@ enum Task {
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
+    /// One-machine lab clusters: `lab up --managers 3 --workers 2`, ls, status, exec, fault,
+    /// partition, down; several side by side under different `--name`s.
+    Lab(lab::LabArgs),
     /// Benchmarks, side by side with a baseline (`cargo xtask bench --help` lists them).
     Bench {
         /// The benchmark and its options, passed to the benchmark program.
@@ -95,6 +99,7 @@ async fn run(task: Task) -> anyhow::Result<()> {
         Task::Demo {
             action: Some(DemoAction::Down),
         } => demo::down(),
+        Task::Lab(args) => lab::run(args).await,
         Task::Bench { args } => bench(&args),
         Task::FreshCheck(args) => fresh::check(&args),
         Task::Fuzz(args) => fuzz::run(&args),
