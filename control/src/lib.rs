@@ -9,6 +9,7 @@ pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod dispatcher;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod keymanager;
