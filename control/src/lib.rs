@@ -16,6 +16,7 @@ pub mod keymanager;
 pub mod limits;
 pub mod manager;
 pub mod membership;
+pub mod metrics;
 pub mod orchestrator;
 pub mod raft;
 pub mod rolemanager;

@@ -49,6 +49,8 @@ pub struct ManagerConfig {
     pub addr: String,
     /// How this manager reaches other managers (mutual TLS with its node certificate).
     pub transport: Transport,
+    /// The daemon's control-plane instruments, kept across this manager's restarts.
+    pub metrics: crate::metrics::ControlMetrics,
 }
 
 pub struct Manager {
@@ -76,6 +78,7 @@ impl Manager {
                 id: config.raft_id,
                 addr: config.addr.clone(),
                 transport: Some(config.transport.clone()),
+                metrics: config.metrics.clone(),
                 ..RaftConfig::default()
             },
             memory.clone(),
@@ -85,7 +88,10 @@ impl Manager {
         let store = Store::new(memory, raft.proposer());
         let dispatcher = Dispatcher::new(
             store.clone(),
-            DispatcherConfig::default(),
+            DispatcherConfig {
+                heartbeat_misses: config.metrics.heartbeat_misses.clone(),
+                ..DispatcherConfig::default()
+            },
             raft.leadership(),
         );
         let leadership = tokio::spawn(follow_leadership(
