@@ -15,7 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::events::task_state_name;
 use crate::manager::Manager;
-use crate::store::Read as _;
+use crate::store::{MemoryStore, Read as _};
 
 /// Latency buckets from 100 µs to about 13 s, doubling.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -91,7 +91,7 @@ pub struct ManagerSample {
 
 /// Counts tasks by their observed state.
 pub fn tasks_by_state<'a>(tasks: impl Iterator<Item = &'a Task>) -> BTreeMap<String, u64> {
-    let mut counts: BTreeMap<String, u64> = [
+    let mut by_number: BTreeMap<i32, u64> = [
         TaskState::New,
         TaskState::Pending,
         TaskState::Assigned,
@@ -108,21 +108,30 @@ pub fn tasks_by_state<'a>(tasks: impl Iterator<Item = &'a Task>) -> BTreeMap<Str
         TaskState::Orphaned,
     ]
     .into_iter()
-    .map(|s| (task_state_name(s as i32), 0))
+    .map(|s| (s as i32, 0))
     .collect();
+    // Counted by number, named once per state: no allocation per task.
     for task in tasks {
-        let state = task.status.as_ref().map_or(0, |s| s.state);
-        *counts.entry(task_state_name(state)).or_default() += 1;
+        *by_number
+            .entry(task.status.as_ref().map_or(0, |s| s.state))
+            .or_default() += 1;
+    }
+    let mut counts = BTreeMap::new();
+    for (state, count) in by_number {
+        *counts.entry(task_state_name(state)).or_default() += count;
     }
     counts
+}
+
+/// The store's tasks by state, read briefly without copying a task.
+pub fn count_tasks(memory: &MemoryStore) -> BTreeMap<String, u64> {
+    memory.view_promptly(|tx| tasks_by_state(tx.iter::<Task>()))
 }
 
 impl ManagerSample {
     /// Reads `manager` now. The store is read briefly, without copying a task.
     pub fn of(manager: &Manager) -> Self {
-        let tasks_by_state = manager
-            .store()
-            .view_promptly(|tx| tasks_by_state(tx.iter::<Task>()));
+        let tasks_by_state = count_tasks(manager.store().memory());
         let raft = manager.raft().raft().metrics().borrow().clone();
         Self {
             tasks_by_state,
