@@ -143,3 +143,33 @@ impl ManagerSample {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_proto::TaskStatus;
+
+    use super::*;
+
+    #[test]
+    fn tasks_are_counted_by_state_and_every_state_is_there() {
+        let task = |state: TaskState| Task {
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let tasks = [
+            task(TaskState::Running),
+            task(TaskState::Running),
+            task(TaskState::Failed),
+            Task::default(),
+        ];
+        let counts = tasks_by_state(tasks.iter());
+        assert_eq!(counts.len(), 14, "{counts:?}");
+        assert_eq!(counts["running"], 2);
+        assert_eq!(counts["failed"], 1);
+        assert_eq!(counts["new"], 1, "a task without a status is new");
+        assert_eq!(counts["orphaned"], 0);
+    }
+}

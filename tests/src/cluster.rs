@@ -13,6 +13,8 @@ pub use crate::node::{Node, Role};
 
 /// Port of the manager API on every node.
 pub const MANAGER_PORT: u16 = 2377;
+/// Port of every node's metrics (`meshd --metrics-addr <node addr>:9323`), Docker's usual one.
+pub const METRICS_PORT: u16 = 9323;
 
 /// How the cluster's nodes are laid out; see [`Cluster::builder`].
 #[derive(Debug, Clone)]
@@ -361,6 +363,7 @@ async fn start_node(
         docker_host: dockerd.host(),
         hostname: hostname.clone(),
         listen_addr: format!("{addr}:{MANAGER_PORT}"),
+        metrics_addr: Some(format!("{addr}:{METRICS_PORT}")),
         advertise_addr: addr,
         log: dir.join("meshd.log"),
         private_mounts: cluster.private_mounts,

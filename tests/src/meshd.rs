@@ -25,6 +25,8 @@ pub struct MeshdConfig {
     pub log: PathBuf,
     /// Each start in a fresh private mount namespace of its own.
     pub private_mounts: bool,
+    /// `--metrics-addr`, when metrics are served.
+    pub metrics_addr: Option<String>,
 }
 
 /// A running (or stopped) meshd; dropping it stops it.
@@ -76,6 +78,11 @@ impl Meshd {
             .args(["--hostname", &c.hostname])
             .args(["--listen-addr", &c.listen_addr])
             .args(["--advertise-addr", &c.advertise_addr])
+            .args(
+                c.metrics_addr
+                    .iter()
+                    .flat_map(|a| ["--metrics-addr", a.as_str()]),
+            )
             // The log goes to a file: no colour codes.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -101,6 +108,14 @@ impl Meshd {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// `http://ADDR:PORT/metrics`, when this meshd serves metrics.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.config
+            .metrics_addr
+            .as_ref()
+            .map(|addr| format!("http://{addr}/metrics"))
     }
 
     /// SIGKILLs meshd (no chance to clean up) and reaps it.
