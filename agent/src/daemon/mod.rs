@@ -124,7 +124,11 @@ impl Daemon {
         };
         drop(membership);
         if let Some(dataplane) = dataplane {
-            sample.vip_backends = dataplane.vip_backends();
+            // The balancer's lock may be held by a long sync: wait for it off the runtime.
+            let balancer = dataplane.clone();
+            sample.vip_backends = tokio::task::spawn_blocking(move || balancer.vip_backends())
+                .await
+                .unwrap_or_default();
             if let Some((members, _, stats)) = dataplane.gossip_info().await {
                 sample.gossip = Some(crate::metrics::GossipSample {
                     members,

@@ -18,10 +18,8 @@ pub(crate) mod tests;
 pub use kernel::{KernelMetrics, TimedNetlink};
 pub use sample::{GossipSample, Sample, resident_memory_bytes};
 
-use std::sync::Arc;
-
 use mesh_control::metrics::ControlMetrics;
-use parking_lot::Mutex;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::registry::Registry;
 
 /// Every metric of one daemon: registered once, shared by what records into them.
@@ -29,10 +27,6 @@ pub struct Metrics {
     registry: Registry,
     pub control: ControlMetrics,
     pub kernel: KernelMetrics,
-    /// The state the next render writes out.
-    sample: Arc<Mutex<Sample>>,
-    /// One render at a time: a sample is written out whole, never mixed with another's.
-    rendering: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -48,24 +42,24 @@ impl Metrics {
         control.register(&mut registry);
         let kernel = KernelMetrics::default();
         kernel.register(&mut registry);
-        let sample = Arc::new(Mutex::new(Sample::default()));
-        registry.register_collector(Box::new(sample::Collector::new(sample.clone())));
         Self {
             registry,
             control,
             kernel,
-            sample,
-            rendering: Mutex::new(()),
         }
     }
 
-    /// The text a scrape gets, with `sample` as the state of the node now.
+    /// The text a scrape gets, with `sample` as the state of the node now. Renders share
+    /// nothing but the instruments: concurrent scrapes neither wait for nor mix with each other.
     pub fn render(&self, sample: Sample) -> String {
-        let _one_at_a_time = self.rendering.lock();
-        *self.sample.lock() = sample;
+        let mut now = Registry::with_prefix("mesh");
+        now.register_collector(Box::new(sample::Collector::new(sample)));
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail; an encoder error would be a bug in a metric.
-        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+        let encoded = encode_registry(&mut text, &self.registry)
+            .and_then(|()| encode_registry(&mut text, &now))
+            .and_then(|()| encode_eof(&mut text));
+        if let Err(err) = encoded {
             tracing::warn!(error = %err, "cannot encode the metrics");
         }
         text

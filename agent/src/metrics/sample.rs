@@ -1,15 +1,12 @@
 //! The node's state as one scrape sees it, and how it is written out.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::sync::Arc;
-
 use mesh_control::metrics::ManagerSample;
-use parking_lot::Mutex;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use crate::gossip::GossipStats;
 
@@ -49,14 +46,14 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Writes out the latest [`Sample`] at every encode of the registry.
+/// Writes out one scrape's [`Sample`].
 #[derive(Debug)]
 pub(super) struct Collector {
-    sample: Arc<Mutex<Sample>>,
+    sample: Sample,
 }
 
 impl Collector {
-    pub(super) fn new(sample: Arc<Mutex<Sample>>) -> Self {
+    pub(super) fn new(sample: Sample) -> Self {
         Self { sample }
     }
 }
@@ -93,7 +90,7 @@ fn int(value: impl TryInto<i64>) -> i64 {
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let sample = self.sample.lock();
+        let sample = &self.sample;
         let e = &mut encoder;
         if let Some(manager) = &sample.manager {
             let tasks = ConstGauge::new(0i64);
