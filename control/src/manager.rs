@@ -68,9 +68,11 @@ impl Manager {
     /// Opens the Raft state in `config.raft_dir` and starts following (or leading) the group.
     pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
         let memory = Arc::new(MemoryStore::new());
-        // Watching before Raft replays the log: the events of this run start with the replay.
+        // Watching before Raft replays the log, which is no news: whatever applies before the
+        // log's old end (read as it opens) is left out of the events.
         let (shutdown, shutdown_rx) = watch::channel(false);
         let events = EventLog::new();
+        events.replaying();
         let event_feed = events.follow(&memory, shutdown_rx.clone());
         let raft = RaftNode::open(
             RaftConfig {
@@ -85,6 +87,7 @@ impl Manager {
         )
         .await
         .inspect_err(|_| event_feed.abort())?;
+        events.replayed_through(raft.logged_at_start());
         let store = Store::new(memory, raft.proposer());
         let dispatcher = Dispatcher::new(
             store.clone(),

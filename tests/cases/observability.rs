@@ -132,7 +132,7 @@ fn users_changes(events: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn metrics_and_events_show_what_the_cluster_does() -> anyhow::Result<()> {
     require_privileged!();
-    let cluster = Cluster::builder().managers(1).workers(1).start().await?;
+    let mut cluster = Cluster::builder().managers(1).workers(1).start().await?;
     let manager = cluster.manager();
     let worker = &cluster.nodes()[1];
     let before = mesh_control::store::now_nanos();
@@ -327,6 +327,27 @@ async fn metrics_and_events_show_what_the_cluster_does() -> anyhow::Result<()> {
     ensure!(
         bad.stderr.trim().lines().count() == 1 && bad.stderr.contains("unknown event type"),
         "{bad:?}"
+    );
+
+    // A restarted manager applies its log again: that is not news.
+    cluster.nodes_mut()[0].restart_meshd().await?;
+    let manager = cluster.manager();
+    wait_until(
+        CONVERGE,
+        "the manager to have applied its log again",
+        async || {
+            let nodes = manager.meshctl(&["node", "ls", "--format", "json"]).await?;
+            Ok(nodes.success() && nodes.json_lines()?.len() == 2)
+        },
+    )
+    .await?;
+    let after_restart = manager
+        .meshctl_json(&["events", "--since", &since_seconds, "--until", "0s"])
+        .await?;
+    ensure!(
+        users_changes(&after_restart).is_empty(),
+        "replayed as news: {:?}",
+        users_changes(&after_restart)
     );
     cluster.close()
 }

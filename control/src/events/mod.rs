@@ -3,7 +3,9 @@
 //! `--since`, and streams new ones to its subscribers. Every manager applies every committed
 //! entry, so each serves the whole cluster's events from its own store: nothing is forwarded
 //! to the leader. A manager remembers only what it applied since it started (as dockerd
-//! remembers only its own run), and the time of an event is when this manager applied it.
+//! remembers only its own run): the entries of its log that it applies again at a restart are
+//! not news. An event's time is the change's own, as written in the store (the same on every
+//! manager); a removal carries none, so its time is when this manager applied it.
 //!
 //! Memory is bounded whatever the subscribers do: the history holds [`HISTORY`] events and the
 //! live channel [`LIVE_BUFFER`], shared by every subscriber. A subscriber that falls further
@@ -17,6 +19,7 @@ pub use mapping::{TYPES, event, task_state_name};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::Stream;
 use mesh_proto::{ClusterEvent, EventsRequest};
@@ -24,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 use tonic::Status;
 
-use crate::store::{MemoryStore, now_nanos};
+use crate::store::{Event, MemoryStore, now_nanos};
 
 /// Events remembered for `--since`: dockerd's `eventsLimit`.
 pub const HISTORY: usize = 256;
@@ -41,6 +44,8 @@ pub struct EventLog {
 struct Inner {
     history: Mutex<VecDeque<Arc<ClusterEvent>>>,
     live: broadcast::Sender<Arc<ClusterEvent>>,
+    /// Entries up to this log index are replays of what was applied before this run.
+    replayed_through: AtomicU64,
 }
 
 impl Default for EventLog {
@@ -55,6 +60,7 @@ impl EventLog {
             inner: Arc::new(Inner {
                 history: Mutex::new(VecDeque::with_capacity(HISTORY)),
                 live: broadcast::channel(LIVE_BUFFER).0,
+                replayed_through: AtomicU64::new(0),
             }),
         }
     }
@@ -71,7 +77,21 @@ impl EventLog {
         let _ = self.inner.live.send(event);
     }
 
-    /// Records the events of every change `memory` applies, until `shutdown` changes.
+    /// Until [`EventLog::replayed_through`] says where the old log ends, nothing applied is news:
+    /// call this before the store is filled from the log.
+    pub fn replaying(&self) {
+        self.inner
+            .replayed_through
+            .store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// Entries up to `index` were in the log before this run: applying them again is no event.
+    pub fn replayed_through(&self, index: u64) {
+        self.inner.replayed_through.store(index, Ordering::Relaxed);
+    }
+
+    /// Records the events of every entry `memory` applies (once the entry's last change is in),
+    /// until `shutdown` changes.
     pub fn follow(
         &self,
         memory: &MemoryStore,
@@ -80,16 +100,26 @@ impl EventLog {
         let mut changes = memory.watch();
         let log = self.clone();
         tokio::spawn(async move {
+            let mut entry = Vec::new();
             loop {
                 let change = tokio::select! {
                     change = changes.recv() => change,
                     _ = shutdown.changed() => return,
                 };
                 match change {
+                    Ok(Event::Commit { index }) => {
+                        let news = index > log.inner.replayed_through.load(Ordering::Relaxed);
+                        for event in entry.drain(..) {
+                            if news {
+                                log.record(event);
+                            }
+                        }
+                    }
+                    Ok(Event::Reset) => entry.clear(),
                     Ok(change) => {
                         if let Some(mut event) = event(&change) {
-                            event.time_nano = now_nanos();
-                            log.record(event);
+                            event.time_nano = change_time(&change).unwrap_or_else(now_nanos);
+                            entry.push(event);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -139,6 +169,22 @@ impl EventLog {
             Some((next, s))
         })
     }
+}
+
+/// When a created or updated object was written, as its metadata says.
+fn change_time(change: &Event) -> Option<i64> {
+    use crate::store::Object;
+    if change.is_delete() {
+        return None;
+    }
+    let meta = match change.object()? {
+        Object::Node(o) => &o.meta,
+        Object::Service(o) => &o.meta,
+        Object::Task(o) => &o.meta,
+        Object::Cluster(o) => &o.meta,
+        Object::Network(o) => &o.meta,
+    };
+    meta.as_ref().map(|m| m.updated_at).filter(|t| *t > 0)
 }
 
 struct Subscription {

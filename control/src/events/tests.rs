@@ -12,7 +12,7 @@ use mesh_proto::{
 use tokio::sync::watch;
 
 use super::*;
-use crate::store::{Event, Object, direct_store};
+use crate::store::{Event, Object, Read as _, direct_store};
 
 fn service(id: &str, name: &str, replicas: u64, image: &str) -> Service {
     Service {
@@ -347,5 +347,41 @@ async fn the_log_follows_the_store() {
         ("service", "s1")
     );
     assert!(first.time_nano > 0);
+    follower.abort();
+}
+
+#[tokio::test]
+async fn entries_replayed_at_a_restart_are_not_news_and_times_are_the_changes_own() {
+    let store = direct_store();
+    let log = EventLog::new();
+    let (_stop, stop) = watch::channel(false);
+    log.replaying();
+    let follower = log.follow(store.memory(), stop);
+    // Entry 1 stands for one the log held before this run.
+    store
+        .update(|tx| tx.create(service("old", "old", 1, "busybox")))
+        .await
+        .unwrap();
+    log.replayed_through(1);
+    store
+        .update(|tx| tx.create(service("new", "new", 1, "busybox")))
+        .await
+        .unwrap();
+    let written = store
+        .view(|tx| tx.get::<Service>("new"))
+        .and_then(|s| s.meta)
+        .map(|m| m.updated_at)
+        .unwrap();
+    let mut events = Box::pin(log.subscribe(Filter {
+        since: Some(0),
+        ..Default::default()
+    }));
+    let first = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.actor_id, "new", "the replayed entry is not an event");
+    assert_eq!(first.time_nano, written, "the time is the change's own");
     follower.abort();
 }

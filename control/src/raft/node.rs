@@ -122,6 +122,8 @@ struct Inner {
     proposer: Arc<BatchingProposer>,
     leadership: watch::Receiver<Leadership>,
     shutdown: watch::Sender<bool>,
+    /// The last index of the log as it was on disk when this member started.
+    logged: u64,
 }
 
 impl RaftNode {
@@ -132,7 +134,7 @@ impl RaftNode {
         let raft_config = Arc::new(config.openraft()?);
         let dir = config.dir.clone();
         let apply_latency = config.metrics.apply_latency.clone();
-        let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
+        let (mut log_store, state_machine) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|source| RaftError::CreateDir {
                 path: dir.clone(),
                 source,
@@ -148,6 +150,10 @@ impl RaftNode {
             Ok::<_, RaftError>((log_store, state_machine))
         })
         .await??;
+        let logged = openraft::storage::RaftLogStorage::get_log_state(&mut log_store)
+            .await?
+            .last_log_id
+            .map_or(0, |id| id.index);
         let network = Network::new(config.id, config.transport.clone());
         let raft = Raft::new(config.id, raft_config, network, log_store, state_machine).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -170,6 +176,7 @@ impl RaftNode {
                 proposer,
                 leadership,
                 shutdown,
+                logged,
             }),
         })
     }
@@ -232,6 +239,12 @@ impl RaftNode {
 
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// The last index the log held on disk when this member started: entries up to it that
+    /// are applied now were applied in an earlier run too.
+    pub fn logged_at_start(&self) -> u64 {
+        self.inner.logged
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig> {
