@@ -59,6 +59,11 @@ pub struct Config {
     #[arg(long, env = "MESH_LB_BACKEND", value_enum, default_value_t = LbBackend::Auto)]
     pub lb_backend: LbBackend,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default). Plaintext and
+    /// unauthenticated, like Docker's metrics-addr: bind it to a management address.
+    #[arg(long, env = "MESH_METRICS_ADDR", value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Log filter, as RUST_LOG.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::exec::fake::FakeExecutor;
 
-fn config(dir: &Path, port: u16) -> Config {
+pub(crate) fn config(dir: &Path, port: u16) -> Config {
     Config {
         state_dir: dir.join("state"),
         socket: dir.join("meshd.sock"),
@@ -29,11 +29,12 @@ fn config(dir: &Path, port: u16) -> Config {
         gwbridge_subnet: crate::network::DEFAULT_GWBRIDGE_SUBNET.parse().unwrap(),
         log: "info".into(),
         lb_backend: crate::lb::LbBackend::Auto,
+        metrics_addr: None,
     }
 }
 
 /// A request as it arrives over the root-only local socket, which the control API trusts.
-fn local<T>(message: T) -> Request<T> {
+pub(crate) fn local<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .extensions_mut()
@@ -44,14 +45,14 @@ fn local<T>(message: T) -> Request<T> {
     request
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
 }
 
-fn spec(name: &str, replicas: u64) -> ServiceSpec {
+pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
     ServiceSpec {
         annotations: Some(Annotations {
             name: name.into(),
@@ -75,7 +76,7 @@ fn spec(name: &str, replicas: u64) -> ServiceSpec {
 }
 
 /// Polls `check` every 20 ms for up to 15 s: a bound against hanging, not a timing assertion.
-async fn eventually<F: std::future::Future<Output = bool>>(
+pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
     mut check: impl FnMut() -> F,
 ) {
@@ -96,7 +97,7 @@ async fn tasks(api: &Api) -> Vec<Task> {
         .tasks
 }
 
-async fn running(api: &Api, service: &str) -> usize {
+pub(crate) async fn running(api: &Api, service: &str) -> usize {
     let listed = api
         .list_services(local(ListServicesRequest {}))
         .await

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod gossip;
 mod hash;
 pub mod lb;
+pub mod metrics;
 pub mod netlink;
 pub mod network;
 pub mod server;
@@ -19,5 +20,7 @@ pub mod state;
 pub mod swarm;
 pub mod worker;
 
+#[cfg(test)]
+mod in_process_observability;
 #[cfg(test)]
 mod in_process_tests;

@@ -26,6 +26,11 @@ pub enum ServeError {
     Daemon(#[from] DaemonError),
     #[error("the local API server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot serve metrics on {addr} (--metrics-addr): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
     #[error("cannot start the local API's thread: {0}")]
@@ -33,6 +38,16 @@ pub enum ServeError {
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // Bound first: a taken or wrong address stops meshd before it touches anything.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some((
+            addr,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Metrics { addr, source })?,
+        )),
+        None => None,
+    };
     let executor = DockerExecutor::connect(&config.docker_host, config.hostname.clone())
         .await
         .and_then(|executor| executor.with_sandboxes_from(&config.state_dir))
@@ -49,6 +64,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let socket = config.socket.clone();
     let daemon = Daemon::new(config, Arc::new(executor));
     daemon.resume().await?;
+    let metrics = metrics_listener.map(|(addr, listener)| {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tracing::info!(%addr, "serving metrics at /metrics");
+        let served = tokio::spawn(crate::metrics::http::serve(
+            listener,
+            scrape(&daemon),
+            stopped,
+        ));
+        (stop, served)
+    });
 
     let listener = bind_socket(&socket)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
@@ -69,6 +94,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             api.await
         }
     };
+    if let Some((stop, served)) = metrics {
+        stop.send_replace(true);
+        let _ = served.await;
+    }
     daemon.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     // A server thread that ended without a word panicked (the panic is on stderr).
@@ -114,6 +143,20 @@ fn serve_local_api(
         })
         .map_err(ServeError::Runtime)?;
     Ok(result)
+}
+
+/// A scrape: the daemon's state now, written out with its instruments.
+fn scrape(daemon: &Arc<Daemon>) -> crate::metrics::http::Scrape {
+    let daemon = Arc::downgrade(daemon);
+    Arc::new(move || {
+        let daemon = daemon.clone();
+        Box::pin(async move {
+            match daemon.upgrade() {
+                Some(daemon) => daemon.metrics().render(daemon.metrics_sample().await),
+                None => String::new(),
+            }
+        })
+    })
 }
 
 /// Binds the local API socket, readable and writable by root (and its group) only.

@@ -9,6 +9,7 @@ mod converge;
 mod failover;
 mod gossip;
 mod lb;
+mod metrics;
 mod overlay;
 mod run;
 
@@ -49,6 +50,9 @@ enum Bench {
         #[arg(long)]
         release: bool,
     },
+    /// The cost of one scrape of meshd's metrics (count the tasks, render the text) at 0, 1,000
+    /// and 10,000 tasks, beside an empty registry.
+    Metrics,
     /// Task-to-task throughput and latency over the VXLAN overlay, against the direct underlay.
     Overlay {
         /// Benchmark a release build of meshd (builds it first).
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::ApiLoad { release } => api_load::api_load(release).await,
         Bench::Converge { release } => converge::converge(release).await,
         Bench::Failover { release } => failover::failover(release).await,
+        Bench::Metrics => metrics::metrics(),
         Bench::Overlay { release } => overlay::overlay(release).await,
         Bench::Gossip(args) => gossip::gossip(args).await,
         Bench::Lb(args) => lb::lb(args).await,

@@ -416,6 +416,17 @@ const COMMAND_LINES: &[&[&str]] = &[
     ],
     &["swarm", "join-token", "--rotate", "manager"],
     &["-H", "unix:///tmp/mesh.sock", "info", "--format", "json"],
+    &[
+        "events",
+        "--filter",
+        "type=service",
+        "--since",
+        "2026-12-03T09:30:00.5Z",
+        "--until",
+        "10m",
+        "--format",
+        "json",
+    ],
 ];
 
 /// Single flag values, valid and not.

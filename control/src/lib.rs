@@ -9,12 +9,14 @@ pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod dispatcher;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod keymanager;
 pub mod limits;
 pub mod manager;
 pub mod membership;
+pub mod metrics;
 pub mod orchestrator;
 pub mod raft;
 pub mod rolemanager;

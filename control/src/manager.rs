@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::allocator::Allocator;
 use crate::api::ManagerContext;
 use crate::dispatcher::{Dispatcher, DispatcherConfig};
+use crate::events::EventLog;
 use crate::keymanager::KeyManager;
 use crate::membership::{MembershipService, leave_refusal};
 use crate::orchestrator::{
@@ -48,6 +49,8 @@ pub struct ManagerConfig {
     pub addr: String,
     /// How this manager reaches other managers (mutual TLS with its node certificate).
     pub transport: Transport,
+    /// The daemon's control-plane instruments, kept across this manager's restarts.
+    pub metrics: crate::metrics::ControlMetrics,
 }
 
 pub struct Manager {
@@ -55,32 +58,45 @@ pub struct Manager {
     raft: RaftNode,
     store: Store,
     dispatcher: Dispatcher,
+    events: EventLog,
     shutdown: watch::Sender<bool>,
     leadership: tokio::task::JoinHandle<()>,
+    event_feed: tokio::task::JoinHandle<()>,
 }
 
 impl Manager {
     /// Opens the Raft state in `config.raft_dir` and starts following (or leading) the group.
     pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
         let memory = Arc::new(MemoryStore::new());
+        // Watching before Raft replays the log, which is no news: whatever applies before the
+        // log's old end (read as it opens) is left out of the events.
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let events = EventLog::new();
+        events.replaying();
+        let event_feed = events.follow(&memory, shutdown_rx.clone());
         let raft = RaftNode::open(
             RaftConfig {
                 dir: config.raft_dir.clone(),
                 id: config.raft_id,
                 addr: config.addr.clone(),
                 transport: Some(config.transport.clone()),
+                metrics: config.metrics.clone(),
                 ..RaftConfig::default()
             },
             memory.clone(),
         )
-        .await?;
+        .await
+        .inspect_err(|_| event_feed.abort())?;
+        events.replayed_through(raft.logged_at_start());
         let store = Store::new(memory, raft.proposer());
         let dispatcher = Dispatcher::new(
             store.clone(),
-            DispatcherConfig::default(),
+            DispatcherConfig {
+                heartbeat_misses: config.metrics.heartbeat_misses.clone(),
+                ..DispatcherConfig::default()
+            },
             raft.leadership(),
         );
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let leadership = tokio::spawn(follow_leadership(
             raft.clone(),
             store.clone(),
@@ -93,8 +109,10 @@ impl Manager {
             raft,
             store,
             dispatcher,
+            events,
             shutdown,
             leadership,
+            event_feed,
         })
     }
 
@@ -158,6 +176,7 @@ impl Manager {
             broker: self.dispatcher.broker().clone(),
             raft: self.raft.clone(),
             transport: self.config.transport.clone(),
+            events: self.events.clone(),
         }
     }
 
@@ -211,6 +230,7 @@ impl Manager {
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
         let _ = self.leadership.await;
+        let _ = self.event_feed.await;
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(error = %err, "raft shutdown");
         }

@@ -292,6 +292,13 @@ async fn call(channel: Channel, method: &str, t: &Targets) -> Option<Status> {
             })
             .await
             .map(drop),
+        ("Control", "Events") => control
+            .events(EventsRequest {
+                since_ns: Some(0),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         ("Raft", rpc) => {
             let mut raft = RaftClient::new(channel);
             let payload = RaftPayload {

@@ -13,6 +13,8 @@ pub use crate::node::{Node, Role};
 
 /// Port of the manager API on every node.
 pub const MANAGER_PORT: u16 = 2377;
+/// Port of every node's metrics (`meshd --metrics-addr <node addr>:9323`), Docker's usual one.
+pub use crate::meshd::METRICS_PORT;
 
 /// How the cluster's nodes are laid out; see [`Cluster::builder`].
 #[derive(Debug, Clone)]

@@ -29,23 +29,12 @@ pub struct MeshdConfig {
     pub hostname: String,
     pub listen_addr: String,
     pub advertise_addr: String,
-    /// `ADDR:PORT` for meshd's Prometheus endpoint (see [`metrics_args`]).
+    /// `--metrics-addr`: `ADDR:PORT` for meshd's Prometheus endpoint, when metrics are served.
     pub metrics_addr: Option<String>,
     /// meshd's stderr is appended here across restarts.
     pub log: PathBuf,
     /// Each start in a fresh private mount namespace of its own.
     pub private_mounts: bool,
-}
-
-/// meshd's flags for its metrics endpoint.
-///
-/// METRICS WIRING POINT: `meshd --metrics-addr ADDR:PORT` is added by the metrics work (issue 14,
-/// item 5); once meshd takes the flag this returns `["--metrics-addr", addr]` for
-/// `config.metrics_addr`, and every lab and test node serves [`metrics_url`]. Until then meshd
-/// would refuse the unknown flag, so nothing is passed.
-fn metrics_args(config: &MeshdConfig) -> Vec<String> {
-    let _wired_at_merge = &config.metrics_addr;
-    Vec::new()
 }
 
 /// A running (or stopped) meshd; dropping it stops it.
@@ -97,7 +86,11 @@ impl Meshd {
             .args(["--hostname", &c.hostname])
             .args(["--listen-addr", &c.listen_addr])
             .args(["--advertise-addr", &c.advertise_addr])
-            .args(metrics_args(c))
+            .args(
+                c.metrics_addr
+                    .iter()
+                    .flat_map(|a| ["--metrics-addr", a.as_str()]),
+            )
             // The log goes to a file: no colour codes.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -123,6 +116,14 @@ impl Meshd {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// `http://ADDR:PORT/metrics`, when this meshd serves metrics.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.config
+            .metrics_addr
+            .as_ref()
+            .map(|addr| format!("http://{addr}/metrics"))
     }
 
     /// SIGKILLs meshd (no chance to clean up) and reaps it.

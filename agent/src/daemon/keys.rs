@@ -73,19 +73,25 @@ impl Daemon {
             crate::network::prefix_for(&self.config.state_dir)
         ));
         let overlay = Overlay::new(
-            Arc::new(RtNetlink::new()),
+            Arc::new(crate::metrics::TimedNetlink::new(
+                RtNetlink::new(),
+                self.metrics.kernel.clone(),
+            )),
             &self.config.state_dir,
             state.node_id.clone(),
             vtep,
             self.config.gwbridge_subnet,
         );
         let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let dataplane = Arc::new(Dataplane::new(
-            Arc::new(overlay),
-            self.config.gossip_port,
-            crate::dns::upstreams(&resolv_conf),
-            self.config.lb_backend,
-        ));
+        let dataplane = Arc::new(
+            Dataplane::new(
+                Arc::new(overlay),
+                self.config.gossip_port,
+                crate::dns::upstreams(&resolv_conf),
+                self.config.lb_backend,
+            )
+            .time_into(self.metrics.kernel.clone()),
+        );
         // Before the session: the running tasks' DNS and VIPs come back first.
         dataplane.restore().await;
         Some(dataplane)

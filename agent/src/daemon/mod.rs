@@ -85,6 +85,7 @@ pub struct Daemon {
     executor: Arc<dyn Executor>,
     api: Api,
     membership: Mutex<Option<Membership>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Daemon {
@@ -95,11 +96,48 @@ impl Daemon {
             executor,
             api: Api::default(),
             membership: Mutex::new(None),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 
     pub fn api(&self) -> &Api {
         &self.api
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The node's state for a scrape of its metrics.
+    pub async fn metrics_sample(&self) -> crate::metrics::Sample {
+        let membership = self.membership.lock().await;
+        let manager = membership.as_ref().and_then(|m| m.manager.as_ref());
+        let dataplane = membership.as_ref().and_then(|m| m.dataplane.clone());
+        let mut sample = crate::metrics::Sample {
+            manager: manager.map(mesh_control::metrics::ManagerSample::of),
+            refused_calls: membership
+                .as_ref()
+                .and_then(|m| m.listener.as_ref())
+                .map(|l| l.gate.refused()),
+            resident_memory_bytes: crate::metrics::resident_memory_bytes(),
+            ..Default::default()
+        };
+        drop(membership);
+        if let Some(dataplane) = dataplane {
+            // The balancer's lock may be held by a long sync: wait for it off the runtime.
+            let balancer = dataplane.clone();
+            sample.vip_backends = tokio::task::spawn_blocking(move || balancer.vip_backends())
+                .await
+                .unwrap_or_default();
+            if let Some((members, _, stats)) = dataplane.gossip_info().await {
+                sample.gossip = Some(crate::metrics::GossipSample {
+                    members,
+                    suspects: dataplane.gossip_suspects().await,
+                    stats,
+                });
+            }
+        }
+        sample
     }
 
     /// Rejoins the cluster recorded in the state dir, if any.
@@ -184,6 +222,7 @@ impl Daemon {
             node_id: state.node_id.clone(),
             addr: state.advertise_addr.clone(),
             transport: transport.clone(),
+            metrics: self.metrics.control.clone(),
         })
         .await?)
     }

@@ -38,6 +38,8 @@ pub(crate) enum Command {
     Publish(EndpointRecord),
     Withdraw(RecordKey),
     Shutdown(oneshot::Sender<()>),
+    /// How many members SWIM suspects of being down now.
+    Suspects(oneshot::Sender<usize>),
 }
 
 pub(super) type Swim = Foca<NodeIdentity, PostcardCodec, FocaRng, RecordBroadcasts>;
@@ -155,6 +157,14 @@ impl Driver {
                 if let Some(tombstone) = tombstone {
                     self.disseminate(&tombstone);
                 }
+            }
+            Command::Suspects(answer) => {
+                let suspects = self
+                    .foca
+                    .iter_membership_state()
+                    .filter(|m| m.state() == foca::State::Suspect)
+                    .count();
+                let _ = answer.send(suspects);
             }
             Command::Shutdown(_) => {}
         }

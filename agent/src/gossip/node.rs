@@ -214,6 +214,20 @@ impl Gossip {
         lock(&self.shared).members.len()
     }
 
+    /// How many members SWIM suspects of being down; `None` if the gossip task does not
+    /// answer within a second.
+    pub async fn suspects(&self) -> Option<usize> {
+        let ask = async {
+            let (answer, suspects) = oneshot::channel();
+            self.send(Command::Suspects(answer)).await.ok()?;
+            suspects.await.ok()
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(1), ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Visible (not withdrawn) records, in (network, task) order.
     pub fn records(&self) -> Vec<EndpointRecord> {
         lock(&self.shared).table.visible().cloned().collect()

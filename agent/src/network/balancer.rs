@@ -45,6 +45,8 @@ pub struct Balancer {
     sandboxes: HashMap<String, Tracked>,
     /// Whether backends the kernel had at take-over are kept whatever the directory says.
     holding: bool,
+    /// Where the time of each kernel update goes.
+    timings: Option<crate::metrics::KernelMetrics>,
 }
 
 impl Balancer {
@@ -61,7 +63,25 @@ impl Balancer {
             lb,
             sandboxes: HashMap::new(),
             holding: true,
+            timings: None,
         }
+    }
+
+    /// Records how long each update of the kernel takes into `metrics`.
+    pub fn time_into(&mut self, metrics: crate::metrics::KernelMetrics) {
+        self.timings = Some(metrics);
+    }
+
+    /// The backends programmed behind each VIP: the most any sandbox has.
+    pub fn vip_backends(&self) -> BTreeMap<Ipv4Addr, usize> {
+        let mut vips = BTreeMap::new();
+        for tracked in self.sandboxes.values() {
+            for (vip, backends) in &tracked.programmed {
+                let most: &mut usize = vips.entry(*vip).or_default();
+                *most = (*most).max(backends.len());
+            }
+        }
+        vips
     }
 
     /// Stops holding what the kernel had at take-over: from now on the directory alone says
@@ -172,7 +192,12 @@ impl Balancer {
                 if tracked.programmed.get(vip) == Some(backends) {
                     continue;
                 }
-                if let Err(err) = self.lb.set_vip(&tracked.sandbox, *vip, backends) {
+                let started = Instant::now();
+                let result = self.lb.set_vip(&tracked.sandbox, *vip, backends);
+                if let Some(timings) = &self.timings {
+                    timings.lb_update(self.lb.name(), "set_vip", started);
+                }
+                if let Err(err) = result {
                     tracing::warn!(task.id = %task_id, %vip, error = %err, "cannot program service VIP");
                 }
             }
@@ -181,7 +206,12 @@ impl Balancer {
                     continue;
                 }
                 tracked.emptied.remove(vip);
-                if let Err(err) = self.lb.remove_vip(&tracked.sandbox, *vip) {
+                let started = Instant::now();
+                let result = self.lb.remove_vip(&tracked.sandbox, *vip);
+                if let Some(timings) = &self.timings {
+                    timings.lb_update(self.lb.name(), "remove_vip", started);
+                }
+                if let Err(err) = result {
                     tracing::warn!(task.id = %task_id, %vip, error = %err, "cannot remove service VIP");
                 }
             }

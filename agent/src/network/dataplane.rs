@@ -175,6 +175,35 @@ impl Dataplane {
         .await;
     }
 
+    /// Records how long each load balancer update takes in the kernel into `metrics`.
+    pub fn time_into(self, metrics: crate::metrics::KernelMetrics) -> Self {
+        if let Some(balancer) = &self.balancer {
+            balancer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .time_into(metrics);
+        }
+        self
+    }
+
+    /// The backends programmed behind each service VIP on this node.
+    pub fn vip_backends(&self) -> std::collections::BTreeMap<std::net::Ipv4Addr, usize> {
+        self.balancer
+            .as_ref()
+            .map_or_else(Default::default, |balancer| {
+                balancer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .vip_backends()
+            })
+    }
+
+    /// Gossip members suspected of being down, once gossip runs.
+    pub async fn gossip_suspects(&self) -> Option<usize> {
+        let gossip = self.running.lock().await.as_ref()?.gossip.clone();
+        gossip.suspects().await
+    }
+
     /// The load balancer's backend ("ebpf" or "ipvs") and its entries, when one runs.
     pub fn balancer_info(&self) -> Option<(&'static str, usize)> {
         let balancer = self.balancer.as_ref()?;

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod error;
+mod events;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 mod networks;
@@ -38,6 +39,7 @@ pub struct ManagerContext {
     pub broker: LogBroker,
     pub raft: crate::raft::RaftNode,
     pub transport: crate::transport::Transport,
+    pub events: crate::events::EventLog,
 }
 
 /// The Control service; detached (answering "not a manager") until a manager is attached.
@@ -132,6 +134,7 @@ impl Api {
 #[tonic::async_trait]
 impl Control for Api {
     type ServiceLogsStream = Stream<LogMessage>;
+    type EventsStream = Stream<ClusterEvent>;
 
     async fn get_node(&self, r: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
         nodes::get(&self.context(&r)?, r.into_inner()).map(Response::new)
@@ -300,5 +303,12 @@ impl Control for Api {
         r: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         services::logs(&self.context(&r)?, r.into_inner()).map(Response::new)
+    }
+
+    async fn events(
+        &self,
+        r: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        events::subscribe(&self.context(&r)?, r.into_inner()).map(Response::new)
     }
 }

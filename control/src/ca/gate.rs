@@ -73,6 +73,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/mesh.v1.Control/GetJoinTokens", Need::Manager),
     ("/mesh.v1.Control/RotateRootCA", Need::Manager),
     ("/mesh.v1.Control/ServiceLogs", Need::Manager),
+    ("/mesh.v1.Control/Events", Need::Manager),
     ("/mesh.v1.Raft/AppendEntries", Need::Manager),
     ("/mesh.v1.Raft/Vote", Need::Manager),
     ("/mesh.v1.Raft/InstallSnapshot", Need::Manager),

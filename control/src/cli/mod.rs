@@ -3,6 +3,7 @@
 //! then talks to the daemon; the fuzz targets drive the same parser. Every bad value is refused
 //! here, in one line, before any request is made.
 
+pub mod events;
 pub mod flags;
 pub mod logs;
 pub mod network;
@@ -63,6 +64,8 @@ pub enum Command {
     /// Manage networks
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Get real time events from the cluster
+    Events(events::EventsArgs),
     /// Display system-wide information: the swarm and the overlay's gossip
     Info {
         /// Format the output: `json` for one JSON object

@@ -32,6 +32,8 @@ pub struct DispatcherConfig {
     /// A node is marked down after this many periods without a heartbeat (but never before one
     /// period and a restart allowance have passed: see `sessions::heartbeat_grace`).
     pub grace_multiplier: f64,
+    /// Counts sessions ended for missed heartbeats.
+    pub heartbeat_misses: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for DispatcherConfig {
@@ -39,6 +41,7 @@ impl Default for DispatcherConfig {
         Self {
             heartbeat_period: DEFAULT_HEARTBEAT_PERIOD,
             grace_multiplier: 1.5,
+            heartbeat_misses: Default::default(),
         }
     }
 }
@@ -85,6 +88,11 @@ impl Dispatcher {
     pub fn grpc_service(&self) -> DispatcherServer<service::DispatcherService> {
         DispatcherServer::new(service::DispatcherService::new(self.inner.clone()))
             .max_decoding_message_size(4 << 20)
+    }
+
+    /// Agent sessions open now.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
     }
 
     pub fn broker(&self) -> &LogBroker {

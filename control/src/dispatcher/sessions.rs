@@ -92,6 +92,10 @@ impl Sessions {
         expired
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     pub(super) fn has_node(&self, node_id: &str) -> bool {
         self.lock().values().any(|s| s.node_id == node_id)
     }
@@ -150,6 +154,7 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         let config = inner.config.borrow().clone();
         let grace = heartbeat_grace(config.heartbeat_period, config.grace_multiplier);
         let mut down = inner.sessions.expire(grace);
+        config.heartbeat_misses.inc_by(down.len() as u64);
         if started.elapsed() > takeover_grace(config.heartbeat_period, grace) {
             let unregistered = inner.store.view(|tx| {
                 tx.find::<Node>(|n| node_state(n) == NodeState::Ready)

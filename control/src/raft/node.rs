@@ -38,6 +38,8 @@ pub struct RaftConfig {
     /// How peers are reached: mutual TLS with this node's certificate. `None` (plain gRPC) is for
     /// tests that serve the Raft service themselves.
     pub transport: Option<crate::transport::Transport>,
+    /// Where commit and apply latencies and leader changes are recorded.
+    pub metrics: crate::metrics::ControlMetrics,
 }
 
 /// The default timings: heartbeats every 250 ms, elections after 1–2 s without one.
@@ -50,6 +52,7 @@ impl Default for RaftConfig {
             heartbeat_interval: Duration::from_millis(250),
             election_timeout: (Duration::from_secs(1), Duration::from_secs(2)),
             transport: None,
+            metrics: Default::default(),
         }
     }
 }
@@ -119,6 +122,8 @@ struct Inner {
     proposer: Arc<BatchingProposer>,
     leadership: watch::Receiver<Leadership>,
     shutdown: watch::Sender<bool>,
+    /// The last index of the log as it was on disk when this member started.
+    logged: u64,
 }
 
 impl RaftNode {
@@ -128,7 +133,8 @@ impl RaftNode {
     pub async fn open(config: RaftConfig, memory: Arc<MemoryStore>) -> Result<RaftNode, RaftError> {
         let raft_config = Arc::new(config.openraft()?);
         let dir = config.dir.clone();
-        let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
+        let apply_latency = config.metrics.apply_latency.clone();
+        let (mut log_store, state_machine) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|source| RaftError::CreateDir {
                 path: dir.clone(),
                 source,
@@ -140,15 +146,27 @@ impl RaftNode {
                     path,
                     source: Box::new(source),
                 })?;
-            let state_machine = StateMachine::open(&dir, memory, key)?;
+            let state_machine = StateMachine::open(&dir, memory, key)?.timed(apply_latency);
             Ok::<_, RaftError>((log_store, state_machine))
         })
         .await??;
+        let logged = openraft::storage::RaftLogStorage::get_log_state(&mut log_store)
+            .await?
+            .last_log_id
+            .map_or(0, |id| id.index);
         let network = Network::new(config.id, config.transport.clone());
         let raft = Raft::new(config.id, raft_config, network, log_store, state_machine).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let leadership = watch_leadership(&raft, shutdown_rx.clone());
-        let proposer = Arc::new(BatchingProposer::spawn(raft.clone(), shutdown_rx));
+        let leadership = watch_leadership(
+            &raft,
+            shutdown_rx.clone(),
+            config.metrics.leader_changes.clone(),
+        );
+        let proposer = Arc::new(BatchingProposer::spawn(
+            raft.clone(),
+            shutdown_rx,
+            config.metrics.commit_latency.clone(),
+        ));
         tracing::info!(raft.id = config.id, addr = %config.addr, dir = %config.dir.display(), "raft started");
         Ok(RaftNode {
             inner: Arc::new(Inner {
@@ -158,6 +176,7 @@ impl RaftNode {
                 proposer,
                 leadership,
                 shutdown,
+                logged,
             }),
         })
     }
@@ -222,6 +241,12 @@ impl RaftNode {
         self.inner.id
     }
 
+    /// The last index the log held on disk when this member started: entries up to it that
+    /// are applied now were applied in an earlier run too.
+    pub fn logged_at_start(&self) -> u64 {
+        self.inner.logged
+    }
+
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.inner.raft
     }
@@ -276,6 +301,7 @@ impl RaftNode {
 fn watch_leadership(
     raft: &Raft<TypeConfig>,
     mut shutdown: watch::Receiver<bool>,
+    leader_changes: prometheus_client::metrics::counter::Counter,
 ) -> watch::Receiver<Leadership> {
     let mut metrics = raft.metrics();
     let (tx, rx) = watch::channel(Leadership::from_metrics(&metrics.borrow_and_update()));
@@ -289,6 +315,9 @@ fn watch_leadership(
             tx.send_if_modified(|current| {
                 if *current == next {
                     return false;
+                }
+                if current.leader_id != next.leader_id {
+                    leader_changes.inc();
                 }
                 if current.is_leader != next.is_leader || current.leader_id != next.leader_id {
                     tracing::info!(

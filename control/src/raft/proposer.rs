@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use mesh_proto::{Proposal, Transaction};
 use openraft::Raft;
 use openraft::error::{ClientWriteError, Fatal, RaftError};
+use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -37,9 +38,14 @@ pub struct BatchingProposer {
 
 impl BatchingProposer {
     /// Starts the batching task; it stops when `shutdown` changes or is dropped.
-    pub fn spawn(raft: Raft<TypeConfig>, shutdown: watch::Receiver<bool>) -> Self {
+    /// Each entry's time from proposal to applied goes into `commit_latency`.
+    pub fn spawn(
+        raft: Raft<TypeConfig>,
+        shutdown: watch::Receiver<bool>,
+        commit_latency: Histogram,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(raft, rx, shutdown));
+        tokio::spawn(run(raft, rx, shutdown, commit_latency));
         Self { queue }
     }
 }
@@ -61,6 +67,7 @@ async fn run(
     raft: Raft<TypeConfig>,
     mut queue: mpsc::Receiver<Pending>,
     mut shutdown: watch::Receiver<bool>,
+    commit_latency: Histogram,
 ) {
     loop {
         let first = tokio::select! {
@@ -85,7 +92,11 @@ async fn run(
             batch.into_iter().map(|p| (p.tx, p.done)).unzip();
         let count = transactions.len();
         let proposal = Proposal { transactions };
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(proposal)).await;
+        if matches!(outcome, Ok(Ok(_))) {
+            commit_latency.observe(started.elapsed().as_secs_f64());
+        }
         let results: Vec<Result<(), StoreError>> = match outcome {
             Ok(Ok(response)) => {
                 tracing::debug!(

@@ -32,6 +32,7 @@ pub struct StateMachine {
     snapshots: SnapshotFile,
     last_applied: Option<LogId<u64>>,
     last_membership: StoredMembership<u64, BasicNode>,
+    apply_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl StateMachine {
@@ -44,6 +45,9 @@ impl StateMachine {
             snapshots,
             last_applied: None,
             last_membership: StoredMembership::default(),
+            apply_latency: prometheus_client::metrics::histogram::Histogram::new(
+                crate::metrics::latency_buckets(),
+            ),
         };
         if let Some((meta, data)) = loaded {
             machine.restore(&meta, &data)?;
@@ -54,6 +58,12 @@ impl StateMachine {
             );
         }
         Ok(machine)
+    }
+
+    /// Records the time each committed entry takes to apply into `histogram`.
+    pub fn timed(mut self, histogram: prometheus_client::metrics::histogram::Histogram) -> Self {
+        self.apply_latency = histogram;
+        self
     }
 
     fn restore(&mut self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<()> {
@@ -85,7 +95,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_applied = Some(entry.log_id);
             let results = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(proposal) => self.memory.apply(entry.log_id.index, &proposal),
+                EntryPayload::Normal(proposal) => {
+                    let started = std::time::Instant::now();
+                    let results = self.memory.apply(entry.log_id.index, &proposal);
+                    self.apply_latency.observe(started.elapsed().as_secs_f64());
+                    results
+                }
                 EntryPayload::Membership(membership) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     Vec::new()

@@ -1,5 +1,6 @@
 //! One module per noun (`swarm`, `node`, `service`), one function per verb.
 
+mod events;
 mod info;
 mod logs;
 mod network;
@@ -22,6 +23,7 @@ pub async fn run(command: Command, host: &str) -> Result<(), CliError> {
         Command::Node(command) => node::run(command, host).await,
         Command::Service(command) => service::run(command, host).await,
         Command::Network(command) => network::run(command, host).await,
+        Command::Events(args) => events::run(host, args).await,
         Command::Info { format } => info::run(host, format.unwrap_or(false)).await,
         Command::Version => version::run(host).await,
     }
