@@ -24,6 +24,9 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     // `cargo xtask bench overlay` measures throughput with iperf3.
     "iperf3",
+    // `cargo xtask test` checks packaging/meshd.service with `systemd-analyze verify` (which
+    // needs no systemd running).
+    "systemd",
 ];
 
 /// `cargo xtask vm`: QEMU, and the decompressors of the kernel's modules.
