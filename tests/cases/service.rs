@@ -1,7 +1,8 @@
-//! meshd as systemd runs it (`Type=notify`, packaging/meshd.service): meshd is started with
+//! meshd as systemd runs it (packaging/meshd.service). `Type=notify`: meshd is started with
 //! `NOTIFY_SOCKET` naming a datagram socket the test holds, as systemd would, and the test reads
-//! what meshd tells it. `READY=1` must come only once the API socket answers a request; a meshd
-//! that cannot start must never say it.
+//! what meshd tells it; `READY=1` must come only once the API socket answers a request, and a meshd
+//! that cannot start must never say it. `CapabilityBoundingSet=`: a cluster whose meshds hold only
+//! the unit's capabilities runs tasks on an overlay, answers on the routing mesh and balances a VIP.
 
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -13,7 +14,8 @@ use anyhow::{Context, bail, ensure};
 use mesh_tests::dockerd::{Dockerd, Networking};
 use mesh_tests::meshctl::{binary, meshctl};
 use mesh_tests::netns::{Bridge, Netns};
-use mesh_tests::{process, require_privileged};
+use mesh_tests::overlay::OverlayCluster;
+use mesh_tests::{BUSYBOX_IMAGE, Cluster, process, require_privileged, wait_for};
 
 /// Bounds meshd's start: bounds the test, not a speed assertion.
 const START: Duration = Duration::from_secs(60);
@@ -168,5 +170,142 @@ async fn without_docker_meshd_fails_in_one_line_and_is_never_ready() -> anyhow::
         let message = String::from_utf8_lossy(&buf[..n]);
         ensure!(!message.contains("READY=1"), "READY=1 without Docker");
     }
+    Ok(())
+}
+
+/// The unit's `CapabilityBoundingSet=`.
+fn unit_capabilities() -> anyhow::Result<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/meshd.service");
+    let unit = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let set = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("the unit has no CapabilityBoundingSet=")?;
+    Ok(set.split_whitespace().map(String::from).collect())
+}
+
+/// A task serving its container's hostname over HTTP on port 80.
+const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+#[tokio::test]
+async fn a_cluster_works_with_only_the_unit_s_capabilities() -> anyhow::Result<()> {
+    require_privileged!();
+    let kept = unit_capabilities()?;
+    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    let cluster = OverlayCluster::new(
+        Cluster::builder()
+            .managers(1)
+            .workers(1)
+            .capabilities(&kept)
+            .start()
+            .await?,
+    );
+    // The bounding set is what the unit says, and no more.
+    for node in cluster.nodes() {
+        let pid = node.meshd_pid().context("meshd runs")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let bounding = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .context("CapBnd")?
+            .trim()
+            .to_owned();
+        let bits = u64::from_str_radix(&bounding, 16)?;
+        ensure!(
+            bits.count_ones() as usize == kept.len(),
+            "meshd on {} has bounding set {bounding}, not the unit's {kept:?}",
+            node.hostname()
+        );
+    }
+    let manager = cluster.manager();
+    manager
+        .meshctl_ok(&["network", "create", "-d", "overlay", "capnet"])
+        .await?;
+    manager
+        .meshctl_ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--replicas-max-per-node",
+            "1",
+            "--network",
+            "capnet",
+            "-p",
+            "8090:80",
+            BUSYBOX_IMAGE,
+            "sh",
+            "-c",
+            WEB,
+        ])
+        .await?;
+    manager
+        .meshctl_ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            "capnet",
+            BUSYBOX_IMAGE,
+            "sleep",
+            "1000000",
+        ])
+        .await?;
+    let mut sandboxes = Vec::new();
+    let web = wait_for(START, "2 web tasks and a client", async || {
+        let mut web = Vec::new();
+        let mut client = Vec::new();
+        for node in cluster.nodes() {
+            web.extend(node.sandboxes("web").await?);
+            client.extend(node.sandboxes("client").await?);
+        }
+        Ok((web.len() == 2 && client.len() == 1).then(|| {
+            sandboxes = client;
+            web
+        }))
+    })
+    .await?;
+    let hostnames: Vec<String> = web.iter().map(|t| t.hostname.clone()).collect();
+    // The routing mesh (iptables, ingress namespace) on every node.
+    for node in cluster.nodes() {
+        let addr = std::net::SocketAddr::from((node.addr(), 8090));
+        let what = format!("{}:8090 to answer", node.hostname());
+        let answer = wait_for(START, &what, async || {
+            Ok(tokio::task::spawn_blocking(move || mesh_tests::observe::http_get(addr)).await?)
+        })
+        .await?;
+        ensure!(hostnames.contains(&answer), "{what}: {answer}");
+    }
+    // The service's name (embedded DNS) and VIP (eBPF balancer) from the client's sandbox.
+    let client = sandboxes.pop().context("the client")?;
+    let node = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.hostname() == client.node)
+        .context("the client's node")?;
+    let script = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 web 80";
+    let answer = wait_for(START, "web to answer the client", async || {
+        let out = node
+            .docker(&["exec", &client.container, "sh", "-c", script])
+            .await?;
+        Ok(
+            (out.code == 0 && out.stdout.starts_with("HTTP/1.")).then(|| {
+                out.stdout
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            }),
+        )
+    })
+    .await?;
+    ensure!(hostnames.contains(&answer), "the VIP answered {answer}");
     Ok(())
 }

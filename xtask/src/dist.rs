@@ -401,9 +401,9 @@ mod tests {
         for cap in [
             "CAP_NET_ADMIN",
             "CAP_SYS_ADMIN",
+            "CAP_SYS_CHROOT",
+            "CAP_SYS_PTRACE",
             "CAP_BPF",
-            "CAP_PERFMON",
-            "CAP_NET_RAW",
         ] {
             assert!(caps.contains(&cap), "{cap} missing from {caps:?}");
         }
