@@ -12,11 +12,11 @@ async fn main() -> ExitCode {
     let mut config = match file::load() {
         Ok(config) => config,
         Err(LoadError::Cli(err)) => err.exit(),
-        Err(err) => return refuse(&err),
+        Err(err) => return refuse_config(&err),
     };
     let filter = match logging::filter(config.log.as_deref()) {
         Ok(filter) => filter,
-        Err(err) => return refuse(&err),
+        Err(err) => return refuse_config(&err),
     };
     if let Err(err) = logging::init(filter, config.log_format) {
         return refuse(&err);
@@ -38,4 +38,12 @@ async fn main() -> ExitCode {
 fn refuse(err: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("meshd: {err}");
     ExitCode::FAILURE
+}
+
+/// [`refuse`] for a bad configuration, with the exit status that says so (EX_CONFIG): the unit
+/// does not restart meshd for it (`RestartPreventExitStatus=`), since only an edit mends it,
+/// whereas a Docker that is not up yet may be at the next try.
+fn refuse_config(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("meshd: {err}");
+    ExitCode::from(file::EX_CONFIG)
 }

@@ -173,6 +173,38 @@ async fn without_docker_meshd_fails_in_one_line_and_is_never_ready() -> anyhow::
     Ok(())
 }
 
+/// A bad config file: one line naming the file and the key, and EX_CONFIG, the exit status the
+/// unit does not restart on (`RestartPreventExitStatus=78`). Needs no root.
+#[test]
+fn a_bad_config_file_stops_meshd_in_one_line_with_ex_config() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let file = temp.path().join("meshd.toml");
+    for (text, key) in [
+        ("gossip-port = \"many\"\n", "key `gossip-port`"),
+        ("gosip-port = 7946\n", "key `gosip-port`"),
+        ("gossip-port = \n", "line 1"),
+    ] {
+        std::fs::write(&file, text)?;
+        let out = Command::new(binary("meshd")?)
+            .args(["--config", &file.display().to_string()])
+            .args(["--docker-host", "unix:///nonexistent/docker.sock"])
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(78),
+            "{text:?}: {} {stderr}",
+            out.status
+        );
+        let line = format!("meshd: {}: {key}", file.display());
+        ensure!(
+            stderr.lines().count() == 1 && stderr.starts_with(&line),
+            "{text:?}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
 /// The unit's `CapabilityBoundingSet=`.
 fn unit_capabilities() -> anyhow::Result<Vec<String>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/meshd.service");

@@ -376,6 +376,8 @@ mod tests {
         for (key, want) in [
             ("Type", "notify"),
             ("Restart", "always"),
+            // meshd's exit status for a bad config (EX_CONFIG in agent/src/config/file.rs).
+            ("RestartPreventExitStatus", "78"),
             ("KillMode", "process"),
             ("StateDirectory", "mesh"),
             ("ProtectSystem", "strict"),

@@ -17,6 +17,9 @@ use super::Config;
 /// Read when `--config` is not given and the file exists.
 pub const DEFAULT_PATH: &str = "/etc/mesh/meshd.toml";
 
+/// The exit status of a meshd refusing its configuration (sysexits.h's EX_CONFIG).
+pub const EX_CONFIG: u8 = 78;
+
 /// Flags that are no settings of the daemon: never keys of the file.
 const NOT_KEYS: &[&str] = &["config", "help", "version"];
 
