@@ -27,9 +27,11 @@ pub(crate) fn config(dir: &Path, port: u16) -> Config {
         advertise_addr: None,
         gossip_port: 0,
         gwbridge_subnet: crate::network::DEFAULT_GWBRIDGE_SUBNET.parse().unwrap(),
-        log: "info".into(),
         lb_backend: crate::lb::LbBackend::Auto,
         metrics_addr: None,
+        config: None,
+        log: None,
+        log_format: crate::logging::LogFormat::Text,
     }
 }
 

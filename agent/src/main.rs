@@ -2,32 +2,48 @@
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-use mesh_agent::config::Config;
-use tracing_subscriber::EnvFilter;
+use std::process::ExitCode;
+
+use mesh_agent::config::file::{self, LoadError};
+use mesh_agent::logging;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let mut config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+async fn main() -> ExitCode {
+    let mut config = match file::load() {
+        Ok(config) => config,
+        Err(LoadError::Cli(err)) => err.exit(),
+        Err(err) => return refuse_config(&err),
+    };
+    let filter = match logging::filter(config.log.as_deref()) {
+        Ok(filter) => filter,
+        Err(err) => return refuse_config(&err),
+    };
+    if let Err(err) = logging::init(filter, config.log_format) {
+        return refuse(&err);
+    }
     match config.lb_backend.select() {
         Ok(backend) => config.lb_backend = backend.into(),
-        Err(err) => {
-            eprintln!("meshd: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(err) => return refuse(&err),
     }
     match mesh_agent::server::serve(config).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "meshd failed");
-            eprintln!("meshd: {err}");
-            std::process::ExitCode::FAILURE
+            refuse(&err)
         }
     }
+}
+
+/// One line on stderr (the journal, under systemd) and a failed exit.
+fn refuse(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("meshd: {err}");
+    ExitCode::FAILURE
+}
+
+/// [`refuse`] for a bad configuration, with the exit status that says so (EX_CONFIG): the unit
+/// does not restart meshd for it (`RestartPreventExitStatus=`), since only an edit mends it,
+/// whereas a Docker that is not up yet may be at the next try.
+fn refuse_config(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("meshd: {err}");
+    ExitCode::from(file::EX_CONFIG)
 }

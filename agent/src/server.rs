@@ -1,6 +1,10 @@
 //! meshd's life: connect to Docker, resume cluster membership, serve the local socket until a
 //! signal, then stop — leaving the containers running, to be re-adopted at the next start.
+//!
+//! Under systemd (`Type=notify`) meshd says `READY=1` only once its own API socket answers a
+//! request, so that units ordered after it, and `systemctl start` itself, find meshctl working.
 
+use sd_notify::NotifyState;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +19,11 @@ use crate::swarm::SwarmService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot connect to Docker at {host}: {source}")]
-    Docker { host: String, source: ExecError },
+    /// Docker is missing or not answering: named as the dependency it is, with what to do.
+    #[error("{source} (meshd needs Docker: start dockerd, or point --docker-host at it)")]
+    Docker { source: ExecError },
+    #[error("{0}")]
+    Sandboxes(ExecError),
     #[error("cannot create the socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -50,11 +57,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let executor = DockerExecutor::connect(&config.docker_host, config.hostname.clone())
         .await
-        .and_then(|executor| executor.with_sandboxes_from(&config.state_dir))
-        .map_err(|source| ServeError::Docker {
-            host: config.docker_host.clone(),
-            source,
-        })?;
+        .map_err(|source| ServeError::Docker { source })?
+        .with_sandboxes_from(&config.state_dir)
+        .map_err(ServeError::Sandboxes)?;
     // With overlay networking on, tasks resolve through the embedded DNS in their sandbox.
     let executor = if config.gossip_port != 0 {
         executor.with_dns(vec![crate::dns::RESOLVER_ADDR.to_string()])
@@ -78,18 +83,29 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = bind_socket(&socket)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
-    tracing::info!(socket = %socket.display(), "meshd ready");
     let (stop, stopped) = oneshot::channel();
     let mut api = serve_local_api(daemon.clone(), listener, stopped)?;
-    let ended = tokio::select! {
-        _ = terminate.recv() => None,
-        _ = interrupt.recv() => None,
-        served = &mut api => Some(served),
+    // Ready is said once a request over the socket came back.
+    let ready = crate::readiness::until_answers(&socket);
+    tokio::pin!(ready);
+    let mut announced = false;
+    let ended = loop {
+        tokio::select! {
+            _ = terminate.recv() => break None,
+            _ = interrupt.recv() => break None,
+            served = &mut api => break Some(served),
+            () = &mut ready, if !announced => {
+                announced = true;
+                tracing::info!(socket = %socket.display(), "meshd ready");
+                notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+            }
+        }
     };
     let served = match ended {
         Some(served) => served,
         None => {
             tracing::info!("shutting down");
+            notify(&[NotifyState::Stopping]);
             let _ = stop.send(());
             api.await
         }
@@ -157,6 +173,13 @@ fn scrape(daemon: &Arc<Daemon>) -> crate::metrics::http::Scrape {
             }
         })
     })
+}
+
+/// Tells systemd (when it started meshd with `NOTIFY_SOCKET`) how meshd is doing.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
 }
 
 /// Binds the local API socket, readable and writable by root (and its group) only.

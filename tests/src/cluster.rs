@@ -26,6 +26,7 @@ pub struct ClusterBuilder {
     quiet: bool,
     progress: bool,
     private_mounts: bool,
+    capabilities: Option<Vec<String>>,
 }
 
 /// A running cluster; dropping it tears down every node, the bridge and the temp dir.
@@ -42,6 +43,8 @@ pub struct Cluster {
     /// Every start of every meshd gets a mount namespace of its own (see
     /// [`ClusterBuilder::private_mounts`]).
     private_mounts: bool,
+    /// Every meshd's capability bounding set (see [`ClusterBuilder::capabilities`]).
+    capabilities: Option<Vec<String>>,
 }
 
 impl Cluster {
@@ -54,6 +57,7 @@ impl Cluster {
             quiet: false,
             progress: false,
             private_mounts: false,
+            capabilities: None,
         }
     }
 
@@ -117,6 +121,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs every meshd with only `capabilities` (`CAP_NET_ADMIN`, …) in its bounding set, as
+    /// systemd's `CapabilityBoundingSet=` does (through setpriv).
+    pub fn capabilities(mut self, capabilities: &[&str]) -> Self {
+        self.capabilities = Some(capabilities.iter().map(|c| c.to_string()).collect());
+        self
+    }
+
     /// Does not print the nodes' logs when the cluster is dropped (by default they are printed, and
     /// cargo test shows them only for failing tests).
     pub fn quiet(mut self) -> Self {
@@ -158,6 +169,7 @@ impl ClusterBuilder {
                     image_id: None,
                     quiet: self.quiet,
                     private_mounts: self.private_mounts,
+                    capabilities: self.capabilities.clone(),
                 }
             }
             None => {
@@ -174,6 +186,7 @@ impl ClusterBuilder {
                     image_id: None,
                     quiet: self.quiet,
                     private_mounts: self.private_mounts,
+                    capabilities: self.capabilities.clone(),
                 }
             }
         };
@@ -346,6 +359,7 @@ impl Cluster {
             advertise_addr: addr,
             log: dir.join("meshd.log"),
             private_mounts: self.private_mounts,
+            capabilities: self.capabilities.clone(),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct MeshdConfig {
     pub log: PathBuf,
     /// Each start in a fresh private mount namespace of its own.
     pub private_mounts: bool,
+    /// Only these capabilities (`CAP_NET_ADMIN`, …) in meshd's bounding set; all when `None`.
+    pub capabilities: Option<Vec<String>>,
 }
 
 /// A running (or stopped) meshd; dropping it stops it.
@@ -77,8 +79,19 @@ impl Meshd {
         } else {
             Command::new("nsenter")
         };
+        command.arg(net);
+        if let Some(capabilities) = &c.capabilities {
+            // setpriv execs meshd, so the pid stays meshd's.
+            let kept: Vec<String> = capabilities
+                .iter()
+                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+                .collect();
+            command
+                .arg("setpriv")
+                .arg("--inh-caps=-all")
+                .arg(format!("--bounding-set=-all,{}", kept.join(",")));
+        }
         let child = command
-            .arg(net)
             .arg(bin)
             .args(["--state-dir", &c.state_dir.display().to_string()])
             .args(["--socket", &c.socket.display().to_string()])

@@ -24,8 +24,8 @@ mod uplink;
 use uplink::Uplink;
 
 /// Everything the check keeps: the cached base root, the work root, the transcript.
-const DIR: &str = "target/fresh-check";
-const SUITE: &str = "bookworm";
+pub const DIR: &str = "target/fresh-check";
+pub const SUITE: &str = "bookworm";
 /// What a fresh machine has besides Rust: git, a C compiler and linker with libc's development
 /// files (Rust needs them to link anything), CA certificates (cargo speaks HTTPS).
 const BASELINE: &str = "ca-certificates,git,gcc,libc6-dev";
@@ -62,7 +62,7 @@ pub fn check(args: &FreshArgs) -> anyhow::Result<()> {
     let base = step::run(
         "a Debian 12 base root (debootstrap, cached)",
         "check that the mirror answers, or pass another with --mirror",
-        || base_root(&dir, args),
+        || base_root(&dir, &args.mirror, args.rebuild_base),
     )?;
     let root = dir.join("root");
     let commit = step::run(
@@ -107,11 +107,12 @@ pub fn check(args: &FreshArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cached minimal Debian root with [`BASELINE`], built once with debootstrap.
-fn base_root(dir: &Path, args: &FreshArgs) -> anyhow::Result<PathBuf> {
+/// The cached minimal Debian root with [`BASELINE`] under `dir`, built once with debootstrap
+/// (again when `rebuild`).
+pub fn base_root(dir: &Path, mirror: &str, rebuild: bool) -> anyhow::Result<PathBuf> {
     let base = dir.join(format!("base-{SUITE}"));
     let complete = base.join(".complete");
-    if complete.exists() && !args.rebuild_base {
+    if complete.exists() && !rebuild {
         eprintln!("    reusing {}", base.display());
         return Ok(base);
     }
@@ -123,7 +124,7 @@ fn base_root(dir: &Path, args: &FreshArgs) -> anyhow::Result<PathBuf> {
     let include = format!("--include={BASELINE}");
     run_shown(
         "debootstrap",
-        &["--variant=minbase", &include, SUITE, &target, &args.mirror],
+        &["--variant=minbase", &include, SUITE, &target, mirror],
         &[],
     )?;
     std::fs::rename(&partial, &base)?;
@@ -144,6 +145,29 @@ fn prepare_root(base: &Path, root: &Path, mirror: &str) -> anyhow::Result<String
         ],
         &[],
     )?;
+    reach_packages(root, mirror)?;
+    // The machines this project runs on come with a docker client (no engine) in /usr/local/bin.
+    let client = Path::new("/usr/local/bin/docker");
+    if client.is_file() {
+        std::fs::copy(client, root.join("usr/local/bin/docker"))?;
+    }
+    let dirty = run_sync_ok("git", &["status", "--porcelain", "--untracked-files=no"])?;
+    if !dirty.trim().is_empty() {
+        eprintln!("    note: uncommitted changes here are not part of the check; it clones HEAD");
+    }
+    let clone = root.join(CLONE.trim_start_matches('/'));
+    run_shown(
+        "git",
+        &["clone", "--quiet", ".", &clone.display().to_string()],
+        &[],
+    )?;
+    let commit = run_sync_ok("git", &["rev-parse", "--short=12", "HEAD"])?;
+    Ok(commit.trim().to_owned())
+}
+
+/// Points `root`'s package sources at `mirror` and gives it this machine's resolver and its own
+/// certificate authorities, so that apt (and cargo) inside reach what this machine reaches.
+pub fn reach_packages(root: &Path, mirror: &str) -> anyhow::Result<()> {
     let security = mirror.replace("/debian", "/debian-security");
     let sources = format!(
         "deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\n\
@@ -166,23 +190,7 @@ fn prepare_root(base: &Path, root: &Path, mirror: &str) -> anyhow::Result<String
             &[],
         )?;
     }
-    // The machines this project runs on come with a docker client (no engine) in /usr/local/bin.
-    let client = Path::new("/usr/local/bin/docker");
-    if client.is_file() {
-        std::fs::copy(client, root.join("usr/local/bin/docker"))?;
-    }
-    let dirty = run_sync_ok("git", &["status", "--porcelain", "--untracked-files=no"])?;
-    if !dirty.trim().is_empty() {
-        eprintln!("    note: uncommitted changes here are not part of the check; it clones HEAD");
-    }
-    let clone = root.join(CLONE.trim_start_matches('/'));
-    run_shown(
-        "git",
-        &["clone", "--quiet", ".", &clone.display().to_string()],
-        &[],
-    )?;
-    let commit = run_sync_ok("git", &["rev-parse", "--short=12", "HEAD"])?;
-    Ok(commit.trim().to_owned())
+    Ok(())
 }
 
 /// This machine's Rust toolchain directory (with cargo, rustc, rustfmt and clippy in `bin/`).
@@ -326,7 +334,7 @@ fn run_inside(
 }
 
 /// Removes a root directory, refusing while anything is mounted inside it.
-fn remove_root(root: &Path) -> anyhow::Result<()> {
+pub fn remove_root(root: &Path) -> anyhow::Result<()> {
     if !root.exists() {
         return Ok(());
     }

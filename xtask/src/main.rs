@@ -8,6 +8,7 @@
 
 mod demo;
 mod deps;
+mod dist;
 mod fresh;
 mod fuzz;
 mod lab;
@@ -54,6 +55,9 @@ enum Task {
         )]
         args: Vec<String>,
     },
+    /// Build the Debian package (target/dist/mesh_*.deb): meshd, meshctl, the systemd unit, man
+    /// pages, completions; `--check` installs, removes and purges it in a Debian 12 root.
+    Dist(dist::DistArgs),
     /// Run the fuzz targets under fuzz/ (cargo-fuzz, installed on first use) for a bounded time.
     Fuzz(fuzz::FuzzArgs),
     /// Remove namespaces, links, processes and directories left by test runs that died.
@@ -103,6 +107,7 @@ async fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { args } => bench(&args),
         Task::FreshCheck(args) => fresh::check(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Dist(args) => dist::run(&args),
         Task::Vm { which } => vm::run_vm(which),
         Task::Clean => {
             let found = leftovers::find();

@@ -1,6 +1,7 @@
-//! `cargo xtask test`: what CI runs. The packages first, one build, then fmt, clippy, unit tests,
-//! the privileged tests and a bounded run of every fuzz target, then a check that the tests left
-//! nothing behind and did not change the host's forwarding settings. Every step says how long it
+//! `cargo xtask test`: what CI runs. The packages first, one build, then `systemd-analyze verify`
+//! of the systemd unit, fmt, clippy, unit tests, the privileged tests and a bounded run of every
+//! fuzz target, then a check that the tests left nothing behind and did not change the host's
+//! forwarding settings. Every step says how long it
 //! took; the summary counts skipped tests.
 
 use std::path::Path;
@@ -9,7 +10,7 @@ use anyhow::bail;
 use mesh_tests::process::{cargo, run_shown, run_sync};
 use mesh_tests::skip::{self, REQUIRE_ENV, SKIP_LOG_ENV};
 
-use crate::{deps, fuzz, leftovers, step};
+use crate::{deps, dist, fuzz, leftovers, step};
 
 /// One check of the run: what it is, cargo's arguments and environment, and what to do if it fails.
 struct Check<'a> {
@@ -100,6 +101,14 @@ pub fn all() -> anyhow::Result<()> {
         },
     ];
     let mut failed = Vec::new();
+    if let Err(err) = step::run(
+        "the systemd unit (systemd-analyze verify packaging/meshd.service)",
+        "mend what systemd-analyze names above in packaging/meshd.service",
+        || dist::verify_unit(Path::new("target/debug/meshd")),
+    ) {
+        eprintln!("error: {}", step::one_line(&err));
+        failed.push("systemd unit check");
+    }
     for check in checks {
         if let Err(err) = step::run(check.what, check.fix, || {
             run_shown(&cargo, check.args, check.env)

@@ -35,6 +35,8 @@ pub enum ExecError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("the Docker daemon at {host} did not answer within {} s", seconds.as_secs())]
+    NotAnswering { host: String, seconds: Duration },
     #[error("No such image: {image}")]
     ImageNotFound { image: String },
     #[error("pull {image}: {reason}")]

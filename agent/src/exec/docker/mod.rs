@@ -22,6 +22,8 @@ use super::{ContainerInfo, ContainerListing, ExecError, Executor, LogChunk, LogO
 
 /// Requests to the engine that do not stream give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first request, at start: a daemon that does not answer it soon is not going to.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `mesh-pause`, the process of every task's sandbox, built by `build.rs`.
 const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh-pause"));
@@ -47,9 +49,13 @@ impl DockerExecutor {
         };
         let docker = Docker::connect_with_host(docker_host)
             .map_err(connect_error)?
-            .with_timeout(REQUEST_TIMEOUT)
-            .negotiate_version()
+            .with_timeout(REQUEST_TIMEOUT);
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
             .await
+            .map_err(|_| ExecError::NotAnswering {
+                host: docker_host.to_owned(),
+                seconds: CONNECT_TIMEOUT,
+            })?
             .map_err(connect_error)?;
         let version = docker.client_version();
         info!(docker.host = docker_host, api.version = %version, "docker engine connected");

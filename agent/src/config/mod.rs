@@ -1,10 +1,17 @@
 //! meshd's command line: every port and path is a flag with a `MESH_*` environment twin, so that
-//! several nodes can run on one machine, each in its own network namespace.
+//! several nodes can run on one machine, each in its own network namespace. Every flag may also
+//! be set in a TOML file (see [`file`]); the command line and the environment win over the file.
+
+mod example;
+pub mod file;
+
+pub use example::example;
 
 use clap::Parser;
 use std::path::PathBuf;
 
 use crate::lb::LbBackend;
+use crate::logging::LogFormat;
 
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -16,6 +23,11 @@ pub const VERSION: &str = concat!(
 #[derive(Debug, Clone, Parser)]
 #[command(name = "meshd", version = VERSION, about = "The mesh node daemon: runs tasks, and on managers the control plane")]
 pub struct Config {
+    /// A TOML file of flags, each key a flag's long name (`state-dir = "/srv/mesh"`); the command
+    /// line and MESH_* variables win over it. Default: /etc/mesh/meshd.toml when it exists.
+    #[arg(long, env = "MESH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Where the node keeps its identity and, on managers, the Raft log and snapshots.
     #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/mesh")]
     pub state_dir: PathBuf,
@@ -64,7 +76,13 @@ pub struct Config {
     #[arg(long, env = "MESH_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Log filter, as RUST_LOG.
-    #[arg(long, env = "MESH_LOG", default_value = "info")]
-    pub log: String,
+    /// What to log: a level, or levels per module (`info,mesh_agent::gossip=debug`), as RUST_LOG
+    /// takes them. Default: RUST_LOG when it is set, `info` otherwise.
+    #[arg(long, env = "MESH_LOG", value_name = "FILTER", value_parser = crate::logging::parse_filter)]
+    pub log: Option<String>,
+
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line) for
+    /// log collectors.
+    #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
