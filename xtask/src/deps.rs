@@ -1,8 +1,8 @@
 //! `cargo xtask deps`: the one list of Debian packages that building mesh, its tests, its demo and
 //! its benchmarks need, installed before anything that needs them is compiled or run.
 
-use anyhow::bail;
-use mesh_tests::process::run_shown;
+use anyhow::{Context, bail};
+use mesh_tests::process::{cargo, run_shown};
 
 use crate::step;
 
@@ -36,6 +36,40 @@ pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "xz-utils", "zstd"];
 
 /// `cargo xtask fresh-check`: what builds the throwaway Debian root on this machine.
 pub const FRESH_CHECK_PACKAGES: &[&str] = &["debootstrap"];
+
+/// The cargo subcommand `crate_name` (binary of the same name) at `version`, installed under
+/// `root` first if it is missing or of another version; `rerun` is the command to run again
+/// when crates.io does not answer.
+pub fn cargo_tool(
+    crate_name: &str,
+    version: &str,
+    root: &str,
+    rerun: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let binary = std::path::Path::new(root).join("bin").join(crate_name);
+    let installed = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if installed.split_whitespace().any(|w| w == version) {
+        eprintln!("==> {crate_name} {version}: already installed in {root}");
+    } else {
+        let package = format!("{crate_name}@{version}");
+        step::run(
+            &format!("installing {crate_name} {version} into {root}"),
+            &format!("check that crates.io answers, then run `{rerun}` again"),
+            || {
+                run_shown(
+                    &cargo(),
+                    &["install", "--locked", &package, "--root", root],
+                    &[],
+                )
+            },
+        )?;
+    }
+    std::fs::canonicalize(&binary).with_context(|| format!("{} is missing", binary.display()))
+}
 
 /// Installs whatever of [`PACKAGES`] is missing; does nothing (not even `apt-get update`) otherwise.
 pub fn install() -> anyhow::Result<()> {

@@ -142,29 +142,7 @@ fn compress_man_pages(dir: &Path) -> anyhow::Result<()> {
 
 /// The installed cargo-deb, installed first if it is missing or of another version.
 fn install_cargo_deb() -> anyhow::Result<PathBuf> {
-    let binary = Path::new(TOOLS).join("bin").join("cargo-deb");
-    let version = Command::new(&binary)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if version.split_whitespace().any(|w| w == CARGO_DEB_VERSION) {
-        eprintln!("==> cargo-deb {CARGO_DEB_VERSION}: already installed in {TOOLS}");
-    } else {
-        let package = format!("cargo-deb@{CARGO_DEB_VERSION}");
-        step::run(
-            &format!("installing cargo-deb {CARGO_DEB_VERSION} into {TOOLS}"),
-            "check that crates.io answers, then run `cargo xtask dist` again",
-            || {
-                run_shown(
-                    &cargo(),
-                    &["install", "--locked", &package, "--root", TOOLS],
-                    &[],
-                )
-            },
-        )?;
-    }
-    std::fs::canonicalize(&binary).with_context(|| format!("{} is missing", binary.display()))
+    deps::cargo_tool("cargo-deb", CARGO_DEB_VERSION, TOOLS, "cargo xtask dist")
 }
 
 /// `systemd-analyze verify` of the unit, with `meshd` (a built binary) in place of

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use mesh_tests::process::{cargo, run_shown};
 
-use crate::step;
+use crate::{deps, step};
 
 /// The cargo-fuzz release this repository is fuzzed with.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -101,29 +101,7 @@ fn fuzz_env() -> [(&'static str, &'static str); 1] {
 
 /// The installed cargo-fuzz, installed first if it is missing or of another version.
 fn install_cargo_fuzz() -> anyhow::Result<PathBuf> {
-    let binary = Path::new(TOOLS).join("bin").join("cargo-fuzz");
-    let version = Command::new(&binary)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if version.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION) {
-        eprintln!("==> cargo-fuzz {CARGO_FUZZ_VERSION}: already installed in {TOOLS}");
-    } else {
-        let package = format!("cargo-fuzz@{CARGO_FUZZ_VERSION}");
-        step::run(
-            &format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} into {TOOLS}"),
-            "check that crates.io answers, then run `cargo xtask fuzz` again",
-            || {
-                run_shown(
-                    &cargo(),
-                    &["install", "--locked", &package, "--root", TOOLS],
-                    &[],
-                )
-            },
-        )?;
-    }
-    std::fs::canonicalize(&binary).with_context(|| format!("{} is missing", binary.display()))
+    deps::cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, TOOLS, "cargo xtask fuzz")
 }
 
 /// One target's bounded run, as libFuzzer reported it.
