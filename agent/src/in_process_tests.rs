@@ -21,6 +21,7 @@ pub(crate) fn config(dir: &Path, port: u16) -> Config {
     Config {
         state_dir: dir.join("state"),
         socket: dir.join("meshd.sock"),
+        group: None,
         docker_host: "unix:///nonexistent".into(),
         hostname: Some("node1".into()),
         listen_addr: format!("127.0.0.1:{port}"),

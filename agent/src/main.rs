@@ -21,6 +21,10 @@ async fn main() -> ExitCode {
     if let Err(err) = logging::init(filter, config.log_format) {
         return refuse(&err);
     }
+    // A group named in the configuration that does not exist is a configuration error.
+    if let Err(err) = mesh_agent::server::socket_group(config.group.as_deref()) {
+        return refuse_config(&err);
+    }
     match config.lb_backend.select() {
         Ok(backend) => config.lb_backend = backend.into(),
         Err(err) => return refuse(&err),

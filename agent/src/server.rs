@@ -38,6 +38,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("--group {name}: {reason}")]
+    Group { name: String, reason: String },
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
     #[error("cannot start the local API's thread: {0}")]
@@ -45,6 +47,7 @@ pub enum ServeError {
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let group = socket_group(config.group.as_deref())?;
     // Bound first: a taken or wrong address stops meshd before it touches anything.
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some((
@@ -80,7 +83,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         (stop, served)
     });
 
-    let listener = bind_socket(&socket)?;
+    let listener = bind_socket(&socket, group)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     let (stop, stopped) = oneshot::channel();
@@ -182,8 +185,35 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// Binds the local API socket, readable and writable by root (and its group) only.
-fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ServeError> {
+/// The group given the local API socket besides root: `name` when given ("" for none), else
+/// [`DEFAULT_GROUP`] when it exists.
+pub fn socket_group(name: Option<&str>) -> Result<Option<nix::unistd::Gid>, ServeError> {
+    let (name, required) = match name {
+        Some("") => return Ok(None),
+        Some(name) => (name, true),
+        None => (DEFAULT_GROUP, false),
+    };
+    let failed = |reason: String| ServeError::Group {
+        name: name.to_owned(),
+        reason,
+    };
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(Some(group.gid)),
+        Ok(None) if !required => Ok(None),
+        Ok(None) => Err(failed("no such group".to_owned())),
+        Err(errno) => Err(failed(format!("cannot look the group up: {errno}"))),
+    }
+}
+
+/// The group the local API socket belongs to when it exists, as Docker's socket belongs to
+/// `docker`: its members run meshctl without root.
+pub const DEFAULT_GROUP: &str = "mesh";
+
+/// Binds the local API socket, readable and writable by root and `group` only.
+fn bind_socket(
+    path: &Path,
+    group: Option<nix::unistd::Gid>,
+) -> Result<std::os::unix::net::UnixListener, ServeError> {
     let err = |source| ServeError::Socket {
         path: path.to_path_buf(),
         source,
@@ -198,5 +228,55 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ServeErr
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid)).map_err(|errno| err(errno.into()))?;
+    }
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn an_empty_group_keeps_the_socket_roots_alone() {
+        assert_eq!(socket_group(Some("")).expect("no group"), None);
+    }
+
+    #[test]
+    fn a_named_group_must_exist() {
+        assert_eq!(
+            socket_group(Some("root")).expect("root exists"),
+            Some(nix::unistd::Gid::from_raw(0))
+        );
+        let err = socket_group(Some("no-such-mesh-group")).expect_err("refused");
+        assert_eq!(err.to_string(), "--group no-such-mesh-group: no such group");
+    }
+
+    #[test]
+    fn the_default_group_is_optional() {
+        let exists = nix::unistd::Group::from_name(DEFAULT_GROUP)
+            .expect("lookup")
+            .map(|g| g.gid);
+        assert_eq!(socket_group(None).expect("default"), exists);
+    }
+
+    #[test]
+    fn the_socket_belongs_to_the_group_with_mode_0660() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meshd.sock");
+        // A group other than the one the socket is created with, so that only the chown gives it.
+        let own = nix::unistd::getgid();
+        let group = if nix::unistd::geteuid().is_root() {
+            nix::unistd::Gid::from_raw(own.as_raw().wrapping_add(1))
+        } else {
+            let groups = nix::unistd::getgroups().expect("groups");
+            groups.into_iter().find(|g| *g != own).unwrap_or(own)
+        };
+        let _listener = bind_socket(&path, Some(group)).expect("bound");
+        let meta = std::fs::metadata(&path).expect("socket");
+        assert_eq!(meta.gid(), group.as_raw());
+        assert_eq!(meta.mode() & 0o777, 0o660);
+    }
 }

@@ -217,6 +217,24 @@ fn unit_capabilities() -> anyhow::Result<Vec<String>> {
     Ok(set.split_whitespace().map(String::from).collect())
 }
 
+/// A group every Debian has, standing in for the package's `mesh`.
+const SOCKET_GROUP: &str = "nogroup";
+
+/// The id of `group`, from /etc/group.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    let groups = std::fs::read_to_string("/etc/group")?;
+    groups
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split(':');
+            (fields.next() == Some(group))
+                .then(|| fields.nth(1))
+                .flatten()
+                .and_then(|gid| gid.parse().ok())
+        })
+        .with_context(|| format!("no group {group} in /etc/group"))
+}
+
 /// A task serving its container's hostname over HTTP on port 80.
 const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
 
@@ -230,9 +248,12 @@ async fn a_cluster_works_with_only_the_unit_s_capabilities() -> anyhow::Result<(
             .managers(1)
             .workers(1)
             .capabilities(&kept)
+            // Giving the API socket to a group (the package's `mesh`) takes CAP_CHOWN.
+            .socket_group(SOCKET_GROUP)
             .start()
             .await?,
     );
+    let group = group_id(SOCKET_GROUP)?;
     // The bounding set is what the unit says, and no more.
     for node in cluster.nodes() {
         let pid = node.meshd_pid().context("meshd runs")?;
@@ -247,6 +268,12 @@ async fn a_cluster_works_with_only_the_unit_s_capabilities() -> anyhow::Result<(
         ensure!(
             bits.count_ones() as usize == kept.len(),
             "meshd on {} has bounding set {bounding}, not the unit's {kept:?}",
+            node.hostname()
+        );
+        let socket = std::fs::metadata(node.socket())?;
+        ensure!(
+            std::os::unix::fs::MetadataExt::gid(&socket) == group,
+            "{}'s socket does not belong to group {SOCKET_GROUP}",
             node.hostname()
         );
     }

@@ -27,6 +27,8 @@ pub struct ClusterBuilder {
     progress: bool,
     private_mounts: bool,
     capabilities: Option<Vec<String>>,
+    socket_group: Option<String>,
+    unformed: bool,
 }
 
 /// A running cluster; dropping it tears down every node, the bridge and the temp dir.
@@ -45,6 +47,8 @@ pub struct Cluster {
     private_mounts: bool,
     /// Every meshd's capability bounding set (see [`ClusterBuilder::capabilities`]).
     capabilities: Option<Vec<String>>,
+    /// Every meshd's `--group` (see [`ClusterBuilder::socket_group`]).
+    socket_group: Option<String>,
 }
 
 impl Cluster {
@@ -58,6 +62,8 @@ impl Cluster {
             progress: false,
             private_mounts: false,
             capabilities: None,
+            socket_group: None,
+            unformed: false,
         }
     }
 
@@ -128,6 +134,19 @@ impl ClusterBuilder {
         self
     }
 
+    /// Gives every meshd's API socket to `group` (`meshd --group`).
+    pub fn socket_group(mut self, group: &str) -> Self {
+        self.socket_group = Some(group.to_owned());
+        self
+    }
+
+    /// Starts every node (namespace, dockerd, image, meshd) but forms no swarm: what to test
+    /// `swarm init` and `swarm join` from outside the harness with.
+    pub fn unformed(mut self) -> Self {
+        self.unformed = true;
+        self
+    }
+
     /// Does not print the nodes' logs when the cluster is dropped (by default they are printed, and
     /// cargo test shows them only for failing tests).
     pub fn quiet(mut self) -> Self {
@@ -170,6 +189,7 @@ impl ClusterBuilder {
                     quiet: self.quiet,
                     private_mounts: self.private_mounts,
                     capabilities: self.capabilities.clone(),
+                    socket_group: self.socket_group.clone(),
                 }
             }
             None => {
@@ -187,6 +207,7 @@ impl ClusterBuilder {
                     quiet: self.quiet,
                     private_mounts: self.private_mounts,
                     capabilities: self.capabilities.clone(),
+                    socket_group: self.socket_group.clone(),
                 }
             }
         };
@@ -214,6 +235,9 @@ impl ClusterBuilder {
                 "    {total} nodes started side by side in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
+        }
+        if self.unformed {
+            return Ok(cluster);
         }
         let started = Instant::now();
         self.form(&cluster).await?;
@@ -360,6 +384,7 @@ impl Cluster {
             log: dir.join("meshd.log"),
             private_mounts: self.private_mounts,
             capabilities: self.capabilities.clone(),
+            socket_group: self.socket_group.clone(),
         }
     }
 

@@ -37,6 +37,8 @@ pub struct MeshdConfig {
     pub private_mounts: bool,
     /// Only these capabilities (`CAP_NET_ADMIN`, …) in meshd's bounding set; all when `None`.
     pub capabilities: Option<Vec<String>>,
+    /// `--group`: the group given the API socket.
+    pub socket_group: Option<String>,
 }
 
 /// A running (or stopped) meshd; dropping it stops it.
@@ -104,6 +106,7 @@ impl Meshd {
                     .iter()
                     .flat_map(|a| ["--metrics-addr", a.as_str()]),
             )
+            .args(c.socket_group.iter().flat_map(|g| ["--group", g.as_str()]))
             // The log goes to a file: no colour codes.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

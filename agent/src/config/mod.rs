@@ -32,9 +32,15 @@ pub struct Config {
     #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/mesh")]
     pub state_dir: PathBuf,
 
-    /// The local API socket meshctl talks to (root-only).
+    /// The local API socket meshctl talks to (root's and --group's only).
     #[arg(long, env = "MESH_SOCKET", default_value = "/run/mesh/meshd.sock")]
     pub socket: PathBuf,
+
+    /// The group whose members may use the local API socket besides root, as dockerd's
+    /// `--group`. Default: `mesh` when that group exists (the package creates it); "" keeps the
+    /// socket root's alone. A group given here that does not exist stops meshd.
+    #[arg(long, env = "MESH_GROUP", value_name = "GROUP")]
+    pub group: Option<String>,
 
     /// The Docker daemon that runs this node's containers.
     #[arg(

@@ -6,6 +6,7 @@ use std::path::Path;
 const SAMPLES: &[(&str, &str)] = &[
     ("state-dir", r#""/srv/mesh""#),
     ("socket", r#""/run/other/meshd.sock""#),
+    ("group", r#""operators""#),
     ("docker-host", r#""unix:///run/other/docker.sock""#),
     ("hostname", r#""node7""#),
     ("listen-addr", r#""10.0.0.7:2377""#),
