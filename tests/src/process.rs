@@ -46,8 +46,19 @@ impl Output {
 
 /// Runs `program args…` to completion, killing it after `timeout`.
 pub async fn run(program: &str, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+    run_env(program, args, &[], timeout).await
+}
+
+/// [`run`] with `env` added to the environment.
+pub async fn run_env(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

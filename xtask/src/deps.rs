@@ -29,10 +29,24 @@ pub const PACKAGES: &[&str] = &[
     // `cargo xtask test` checks packaging/meshd.service with `systemd-analyze verify` (which
     // needs no systemd running).
     "systemd",
+    // `cargo xtask test` checks vagrant/Vagrantfile with `vagrant validate`, libvirt provider
+    // included.
+    "vagrant",
+    "vagrant-libvirt",
 ];
 
 /// `cargo xtask vm`: QEMU, and the decompressors of the kernel's modules.
 pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "xz-utils", "zstd"];
+
+/// `cargo xtask vagrant-box`: what makes the Debian root, its ext4 disk, the boot loader on it
+/// and the qcow2 image.
+pub const VAGRANT_BOX_PACKAGES: &[&str] = &[
+    "debootstrap",
+    "vagrant",
+    "e2fsprogs",
+    "extlinux",
+    "qemu-utils",
+];
 
 /// `cargo xtask fresh-check`: what builds the throwaway Debian root on this machine.
 pub const FRESH_CHECK_PACKAGES: &[&str] = &["debootstrap"];

@@ -15,6 +15,7 @@ mod lab;
 mod leftovers;
 mod step;
 mod test;
+mod vagrant;
 mod vm;
 
 use std::path::PathBuf;
@@ -70,6 +71,9 @@ enum Task {
         #[command(subcommand)]
         which: vm::Vm,
     },
+    /// Build the Vagrant box `vagrant/Vagrantfile` boots (Debian 12 from debootstrap, Debian's
+    /// kernel, Docker) and add it to Vagrant as `mesh/debian12`.
+    VagrantBox(vagrant::BoxArgs),
 }
 
 #[derive(Subcommand)]
@@ -109,6 +113,7 @@ async fn run(task: Task) -> anyhow::Result<()> {
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Dist(args) => dist::run(&args),
         Task::Vm { which } => vm::run_vm(which),
+        Task::VagrantBox(args) => vagrant::build(&args),
         Task::Clean => {
             let found = leftovers::find();
             found.report();

@@ -109,6 +109,14 @@ pub fn all() -> anyhow::Result<()> {
         eprintln!("error: {}", step::one_line(&err));
         failed.push("systemd unit check");
     }
+    if let Err(err) = step::run(
+        "the Vagrant lab (vagrant validate vagrant/Vagrantfile)",
+        "mend what vagrant names above in vagrant/Vagrantfile",
+        crate::vagrant::validate,
+    ) {
+        eprintln!("error: {}", step::one_line(&err));
+        failed.push("Vagrantfile check");
+    }
     for check in checks {
         if let Err(err) = step::run(check.what, check.fix, || {
             run_shown(&cargo, check.args, check.env)
