@@ -98,6 +98,15 @@ if step config; then
 	systemctl is-active --quiet meshd.service || fail "meshd is not running: see journalctl -u meshd"
 fi
 
+# The demo image on every node, before it joins: the demo's tasks may land on any node.
+if step demo && ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+	tar=${MESH_IMAGE_TAR:-/usr/share/mesh-lab/busybox-rootfs.tar}
+	[ -f "$tar" ] || tar=/usr/share/mesh-lab/busybox-rootfs.tar
+	[ -f "$tar" ] || fail "no image root file system at ${MESH_IMAGE_TAR:-} or in the box"
+	say "importing $IMAGE"
+	docker import --change "ENV PATH=/bin" "$tar" "$IMAGE" >/dev/null
+fi
+
 in_swarm() {
 	meshctl info | grep -q '^Swarm: active'
 }
@@ -156,15 +165,8 @@ if step swarm; then
 	fi
 fi
 
-# The demo image on every node (tasks may land anywhere); the service once, from node1.
+# The demo service, once, from node1.
 if step demo; then
-	if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
-		tar=${MESH_IMAGE_TAR:-/usr/share/mesh-lab/busybox-rootfs.tar}
-		[ -f "$tar" ] || tar=/usr/share/mesh-lab/busybox-rootfs.tar
-		[ -f "$tar" ] || fail "no image root file system at ${MESH_IMAGE_TAR:-} or in the box"
-		say "importing $IMAGE"
-		docker import --change "ENV PATH=/bin" "$tar" "$IMAGE" >/dev/null
-	fi
 	if [ "$ROLE" = init ] && ! meshctl service inspect "$SERVICE" >/dev/null 2>&1; then
 		replicas=${MESH_DEMO_REPLICAS:-3}
 		say "creating the demo service: $replicas tasks published on port $PUBLISHED"
