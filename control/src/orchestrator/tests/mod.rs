@@ -63,6 +63,7 @@ fn service(name: &str, mode: service_spec::Mode, restart: Option<RestartPolicy>)
             }),
             mode: Some(mode),
             endpoint: None,
+            ..Default::default()
         }),
         spec_version: 1,
         ..Default::default()

@@ -29,6 +29,7 @@ fn service(id: &str, name: &str, mode: Mode, max: u64) -> Service {
             }),
             mode: Some(mode),
             endpoint: None,
+            ..Default::default()
         }),
         ..Default::default()
     }
