@@ -16,6 +16,7 @@ use crate::store::{Read, ReadTx, Store, new_id};
 
 mod lifecycle;
 mod replicated;
+mod update;
 
 fn new_store() -> Store {
     crate::store::direct_store()
