@@ -139,7 +139,8 @@ pub async fn watch(
         Some(Mode::Global(_))
     );
     let asked_rollback = update_state(service) == UpdateState::RollbackStarted;
-    let mut rolled_back = false;
+    // Why the update rolled itself back, once it did.
+    let mut rolled_back: Option<String> = None;
     let mut service = service.clone();
     let mut sink = Sink::new(quiet);
     let mut stable_since: Option<Instant> = None;
@@ -166,10 +167,12 @@ pub async fn watch(
                     status.message
                 )));
             }
-            UpdateState::RollbackStarted if !asked_rollback && !rolled_back => {
-                rolled_back = true;
+            UpdateState::RollbackStarted | UpdateState::RollbackCompleted
+                if !asked_rollback && rolled_back.is_none() =>
+            {
                 stable_since = None;
                 sink.line("rollback", format!("rollback: {}", status.message))?;
+                rolled_back = Some(status.message.clone());
             }
             _ => {}
         }
@@ -218,10 +221,9 @@ pub async fn watch(
         if started.elapsed() >= VERIFY {
             sink.verify(format!("verify: Service {name} converged"))?;
             sink.finish();
-            if rolled_back {
-                let message = service.update_status.map(|s| s.message).unwrap_or_default();
+            if let Some(reason) = rolled_back {
                 return Err(CliError::Converge(format!(
-                    "service {name} rolled back: {message}"
+                    "service {name} rolled back: {reason}"
                 )));
             }
             return Ok(());
