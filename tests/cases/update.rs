@@ -2,7 +2,8 @@
 //! start-first keeps every replica running throughout (sampled from `service ps` while the update
 //! runs), stop-first never drops below N − parallelism, a failing update pauses (or rolls itself
 //! back with `--update-failure-action rollback`), and `service rollback` restores the previous
-//! image and environment. Bad input is refused in one line with nothing changed.
+//! image and environment. Bad input is refused in one line with nothing changed. An update whose
+//! leader dies half-way is carried on by the next leader.
 //!
 //! The failing update runs `false`: its tasks exit at once, no health check is involved. The second
 //! image is the test image tagged again on every node (no registry is reachable).
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, Output, require_privileged, wait_until};
+use mesh_tests::{BUSYBOX_IMAGE, Cluster, Node, Output, Role, require_privileged, wait_until};
 use serde_json::Value;
 
 /// Bound on convergence: bounds the tests, not a speed assertion.
@@ -391,6 +392,81 @@ async fn service_rollback_restores_the_previous_image_and_env() -> anyhow::Resul
     ensure!(
         container["Env"] == serde_json::json!(["COLOR=green"]),
         "{container}"
+    );
+    Ok(())
+}
+
+/// The update's state lives in the store: when the leader dies half-way through, the next leader
+/// carries the same update on (same start time, same pace) to completion.
+#[tokio::test]
+async fn an_update_carries_on_under_a_new_leader() -> anyhow::Result<()> {
+    require_privileged!();
+    let mut cluster = Cluster::builder()
+        .managers(3)
+        .workers(2)
+        .dispatcher_heartbeat("1s")
+        .start()
+        .await?;
+    for node in cluster.nodes() {
+        node.docker(&["tag", BUSYBOX_IMAGE, IMAGE_V2])
+            .await?
+            .ok("docker tag")?;
+    }
+    let leader = cluster.wait_leader(&[], CONVERGE).await?;
+    let follower = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.role() == Role::Manager && n.hostname() != leader)
+        .context("no follower")?;
+    create(
+        follower,
+        "slow",
+        6,
+        &[
+            "--constraint",
+            "node.role==worker",
+            "--update-delay",
+            "3s",
+            "--update-monitor",
+            "1s",
+        ],
+    )
+    .await?;
+    follower
+        .meshctl_ok(&["service", "update", "-d", "--image", IMAGE_V2, "slow"])
+        .await?;
+    wait_until(CONVERGE, "two replicas updated", async || {
+        let images = running(follower, "slow").await?;
+        Ok(images.iter().filter(|i| *i == IMAGE_V2).count() >= 2)
+    })
+    .await?;
+    let before = inspect(follower, "slow").await?;
+    let updated = running(follower, "slow").await?;
+    ensure!(
+        update_state(&before) == "updating" && updated.iter().any(|i| i == BUSYBOX_IMAGE),
+        "the update was over before the leader died: {updated:?} {}",
+        before["UpdateStatus"]
+    );
+
+    let position = cluster.position(&leader)?;
+    cluster.nodes_mut()[position].kill_meshd();
+    cluster.wait_leader(&[&leader], CONVERGE).await?;
+    let survivor = cluster.live_manager()?;
+    wait_until(CONVERGE, "the update to complete", async || {
+        Ok(update_state(&inspect(survivor, "slow").await?) == "completed")
+    })
+    .await?;
+    let after = inspect(survivor, "slow").await?;
+    ensure!(
+        after["UpdateStatus"]["StartedAt"] == before["UpdateStatus"]["StartedAt"],
+        "a new update started instead: {} then {}",
+        before["UpdateStatus"],
+        after["UpdateStatus"]
+    );
+    let images = running(survivor, "slow").await?;
+    ensure!(
+        images.len() == 6 && images.iter().all(|i| i == IMAGE_V2),
+        "after the update: {images:?}"
     );
     Ok(())
 }
