@@ -91,6 +91,19 @@ pub fn state(service: &Service) -> UpdateState {
         .unwrap_or(UpdateState::Unknown)
 }
 
+/// Docker's name of an update state (`updating`, `paused`, … `rollback_completed`; "" for none).
+pub fn state_name(state: UpdateState) -> &'static str {
+    match state {
+        UpdateState::Unknown => "",
+        UpdateState::Updating => "updating",
+        UpdateState::Paused => "paused",
+        UpdateState::Completed => "completed",
+        UpdateState::RollbackStarted => "rollback_started",
+        UpdateState::RollbackPaused => "rollback_paused",
+        UpdateState::RollbackCompleted => "rollback_completed",
+    }
+}
+
 /// A slot as the updater sees it: its live task and every task it holds (oldest first).
 #[derive(Debug, Clone, Copy)]
 pub struct SlotView<'a> {

@@ -2,7 +2,7 @@
 //! and `UpdateStatus`, in Docker's shape.
 
 use crate::output::rfc3339;
-use mesh_control::orchestrator::update::Config;
+use mesh_control::orchestrator::update::{self, Config};
 use mesh_proto::{UpdateConfig, UpdateFailureAction, UpdateOrder, UpdateState, UpdateStatus};
 use serde::Serialize;
 
@@ -47,15 +47,7 @@ pub fn order_name(order: UpdateOrder) -> &'static str {
 
 /// Docker's name of an update state ("" before any update).
 pub fn update_state_name(state: i32) -> &'static str {
-    match UpdateState::try_from(state) {
-        Ok(UpdateState::Updating) => "updating",
-        Ok(UpdateState::Paused) => "paused",
-        Ok(UpdateState::Completed) => "completed",
-        Ok(UpdateState::RollbackStarted) => "rollback_started",
-        Ok(UpdateState::RollbackPaused) => "rollback_paused",
-        Ok(UpdateState::RollbackCompleted) => "rollback_completed",
-        Ok(UpdateState::Unknown) | Err(_) => "",
-    }
+    UpdateState::try_from(state).map_or("", update::state_name)
 }
 
 /// A config as docker prints it, defaults filled in; absent when the spec has none.
