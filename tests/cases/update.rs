@@ -1,6 +1,7 @@
 //! Rolling updates and rollbacks on a three-node cluster, driven through meshctl as a user would:
 //! start-first keeps every replica running throughout (sampled from `service ps` while the update
-//! runs), stop-first never drops below N − parallelism, a failing update pauses (or rolls itself
+//! runs), stop-first never drops below N − parallelism and starts each replacement only once the
+//! task it replaces has stopped, a failing update pauses (or rolls itself
 //! back with `--update-failure-action rollback`), and `service rollback` restores the previous
 //! image and environment. Bad input is refused in one line with nothing changed. An update whose
 //! leader dies half-way is carried on by the next leader.
@@ -34,7 +35,8 @@ async fn cluster() -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-/// `service create` (waiting for convergence) with `extra` flags, running `sleep 1000000`.
+/// `service create` (waiting for convergence) with `extra` flags, running `sleep 1000000` with a
+/// 1 s stop grace period.
 async fn create(node: &Node, name: &str, replicas: u32, extra: &[&str]) -> anyhow::Result<()> {
     let replicas = replicas.to_string();
     let mut args = vec![
@@ -45,6 +47,9 @@ async fn create(node: &Node, name: &str, replicas: u32, extra: &[&str]) -> anyho
         name,
         "--replicas",
         &replicas,
+        // `sleep` ignores SIGTERM: a short grace period keeps stop-first updates quick.
+        "--stop-grace-period",
+        "1s",
     ];
     args.extend_from_slice(extra);
     args.extend([BUSYBOX_IMAGE, "sleep", "1000000"]);
@@ -77,25 +82,34 @@ async fn running(node: &Node, name: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Runs `meshctl ARGS` while counting the service's running tasks every 50 ms; returns its
-/// output and the counts seen.
-async fn sampled(node: &Node, name: &str, args: &[&str]) -> anyhow::Result<(Output, Vec<usize>)> {
+/// Runs `meshctl ARGS` while sampling, every 50 ms, the service's running tasks (from `service
+/// ps`) and its running containers (from every node's dockerd); returns its output and both
+/// series.
+async fn sampled(
+    cluster: &Cluster,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<(Output, Vec<usize>, Vec<usize>)> {
+    let node = cluster.manager();
     let done = AtomicBool::new(false);
     let sampler = async {
-        let mut counts = Vec::new();
+        let (mut tasks, mut containers) = (Vec::new(), Vec::new());
         while !done.load(Ordering::SeqCst) {
-            counts.push(running(node, name).await?.len());
+            tasks.push(running(node, name).await?.len());
+            let by_node = cluster.running_by_node(name).await?;
+            containers.push(by_node.values().map(Vec::len).sum());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::Ok(counts)
+        anyhow::Ok((tasks, containers))
     };
     let command = async {
         let out = node.meshctl(args).await;
         done.store(true, Ordering::SeqCst);
         out
     };
-    let (counts, out) = tokio::join!(sampler, command);
-    Ok((out?, counts?))
+    let (samples, out) = tokio::join!(sampler, command);
+    let (tasks, containers) = samples?;
+    Ok((out?, tasks, containers))
 }
 
 /// Waits until every running container of the service, on every node, runs `image` with `env` in
@@ -155,8 +169,8 @@ async fn start_first_keeps_every_replica_and_stop_first_at_most_parallelism_fewe
     .await?;
 
     // Start-first, one at a time: N running at every sample.
-    let (out, counts) = sampled(
-        manager,
+    let (out, counts, _) = sampled(
+        &cluster,
         "web",
         &["service", "update", "--image", IMAGE_V2, "web"],
     )
@@ -192,8 +206,8 @@ async fn start_first_keeps_every_replica_and_stop_first_at_most_parallelism_fewe
     ensure!(service["Spec"]["UpdateConfig"]["Order"] == "start-first");
 
     // Stop-first, two at a time: never fewer than N − 2.
-    let (out, counts) = sampled(
-        manager,
+    let (out, counts, containers) = sampled(
+        &cluster,
         "web",
         &[
             "service",
@@ -217,6 +231,13 @@ async fn start_first_keeps_every_replica_and_stop_first_at_most_parallelism_fewe
     ensure!(
         least >= replicas as usize - 2,
         "stop-first dropped below N - parallelism: {counts:?}"
+    );
+    // Each replacement starts only once its old container has stopped: never more than N.
+    let most = containers.iter().max().copied().unwrap_or(0);
+    eprintln!("    stop-first: most containers running at once {most}");
+    ensure!(
+        most <= replicas as usize,
+        "a replacement started before the task it replaces stopped: {containers:?}"
     );
     wait_containers(&cluster, "web", IMAGE_V2, "PHASE=2").await?;
     Ok(())

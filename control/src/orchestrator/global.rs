@@ -87,6 +87,9 @@ pub fn plan_service(
             }
             Eligibility::Run => {
                 served.insert(node_id);
+                if update::may_start(newest, group, &|_| false) {
+                    plan.set_desired(newest, TaskState::Running);
+                }
                 let live = plan.restart_if_needed(service, newest, group, false, history, now);
                 current.push((key.clone(), live, group));
             }

@@ -123,6 +123,9 @@ pub fn plan_service(
             continue;
         };
         let down = node_down(task);
+        if update::may_start(task, group, node_down) {
+            plan.set_desired(task, TaskState::Running);
+        }
         let live = plan.restart_if_needed(service, task, group, down, history, now);
         current.push((key.clone(), live, group));
     }

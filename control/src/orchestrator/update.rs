@@ -292,18 +292,38 @@ pub fn decide<'a>(service: &Service, slots: &[SlotView<'a>], now: i64) -> Decisi
     decision
 }
 
-/// The writes that replace `live` with a task of the current spec: its new desired state (stop-
-/// first: shut down now; start-first: none, it stops once the replacement runs, see
-/// [`keep_until_replaced`]) and the replacement.
+/// The writes that replace `live` with a task of the current spec: its new desired state and the
+/// replacement. Stop-first: shut down now, and the replacement waits in desired READY until it
+/// has stopped ([`may_start`]); start-first: no change, it stops once the replacement runs
+/// ([`keep_until_replaced`]).
 pub fn replace(service: &Service, live: &Task, order: UpdateOrder) -> (Option<Task>, Task) {
     let node = (live.slot == 0).then_some(live.node_id.as_str());
-    let replacement = task::new_task(service, live.slot, node);
+    let mut replacement = task::new_task(service, live.slot, node);
     let old = match order {
-        UpdateOrder::StopFirst => Some(task::with_desired(live, TaskState::Shutdown)),
+        UpdateOrder::StopFirst => {
+            replacement.desired_state = TaskState::Ready as i32;
+            replacement.replaces = live.id.clone();
+            Some(task::with_desired(live, TaskState::Shutdown))
+        }
         UpdateOrder::StartFirst => None,
     };
     (old, replacement)
 }
+
+/// Whether `task`, a stop-first replacement waiting in desired READY, may start: the task it
+/// replaces (among `slot`'s tasks) has stopped, is gone, or was lost with its node.
+pub fn may_start(task: &Task, slot: &[&Task], node_down: &dyn Fn(&Task) -> bool) -> bool {
+    if task.replaces.is_empty() || task::desired(task) != TaskState::Ready {
+        return false;
+    }
+    slot.iter()
+        .find(|t| t.id == task.replaces)
+        .is_none_or(|old| task::is_terminal(task::state(old)) || node_down(old))
+}
+
+/// How long a stop-first replacement waits for the task it replaces at most (Swarm's bound too),
+/// after which the restart supervisor starts it anyway.
+pub const STOP_WAIT_NS: i64 = 60_000_000_000;
 
 /// Whether `older`, a live task in the same slot as the newer live task `newest`, stays up: it
 /// does while `newest` is a replacement of the current spec that is not running (a start-first

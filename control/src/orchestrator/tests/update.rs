@@ -219,3 +219,41 @@ async fn failure_action_rollback_returns_to_the_previous_spec() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn stop_first_starts_the_replacement_once_the_old_task_stopped() {
+    let (store, _stop) = start();
+    let id = running_service(&store, "web", 2).await;
+    let stop_first = config(UpdateFailureAction::Pause, UpdateOrder::StopFirst, 0);
+    update_image(&store, &id, "busybox:2", stop_first).await;
+    wait_for(&store, "a replacement", |tx| {
+        !tx.find::<Task>(|t| t.service_id == id && t.spec_version == 2)
+            .is_empty()
+    })
+    .await;
+    let fresh = store.view(|tx| tx.find::<Task>(|t| t.service_id == id && t.spec_version == 2));
+    assert_eq!(
+        task::desired(&fresh[0]),
+        TaskState::Ready,
+        "waits for the old task"
+    );
+    let old = store
+        .view(|tx| tx.get::<Task>(&fresh[0].replaces))
+        .expect("the replaced task");
+    assert_eq!(task::desired(&old), TaskState::Shutdown);
+    settle(&store, "sentinel").await;
+    let still = store
+        .view(|tx| tx.get::<Task>(&fresh[0].id))
+        .expect("replacement");
+    assert_eq!(
+        task::desired(&still),
+        TaskState::Ready,
+        "the old task still runs"
+    );
+    report(&store, &old.id, TaskState::Shutdown, 0, None).await;
+    wait_for(&store, "the replacement started", |tx| {
+        tx.get::<Task>(&fresh[0].id)
+            .is_some_and(|t| task::desired(&t) == TaskState::Running)
+    })
+    .await;
+}

@@ -185,6 +185,11 @@ fn order_decides_when_the_old_task_stops() {
         Some(TaskState::Shutdown as i32)
     );
     assert_eq!(replacement.spec_version, 2);
+    assert_eq!(
+        (replacement.desired_state, replacement.replaces.as_str()),
+        (TaskState::Ready as i32, "old"),
+        "stop-first: the replacement waits for the old task"
+    );
     let (stopped, replacement) = replace(&service, &live, UpdateOrder::StartFirst);
     assert!(stopped.is_none(), "start-first leaves the old task running");
     assert_eq!(replacement.desired_state, TaskState::Running as i32);
@@ -439,4 +444,39 @@ fn rollback_uses_the_rollback_config() {
     assert_eq!(replaced, vec![0, 1, 2]);
     service.spec.as_mut().expect("spec").rollback_config = None;
     assert_eq!(Config::of(&service), Config::DEFAULT);
+}
+
+#[test]
+fn a_stop_first_replacement_starts_once_the_old_task_stopped() {
+    let service = service(
+        config(1, UpdateFailureAction::Pause, 0.0),
+        UpdateState::Updating,
+    );
+    let up = |_: &Task| false;
+    let down = |_: &Task| true;
+    // (state of the replaced task, its node down, may start)
+    let cases = [
+        (TaskState::Running, false, false),
+        (TaskState::Shutdown, false, true),
+        (TaskState::Failed, false, true),
+        (TaskState::Running, true, true),
+    ];
+    for (state, node_down, want) in cases {
+        let old = task("old", 1, state, 0, 1, 1);
+        let (_, replacement) = replace(&service, &old, UpdateOrder::StopFirst);
+        let slot = [&old, &replacement];
+        let lost: &dyn Fn(&Task) -> bool = if node_down { &down } else { &up };
+        assert_eq!(
+            may_start(&replacement, &slot, lost),
+            want,
+            "{state:?} {node_down}"
+        );
+    }
+    // The replaced task gone from the store (reaped): start.
+    let old = old();
+    let (_, replacement) = replace(&service, &old, UpdateOrder::StopFirst);
+    assert!(may_start(&replacement, &[&replacement], &up));
+    // Neither a start-first replacement nor a running task waits for anything.
+    let (_, start_first) = replace(&service, &old, UpdateOrder::StartFirst);
+    assert!(!may_start(&start_first, &[&old, &start_first], &up));
 }
