@@ -114,6 +114,7 @@ async fn a_scrape_and_the_events_follow_a_service() {
         service_id: service.id.clone(),
         version: service.meta.and_then(|m| m.version),
         spec: Some(spec("web", 3)),
+        rollback: false,
     }))
     .await
     .expect("scale");

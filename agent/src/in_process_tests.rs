@@ -75,6 +75,7 @@ pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
         }),
         mode: Some(Mode::Replicated(ReplicatedService { replicas })),
         endpoint: None,
+        ..Default::default()
     }
 }
 
@@ -192,6 +193,7 @@ async fn service_lifecycle_survives_a_daemon_restart() {
             service_id: service.id.clone(),
             version: service.meta.and_then(|m| m.version),
             spec: Some(spec("web", replicas)),
+            rollback: false,
         }))
         .await
         .expect("scale");
@@ -414,6 +416,7 @@ async fn a_hundred_million_replicas_are_refused_and_change_nothing() {
             service_id: web.id.clone(),
             version: web.meta.and_then(|m| m.version),
             spec: Some(spec("web", 100_000_000)),
+            rollback: false,
         }))
         .await
         .expect_err("refused");

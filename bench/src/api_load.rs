@@ -181,6 +181,7 @@ fn spec(name: &str, replicas: u64) -> ServiceSpec {
         }),
         mode: Some(Mode::Replicated(ReplicatedService { replicas })),
         endpoint: None,
+        ..Default::default()
     }
 }
 

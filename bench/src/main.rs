@@ -12,6 +12,7 @@ mod lb;
 mod metrics;
 mod overlay;
 mod run;
+mod update;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,13 @@ enum Bench {
     /// Time from a worker's link cut to its node marked down and its tasks running elsewhere, and
     /// from the leader's death to a new leader.
     Failover {
+        /// Benchmark a release build of meshd (builds it first).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Rolling updates of 30 replicas on 3 nodes, stop-first and start-first, parallelism 1, 5
+    /// and 0: time to converged and to completed, and failed requests during each.
+    Update {
         /// Benchmark a release build of meshd (builds it first).
         #[arg(long)]
         release: bool,
@@ -96,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Converge { release } => converge::converge(release).await,
         Bench::Failover { release } => failover::failover(release).await,
         Bench::Metrics => metrics::metrics(),
+        Bench::Update { release } => update::update(release).await,
         Bench::Overlay { release } => overlay::overlay(release).await,
         Bench::Gossip(args) => gossip::gossip(args).await,
         Bench::Lb(args) => lb::lb(args).await,

@@ -71,6 +71,8 @@ fn web_spec() -> ServiceSpec {
                 ..PortConfig::default()
             }],
         }),
+        update_config: None,
+        rollback_config: None,
     }
 }
 
@@ -582,7 +584,8 @@ fn api_seeds() -> Vec<(String, Vec<u8>)> {
                     let request = UpdateServiceRequest {
                         service_id: "web".into(),
                         version: None,
-                        spec: Some(spec),
+                        spec: (!flags.rollback).then_some(spec),
+                        rollback: flags.rollback,
                     };
                     push(
                         &format!("update-service-{i}"),

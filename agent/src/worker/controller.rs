@@ -442,6 +442,8 @@ impl Controller {
             err,
             container: self.container_status(),
             scheduling_reason: String::new(),
+            // The manager stamps when a task first runs.
+            started_at: 0,
         };
         self.reporter.report(self.status.clone());
     }

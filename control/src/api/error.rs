@@ -15,6 +15,7 @@ pub fn status(err: StoreError) -> Status {
         StoreError::AlreadyExists { .. } => Status::already_exists(message),
         StoreError::Conflict { .. } => Status::aborted(message),
         StoreError::InvalidArgument(_) | StoreError::Limit(_) => Status::invalid_argument(message),
+        StoreError::FailedPrecondition(_) => Status::failed_precondition(message),
         StoreError::NotLeader { leader } => {
             let mut status = Status::new(Code::Unavailable, message);
             if let Some(leader) = leader.and_then(|l| l.parse().ok()) {

@@ -17,6 +17,7 @@ mod validate;
 
 pub use error::{LEADER_METADATA, limit, not_a_manager, status};
 pub use node_ca::{DEFAULT_CERT_EXPIRY, NodeCaService, cert_validity, trusted_roots_pem};
+pub(crate) use services::roll_back;
 pub use validate::{service_name as validate_service_name, service_spec as validate_service_spec};
 
 use mesh_proto::control_client::ControlClient;

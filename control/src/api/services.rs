@@ -4,7 +4,8 @@ use futures::StreamExt;
 use mesh_proto::{
     CreateServiceRequest, Endpoint, EndpointSpec, GetServiceRequest, ListServicesResponse,
     ListTasksRequest, ListTasksResponse, LogMessage, Node, RemoveServiceRequest, Service,
-    ServiceLogsRequest, ServiceSpec, Task, TaskState, UpdateServiceRequest, service_spec::Mode,
+    ServiceLogsRequest, ServiceSpec, Task, TaskState, UpdateServiceRequest, UpdateState,
+    UpdateStatus, service_spec::Mode,
 };
 use std::collections::HashMap;
 use tokio_stream::wrappers::ReceiverStream;
@@ -12,7 +13,7 @@ use tonic::Status;
 
 use super::{ManagerContext, Stream, ports, resolve, status, validate};
 use crate::limits;
-use crate::store::{Kind, Read, Store, StoreError, WriteTx, new_id};
+use crate::store::{Kind, Read, Store, StoreError, WriteTx, new_id, now_nanos};
 
 pub(super) fn get(store: &Store, req: GetServiceRequest) -> Result<Service, Status> {
     store
@@ -62,10 +63,19 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
 }
 
 pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<Service, Status> {
-    let spec = req
-        .spec
-        .ok_or_else(|| Status::invalid_argument("service spec is missing"))?;
-    validate::service_spec(&spec).map_err(Status::invalid_argument)?;
+    if req.rollback {
+        if req.spec.is_some() {
+            return Err(Status::invalid_argument(
+                "a rollback takes no spec: it returns to the previous one",
+            ));
+        }
+    } else {
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("service spec is missing"))?;
+        validate::service_spec(spec).map_err(Status::invalid_argument)?;
+    }
     let id = store
         .update(|tx| {
             let mut service = resolve::service(tx, &req.service_id)?;
@@ -77,31 +87,18 @@ pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<S
                     id: service.id,
                 });
             }
-            let old = service.spec.clone().unwrap_or_default();
-            let global = |m: &Option<Mode>| matches!(m, Some(Mode::Global(_)));
-            if global(&old.mode) != global(&spec.mode) {
-                return Err(StoreError::InvalidArgument(
-                    "a service's mode (replicated or global) cannot be changed".into(),
-                ));
+            match &req.spec {
+                Some(spec) => change_spec(tx, &mut service, spec.clone())?,
+                None => {
+                    roll_back(tx, &mut service, true)?;
+                    service.update_status = Some(UpdateStatus {
+                        state: UpdateState::RollbackStarted as i32,
+                        started_at: now_nanos(),
+                        completed_at: 0,
+                        message: "manually requested rollback".into(),
+                    });
+                }
             }
-            if old.annotations.as_ref().map(|a| &a.name)
-                != spec.annotations.as_ref().map(|a| &a.name)
-            {
-                return Err(StoreError::InvalidArgument(
-                    "renaming services is not supported".into(),
-                ));
-            }
-            check_networks(tx, Some(&spec))?;
-            check_cluster_tasks(tx, &service.id, Some(&spec))?;
-            let wanted = spec.endpoint.clone().unwrap_or_default();
-            service.endpoint = Some(endpoint(tx, &service.id, &wanted, service.endpoint.take())?);
-            // New tasks for a new task template, and for new ports (as Swarm does): a task
-            // carries the ports its node publishes in host mode.
-            if old.task != spec.task || old.endpoint != spec.endpoint {
-                service.spec_version += 1;
-            }
-            service.previous_spec = Some(old);
-            service.spec = Some(spec.clone());
             let id = service.id.clone();
             tx.update(service)?;
             Ok(id)
@@ -109,6 +106,97 @@ pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<S
         .await
         .map_err(status)?;
     get(store, GetServiceRequest { reference: id })
+}
+
+/// Makes `spec` the service's spec, the one it replaces its previous spec. A new task template
+/// (or new ports) gets a new spec version, which starts a rolling update.
+fn change_spec(
+    tx: &WriteTx<'_>,
+    service: &mut Service,
+    spec: ServiceSpec,
+) -> Result<(), StoreError> {
+    let old = service.spec.clone().unwrap_or_default();
+    let global = |m: &Option<Mode>| matches!(m, Some(Mode::Global(_)));
+    if global(&old.mode) != global(&spec.mode) {
+        return Err(StoreError::InvalidArgument(
+            "a service's mode (replicated or global) cannot be changed".into(),
+        ));
+    }
+    if old.annotations.as_ref().map(|a| &a.name) != spec.annotations.as_ref().map(|a| &a.name) {
+        return Err(StoreError::InvalidArgument(
+            "renaming services is not supported".into(),
+        ));
+    }
+    check_networks(tx, Some(&spec))?;
+    check_cluster_tasks(tx, &service.id, Some(&spec))?;
+    let wanted = spec.endpoint.clone().unwrap_or_default();
+    service.endpoint = Some(endpoint(tx, &service.id, &wanted, service.endpoint.take())?);
+    service.previous_spec_version = service.spec_version;
+    // New tasks for a new task template, and for new ports (as Swarm does): a task carries the
+    // ports its node publishes in host mode.
+    if old.task != spec.task || old.endpoint != spec.endpoint {
+        service.spec_version = next_spec_version(service);
+        // A new spec starts a new update, also over a paused one (as Swarm resets the status).
+        service.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating as i32,
+            started_at: now_nanos(),
+            completed_at: 0,
+            message: "update in progress".into(),
+        });
+    } else {
+        // As Swarm: any other change clears the status; an update left paused over outdated
+        // tasks starts again.
+        service.update_status = None;
+    }
+    service.previous_spec = Some(old);
+    service.spec = Some(spec);
+    Ok(())
+}
+
+/// A spec version never given to this service before.
+fn next_spec_version(service: &Service) -> u64 {
+    service
+        .last_spec_version
+        .max(service.spec_version)
+        .max(service.previous_spec_version)
+        + 1
+}
+
+/// Makes the service's previous spec (and its spec version) current again, with its published
+/// ports assigned. A rollback a user asks for swaps the two specs, as Swarm does, so rolling back
+/// twice returns to the spec rolled back from; the updater's own rollback (`keep_previous`
+/// false) leaves no previous spec, as Swarm's.
+pub(crate) fn roll_back(
+    tx: &WriteTx<'_>,
+    service: &mut Service,
+    keep_previous: bool,
+) -> Result<(), StoreError> {
+    let Some(previous) = service.previous_spec.take() else {
+        return Err(StoreError::FailedPrecondition(format!(
+            "service {} does not have a previous spec",
+            resolve::service_name(service)
+        )));
+    };
+    service.last_spec_version = service
+        .last_spec_version
+        .max(service.spec_version)
+        .max(service.previous_spec_version);
+    let wanted = previous.endpoint.clone().unwrap_or_default();
+    service.endpoint = Some(endpoint(tx, &service.id, &wanted, service.endpoint.take())?);
+    let current = service.spec.replace(previous);
+    let current_version = service.spec_version;
+    // A previous spec stored before spec versions were kept for it gets a fresh number.
+    service.spec_version = match service.previous_spec_version {
+        0 => next_spec_version(service),
+        version => version,
+    };
+    if keep_previous {
+        service.previous_spec = current;
+        service.previous_spec_version = current_version;
+    } else {
+        service.previous_spec_version = 0;
+    }
+    Ok(())
 }
 
 /// The service's endpoint for `spec`: published ports assigned (keeping those `previous` gave),
@@ -274,3 +362,6 @@ fn random_name() -> String {
         NOUNS.choose(&mut rng).unwrap_or(&"turing")
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! Checks of user-supplied specs, each failure one line that says what is wrong.
 
-use mesh_proto::{ServiceSpec, service_spec::Mode};
+use mesh_proto::{ServiceSpec, UpdateConfig, UpdateFailureAction, UpdateOrder, service_spec::Mode};
 
 use crate::scheduler::constraint::Constraint;
 
@@ -108,6 +108,46 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
     if let Some(endpoint) = &spec.endpoint {
         super::ports::validate(endpoint)?;
     }
+    for (flag, config) in [
+        ("update", &spec.update_config),
+        ("rollback", &spec.rollback_config),
+    ] {
+        if let Some(config) = config {
+            update_config(flag, config)?;
+        }
+    }
+    Ok(())
+}
+
+/// An update or rollback config (`flag` is "update" or "rollback", for the flag names).
+pub fn update_config(flag: &str, config: &UpdateConfig) -> Result<(), Invalid> {
+    if config.delay_ns < 0 {
+        return Err(format!("--{flag}-delay must not be negative"));
+    }
+    if config.monitor_ns.is_some_and(|m| m < 0) {
+        return Err(format!("--{flag}-monitor must not be negative"));
+    }
+    let ratio = config.max_failure_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(format!(
+            "invalid --{flag}-max-failure-ratio {ratio}: must be between 0 and 1"
+        ));
+    }
+    if UpdateFailureAction::try_from(config.failure_action).is_err() {
+        return Err(format!(
+            "unknown --{flag}-failure-action {}: use pause, continue or rollback",
+            config.failure_action
+        ));
+    }
+    if flag == "rollback" && config.failure_action == UpdateFailureAction::Rollback as i32 {
+        return Err("--rollback-failure-action must be pause or continue".into());
+    }
+    if UpdateOrder::try_from(config.order).is_err() {
+        return Err(format!(
+            "unknown --{flag}-order {}: use stop-first or start-first",
+            config.order
+        ));
+    }
     Ok(())
 }
 
@@ -123,5 +163,96 @@ mod tests {
         for bad in ["", "-web", "web-", "we b", "web.1", &"a".repeat(64)] {
             assert!(service_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn update_configs() {
+        let ok = UpdateConfig {
+            parallelism: 0,
+            delay_ns: 0,
+            failure_action: UpdateFailureAction::Rollback as i32,
+            monitor_ns: Some(0),
+            max_failure_ratio: 1.0,
+            order: UpdateOrder::StartFirst as i32,
+        };
+        assert_eq!(update_config("update", &ok), Ok(()));
+        let with = |f: &dyn Fn(&mut UpdateConfig)| {
+            let mut c = ok;
+            f(&mut c);
+            c
+        };
+        // (flag, config, the error)
+        let cases: Vec<(&str, UpdateConfig, &str)> = vec![
+            (
+                "update",
+                with(&|c| c.delay_ns = -1),
+                "--update-delay must not be negative",
+            ),
+            (
+                "rollback",
+                with(&|c| c.monitor_ns = Some(-5)),
+                "--rollback-monitor must not be negative",
+            ),
+            (
+                "update",
+                with(&|c| c.max_failure_ratio = 1.5),
+                "invalid --update-max-failure-ratio 1.5: must be between 0 and 1",
+            ),
+            (
+                "update",
+                with(&|c| c.max_failure_ratio = -0.1),
+                "invalid --update-max-failure-ratio -0.1: must be between 0 and 1",
+            ),
+            (
+                "update",
+                with(&|c| c.max_failure_ratio = f32::NAN),
+                "invalid --update-max-failure-ratio NaN: must be between 0 and 1",
+            ),
+            (
+                "update",
+                with(&|c| c.failure_action = 7),
+                "unknown --update-failure-action 7: use pause, continue or rollback",
+            ),
+            (
+                "rollback",
+                ok,
+                "--rollback-failure-action must be pause or continue",
+            ),
+            (
+                "update",
+                with(&|c| c.order = 2),
+                "unknown --update-order 2: use stop-first or start-first",
+            ),
+        ];
+        for (flag, config, want) in cases {
+            assert_eq!(
+                update_config(flag, &config),
+                Err(want.to_string()),
+                "{want}"
+            );
+        }
+        let spec = ServiceSpec {
+            rollback_config: Some(with(&|c| c.max_failure_ratio = 2.0)),
+            ..Default::default()
+        };
+        let err = service_spec(&ServiceSpec {
+            annotations: Some(mesh_proto::Annotations {
+                name: "web".into(),
+                ..Default::default()
+            }),
+            mode: Some(Mode::Replicated(Default::default())),
+            task: Some(mesh_proto::TaskSpec {
+                container: Some(mesh_proto::ContainerSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..spec
+        });
+        assert_eq!(
+            err,
+            Err("invalid --rollback-max-failure-ratio 2: must be between 0 and 1".into())
+        );
     }
 }

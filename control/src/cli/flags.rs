@@ -53,6 +53,8 @@ pub enum FlagError {
     Addr(String),
     #[error("invalid publish {value:?}: {reason}")]
     Publish { value: String, reason: String },
+    #[error("invalid value {value:?} for {what}: must be a number between 0 and 1")]
+    Ratio { what: &'static str, value: String },
 }
 
 /// A Go-style duration (`10s`, `1m30s`, `500ms`, `0`) in nanoseconds.
@@ -133,7 +135,7 @@ pub fn parse_count(what: &'static str, value: &str) -> Result<u64, FlagError> {
     })
 }
 
-fn choice<T: Copy>(
+pub(crate) fn choice<T: Copy>(
     what: &'static str,
     expected: &'static str,
     table: &[(&str, T)],

@@ -1,4 +1,4 @@
-//! `meshctl service create|ls|ps|inspect|scale|update|rm|logs`: the arguments.
+//! `meshctl service create|ls|ps|inspect|scale|update|rollback|rm|logs`: the arguments.
 
 use super::flags::parse_scale;
 use super::logs::LogsArgs;
@@ -47,6 +47,17 @@ pub enum ServiceCommand {
     },
     /// Update a service
     Update(Box<UpdateFlags>),
+    /// Revert changes to a service's configuration
+    Rollback {
+        /// Exit immediately instead of waiting for the service to converge
+        #[arg(short, long)]
+        detach: bool,
+        /// Suppress progress output
+        #[arg(short, long)]
+        quiet: bool,
+        /// The service to roll back
+        service: String,
+    },
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm {

@@ -234,6 +234,8 @@ pub struct CreateFlags {
     pub restart: RestartFlags,
     #[command(flatten)]
     pub container: ContainerFlags,
+    #[command(flatten)]
+    pub rollout: RolloutFlags,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -294,7 +296,7 @@ impl CreateFlags {
                 replicas: self.replicas.unwrap_or(1),
             })
         };
-        let spec = ServiceSpec {
+        let mut spec = ServiceSpec {
             annotations: Some(Annotations {
                 name: self.name.clone().unwrap_or_default(),
                 labels: self.labels.iter().cloned().collect(),
@@ -305,7 +307,10 @@ impl CreateFlags {
                 self.endpoint_mode.unwrap_or(EndpointMode::Vip),
                 &self.publish,
             ),
+            update_config: None,
+            rollback_config: None,
         };
+        self.rollout.create(&mut spec);
         limits::service_spec(&spec)?;
         Ok(spec)
     }
@@ -346,7 +351,9 @@ pub fn validate_image(image: &str) -> Result<(), InputError> {
     Ok(())
 }
 
+mod rollout;
 mod update;
+pub use rollout::RolloutFlags;
 pub use update::UpdateFlags;
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use mesh_proto::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use tokio::sync::mpsc;
 
-use crate::store::{Read, Store};
+use crate::store::{Read, Store, now_nanos};
 
 /// The status reports of one `UpdateTaskStatus` call, with the node that sent them.
 pub(super) struct StatusBatch {
@@ -66,6 +66,14 @@ pub(super) async fn write_batch(
     tracing::warn!("task status batch kept failing; dropped");
 }
 
+/// When the task first ran: kept from `current`, or `now` when `new` is its first RUNNING report.
+pub fn started_at(current: Option<&TaskStatus>, new: &TaskStatus, now: i64) -> i64 {
+    match current.map_or(0, |c| c.started_at) {
+        0 if new.state == TaskState::Running as i32 => now,
+        kept => kept,
+    }
+}
+
 async fn write_once(
     store: &Store,
     batches: &[StatusBatch],
@@ -82,9 +90,12 @@ async fn write_once(
                     if !accept_status(&task, &batch.node_id, status) {
                         continue;
                     }
-                    // Keep the scheduler's reason out of an agent's report.
+                    // Keep the scheduler's reason out of an agent's report; the manager
+                    // stamps when the task first ran (the update monitor counts from it).
+                    let started_at = started_at(task.status.as_ref(), status, now_nanos());
                     task.status = Some(TaskStatus {
                         scheduling_reason: String::new(),
+                        started_at,
                         ..status.clone()
                     });
                     tracing::debug!(task.id = %task.id, state = status.state, "task status");
@@ -138,6 +149,52 @@ mod tests {
                 accept_status(&t, reporter, &new),
                 want,
                 "{assigned} {current:?} <- {reporter} {new:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_running_report_is_stamped() {
+        let at = |state: TaskState, started_at: i64| TaskStatus {
+            state: state as i32,
+            started_at,
+            ..Default::default()
+        };
+        // (current status, new report, started_at written)
+        let cases = [
+            (None, at(TaskState::Running, 0), 100),
+            (
+                Some(at(TaskState::Starting, 0)),
+                at(TaskState::Running, 0),
+                100,
+            ),
+            (
+                Some(at(TaskState::Starting, 0)),
+                at(TaskState::Starting, 0),
+                0,
+            ),
+            (
+                Some(at(TaskState::Running, 40)),
+                at(TaskState::Running, 0),
+                40,
+            ),
+            (
+                Some(at(TaskState::Running, 40)),
+                at(TaskState::Failed, 0),
+                40,
+            ),
+            // An agent cannot set it.
+            (
+                Some(at(TaskState::Starting, 0)),
+                at(TaskState::Starting, 7),
+                0,
+            ),
+        ];
+        for (current, new, want) in cases {
+            assert_eq!(
+                started_at(current.as_ref(), &new, 100),
+                want,
+                "{current:?} <- {new:?}"
             );
         }
     }

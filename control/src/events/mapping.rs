@@ -83,13 +83,24 @@ fn image(service: &Service) -> String {
         .unwrap_or_default()
 }
 
+fn update_state(service: &Service) -> &'static str {
+    crate::orchestrator::update::state_name(crate::orchestrator::update::state(service))
+}
+
 /// A service's name; on an update only a changed spec counts, with its replicas and image
 /// old and new when they changed.
 fn service(old: Option<&Service>, new: &Service) -> Option<Attributes> {
     let mut attributes = Attributes::from([("name".to_owned(), service_name(new))]);
     if let Some(old) = old {
+        // As docker: a rolling update's state changing is a service update of its own.
+        let state_changed = changed(
+            &mut attributes,
+            "updatestate",
+            Some(update_state(old).to_owned()),
+            update_state(new).to_owned(),
+        );
         if old.spec == new.spec {
-            return None;
+            return state_changed.then_some(attributes);
         }
         changed(
             &mut attributes,

@@ -129,6 +129,41 @@ fn service_changes_map_to_docker_shaped_events_without_secrets() {
         )),
         None
     );
+    // An update's state moving is an update event, as docker's `updatestate.old/new`.
+    let mut paused = service("s1", "web", 2, "busybox");
+    paused.update_status = Some(mesh_proto::UpdateStatus {
+        state: mesh_proto::UpdateState::Paused as i32,
+        ..Default::default()
+    });
+    let mut updating = paused.clone();
+    if let Some(status) = updating.update_status.as_mut() {
+        status.state = mesh_proto::UpdateState::Updating as i32;
+    }
+    let moved = event(&updated(
+        Object::Service(updating.clone()),
+        Object::Service(paused),
+    ))
+    .unwrap();
+    assert_eq!(
+        attrs(&moved),
+        pairs(&[
+            ("name", "web"),
+            ("updatestate.new", "paused"),
+            ("updatestate.old", "updating"),
+        ])
+    );
+    let mut reworded = updating.clone();
+    if let Some(status) = reworded.update_status.as_mut() {
+        status.message = "another message".into();
+    }
+    assert_eq!(
+        event(&updated(
+            Object::Service(updating),
+            Object::Service(reworded)
+        )),
+        None,
+        "the same state"
+    );
     let removed = event(&Event::Deleted(Arc::new(Object::Service(service(
         "s1", "web", 2, "busybox",
     )))))

@@ -22,6 +22,7 @@ fn spec() -> ServiceSpec {
         }),
         mode: Some(Mode::Replicated(ReplicatedService { replicas: 1 })),
         endpoint: None,
+        ..Default::default()
     }
 }
 

@@ -12,6 +12,7 @@ use super::driver::{self, Reconcile};
 use super::plan::{self, Plan};
 use super::restart::RestartHistory;
 use super::task::{self, SlotKey};
+use super::update;
 use crate::scheduler::constraint::{Constraint, matches_all};
 use crate::store::{Event, Read, ReadTx, Store};
 
@@ -76,6 +77,7 @@ pub fn plan_service(
         };
         older
             .iter()
+            .filter(|t| !update::keep_until_replaced(service.spec_version, newest, t))
             .for_each(|t| plan.set_desired(t, TaskState::Shutdown));
         let node = by_id.get(node_id.as_str()).copied();
         match eligibility(node, constraints.as_deref()) {
@@ -85,12 +87,15 @@ pub fn plan_service(
             }
             Eligibility::Run => {
                 served.insert(node_id);
+                if update::may_start(newest, group, &|_| false) {
+                    plan.set_desired(newest, TaskState::Running);
+                }
                 let live = plan.restart_if_needed(service, newest, group, false, history, now);
                 current.push((key.clone(), live, group));
             }
         }
     }
-    plan.advance_update(service, &current);
+    plan.advance_update(service, &current, now);
 
     for node in nodes {
         if !served.contains(node.id.as_str())
@@ -118,6 +123,8 @@ pub struct GlobalOrchestrator {
     store: Store,
     history: RestartHistory,
     dirty: BTreeSet<String>,
+    /// Services whose rolling update waits for a delay or a monitor period.
+    timers: plan::Timers,
     /// A node changed: every global service must be looked at.
     nodes_changed: bool,
 }
@@ -128,6 +135,7 @@ impl GlobalOrchestrator {
             store,
             history: RestartHistory::default(),
             dirty: BTreeSet::new(),
+            timers: plan::Timers::default(),
             nodes_changed: false,
         }
     }
@@ -173,8 +181,9 @@ impl Reconcile for GlobalOrchestrator {
             let global = store.view(|tx| tx.find::<Service>(task::is_global));
             self.dirty.extend(global.into_iter().map(|s| s.id));
         }
+        self.timers.take_due(&mut self.dirty);
         if self.dirty.is_empty() {
-            return None;
+            return self.timers.next_wake();
         }
         let services = std::mem::take(&mut self.dirty);
         plan::reconcile_services(
@@ -185,6 +194,6 @@ impl Reconcile for GlobalOrchestrator {
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
         .await
-        .requeue(&mut self.dirty)
+        .requeue(&mut self.dirty, &mut self.timers)
     }
 }

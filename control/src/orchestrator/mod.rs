@@ -2,7 +2,7 @@
 //! and each writing its decisions back through the store, as SwarmKit's manager/orchestrator.
 //!
 //! - [`ReplicatedOrchestrator`]: N slots per replicated service; scaling, restarts (including
-//!   tasks lost with a node that went down) and rolling updates one slot at a time.
+//!   tasks lost with a node that went down) and rolling updates and rollbacks ([`update`]).
 //! - [`GlobalOrchestrator`]: one task of each global service on every eligible node.
 //! - [`RestartSupervisor`]: starts restarted tasks once their restart delay has elapsed.
 //! - [`TaskReaper`]: deletes task history beyond the cluster's limit and removed tasks.
@@ -20,7 +20,7 @@ mod replicated;
 pub mod restart;
 pub mod task;
 mod taskreaper;
-mod update;
+pub mod update;
 
 #[cfg(test)]
 mod tests;

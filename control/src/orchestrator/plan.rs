@@ -18,6 +18,7 @@ use super::task::{self, SlotKey};
 use super::update::{self, SlotView};
 use crate::limits::BATCH_WRITES;
 use crate::store::{Store, StoreError, WriteTx, now_nanos};
+use mesh_proto::UpdateStatus;
 
 /// Writes that belong together.
 #[derive(Debug)]
@@ -36,6 +37,11 @@ pub struct Plan {
     steps: Vec<Step>,
     /// Steps were left out because the plan was full.
     truncated: bool,
+    /// The service's update status changes (and with `rollback`, its spec goes back).
+    status: Option<(Service, UpdateStatus)>,
+    rollback: bool,
+    /// When the service's update wants another look without any event (Unix ns).
+    wake_at: Option<i64>,
 }
 
 /// What applying a plan did.
@@ -44,6 +50,7 @@ pub(crate) struct Applied {
     restarts: Vec<(SlotKey, u64)>,
     /// Steps were left for the next transaction.
     more: bool,
+    wake_at: Option<i64>,
 }
 
 impl Plan {
@@ -124,12 +131,13 @@ impl Plan {
         Cow::Borrowed(task)
     }
 
-    /// Moves a rolling update on by one slot, if it may progress. `slots` holds each slot's key,
-    /// live task and history.
+    /// Moves a rolling update on as [`update::decide`] says at `now`. `slots` holds each slot's
+    /// key, live task and history.
     pub fn advance_update(
         &mut self,
         service: &Service,
         slots: &[(SlotKey, Cow<'_, Task>, &[&Task])],
+        now: i64,
     ) {
         let views: Vec<SlotView<'_>> = slots
             .iter()
@@ -139,26 +147,42 @@ impl Plan {
                 history,
             })
             .collect();
-        if let Some(view) = update::next_slot(service.spec_version, &views)
-            .and_then(|key| views.iter().find(|v| v.key == key))
-        {
-            let (old, new) = update::replace(service, view.live);
+        let decision = update::decide(service, &views, now);
+        let order = update::Config::of(service).order;
+        for key in decision.replace {
+            let Some(view) = views.iter().find(|v| v.key == key) else {
+                continue;
+            };
+            let (old, new) = update::replace(service, view.live, order);
             self.push(Step {
-                update: Some(old),
+                update: old,
                 create: Some(new),
                 restart: None,
             });
         }
+        if let Some(status) = decision.status {
+            self.status = Some((service.clone(), status));
+            self.rollback = decision.rollback;
+        }
+        self.wake_at = decision.wake_at;
     }
 
     /// Applies steps in order until `tx` holds a batch.
     fn apply(self, tx: &mut WriteTx<'_>) -> Result<Applied, StoreError> {
+        if let Some((mut service, status)) = self.status {
+            service.update_status = Some(status);
+            if self.rollback {
+                crate::api::roll_back(tx, &mut service, false)?;
+            }
+            tx.update(service)?;
+        }
         let mut restarts = Vec::new();
         for step in self.steps {
             if tx.is_full() {
                 return Ok(Applied {
                     restarts,
                     more: true,
+                    wake_at: self.wake_at,
                 });
             }
             if let Some(task) = step.update {
@@ -172,6 +196,7 @@ impl Plan {
         Ok(Applied {
             restarts,
             more: self.truncated,
+            wake_at: self.wake_at,
         })
     }
 }
@@ -183,12 +208,19 @@ pub(crate) struct Reconciled {
     pub failed: BTreeSet<String>,
     /// With steps left after a full batch: reconciled again at once.
     pub more: BTreeSet<String>,
+    /// Whose update wants another look at a given time (Unix ns).
+    pub timers: Vec<(String, i64)>,
 }
 
 impl Reconciled {
-    /// Marks the services left in `dirty` again and says when to run next: at once when a batch
-    /// was full, after [`RETRY_DELAY`] when only writes failed.
-    pub(crate) fn requeue(self, dirty: &mut BTreeSet<String>) -> Option<Instant> {
+    /// Marks the services left in `dirty` again, keeps the update timers in `timers`, and says
+    /// when to run next: at once when a batch was full, after [`RETRY_DELAY`] when only writes
+    /// failed, or when the first timer is due.
+    pub(crate) fn requeue(
+        self,
+        dirty: &mut BTreeSet<String>,
+        timers: &mut Timers,
+    ) -> Option<Instant> {
         let wake = if !self.more.is_empty() {
             Some(Instant::now())
         } else if !self.failed.is_empty() {
@@ -198,7 +230,40 @@ impl Reconciled {
         };
         dirty.extend(self.failed);
         dirty.extend(self.more);
-        wake
+        for (id, at) in self.timers {
+            timers.set(id, at);
+        }
+        super::driver::earliest(wake, timers.next_wake())
+    }
+}
+
+/// Per service, when its update wants another look (Unix ns): after a delay or a monitor period.
+#[derive(Debug, Default)]
+pub(crate) struct Timers(std::collections::BTreeMap<String, i64>);
+
+impl Timers {
+    fn set(&mut self, id: String, at: i64) {
+        let slot = self.0.entry(id).or_insert(at);
+        *slot = (*slot).min(at);
+    }
+
+    /// Moves the services whose time has come into `dirty`.
+    pub(crate) fn take_due(&mut self, dirty: &mut BTreeSet<String>) {
+        let now = now_nanos();
+        self.0.retain(|id, at| {
+            let due = *at <= now;
+            if due {
+                dirty.insert(id.clone());
+            }
+            !due
+        });
+    }
+
+    /// When the first timer is due.
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        let at = self.0.values().min()?;
+        let wait = u64::try_from(at.saturating_sub(now_nanos())).unwrap_or(0);
+        Some(Instant::now() + std::time::Duration::from_nanos(wait))
     }
 }
 
@@ -232,6 +297,9 @@ where
         match result {
             Ok(applied) => {
                 made.extend(applied.restarts.into_iter().map(|r| (id.clone(), r)));
+                if let Some(at) = applied.wake_at {
+                    reconciled.timers.push((id.clone(), at));
+                }
                 if applied.more {
                     reconciled.more.insert(id.clone());
                 }

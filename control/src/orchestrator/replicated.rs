@@ -11,6 +11,7 @@ use super::driver::{self, Reconcile};
 use super::plan::{self, Plan};
 use super::restart::RestartHistory;
 use super::task::{self, SlotKey};
+use super::update;
 use crate::limits::BATCH_WRITES;
 use crate::store::{Event, Read, ReadTx, Store};
 
@@ -92,7 +93,9 @@ pub fn plan_service(
             SlotKey::Node(_) => &live_tasks[..],
         };
         for task in stale {
-            plan.set_desired(task, TaskState::Shutdown);
+            if !update::keep_until_replaced(service.spec_version, newest, task) {
+                plan.set_desired(task, TaskState::Shutdown);
+            }
         }
     }
     let live_slots: Vec<LiveSlot<'_>> = live
@@ -120,10 +123,13 @@ pub fn plan_service(
             continue;
         };
         let down = node_down(task);
+        if update::may_start(task, group, node_down) {
+            plan.set_desired(task, TaskState::Running);
+        }
         let live = plan.restart_if_needed(service, task, group, down, history, now);
         current.push((key.clone(), live, group));
     }
-    plan.advance_update(service, &current);
+    plan.advance_update(service, &current, now);
 
     for slot in create {
         plan.create(task::new_task(service, slot, None));
@@ -156,6 +162,8 @@ pub struct ReplicatedOrchestrator {
     store: Store,
     history: RestartHistory,
     dirty: BTreeSet<String>,
+    /// Services whose rolling update waits for a delay or a monitor period.
+    timers: plan::Timers,
     /// Nodes whose loss (or return) may call for restarts of the tasks on them.
     dirty_nodes: BTreeSet<String>,
 }
@@ -166,6 +174,7 @@ impl ReplicatedOrchestrator {
             store,
             history: RestartHistory::default(),
             dirty: BTreeSet::new(),
+            timers: plan::Timers::default(),
             dirty_nodes: BTreeSet::new(),
         }
     }
@@ -221,8 +230,9 @@ impl Reconcile for ReplicatedOrchestrator {
             self.dirty
                 .extend(on_nodes.into_iter().map(|t| t.service_id));
         }
+        self.timers.take_due(&mut self.dirty);
         if self.dirty.is_empty() {
-            return None;
+            return self.timers.next_wake();
         }
         let services = std::mem::take(&mut self.dirty);
         let reconciled = plan::reconcile_services(
@@ -233,7 +243,7 @@ impl Reconcile for ReplicatedOrchestrator {
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
         .await;
-        reconciled.requeue(&mut self.dirty)
+        reconciled.requeue(&mut self.dirty, &mut self.timers)
     }
 }
 

@@ -168,8 +168,13 @@ pub fn plan_restart(
     }
 }
 
-/// When a replacement waiting in desired READY may start, in Unix nanoseconds.
+/// When a replacement waiting in desired READY may start, in Unix nanoseconds: a restart after its
+/// delay; a stop-first update's replacement once the task it replaces has stopped (the service
+/// orchestrators start it then), or after [`super::update::STOP_WAIT_NS`] at the latest.
 fn start_at(task: &Task) -> i64 {
+    if !task.replaces.is_empty() {
+        return task::created_at(task).saturating_add(super::update::STOP_WAIT_NS);
+    }
     let delay = task
         .spec
         .as_ref()

@@ -35,6 +35,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: Option<&str>) -> Task {
         desired_state: TaskState::Running as i32,
         networks: Vec::new(),
         ports: Vec::new(),
+        replaces: String::new(),
     }
 }
 

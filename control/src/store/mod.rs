@@ -51,6 +51,9 @@ pub enum StoreError {
     Conflict { kind: Kind, id: String },
     #[error("{0}")]
     InvalidArgument(String),
+    /// The object is not in a state that allows the request (e.g. nothing to roll back to).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Limit(#[from] crate::limits::LimitError),
     #[error("this node is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]

@@ -39,7 +39,11 @@ pub struct ServiceJson {
     pub created_at: String,
     pub updated_at: String,
     pub spec: ServiceSpecJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<ServiceSpecJson>,
     pub endpoint: EndpointJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<rollout::UpdateStatusJson>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +53,10 @@ pub struct ServiceSpecJson {
     pub labels: Labels,
     pub task_template: TaskTemplateJson,
     pub mode: ModeJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_config: Option<rollout::UpdateConfigJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<rollout::UpdateConfigJson>,
 }
 
 #[derive(Serialize)]
@@ -353,8 +361,18 @@ pub fn service_json(service: &Service) -> ServiceJson {
                 },
                 None => ModeJson::Replicated { replicas: 0 },
             },
+            update_config: rollout::config_json(spec.update_config.as_ref()),
+            rollback_config: rollout::config_json(spec.rollback_config.as_ref()),
         },
+        previous_spec: service.previous_spec.as_ref().map(|previous| {
+            service_json(&Service {
+                spec: Some(previous.clone()),
+                ..Service::default()
+            })
+            .spec
+        }),
         endpoint: endpoint_json(service),
+        update_status: rollout::status_json(service.update_status.as_ref()),
     }
 }
 
@@ -484,6 +502,8 @@ pub fn node_json(node: &Node) -> NodeJson {
         }),
     }
 }
+
+pub mod rollout;
 
 #[cfg(test)]
 mod tests;

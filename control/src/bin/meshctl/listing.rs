@@ -6,7 +6,7 @@ use crate::output::{
     short_image, task_state_name,
 };
 use mesh_proto::service_spec::Mode;
-use mesh_proto::{ListServicesResponse, Node, Reachability, Service, Task, TaskState};
+use mesh_proto::{ListServicesResponse, Node, Reachability, Service, Task, TaskState, UpdateState};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -77,6 +77,9 @@ fn service_row(service: &Service, response: &ListServicesResponse) -> ServiceRow
     if max > 0 && mode == "replicated" {
         replicas.push_str(&format!(" (max {max} per node)"));
     }
+    if let Some(note) = update_note(service) {
+        replicas.push_str(&format!(" ({note})"));
+    }
     let image = task
         .and_then(|t| t.container.as_ref())
         .map_or("", |c| c.image.as_str());
@@ -90,6 +93,18 @@ fn service_row(service: &Service, response: &ListServicesResponse) -> ServiceRow
         replicas,
         image: short_image(image).to_string(),
         ports: ports_text(service),
+    }
+}
+
+/// A rolling update under way or stopped half-way, as `service ls` notes it beside the replicas.
+fn update_note(service: &Service) -> Option<&'static str> {
+    let state = service.update_status.as_ref()?.state;
+    match UpdateState::try_from(state).ok()? {
+        UpdateState::Updating => Some("updating"),
+        UpdateState::Paused => Some("update paused"),
+        UpdateState::RollbackStarted => Some("rolling back"),
+        UpdateState::RollbackPaused => Some("rollback paused"),
+        UpdateState::Unknown | UpdateState::Completed | UpdateState::RollbackCompleted => None,
     }
 }
 

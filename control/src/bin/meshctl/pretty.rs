@@ -1,7 +1,10 @@
 //! `inspect --pretty`: a human summary of a service or a node, laid out as docker's.
 
+use crate::inspect::rollout::{config_json, update_state_name};
 use crate::inspect::{mount_type_name, restart_condition_name, role_name};
-use crate::output::{availability_name, capitalize, node_state_name, rfc3339};
+use crate::output::{
+    availability_name, capitalize, elapsed, human_duration, node_state_name, now_nanos, rfc3339,
+};
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{Node, Service};
 use std::fmt::Write;
@@ -23,7 +26,9 @@ impl Lines {
 
     fn kv(&mut self, key: &str, value: impl std::fmt::Display) {
         let label = format!("{key}:");
-        let _ = writeln!(self.text, "{label:<width$}{value}", width = self.column);
+        // A label longer than the column still gets a space, as docker's.
+        let width = self.column.max(label.len() + 1);
+        let _ = writeln!(self.text, "{label:<width$}{value}");
     }
 
     fn heading(&mut self, key: &str) {
@@ -78,6 +83,16 @@ pub fn service(service: &Service) -> String {
         }
         None => out.kv("Service Mode", "Replicated"),
     }
+    if let Some(status) = &service.update_status {
+        let ago = |at: i64| format!("{} ago", human_duration(elapsed(now_nanos(), at)));
+        out.heading("UpdateStatus");
+        out.kv(" State", update_state_name(status.state));
+        out.kv(" Started", ago(status.started_at));
+        if status.completed_at > 0 {
+            out.kv(" Completed", ago(status.completed_at));
+        }
+        out.kv(" Message", &status.message);
+    }
     let placement = task.placement.unwrap_or_default();
     out.heading("Placement");
     if !placement.constraints.is_empty() {
@@ -103,6 +118,23 @@ pub fn service(service: &Service) -> String {
         duration(restart.delay_ns.unwrap_or(5_000_000_000)),
     );
     out.kv(" Max Attempts", restart.max_attempts);
+    for (heading, config, order) in [
+        ("UpdateConfig", &spec.update_config, " Update order"),
+        ("RollbackConfig", &spec.rollback_config, " Rollback order"),
+    ] {
+        let Some(c) = config_json(config.as_ref()) else {
+            continue;
+        };
+        out.heading(heading);
+        out.kv(" Parallelism", c.parallelism);
+        if c.delay > 0 {
+            out.kv(" Delay", duration(c.delay));
+        }
+        out.kv(" On failure", c.failure_action);
+        out.kv(" Monitoring Period", duration(c.monitor));
+        out.kv(" Max failure ratio", c.max_failure_ratio);
+        out.kv(order, c.order);
+    }
     out.heading("ContainerSpec");
     out.kv(" Image", &container.image);
     if !container.args.is_empty() {
@@ -232,7 +264,30 @@ mod tests {
             })),
             ..Default::default()
         });
+        flags_service.update_status = Some(mesh_proto::UpdateStatus {
+            state: mesh_proto::UpdateState::Paused as i32,
+            started_at: now_nanos() - 120_000_000_000,
+            completed_at: 0,
+            message: "update paused due to failure or early termination of task t1".into(),
+        });
+        if let Some(spec) = flags_service.spec.as_mut() {
+            spec.update_config = Some(mesh_proto::UpdateConfig {
+                parallelism: 2,
+                delay_ns: 10_000_000_000,
+                order: mesh_proto::UpdateOrder::StartFirst as i32,
+                ..Default::default()
+            });
+        }
         let text = service(&flags_service);
+        for line in [
+            "UpdateStatus:\n State:         paused\n Started:       2 minutes ago\n",
+            " Message:       update paused due to failure or early termination of task t1\n",
+            "UpdateConfig:\n Parallelism:   2\n Delay:         10s\n On failure:    pause\n",
+            " Monitoring Period: 5s\n Max failure ratio: 0\n Update order:  start-first\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
+        assert!(!text.contains("RollbackConfig"), "{text}");
         assert!(text.contains("ID:             svc1\n"), "{text}");
         assert!(text.contains("Name:           web\n"), "{text}");
         assert!(text.contains(" Replicas:      3\n"), "{text}");

@@ -66,10 +66,11 @@ fn created(task: &Task) -> i64 {
     task.meta.as_ref().map_or(0, |m| m.created_at)
 }
 
-/// Whether `task` runs the service's current spec (a scale keeps the task spec, so its tasks count).
+/// Whether `task` runs the service's current spec (a scale keeps the task spec, so its tasks
+/// count). A rollback makes an older spec version current again, so versions are not ordered.
 fn up_to_date(task: &Task, service: &Service) -> bool {
     let current = service.spec.as_ref().and_then(|s| s.task.as_ref());
-    task.spec_version >= service.spec_version || task.spec.as_ref() == current
+    task.spec_version == service.spec_version || task.spec.as_ref() == current
 }
 
 fn task_error(task: &Task) -> &str {

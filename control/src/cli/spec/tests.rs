@@ -2,7 +2,7 @@
 
 use super::*;
 use clap::Parser;
-use mesh_proto::MountType;
+use mesh_proto::{MountType, UpdateConfig};
 
 #[derive(Parser, Debug)]
 struct Create {
@@ -365,4 +365,162 @@ fn limits_are_refused_before_sending_with_the_daemons_words() {
     let spec = create(&["--replicas", "100000", "busybox"]).expect("at the limit");
     let got = update(&spec, &["--replicas", "100000000"]).expect_err("refused");
     assert_eq!(got, replicas);
+}
+
+#[test]
+fn update_and_rollback_configs() {
+    use mesh_proto::{UpdateFailureAction, UpdateOrder};
+    // Create always sends both configs, Swarm's defaults filled in, as docker does.
+    let base = create(&["busybox"]).expect("base");
+    let defaults = UpdateConfig {
+        parallelism: 1,
+        delay_ns: 0,
+        failure_action: UpdateFailureAction::Pause as i32,
+        monitor_ns: Some(5_000_000_000),
+        max_failure_ratio: 0.0,
+        order: UpdateOrder::StopFirst as i32,
+    };
+    assert_eq!(base.update_config, Some(defaults));
+    assert_eq!(base.rollback_config, Some(defaults));
+
+    let spec = create(&[
+        "--update-parallelism",
+        "0",
+        "--update-delay",
+        "2s",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "1m",
+        "--update-max-failure-ratio",
+        "0.25",
+        "--update-order",
+        "start-first",
+        "--rollback-parallelism",
+        "3",
+        "--rollback-failure-action",
+        "continue",
+        "busybox",
+    ])
+    .expect("create");
+    assert_eq!(
+        spec.update_config,
+        Some(UpdateConfig {
+            parallelism: 0,
+            delay_ns: 2_000_000_000,
+            failure_action: UpdateFailureAction::Rollback as i32,
+            monitor_ns: Some(60_000_000_000),
+            max_failure_ratio: 0.25,
+            order: UpdateOrder::StartFirst as i32,
+        })
+    );
+    assert_eq!(
+        spec.rollback_config,
+        Some(UpdateConfig {
+            parallelism: 3,
+            failure_action: UpdateFailureAction::Continue as i32,
+            ..defaults
+        })
+    );
+
+    // Update changes only the settings given.
+    let changed = update(
+        &spec,
+        &["--update-delay", "0s", "--rollback-order", "start-first"],
+    )
+    .expect("update");
+    let want_update = UpdateConfig {
+        delay_ns: 0,
+        ..spec.update_config.expect("update config")
+    };
+    assert_eq!(changed.update_config, Some(want_update));
+    assert_eq!(
+        changed.rollback_config.map(|c| (c.parallelism, c.order)),
+        Some((3, UpdateOrder::StartFirst as i32))
+    );
+    // On a spec without configs (made by another client), the defaults are the base.
+    let bare = ServiceSpec {
+        update_config: None,
+        rollback_config: None,
+        ..base.clone()
+    };
+    let changed = update(&bare, &["--update-order", "start-first"]).expect("update");
+    assert_eq!(
+        changed.update_config,
+        Some(UpdateConfig {
+            order: UpdateOrder::StartFirst as i32,
+            ..defaults
+        })
+    );
+    assert_eq!(changed.rollback_config, None);
+}
+
+#[test]
+fn update_and_rollback_flags_refuse_bad_values() {
+    let cases: [(&[&str], &str); 9] = [
+        (&["--update-delay", "soon"], "invalid duration \"soon\""),
+        (&["--rollback-monitor", "5"], "invalid duration \"5\""),
+        (
+            &["--update-max-failure-ratio", "1.5"],
+            "invalid value \"1.5\" for --update-max-failure-ratio: must be a number between 0 and 1",
+        ),
+        (
+            &["--rollback-max-failure-ratio", "-0.1"],
+            "must be a number between 0 and 1",
+        ),
+        (
+            &["--update-max-failure-ratio", "half"],
+            "must be a number between 0 and 1",
+        ),
+        (
+            &["--update-failure-action", "retry"],
+            "invalid --update-failure-action \"retry\": expected pause, continue or rollback",
+        ),
+        (
+            &["--rollback-failure-action", "rollback"],
+            "invalid --rollback-failure-action \"rollback\": expected pause or continue",
+        ),
+        (
+            &["--update-order", "random"],
+            "invalid order \"random\": expected stop-first or start-first",
+        ),
+        (
+            &["--update-parallelism", "-1"],
+            "must be a non-negative integer",
+        ),
+    ];
+    let base = create(&["busybox"]).expect("base");
+    for (args, want) in cases {
+        let mut create_args = args.to_vec();
+        create_args.push("busybox");
+        let err = create(&create_args).expect_err(&format!("create {args:?}"));
+        assert!(err.contains(want), "create {args:?}: {err}");
+        let err = update(&base, args).expect_err(&format!("update {args:?}"));
+        assert!(err.contains(want), "update {args:?}: {err}");
+    }
+}
+
+#[test]
+fn rollback_takes_no_other_flag() {
+    let base = create(&["busybox"]).expect("base");
+    for args in [
+        &["--image", "busybox:2"][..],
+        &["--env-add", "A=1"],
+        &["--force"],
+        &["--update-parallelism", "2"],
+        &["--limit-cpu", "1"],
+        &["--restart-delay", "1s"],
+    ] {
+        let mut all = vec!["--rollback"];
+        all.extend_from_slice(args);
+        let err = update(&base, &all).expect_err(&format!("{args:?}"));
+        assert!(err.contains("cannot be used with"), "{args:?}: {err}");
+    }
+    for ok in [
+        &["--rollback"][..],
+        &["--rollback", "--detach"],
+        &["--rollback", "-q"],
+    ] {
+        assert!(update(&base, ok).is_ok(), "{ok:?}");
+    }
 }

@@ -1,8 +1,8 @@
 //! `service update` flags and the read-modify-write step they make on the current spec.
 
 use super::{
-    ContainerFlags, ResourceFlags, RestartFlags, attachment, parse_constraint, parse_network,
-    validate_image,
+    ContainerFlags, ResourceFlags, RestartFlags, RolloutFlags, attachment, parse_constraint,
+    parse_network, validate_image,
 };
 use crate::cli::InputError;
 use crate::cli::flags::{
@@ -16,6 +16,34 @@ use mesh_proto::{
     ServiceSpec, TaskSpec,
 };
 use std::collections::HashMap;
+
+/// What `--rollback` cannot be combined with: every flag that changes the spec (the groups are
+/// the flattened flag structs).
+const ROLLBACK_CONFLICTS: [&str; 23] = [
+    "image",
+    "replicas",
+    "env_add",
+    "env_rm",
+    "label_add",
+    "label_rm",
+    "container_label_add",
+    "container_label_rm",
+    "constraint_add",
+    "constraint_rm",
+    "mount_add",
+    "mount_rm",
+    "network_add",
+    "network_rm",
+    "publish_add",
+    "publish_rm",
+    "endpoint_mode",
+    "args",
+    "force",
+    "ResourceFlags",
+    "RestartFlags",
+    "ContainerFlags",
+    "RolloutFlags",
+];
 
 /// The flags and argument of `service update`.
 #[derive(Args, Debug)]
@@ -80,9 +108,14 @@ pub struct UpdateFlags {
     pub restart: RestartFlags,
     #[command(flatten)]
     pub container: ContainerFlags,
+    #[command(flatten)]
+    pub rollout: RolloutFlags,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
+    /// Roll back to the previous specification (no other flag but --detach and --quiet)
+    #[arg(long, conflicts_with_all = ROLLBACK_CONFLICTS)]
+    pub rollback: bool,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -122,6 +155,8 @@ impl UpdateFlags {
         }
         let annotations = spec.annotations.get_or_insert_with(Annotations::default);
         update_labels(&mut annotations.labels, &self.label_add, &self.label_rm);
+
+        self.rollout.change(spec);
 
         let task = spec.task.get_or_insert_with(TaskSpec::default);
         self.container.apply(task, global)?;

@@ -16,6 +16,7 @@ use crate::store::{Read, ReadTx, Store, new_id};
 
 mod lifecycle;
 mod replicated;
+mod update;
 
 fn new_store() -> Store {
     crate::store::direct_store()
@@ -63,6 +64,7 @@ fn service(name: &str, mode: service_spec::Mode, restart: Option<RestartPolicy>)
             }),
             mode: Some(mode),
             endpoint: None,
+            ..Default::default()
         }),
         spec_version: 1,
         ..Default::default()

@@ -34,7 +34,15 @@ pub async fn run(command: ServiceCommand, host: &str) -> Result<(), CliError> {
             super::service_view::inspect(&mut client, pretty, &services).await
         }
         ServiceCommand::Scale { detach, scales } => scale(&mut client, detach, &scales).await,
+        ServiceCommand::Update(flags) if flags.rollback => {
+            rollback(&mut client, &flags.service, flags.detach, flags.quiet).await
+        }
         ServiceCommand::Update(flags) => update(&mut client, &flags).await,
+        ServiceCommand::Rollback {
+            detach,
+            quiet,
+            service,
+        } => rollback(&mut client, &service, detach, quiet).await,
         ServiceCommand::Rm { services } => rm(&mut client, &services).await,
         ServiceCommand::Logs(args) => super::logs::logs(&mut client, args).await,
     }
@@ -70,8 +78,33 @@ async fn write_spec(
         service_id: service.id.clone(),
         version: service.meta.as_ref().and_then(|m| m.version),
         spec: Some(spec),
+        rollback: false,
     };
     Ok(client.control.update_service(request).await?.into_inner())
+}
+
+/// `service rollback` and `service update --rollback`: the daemon swaps in the previous spec and
+/// rolls the tasks back with the rollback config.
+async fn rollback(
+    client: &mut Client,
+    reference: &str,
+    detach: bool,
+    quiet: bool,
+) -> Result<(), CliError> {
+    let service = get_service(client, reference).await?;
+    let since = now_nanos();
+    let request = UpdateServiceRequest {
+        service_id: service.id.clone(),
+        version: service.meta.as_ref().and_then(|m| m.version),
+        spec: None,
+        rollback: true,
+    };
+    let rolled_back = client.control.update_service(request).await?.into_inner();
+    writeln!(std::io::stdout(), "{reference}")?;
+    if detach {
+        return Ok(());
+    }
+    progress::watch(&mut client.control, &rolled_back, since, quiet).await
 }
 
 async fn update(client: &mut Client, flags: &UpdateFlags) -> Result<(), CliError> {

@@ -4,7 +4,8 @@ use super::*;
 use mesh_proto::{
     Annotations, ContainerSpec, ManagerStatus, Meta, Mount, NetworkAttachmentConfig,
     NodeDescription, NodeSpec, NodeStatus, Placement, PlacementPreference, Platform,
-    ReplicatedService, ResourceRequirements, Resources, ServiceSpec, TaskSpec, Version,
+    ReplicatedService, ResourceRequirements, Resources, ServiceSpec, TaskSpec, UpdateConfig,
+    UpdateFailureAction, UpdateOrder, UpdateState, UpdateStatus, Version,
 };
 use serde_json::json;
 
@@ -60,6 +61,8 @@ fn service_has_docker_keys() {
             }),
             mode: Some(ProtoMode::Replicated(ReplicatedService { replicas: 3 })),
             endpoint: None,
+            update_config: None,
+            rollback_config: None,
         }),
         ..Default::default()
     };
@@ -219,5 +222,73 @@ fn endpoint_shows_ports_and_virtual_ips() {
             "Ports": [{"Protocol": "udp", "TargetPort": 53, "PublishedPort": 30000, "PublishMode": "ingress"}],
             "VirtualIPs": [{"NetworkID": "ingressid", "Addr": "10.0.0.2/24"}],
         })
+    );
+}
+
+#[test]
+fn update_config_and_status_have_docker_keys() {
+    let config = UpdateConfig {
+        parallelism: 2,
+        delay_ns: 10_000_000_000,
+        failure_action: UpdateFailureAction::Rollback as i32,
+        monitor_ns: None,
+        max_failure_ratio: 0.5,
+        order: UpdateOrder::StartFirst as i32,
+    };
+    let spec = ServiceSpec {
+        task: Some(TaskSpec {
+            container: Some(ContainerSpec {
+                image: "busybox:2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        update_config: Some(config),
+        rollback_config: Some(UpdateConfig {
+            parallelism: 0,
+            delay_ns: 0,
+            ..config
+        }),
+        ..Default::default()
+    };
+    let service = Service {
+        spec: Some(spec.clone()),
+        previous_spec: Some(ServiceSpec {
+            task: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "busybox:1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..spec
+        }),
+        update_status: Some(UpdateStatus {
+            state: UpdateState::Paused as i32,
+            started_at: 1_500_000_000_000_000_001,
+            completed_at: 0,
+            message: "update paused due to failure or early termination of task t1".into(),
+        }),
+        ..Default::default()
+    };
+    let value = serde_json::to_value(service_json(&service)).expect("json");
+    assert_eq!(
+        value["Spec"]["UpdateConfig"],
+        json!({"Parallelism": 2, "Delay": 10_000_000_000i64, "FailureAction": "rollback",
+               "Monitor": 5_000_000_000i64, "MaxFailureRatio": 0.5, "Order": "start-first"})
+    );
+    assert_eq!(
+        value["Spec"]["RollbackConfig"],
+        json!({"Parallelism": 0, "FailureAction": "rollback", "Monitor": 5_000_000_000i64,
+               "MaxFailureRatio": 0.5, "Order": "start-first"})
+    );
+    assert_eq!(
+        value["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        "busybox:1"
+    );
+    assert_eq!(
+        value["UpdateStatus"],
+        json!({"State": "paused", "StartedAt": "2017-07-14T02:40:00.000000001Z",
+               "Message": "update paused due to failure or early termination of task t1"})
     );
 }

@@ -29,6 +29,7 @@ fn service(id: &str, name: &str, mode: Mode, max: u64) -> Service {
             }),
             mode: Some(mode),
             endpoint: None,
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -254,4 +255,37 @@ fn ps_rows_for_global_and_pending_tasks() {
     assert_eq!(rows[0].node, "node9");
     assert_eq!(rows[0].error, "\"no suitable node\"");
     assert_eq!(rows[0].current_state, "Pending less than a second ago");
+}
+
+#[test]
+fn service_ls_notes_an_update_under_way_or_paused() {
+    use mesh_proto::{UpdateState, UpdateStatus};
+    // (state, what REPLICAS says)
+    let cases = [
+        (None, "1/2"),
+        (Some(UpdateState::Updating), "1/2 (updating)"),
+        (Some(UpdateState::Paused), "1/2 (update paused)"),
+        (Some(UpdateState::Completed), "1/2"),
+        (Some(UpdateState::RollbackStarted), "1/2 (rolling back)"),
+        (Some(UpdateState::RollbackPaused), "1/2 (rollback paused)"),
+        (Some(UpdateState::RollbackCompleted), "1/2"),
+    ];
+    for (state, want) in cases {
+        let mut web = service(
+            "zzzzzzzzzzzzzzzz1",
+            "web",
+            Mode::Replicated(ReplicatedService { replicas: 2 }),
+            0,
+        );
+        web.update_status = state.map(|s| UpdateStatus {
+            state: s as i32,
+            ..Default::default()
+        });
+        let response = ListServicesResponse {
+            services: vec![web],
+            running_tasks: [("zzzzzzzzzzzzzzzz1".to_string(), 1)].into(),
+            desired_tasks: Default::default(),
+        };
+        assert_eq!(service_rows(&response)[0].replicas, want, "{state:?}");
+    }
 }

@@ -6,7 +6,7 @@ use crate::error::CliError;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::service_spec::Mode;
-use mesh_proto::{ListServicesRequest, ListTasksRequest, Service};
+use mesh_proto::{GetServiceRequest, ListServicesRequest, ListTasksRequest, Service, UpdateState};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -118,8 +118,9 @@ impl Sink {
     }
 }
 
-/// Waits until `service` has converged (every desired task running for a second), drawing
-/// progress unless `quiet`. Fails when a task is rejected or a slot keeps failing; `since` is
+/// Waits until `service` has converged (every desired task running for a second, and its rolling
+/// update, if any, done), drawing progress unless `quiet`. Fails when a task is rejected or a slot
+/// keeps failing, when the update pauses, or when it is rolled back because it failed; `since` is
 /// when the command started (Unix nanoseconds), so older failures don't count.
 pub async fn watch(
     control: &mut ControlClient<Channel>,
@@ -131,20 +132,54 @@ pub async fn watch(
         .spec
         .as_ref()
         .and_then(|s| s.annotations.as_ref())
-        .map_or(service.id.as_str(), |a| a.name.as_str());
+        .map_or(service.id.as_str(), |a| a.name.as_str())
+        .to_string();
     let global = matches!(
         service.spec.as_ref().and_then(|s| s.mode.as_ref()),
         Some(Mode::Global(_))
     );
-    let replicas = match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
-        Some(Mode::Replicated(r)) => r.replicas,
-        _ => 0,
-    };
+    let asked_rollback = update_state(service) == UpdateState::RollbackStarted;
+    // Why the update rolled itself back, once it did.
+    let mut rolled_back: Option<String> = None;
+    let mut service = service.clone();
     let mut sink = Sink::new(quiet);
     let mut stable_since: Option<Instant> = None;
     let mut ticker = tokio::time::interval(POLL);
     loop {
         ticker.tick().await;
+        let request = GetServiceRequest {
+            reference: service.id.clone(),
+        };
+        service = control.get_service(request).await?.into_inner();
+        let status = service.update_status.clone().unwrap_or_default();
+        match update_state(&service) {
+            UpdateState::Paused => {
+                sink.finish();
+                return Err(CliError::Converge(format!(
+                    "service {name} update paused: {}",
+                    status.message
+                )));
+            }
+            UpdateState::RollbackPaused => {
+                sink.finish();
+                return Err(CliError::Converge(format!(
+                    "service {name} rollback paused: {}",
+                    status.message
+                )));
+            }
+            UpdateState::RollbackStarted | UpdateState::RollbackCompleted
+                if !asked_rollback && rolled_back.is_none() =>
+            {
+                stable_since = None;
+                sink.line("rollback", format!("rollback: {}", status.message))?;
+                rolled_back = Some(status.message.clone());
+            }
+            _ => {}
+        }
+        let replicas = match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+            Some(Mode::Replicated(r)) => r.replicas,
+            _ => 0,
+        };
         let request = ListTasksRequest {
             service_ids: vec![service.id.clone()],
             ..ListTasksRequest::default()
@@ -163,7 +198,7 @@ pub async fn watch(
         } else {
             replicas
         };
-        let snapshot = evaluate(service, &tasks, desired, since);
+        let snapshot = evaluate(&service, &tasks, desired, since);
         sink.show(&snapshot)?;
         if let Some(failure) = snapshot.failure {
             sink.finish();
@@ -171,14 +206,26 @@ pub async fn watch(
                 "service {name} did not converge: {failure}"
             )));
         }
-        if !snapshot.converged {
+        let updating = matches!(
+            update_state(&service),
+            UpdateState::Updating | UpdateState::RollbackStarted
+        );
+        if !snapshot.converged || updating {
             stable_since = None;
+            if snapshot.converged {
+                sink.verify("verify: Waiting for the update monitor to end...".to_string())?;
+            }
             continue;
         }
         let started = *stable_since.get_or_insert_with(Instant::now);
         if started.elapsed() >= VERIFY {
             sink.verify(format!("verify: Service {name} converged"))?;
             sink.finish();
+            if let Some(reason) = rolled_back {
+                return Err(CliError::Converge(format!(
+                    "service {name} rolled back: {reason}"
+                )));
+            }
             return Ok(());
         }
         let left = (VERIFY - started.elapsed()).as_secs() + 1;
@@ -186,4 +233,12 @@ pub async fn watch(
             "verify: Waiting {left} seconds to verify that tasks are stable..."
         ))?;
     }
+}
+
+fn update_state(service: &Service) -> UpdateState {
+    service
+        .update_status
+        .as_ref()
+        .and_then(|s| UpdateState::try_from(s.state).ok())
+        .unwrap_or(UpdateState::Unknown)
 }

@@ -30,6 +30,7 @@ fn service(mode: Mode) -> Service {
             task: Some(spec("busybox")),
             mode: Some(mode),
             endpoint: None,
+            ..Default::default()
         }),
         ..Default::default()
     }
