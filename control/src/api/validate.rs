@@ -73,6 +73,9 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
     if container.stop_grace_period_ns.is_some_and(|g| g < 0) {
         return Err("stop grace period must not be negative".into());
     }
+    if let Some(health) = &container.healthcheck {
+        super::health::validate(health)?;
+    }
     if let Some(resources) = &task.resources {
         for r in [&resources.limits, &resources.reservations]
             .into_iter()

@@ -234,6 +234,8 @@ pub struct CreateFlags {
     pub restart: RestartFlags,
     #[command(flatten)]
     pub container: ContainerFlags,
+    #[command(flatten)]
+    pub health: HealthFlags,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -274,6 +276,9 @@ impl CreateFlags {
             ..TaskSpec::default()
         };
         self.container.apply(&mut task, global)?;
+        if let Some(container) = task.container.as_mut() {
+            container.healthcheck = self.health.to_config()?;
+        }
         self.resources.apply(&mut task.resources);
         self.restart.apply(&mut task.restart);
         if !self.constraints.is_empty() || !self.placement_prefs.is_empty() {
@@ -346,7 +351,9 @@ pub fn validate_image(image: &str) -> Result<(), InputError> {
     Ok(())
 }
 
+mod health;
 mod update;
+pub use health::HealthFlags;
 pub use update::UpdateFlags;
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `service update` flags and the read-modify-write step they make on the current spec.
 
 use super::{
-    ContainerFlags, ResourceFlags, RestartFlags, attachment, parse_constraint, parse_network,
-    validate_image,
+    ContainerFlags, HealthFlags, ResourceFlags, RestartFlags, attachment, parse_constraint,
+    parse_network, validate_image,
 };
 use crate::cli::InputError;
 use crate::cli::flags::{
@@ -80,6 +80,8 @@ pub struct UpdateFlags {
     pub restart: RestartFlags,
     #[command(flatten)]
     pub container: ContainerFlags,
+    #[command(flatten)]
+    pub health: HealthFlags,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
@@ -170,6 +172,7 @@ impl UpdateFlags {
         if let Some(image) = &self.image {
             container.image.clone_from(image);
         }
+        self.health.apply(&mut container.healthcheck)?;
         if let Some(Words(args)) = &self.args {
             container.args.clone_from(args);
         }
