@@ -269,7 +269,7 @@ impl Dataplane {
                 Self::learn(&dns, &change);
                 Self::rebalance(&dns, balancer.as_ref()).await;
                 overlay.apply(change).await;
-                reroute(&overlay, &records, &mesh, &continuity).await;
+                reroute(&overlay, &records, &mesh, &continuity, Own::Settled).await;
             }
         });
         let sweeper = tokio::spawn(sweep(
@@ -382,7 +382,7 @@ impl Dataplane {
         drop(published);
         tracing::debug!(task.id = %task_id, "task announced to its services");
         self.continuity.touch();
-        self.reroute().await;
+        self.reroute(Own::Published(&records)).await;
     }
 
     /// The endpoints the task has out there: those this run published, or, for a task still
@@ -407,10 +407,10 @@ impl Dataplane {
     }
 
     /// Re-plans the routing mesh, once gossip runs.
-    async fn reroute(&self) {
+    async fn reroute(&self, own: Own<'_>) {
         let gossip = self.running.lock().await.as_ref().map(|r| r.gossip.clone());
         if let Some(gossip) = gossip {
-            reroute(&self.overlay, &gossip, &self.mesh, &self.continuity).await;
+            reroute(&self.overlay, &gossip, &self.mesh, &self.continuity, own).await;
         }
     }
 
@@ -423,7 +423,7 @@ impl Dataplane {
         }
         Self::rebalance(&self.dns, self.balancer.as_ref()).await;
         if let Some(r) = self.running.lock().await.as_ref() {
-            for record in records {
+            for record in &records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
                     tracing::warn!(task.id = %task_id, error = %err, "cannot withdraw endpoint");
                 }
@@ -431,7 +431,7 @@ impl Dataplane {
         }
         tracing::debug!(task.id = %task_id, "task drained from its services");
         self.continuity.touch();
-        self.reroute().await;
+        self.reroute(Own::Withdrawn(&records)).await;
     }
 
     async fn detach_task(&self, task_id: &str) {
@@ -447,15 +447,16 @@ impl Dataplane {
             on_balancer(balancer, move |b| b.remove_sandbox(&task_id)).await;
         }
         Self::rebalance(&self.dns, self.balancer.as_ref()).await;
-        if let (Some(records), Some(r)) = (records, self.running.lock().await.as_ref()) {
-            for record in records {
+        let records = records.unwrap_or_default();
+        if let Some(r) = self.running.lock().await.as_ref() {
+            for record in &records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
                     tracing::warn!(task.id = %task_id, error = %err, "cannot withdraw endpoint");
                 }
             }
         }
         self.overlay.detach(task_id).await;
-        self.reroute().await;
+        self.reroute(Own::Withdrawn(&records)).await;
     }
 }
 
@@ -530,7 +531,7 @@ async fn sweep(s: Swept, peers: Vec<SocketAddr>) {
         }
         // Expires VIPs kept empty past their grace.
         Dataplane::rebalance(&s.dns, s.balancer.as_ref()).await;
-        reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity).await;
+        reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity, Own::Settled).await;
         if started.elapsed() < SETTLE {
             continue;
         }
@@ -583,7 +584,7 @@ async fn settle(s: &Swept) {
     }
     Dataplane::rebalance(&s.dns, s.balancer.as_ref()).await;
     s.continuity.touch();
-    reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity).await;
+    reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity, Own::Settled).await;
     tracing::info!(withdrawn = stale.len(), "gossip settled");
 }
 
@@ -603,18 +604,36 @@ async fn on_balancer(
     }
 }
 
-/// Applies the routing mesh's rules for what gossip knows now, when they changed. Until gossip
-/// has settled, what the earlier run knew counts too, and so do this node's tasks not attached
-/// again yet (by their gateway leases): nothing is taken out of the rules before then.
+/// This node's own publication or withdrawal of endpoints that the gossip task may not have
+/// applied to its table yet (it takes them as commands): the routing mesh counts it at once.
+#[derive(Clone, Copy)]
+enum Own<'a> {
+    /// Nothing pending: the table is as this node left it.
+    Settled,
+    Published(&'a [EndpointRecord]),
+    Withdrawn(&'a [EndpointRecord]),
+}
+
+/// Applies the routing mesh's rules for what gossip knows now (and `own`), when they changed.
+/// Until gossip has settled, what the earlier run knew counts too, and so do this node's tasks
+/// not attached again yet (by their gateway leases): nothing is taken out of the rules before
+/// then.
 async fn reroute(
     overlay: &Overlay,
     gossip: &Gossip,
     mesh: &Mutex<Option<ingress::Plan>>,
     continuity: &Continuity,
+    own: Own<'_>,
 ) {
     let settled = continuity.is_settled();
     let local = overlay.gateway_addrs(!settled).await;
-    let records = continuity.view(gossip.records());
+    let mut records = continuity.view(gossip.records());
+    if let Own::Published(changed) | Own::Withdrawn(changed) = own {
+        records.retain(|r| !changed.iter().any(|c| c.key() == r.key()));
+    }
+    if let Own::Published(added) = own {
+        records.extend(added.iter().cloned());
+    }
     let plan = ingress::plan(&records, overlay.vtep(), &local);
     let mut applied = mesh.lock().await;
     if applied.as_ref() == Some(&plan) || (applied.is_none() && plan.is_empty()) {
