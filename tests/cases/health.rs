@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, ensure};
 use mesh_tests::overlay::{OverlayCluster, Sandbox, vip_on};
@@ -69,9 +69,13 @@ async fn docker_health(cluster: &Cluster, task: &Sandbox) -> anyhow::Result<Stri
 }
 
 /// When Docker judged `task` unhealthy, as an instant of this process's clock: the end of the
-/// first failing run of its health check in the container's health log (with one retry, that
-/// run's verdict is the change).
-async fn judged_unhealthy_at(cluster: &Cluster, task: &Sandbox) -> anyhow::Result<Instant> {
+/// first failing run of its health check that started after `broken` (with one retry, that run's
+/// verdict is the change; the log also holds runs from before the task was healthy).
+async fn judged_unhealthy_at(
+    cluster: &Cluster,
+    task: &Sandbox,
+    broken: SystemTime,
+) -> anyhow::Result<Instant> {
     let out = node_of(cluster, task)?
         .docker(&[
             "inspect",
@@ -82,14 +86,21 @@ async fn judged_unhealthy_at(cluster: &Cluster, task: &Sandbox) -> anyhow::Resul
         .await?
         .ok("docker inspect")?;
     let log: Vec<Value> = serde_json::from_str(out.stdout.trim()).context("health log")?;
-    let end = log
-        .iter()
-        .find(|run| run["ExitCode"] != 0)
-        .and_then(|run| run["End"].as_str())
-        .with_context(|| format!("no failing run in the health log: {log:?}"))?;
-    let wall =
-        humantime::parse_rfc3339_weak(end).with_context(|| format!("health log time {end:?}"))?;
-    let (now_wall, now) = (std::time::SystemTime::now(), Instant::now());
+    let time = |run: &Value, key: &str| -> anyhow::Result<SystemTime> {
+        let text = run[key]
+            .as_str()
+            .context("a health log entry without times")?;
+        humantime::parse_rfc3339_weak(text).with_context(|| format!("health log time {text:?}"))
+    };
+    let mut wall = None;
+    for run in &log {
+        if run["ExitCode"] != 0 && time(run, "Start")? >= broken {
+            wall = Some(time(run, "End")?);
+            break;
+        }
+    }
+    let wall = wall.with_context(|| format!("no failing run since the break: {log:?}"))?;
+    let (now_wall, now) = (SystemTime::now(), Instant::now());
     let ago = now_wall
         .duration_since(wall)
         .context("a health check ended in the future")?;
@@ -435,13 +446,13 @@ async fn unhealthy_tasks_leave_the_vip_the_routing_mesh_and_dns_within_one_inter
     let flip = async {
         let result = async {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let removed = Instant::now();
+            let (removed, broken) = (Instant::now(), SystemTime::now());
             set_healthy(&cluster, victim, false).await?;
             let deadline = removed + CONVERGE;
             let unhealthy = loop {
                 let at = Instant::now();
                 if docker_health(&cluster, victim).await? == "unhealthy" {
-                    let judged = judged_unhealthy_at(&cluster, victim).await?;
+                    let judged = judged_unhealthy_at(&cluster, victim, broken).await?;
                     eprintln!(
                         "health: this test saw Docker's verdict {} after it",
                         ms_after(Some(at), judged)
