@@ -269,7 +269,7 @@ impl Dataplane {
                 Self::learn(&dns, &change);
                 Self::rebalance(&dns, balancer.as_ref()).await;
                 overlay.apply(change).await;
-                reroute(&overlay, &records, &mesh, &continuity, Own::Settled).await;
+                reroute(&overlay, &records, &mesh, &continuity).await;
             }
         });
         let sweeper = tokio::spawn(sweep(
@@ -382,7 +382,7 @@ impl Dataplane {
         drop(published);
         tracing::debug!(task.id = %task_id, "task announced to its services");
         self.continuity.touch();
-        self.reroute(Own::Published(&records)).await;
+        self.reroute().await;
     }
 
     /// The endpoints the task has out there: those this run published, or, for a task still
@@ -407,10 +407,10 @@ impl Dataplane {
     }
 
     /// Re-plans the routing mesh, once gossip runs.
-    async fn reroute(&self, own: Own<'_>) {
+    async fn reroute(&self) {
         let gossip = self.running.lock().await.as_ref().map(|r| r.gossip.clone());
         if let Some(gossip) = gossip {
-            reroute(&self.overlay, &gossip, &self.mesh, &self.continuity, own).await;
+            reroute(&self.overlay, &gossip, &self.mesh, &self.continuity).await;
         }
     }
 
@@ -431,7 +431,7 @@ impl Dataplane {
         }
         tracing::debug!(task.id = %task_id, "task drained from its services");
         self.continuity.touch();
-        self.reroute(Own::Withdrawn(&records)).await;
+        self.reroute().await;
     }
 
     async fn detach_task(&self, task_id: &str) {
@@ -456,7 +456,7 @@ impl Dataplane {
             }
         }
         self.overlay.detach(task_id).await;
-        self.reroute(Own::Withdrawn(&records)).await;
+        self.reroute().await;
     }
 }
 
@@ -531,7 +531,7 @@ async fn sweep(s: Swept, peers: Vec<SocketAddr>) {
         }
         // Expires VIPs kept empty past their grace.
         Dataplane::rebalance(&s.dns, s.balancer.as_ref()).await;
-        reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity, Own::Settled).await;
+        reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity).await;
         if started.elapsed() < SETTLE {
             continue;
         }
@@ -584,7 +584,7 @@ async fn settle(s: &Swept) {
     }
     Dataplane::rebalance(&s.dns, s.balancer.as_ref()).await;
     s.continuity.touch();
-    reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity, Own::Settled).await;
+    reroute(&s.overlay, &s.gossip, &s.mesh, &s.continuity).await;
     tracing::info!(withdrawn = stale.len(), "gossip settled");
 }
 
@@ -604,36 +604,18 @@ async fn on_balancer(
     }
 }
 
-/// This node's own publication or withdrawal of endpoints that the gossip task may not have
-/// applied to its table yet (it takes them as commands): the routing mesh counts it at once.
-#[derive(Clone, Copy)]
-enum Own<'a> {
-    /// Nothing pending: the table is as this node left it.
-    Settled,
-    Published(&'a [EndpointRecord]),
-    Withdrawn(&'a [EndpointRecord]),
-}
-
-/// Applies the routing mesh's rules for what gossip knows now (and `own`), when they changed.
-/// Until gossip has settled, what the earlier run knew counts too, and so do this node's tasks
-/// not attached again yet (by their gateway leases): nothing is taken out of the rules before
-/// then.
+/// Applies the routing mesh's rules for what gossip knows now, when they changed. Until gossip
+/// has settled, what the earlier run knew counts too, and so do this node's tasks not attached
+/// again yet (by their gateway leases): nothing is taken out of the rules before then.
 async fn reroute(
     overlay: &Overlay,
     gossip: &Gossip,
     mesh: &Mutex<Option<ingress::Plan>>,
     continuity: &Continuity,
-    own: Own<'_>,
 ) {
     let settled = continuity.is_settled();
     let local = overlay.gateway_addrs(!settled).await;
-    let mut records = continuity.view(gossip.records());
-    if let Own::Published(changed) | Own::Withdrawn(changed) = own {
-        records.retain(|r| !changed.iter().any(|c| c.key() == r.key()));
-    }
-    if let Own::Published(added) = own {
-        records.extend(added.iter().cloned());
-    }
+    let records = continuity.view(gossip.records());
     let plan = ingress::plan(&records, overlay.vtep(), &local);
     let mut applied = mesh.lock().await;
     if applied.as_ref() == Some(&plan) || (applied.is_none() && plan.is_empty()) {
