@@ -72,11 +72,8 @@ pub(super) async fn changed(
         filters: Some(filters),
         ..Default::default()
     };
-    // No timeout on the stream itself: it stays open for as long as the container runs.
-    let mut events = docker
-        .clone()
-        .with_timeout(Duration::MAX)
-        .events(Some(options));
+    // The engine's request timeout bounds only its answer, not the stream that follows.
+    let mut events = docker.events(Some(options));
     let now = container::inspect(docker, id).await?.health;
     if now != last {
         return Ok(now);
