@@ -613,11 +613,13 @@ async fn reroute(
     mesh: &Mutex<Option<ingress::Plan>>,
     continuity: &Continuity,
 ) {
+    // Held while planning too: a plan made from an older view must not be applied after a newer
+    // one (a withdrawn task would be back until the next change).
+    let mut applied = mesh.lock().await;
     let settled = continuity.is_settled();
     let local = overlay.gateway_addrs(!settled).await;
     let records = continuity.view(gossip.records());
     let plan = ingress::plan(&records, overlay.vtep(), &local);
-    let mut applied = mesh.lock().await;
     if applied.as_ref() == Some(&plan) || (applied.is_none() && plan.is_empty()) {
         return;
     }
