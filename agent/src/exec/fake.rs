@@ -1,7 +1,7 @@
 //! An in-memory executor for tests: containers are records, every operation is instant, and a test
 //! can script exits and failures and count calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use mesh_proto::{NodeDescription, Task};
 use tokio::sync::Notify;
 
 use super::{
-    ContainerInfo, ContainerListing, ExecError, Executor, LogChunk, LogOptions, task_name,
+    ContainerInfo, ContainerListing, ExecError, Executor, Health, LogChunk, LogOptions, task_name,
 };
 
 /// The exit code of a container stopped by `stop`, as for a process ended by SIGTERM.
@@ -31,6 +31,7 @@ pub struct FakeContainer {
     /// A task's sandbox; for a task's container, the sandbox it joined.
     pub sandbox: bool,
     pub joined: Option<String>,
+    pub health: Option<Health>,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +39,8 @@ struct State {
     containers: HashMap<String, FakeContainer>,
     next_id: u64,
     prepare_failures: HashMap<String, String>,
+    /// Tasks whose containers have a health check: they start in [`Health::Starting`].
+    health_checked: HashSet<String>,
     calls: HashMap<&'static str, usize>,
 }
 
@@ -67,6 +70,26 @@ impl FakeExecutor {
         self.lock()
             .prepare_failures
             .insert(task_id.to_owned(), message.to_owned());
+    }
+
+    /// Gives the containers of `task_id` a health check: they start in [`Health::Starting`].
+    pub fn health_check(&self, task_id: &str) {
+        self.lock().health_checked.insert(task_id.to_owned());
+    }
+
+    /// Sets the health of the container of `task_id`, as its health check would; false if there
+    /// is none.
+    pub fn set_health(&self, task_id: &str, health: Option<Health>) -> bool {
+        let found = {
+            let mut state = self.lock();
+            let container = state
+                .containers
+                .values_mut()
+                .find(|c| c.task_id == task_id && !c.sandbox);
+            container.map(|c| c.health = health)
+        };
+        self.changed.notify_waiters();
+        found.is_some()
     }
 
     /// Makes the running container of `task_id` exit with `code`; false if there is none.
@@ -102,6 +125,7 @@ impl FakeExecutor {
                 logs: Vec::new(),
                 sandbox: false,
                 joined: None,
+                health: None,
             },
         );
         id
@@ -215,6 +239,7 @@ impl Executor for FakeExecutor {
                     logs: Vec::new(),
                     sandbox: true,
                     joined: None,
+                    health: None,
                 };
                 state.containers.insert(id.clone(), sandbox);
                 id
@@ -248,6 +273,7 @@ impl Executor for FakeExecutor {
                     logs: Vec::new(),
                     sandbox: false,
                     joined: Some(sandbox.to_owned()),
+                    health: None,
                 };
                 state.containers.insert(id.clone(), container);
                 Ok(id)
@@ -257,9 +283,13 @@ impl Executor for FakeExecutor {
     }
 
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        let checked = self.lock().health_checked.clone();
         let result = self.with_container("start", id, |c| {
             c.started = true;
             c.running = true;
+            if checked.contains(&c.task_id) {
+                c.health = Some(Health::Starting);
+            }
         });
         futures::future::ready(result).boxed()
     }
@@ -288,8 +318,27 @@ impl Executor for FakeExecutor {
             pid: if c.running { 4242 } else { 0 },
             exit_code: c.exit_code,
             started: c.started,
+            health: c.health,
         });
         futures::future::ready(result).boxed()
+    }
+
+    fn health_changed<'a>(
+        &'a self,
+        id: &'a str,
+        last: Option<Health>,
+    ) -> BoxFuture<'a, Result<Option<Health>, ExecError>> {
+        async move {
+            loop {
+                let changed = self.changed.notified();
+                let now = self.with_container("health", id, |c| c.health)?;
+                if now != last {
+                    return Ok(now);
+                }
+                changed.await;
+            }
+        }
+        .boxed()
     }
 
     fn stop<'a>(&'a self, id: &'a str, _grace: Duration) -> BoxFuture<'a, Result<(), ExecError>> {

@@ -75,6 +75,18 @@ pub struct ContainerInfo {
     pub exit_code: i32,
     /// Created or running at some point: false for a container that was created and never started.
     pub started: bool,
+    /// `None` when the container has no health check (neither the spec's nor its image's).
+    pub health: Option<Health>,
+}
+
+/// A container's health, as its health check last judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not judged yet: within the start period, or before the first check's verdict.
+    Starting,
+    Healthy,
+    /// As many checks in a row as its retries failed.
+    Unhealthy,
 }
 
 /// A container created by mesh on this node, found by its labels.
@@ -131,6 +143,14 @@ pub trait Executor: Send + Sync + 'static {
     fn wait<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<i32, ExecError>>;
 
     fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ContainerInfo, ExecError>>;
+
+    /// Resolves with the container's health once it differs from `last` (at once if it does
+    /// already); never, for a container without a health check whose `last` is `None`.
+    fn health_changed<'a>(
+        &'a self,
+        id: &'a str,
+        last: Option<Health>,
+    ) -> BoxFuture<'a, Result<Option<Health>, ExecError>>;
 
     /// Asks the container to stop, and kills it once `grace` has passed.
     fn stop<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, Result<(), ExecError>>;

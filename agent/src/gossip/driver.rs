@@ -20,8 +20,7 @@ mod anti_entropy;
 
 use super::identity::{FocaRng, NodeIdentity};
 use super::node::{Counters, GossipConfig, bump};
-use super::now_ms;
-use super::records::{Change, EndpointRecord, RecordKey, VersionedRecord};
+use super::records::{Change, VersionedRecord};
 use super::seal::{KeyRing, SEAL_OVERHEAD, SealError};
 use super::wire::{self, Inbound, RecordBroadcasts, Shared, SyncMessage, lock};
 
@@ -35,8 +34,8 @@ const DIGEST_PAGE: usize = 6;
 
 pub(crate) enum Command {
     Join(Vec<SocketAddr>),
-    Publish(EndpointRecord),
-    Withdraw(RecordKey),
+    /// Spreads a change of this node's own records, already in the shared table.
+    Disseminate(VersionedRecord),
     Shutdown(oneshot::Sender<()>),
     /// How many members SWIM suspects of being down now.
     Suspects(oneshot::Sender<usize>),
@@ -148,16 +147,7 @@ impl Driver {
                     }
                 }
             }
-            Command::Publish(record) => {
-                let versioned = lock(&self.shared).table.upsert_local(record, now_ms());
-                self.disseminate(&versioned);
-            }
-            Command::Withdraw(key) => {
-                let tombstone = lock(&self.shared).table.remove_local(&key, now_ms());
-                if let Some(tombstone) = tombstone {
-                    self.disseminate(&tombstone);
-                }
-            }
+            Command::Disseminate(versioned) => self.disseminate(&versioned),
             Command::Suspects(answer) => {
                 let suspects = self
                     .foca

@@ -194,14 +194,21 @@ impl Gossip {
         *self.keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
     }
 
-    /// Publishes (or replaces) a record owned by this node.
+    /// Publishes (or replaces) a record owned by this node: [`records`](Self::records) shows it
+    /// at once, and the gossip task spreads it.
     pub async fn publish(&self, record: EndpointRecord) -> Result<(), GossipError> {
-        self.send(Command::Publish(record)).await
+        let versioned = lock(&self.shared).table.upsert_local(record, now_ms());
+        self.send(Command::Disseminate(versioned)).await
     }
 
-    /// Withdraws a record everywhere by spreading a tombstone.
+    /// Withdraws a record everywhere by spreading a tombstone; [`records`](Self::records) no
+    /// longer shows it from the moment this is called.
     pub async fn withdraw(&self, key: RecordKey) -> Result<(), GossipError> {
-        self.send(Command::Withdraw(key)).await
+        let tombstone = lock(&self.shared).table.remove_local(&key, now_ms());
+        match tombstone {
+            Some(tombstone) => self.send(Command::Disseminate(tombstone)).await,
+            None => Ok(()),
+        }
     }
 
     /// Active members, this node included, in address order.

@@ -24,7 +24,13 @@ use crate::netlink::{Netns, netns_cookie};
 
 /// What the worker's controllers call when a task's container starts or goes.
 pub trait TaskNetwork: Send + Sync {
+    /// Plugs the task's sandbox into its networks. Its endpoints stay private (reachable, but no
+    /// backend of any service) until [`announce`](TaskNetwork::announce).
     fn attach<'a>(&'a self, task: &'a Task, pid: u32) -> BoxFuture<'a, Result<(), OverlayError>>;
+    /// Publishes an attached task's endpoints: it becomes a backend of its services' VIPs, of
+    /// the routing mesh and of their DNS names, on every node. Called once the task runs (and,
+    /// with a health check, is healthy).
+    fn announce<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()>;
     fn detach<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()>;
     /// Stops sending new connections to a task about to stop (its endpoints are withdrawn from
     /// every node's DNS and load balancer) while its interfaces stay for what is in flight.
@@ -54,6 +60,8 @@ pub struct Dataplane {
     gossip_port: u16,
     running: Mutex<Option<Running>>,
     published: Arc<Mutex<HashMap<String, Vec<EndpointRecord>>>>,
+    /// Endpoints of attached tasks not announced yet (starting, or not yet healthy).
+    pending: Mutex<HashMap<String, Vec<EndpointRecord>>>,
     dns: Arc<Dns>,
     /// The service VIPs' load balancer; `None` where it cannot start.
     balancer: Option<Arc<std::sync::Mutex<Balancer>>>,
@@ -107,6 +115,7 @@ impl Dataplane {
             gossip_port,
             running: Mutex::new(None),
             published: Arc::new(Mutex::new(HashMap::new())),
+            pending: Mutex::new(HashMap::new()),
             dns: Arc::new(dns),
             mesh: Arc::new(Mutex::new(None)),
             balancer,
@@ -330,9 +339,6 @@ impl Dataplane {
         let networks: Vec<String> = task.networks.iter().map(|n| n.network_id.clone()).collect();
         let sandbox = Netns::of_pid(pid);
         self.dns.serve(&task.id, &sandbox, networks.clone()).await?;
-        for record in &records {
-            Self::learn(&self.dns, &Change::Upsert(record.clone()));
-        }
         let handle = Balancer::sandbox_of(&sandbox).await?;
         self.continuity.attached(
             &task.id,
@@ -348,23 +354,56 @@ impl Dataplane {
         }
         Self::rebalance(&self.dns, self.balancer.as_ref()).await;
         self.continuity.touch();
-        if records.is_empty() {
-            return Ok(());
+        if !records.is_empty() {
+            self.pending.lock().await.insert(task.id.clone(), records);
         }
+        Ok(())
+    }
+
+    async fn announce_task(&self, task_id: &str) {
+        let Some(records) = self.pending.lock().await.remove(task_id) else {
+            return;
+        };
+        for record in &records {
+            Self::learn(&self.dns, &Change::Upsert(record.clone()));
+        }
+        Self::rebalance(&self.dns, self.balancer.as_ref()).await;
         // Held across publishing, so that the sweep never takes a record being published for
         // one this node no longer owns.
         let mut published = self.published.lock().await;
-        published.insert(task.id.clone(), records.clone());
+        published.insert(task_id.to_owned(), records.clone());
         if let Some(r) = self.running.lock().await.as_ref() {
             for record in &records {
                 if let Err(err) = r.gossip.publish(record.clone()).await {
-                    tracing::warn!(task.id = %task.id, error = %err, "cannot publish endpoint");
+                    tracing::warn!(task.id = %task_id, error = %err, "cannot publish endpoint");
                 }
             }
         }
         drop(published);
+        tracing::debug!(task.id = %task_id, "task announced to its services");
+        self.continuity.touch();
         self.reroute().await;
-        Ok(())
+    }
+
+    /// The endpoints the task has out there: those this run published, or, for a task still
+    /// pending here, those an earlier run published and gossip still shows (a task re-adopted
+    /// after a restart before this run announced it).
+    async fn take_endpoints(&self, task_id: &str) -> Option<Vec<EndpointRecord>> {
+        if let Some(records) = self.published.lock().await.remove(task_id) {
+            self.pending.lock().await.remove(task_id);
+            return Some(records);
+        }
+        let pending = self.pending.lock().await.remove(task_id)?;
+        let gossip = self.running.lock().await.as_ref().map(|r| r.gossip.clone());
+        let visible: Vec<EndpointRecord> = match gossip {
+            Some(gossip) => gossip.records(),
+            None => self.continuity.seed().records().cloned().collect(),
+        };
+        let out: Vec<EndpointRecord> = pending
+            .into_iter()
+            .filter(|p| visible.iter().any(|v| v.key() == p.key()))
+            .collect();
+        (!out.is_empty()).then_some(out)
     }
 
     /// Re-plans the routing mesh, once gossip runs.
@@ -376,8 +415,7 @@ impl Dataplane {
     }
 
     async fn drain_task(&self, task_id: &str) {
-        let records = self.published.lock().await.remove(task_id);
-        let Some(records) = records else {
+        let Some(records) = self.take_endpoints(task_id).await else {
             return;
         };
         for record in &records {
@@ -385,7 +423,7 @@ impl Dataplane {
         }
         Self::rebalance(&self.dns, self.balancer.as_ref()).await;
         if let Some(r) = self.running.lock().await.as_ref() {
-            for record in records {
+            for record in &records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
                     tracing::warn!(task.id = %task_id, error = %err, "cannot withdraw endpoint");
                 }
@@ -400,7 +438,7 @@ impl Dataplane {
         self.continuity.detached(task_id);
         self.continuity.touch();
         self.dns.stop(task_id).await;
-        let records = self.published.lock().await.remove(task_id);
+        let records = self.take_endpoints(task_id).await;
         for record in records.iter().flatten() {
             Self::learn(&self.dns, &Change::Remove(record.clone()));
         }
@@ -409,8 +447,9 @@ impl Dataplane {
             on_balancer(balancer, move |b| b.remove_sandbox(&task_id)).await;
         }
         Self::rebalance(&self.dns, self.balancer.as_ref()).await;
-        if let (Some(records), Some(r)) = (records, self.running.lock().await.as_ref()) {
-            for record in records {
+        let records = records.unwrap_or_default();
+        if let Some(r) = self.running.lock().await.as_ref() {
+            for record in &records {
                 if let Err(err) = r.gossip.withdraw(record.key()).await {
                     tracing::warn!(task.id = %task_id, error = %err, "cannot withdraw endpoint");
                 }
@@ -424,6 +463,10 @@ impl Dataplane {
 impl TaskNetwork for Dataplane {
     fn attach<'a>(&'a self, task: &'a Task, pid: u32) -> BoxFuture<'a, Result<(), OverlayError>> {
         Box::pin(self.attach_task(task, pid))
+    }
+
+    fn announce<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.announce_task(task_id))
     }
 
     fn detach<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()> {
@@ -570,11 +613,13 @@ async fn reroute(
     mesh: &Mutex<Option<ingress::Plan>>,
     continuity: &Continuity,
 ) {
+    // Held while planning too: a plan made from an older view must not be applied after a newer
+    // one (a withdrawn task would be back until the next change).
+    let mut applied = mesh.lock().await;
     let settled = continuity.is_settled();
     let local = overlay.gateway_addrs(!settled).await;
     let records = continuity.view(gossip.records());
     let plan = ingress::plan(&records, overlay.vtep(), &local);
-    let mut applied = mesh.lock().await;
     if applied.as_ref() == Some(&plan) || (applied.is_none() && plan.is_empty()) {
         return;
     }

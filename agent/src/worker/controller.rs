@@ -5,6 +5,12 @@
 //! only its network namespace), plugs the task's networks into it, and only then creates the
 //! task's container inside it; a failed attach rejects the task before its process ever runs.
 //! Once the task's container has ended, its networks are unplugged and its sandbox removed.
+//!
+//! A container with a health check (the spec's or its image's) keeps its task in Starting until
+//! the check says healthy, and only a running task is announced as a backend of its services
+//! (VIPs, routing mesh, DNS). One that turns unhealthy is withdrawn from every backend set at
+//! once, then its task fails with "task: container is unhealthy" and its container is stopped,
+//! so that the orchestrator replaces it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +20,16 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, warn};
 
 use super::records::Reporter;
-use crate::exec::{ContainerListing, ExecError, Executor, stop_grace};
+use crate::exec::{ContainerListing, ExecError, Executor, Health, stop_grace};
 use crate::network::TaskNetwork;
+
+mod adopt;
 
 /// Pause after the engine failed to answer a wait, before asking again.
 const WAIT_RETRY: Duration = Duration::from_secs(1);
+
+/// A task's error once its container's health check judged it unhealthy.
+pub(super) const UNHEALTHY: &str = "task: container is unhealthy";
 
 /// What the worker tells a controller.
 #[derive(Debug)]
@@ -55,6 +66,12 @@ pub(super) struct Controller {
     attached: bool,
     /// The task's sandbox container, once made (or found, for a container an earlier agent left).
     sandbox: Option<String>,
+    /// The task's container was started (or found running).
+    launched: bool,
+    /// Its health as last seen; `None` without a health check.
+    health: Option<Health>,
+    /// Its endpoints are published as backends of its services.
+    announced: bool,
 }
 
 impl Controller {
@@ -85,6 +102,9 @@ impl Controller {
             network,
             attached: false,
             sandbox: None,
+            launched: false,
+            health: None,
+            announced: false,
         }
     }
 
@@ -105,11 +125,24 @@ impl Controller {
     }
 
     /// Attaches a running container an earlier agent left to its networks (its interfaces are
-    /// taken over), and detaches the task and removes its sandbox once it no longer runs.
+    /// taken over), announces a running task as a backend of its services, and detaches the task
+    /// and removes its sandbox once it no longer runs.
     async fn follow_network(&mut self) {
-        if self.state() == TaskState::Running && !self.attached {
+        let state = self.state();
+        let live = state == TaskState::Running || (state == TaskState::Starting && self.launched);
+        if live && !self.attached {
             self.attach_network().await;
-        } else if self.state() > TaskState::Running && self.attached {
+        }
+        if state == TaskState::Running
+            && self.attached
+            && !self.announced
+            && self.health != Some(Health::Unhealthy)
+        {
+            self.announced = true;
+            if let Some(network) = self.network.clone() {
+                network.announce(&self.task.id).await;
+            }
+        } else if state > TaskState::Running && self.attached {
             self.detach_network().await;
             self.remove_sandbox().await;
         }
@@ -133,6 +166,9 @@ impl Controller {
         }
         if desired >= TaskState::Shutdown {
             return self.shut_down().await;
+        }
+        if self.launched && self.health == Some(Health::Unhealthy) {
+            return self.unhealthy().await;
         }
         match state {
             TaskState::Accepted => self.set(TaskState::Preparing, "preparing"),
@@ -213,6 +249,7 @@ impl Controller {
 
     async fn detach_network(&mut self) {
         self.attached = false;
+        self.announced = false;
         if let Some(network) = self.network.clone() {
             network.detach(&self.task.id).await;
         }
@@ -228,55 +265,6 @@ impl Controller {
             Some(Command::Update(task)) => self.task = *task,
             Some(Command::Remove) => self.removed = true,
             None => self.closed = true,
-        }
-    }
-
-    /// Takes over a container an earlier agent left for this task.
-    async fn adopt(&mut self, known: Known) {
-        let state = self.state();
-        let listing = match known {
-            Known::Found(listing) => Some(listing),
-            Known::Absent => None,
-            Known::Unknown if state > TaskState::Accepted && state < TaskState::Complete => {
-                match self.executor.list().await {
-                    Ok(all) => pick(all, &self.task.id),
-                    Err(error) => {
-                        warn!(task.id = %self.task.id, %error, "cannot list containers");
-                        None
-                    }
-                }
-            }
-            Known::Unknown => return,
-        };
-        let Some(listing) = listing else {
-            if matches!(state, TaskState::Starting | TaskState::Running) {
-                self.container = None;
-                let err = format!("No such container for task {}", self.task.id);
-                self.fail(TaskState::Failed, "failed", err);
-            }
-            return;
-        };
-        let info = match self.executor.inspect(&listing.id).await {
-            Ok(info) => info,
-            Err(error) => {
-                warn!(task.id = %self.task.id, container.id = %listing.id, %error, "cannot inspect container");
-                return;
-            }
-        };
-        debug!(task.id = %self.task.id, container.id = %info.id, running = info.running, "container adopted");
-        self.container = Some(info.id);
-        if info.running {
-            self.pid = info.pid;
-            self.set(TaskState::Running, "started");
-        } else if info.started {
-            self.exited(info.exit_code);
-        }
-        // A state the manager already had is not reported again, but the container it names is.
-        let reported = self.status.container.as_ref().map(|c| &c.container_id);
-        if reported != self.container.as_ref() {
-            self.status.container = self.container_status();
-            self.status.timestamp = now_nanos();
-            self.reporter.report(self.status.clone());
         }
     }
 
@@ -313,27 +301,72 @@ impl Controller {
             let err = format!("No such container for task {}", self.task.id);
             return self.fail(TaskState::Failed, "starting", err);
         };
-        if let Err(error) = self.executor.start(&id).await {
-            return self.fail(TaskState::Failed, "starting", error.to_string());
-        }
-        match self.executor.inspect(&id).await {
-            Ok(info) if !info.running && info.started => return self.exited(info.exit_code),
-            Ok(info) => self.pid = info.pid,
-            Err(error) => {
-                warn!(task.id = %self.task.id, %error, "cannot inspect started container")
+        if !self.launched {
+            if let Err(error) = self.executor.start(&id).await {
+                return self.fail(TaskState::Failed, "starting", error.to_string());
+            }
+            self.launched = true;
+            match self.executor.inspect(&id).await {
+                Ok(info) if !info.running && info.started => return self.exited(info.exit_code),
+                Ok(info) => {
+                    self.pid = info.pid;
+                    self.health = info.health;
+                }
+                Err(error) => {
+                    warn!(task.id = %self.task.id, %error, "cannot inspect started container")
+                }
             }
         }
-        self.set(TaskState::Running, "started");
+        match self.health {
+            None | Some(Health::Healthy) => self.set(TaskState::Running, "started"),
+            Some(Health::Unhealthy) => self.unhealthy().await,
+            Some(Health::Starting) => self.watch().await,
+        }
     }
 
-    /// Waits for the running container to exit, or for a command, whichever comes first.
+    /// Withdraws the task from every backend set, fails it as unhealthy and stops its container.
+    async fn unhealthy(&mut self) {
+        if self.attached
+            && let Some(network) = self.network.clone()
+        {
+            network.drain(&self.task.id).await;
+        }
+        self.announced = false;
+        self.fail(TaskState::Failed, "unhealthy", UNHEALTHY.to_owned());
+        if let Some(id) = self.container.clone() {
+            self.stop(&id).await;
+        }
+    }
+
+    /// Waits for the running container to exit, for its health to change, or for a command,
+    /// whichever comes first.
     async fn watch(&mut self) {
         let Some(id) = self.container.clone() else {
             let err = format!("No such container for task {}", self.task.id);
             return self.fail(TaskState::Failed, "failed", err);
         };
         let executor = Arc::clone(&self.executor);
+        let last = self.health;
+        let health = async {
+            match last {
+                Some(_) => executor.health_changed(&id, last).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            changed = health => match changed {
+                Ok(health) => {
+                    debug!(task.id = %self.task.id, ?health, "container health changed");
+                    self.health = health;
+                }
+                Err(error) => {
+                    warn!(task.id = %self.task.id, container.id = %id, %error, "cannot watch container health");
+                    tokio::select! {
+                        () = tokio::time::sleep(WAIT_RETRY) => {}
+                        command = self.commands.recv() => self.apply(command),
+                    }
+                }
+            },
             exit = executor.wait(&id) => match exit {
                 Ok(code) => self.exited(code),
                 Err(error @ ExecError::ContainerNotFound { .. }) => {
@@ -455,13 +488,6 @@ impl Controller {
             exit_code: self.exit_code,
         })
     }
-}
-
-/// The container of `task_id` among `all`, a running one first.
-pub(super) fn pick(all: Vec<ContainerListing>, task_id: &str) -> Option<ContainerListing> {
-    all.into_iter()
-        .filter(|c| c.task_id == task_id && !c.sandbox)
-        .max_by_key(|c| c.running)
 }
 
 fn now_nanos() -> i64 {

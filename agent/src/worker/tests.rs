@@ -18,6 +18,8 @@ use super::Worker;
 use crate::exec::fake::{FakeExecutor, STOPPED_EXIT_CODE};
 use crate::network::{OverlayError, TaskNetwork};
 
+mod health;
+
 const WAIT: Duration = Duration::from_secs(5);
 
 fn task(id: &str, desired: TaskState, state: TaskState) -> Task {
@@ -406,6 +408,9 @@ impl TaskNetwork for Attachments {
         self.0.lock().unwrap().retain(|(id, _)| id != task_id);
         Box::pin(async {})
     }
+    fn announce<'a>(&'a self, _task_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
     fn drain<'a>(&'a self, _task_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
@@ -536,6 +541,9 @@ struct RecordingNetwork {
     attached: std::sync::Mutex<Vec<(String, u32, bool)>>,
     detached: std::sync::Mutex<Vec<String>>,
     failing: std::sync::Mutex<Vec<String>>,
+    /// Tasks announced as backends, and drained out of the backend sets, in order.
+    announced: std::sync::Mutex<Vec<String>>,
+    drained: std::sync::Mutex<Vec<String>>,
 }
 
 impl crate::network::TaskNetwork for RecordingNetwork {
@@ -568,7 +576,13 @@ impl crate::network::TaskNetwork for RecordingNetwork {
         Box::pin(async {})
     }
 
-    fn drain<'a>(&'a self, _task_id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+    fn announce<'a>(&'a self, task_id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        self.announced.lock().unwrap().push(task_id.to_owned());
+        Box::pin(async {})
+    }
+
+    fn drain<'a>(&'a self, task_id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        self.drained.lock().unwrap().push(task_id.to_owned());
         Box::pin(async {})
     }
 }

@@ -7,6 +7,7 @@ mod error;
 mod events;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
+pub mod health;
 mod networks;
 mod node_ca;
 mod nodes;

@@ -73,6 +73,9 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
     if container.stop_grace_period_ns.is_some_and(|g| g < 0) {
         return Err("stop grace period must not be negative".into());
     }
+    if let Some(health) = &container.healthcheck {
+        super::health::validate(health)?;
+    }
     if let Some(resources) = &task.resources {
         for r in [&resources.limits, &resources.reservations]
             .into_iter()
@@ -254,5 +257,56 @@ mod tests {
             err,
             Err("invalid --rollback-max-failure-ratio 2: must be between 0 and 1".into())
         );
+    }
+
+    #[test]
+    fn a_bad_health_check_is_refused_whoever_sent_it() {
+        let spec = |health: mesh_proto::HealthConfig| ServiceSpec {
+            annotations: Some(mesh_proto::Annotations {
+                name: "web".into(),
+                ..Default::default()
+            }),
+            task: Some(mesh_proto::TaskSpec {
+                container: Some(mesh_proto::ContainerSpec {
+                    image: "busybox".into(),
+                    healthcheck: Some(health),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            mode: Some(Mode::Replicated(mesh_proto::ReplicatedService {
+                replicas: 1,
+            })),
+            ..Default::default()
+        };
+        let good = mesh_proto::HealthConfig {
+            test: vec!["CMD-SHELL".into(), "true".into()],
+            interval_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        assert_eq!(service_spec(&spec(good.clone())), Ok(()));
+        let bad = [
+            mesh_proto::HealthConfig {
+                retries: -1,
+                ..good.clone()
+            },
+            mesh_proto::HealthConfig {
+                interval_ns: -1,
+                ..good.clone()
+            },
+            mesh_proto::HealthConfig {
+                test: vec!["NONE".into()],
+                ..good.clone()
+            },
+            mesh_proto::HealthConfig {
+                test: vec!["CMD-SHELL".into()],
+                ..good
+            },
+        ];
+        for health in bad {
+            let err = service_spec(&spec(health.clone())).expect_err("refused");
+            assert!(err.contains("health check"), "{health:?}: {err}");
+            assert_eq!(err.lines().count(), 1);
+        }
     }
 }

@@ -235,6 +235,8 @@ pub struct CreateFlags {
     #[command(flatten)]
     pub container: ContainerFlags,
     #[command(flatten)]
+    pub health: HealthFlags,
+    #[command(flatten)]
     pub rollout: RolloutFlags,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
@@ -276,6 +278,9 @@ impl CreateFlags {
             ..TaskSpec::default()
         };
         self.container.apply(&mut task, global)?;
+        if let Some(container) = task.container.as_mut() {
+            container.healthcheck = self.health.to_config()?;
+        }
         self.resources.apply(&mut task.resources);
         self.restart.apply(&mut task.restart);
         if !self.constraints.is_empty() || !self.placement_prefs.is_empty() {
@@ -351,8 +356,10 @@ pub fn validate_image(image: &str) -> Result<(), InputError> {
     Ok(())
 }
 
+mod health;
 mod rollout;
 mod update;
+pub use health::HealthFlags;
 pub use rollout::RolloutFlags;
 pub use update::UpdateFlags;
 

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use mesh_proto::{PullPolicy, Task};
 use tracing::debug;
 
-use super::{container_error, engine_error, is_not_found};
+use super::{container_error, engine_error, health, is_not_found};
 use crate::exec::{
     ContainerInfo, ContainerListing, ExecError, LABEL_NODE_ID, LABEL_SANDBOX, LABEL_SERVICE_ID,
     LABEL_SERVICE_NAME, LABEL_TASK_ID, LABEL_TASK_NAME, stop_grace, task_name,
@@ -87,6 +87,8 @@ impl ContainerConfig {
             hostname: non_blank(&container.hostname),
             labels: Some(labels),
             stop_timeout: Some(grace_secs),
+            // Absent: the image's HEALTHCHECK, if any, is Docker's to apply.
+            healthcheck: health::config(container.healthcheck.as_ref()),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -141,6 +143,8 @@ impl ContainerConfig {
             user: Some("0".to_owned()),
             labels: Some(labels),
             stop_timeout: Some(0),
+            // The sandbox runs only `pause`: the image's health check is the task's, not its.
+            healthcheck: Some(health::disabled()),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -275,6 +279,7 @@ pub(super) async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInfo, 
             state.status,
             Some(ContainerStateStatusEnum::CREATED) | Some(ContainerStateStatusEnum::EMPTY) | None
         ),
+        health: health::from_status(state.health.and_then(|h| h.status)),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The Docker executor: runs tasks as containers on a Docker Engine through bollard.
 
 mod container;
+mod health;
 mod image;
 mod logs;
 
@@ -18,7 +19,7 @@ use futures::stream::BoxStream;
 use mesh_proto::{EngineDescription, NodeDescription, Platform, Resources, Task};
 use tracing::info;
 
-use super::{ContainerInfo, ContainerListing, ExecError, Executor, LogChunk, LogOptions};
+use super::{ContainerInfo, ContainerListing, ExecError, Executor, Health, LogChunk, LogOptions};
 
 /// Requests to the engine that do not stream give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -165,6 +166,14 @@ impl Executor for DockerExecutor {
 
     fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ContainerInfo, ExecError>> {
         container::inspect(&self.docker, id).boxed()
+    }
+
+    fn health_changed<'a>(
+        &'a self,
+        id: &'a str,
+        last: Option<Health>,
+    ) -> BoxFuture<'a, Result<Option<Health>, ExecError>> {
+        health::changed(&self.docker, id, last).boxed()
     }
 
     fn stop<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, Result<(), ExecError>> {

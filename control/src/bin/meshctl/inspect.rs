@@ -191,6 +191,28 @@ pub struct ContainerSpecJson {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountJson>,
     pub stop_grace_period: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthcheckJson>,
+}
+
+/// Docker's `HealthConfig`: durations in nanoseconds, zero values left out.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthcheckJson {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub interval: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub start_period: i64,
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub retries: i32,
+}
+
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -320,6 +342,13 @@ pub fn service_json(service: &Service) -> ServiceJson {
                     stop_grace_period: container
                         .stop_grace_period_ns
                         .unwrap_or(DEFAULT_STOP_GRACE_NS),
+                    healthcheck: container.healthcheck.map(|h| HealthcheckJson {
+                        test: h.test,
+                        interval: h.interval_ns,
+                        timeout: h.timeout_ns,
+                        start_period: h.start_period_ns,
+                        retries: h.retries,
+                    }),
                 },
                 resources: ResourcesJson {
                     limits: limit(resources.limits),

@@ -510,6 +510,8 @@ fn rollback_takes_no_other_flag() {
         &["--update-parallelism", "2"],
         &["--limit-cpu", "1"],
         &["--restart-delay", "1s"],
+        &["--health-cmd", "true"],
+        &["--no-healthcheck"],
     ] {
         let mut all = vec!["--rollback"];
         all.extend_from_slice(args);

@@ -1,8 +1,8 @@
 //! `service update` flags and the read-modify-write step they make on the current spec.
 
 use super::{
-    ContainerFlags, ResourceFlags, RestartFlags, RolloutFlags, attachment, parse_constraint,
-    parse_network, validate_image,
+    ContainerFlags, HealthFlags, ResourceFlags, RestartFlags, RolloutFlags, attachment,
+    parse_constraint, parse_network, validate_image,
 };
 use crate::cli::InputError;
 use crate::cli::flags::{
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 /// What `--rollback` cannot be combined with: every flag that changes the spec (the groups are
 /// the flattened flag structs).
-const ROLLBACK_CONFLICTS: [&str; 23] = [
+const ROLLBACK_CONFLICTS: [&str; 24] = [
     "image",
     "replicas",
     "env_add",
@@ -43,6 +43,7 @@ const ROLLBACK_CONFLICTS: [&str; 23] = [
     "RestartFlags",
     "ContainerFlags",
     "RolloutFlags",
+    "HealthFlags",
 ];
 
 /// The flags and argument of `service update`.
@@ -108,6 +109,8 @@ pub struct UpdateFlags {
     pub restart: RestartFlags,
     #[command(flatten)]
     pub container: ContainerFlags,
+    #[command(flatten)]
+    pub health: HealthFlags,
     #[command(flatten)]
     pub rollout: RolloutFlags,
     /// Force update even if no changes require it
@@ -205,6 +208,7 @@ impl UpdateFlags {
         if let Some(image) = &self.image {
             container.image.clone_from(image);
         }
+        self.health.apply(&mut container.healthcheck)?;
         if let Some(Words(args)) = &self.args {
             container.args.clone_from(args);
         }
