@@ -294,6 +294,17 @@ async fn the_routing_mesh_answers_on_every_node_including_those_without_a_task()
             node.hostname()
         );
     }
+    // And on each node's own loopback, as `curl localhost:8080` on a Swarm node: the node with the
+    // task sends it there over its gateway bridge, the others to that node.
+    for node in cluster.nodes() {
+        let what = format!("127.0.0.1:8080 on {} to answer", node.hostname());
+        let answer = wait_for(CONVERGE, &what, async || localhost_get(node, 8080).await).await?;
+        ensure!(
+            answer == task.hostname,
+            "127.0.0.1:8080 on {} answered for another task",
+            node.hostname()
+        );
+    }
     // Three tasks: every node's address spreads connections over all of them, its own task
     // or not (a node with a task of its own does not keep them all).
     manager
@@ -343,4 +354,33 @@ async fn the_routing_mesh_answers_on_every_node_including_those_without_a_task()
         .await?;
     }
     cluster.close()
+}
+
+/// `GET /` of `127.0.0.1:PORT` from inside `node`'s network namespace: the body's last line, or
+/// `None` when nothing answered.
+async fn localhost_get(node: &mesh_tests::node::Node, port: u16) -> anyhow::Result<Option<String>> {
+    let busybox = mesh_tests::image::busybox_binary()
+        .context("busybox-static is needed")?
+        .display()
+        .to_string();
+    let net = format!("--net={}", node.netns().path());
+    let url = format!("http://127.0.0.1:{port}/");
+    // No `-T`: Debian 12's busybox-static wget crashes on it; the run's timeout bounds it.
+    let Ok(out) = mesh_tests::process::run(
+        "nsenter",
+        &[&net, "--", &busybox, "wget", "-q", "-O", "-", &url],
+        Duration::from_secs(5),
+    )
+    .await
+    else {
+        return Ok(None);
+    };
+    Ok(out.success().then(|| {
+        out.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }))
 }

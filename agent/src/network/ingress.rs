@@ -6,6 +6,12 @@
 //! so it crosses at most one more node. Written as iptables NAT rules in the node's namespace, in
 //! two chains of our own replaced atomically (`iptables-restore --noflush`) whenever the endpoint
 //! table changes.
+//!
+//! A published port also answers on the node's loopback (`curl localhost:8080` on a node, as with
+//! Swarm). A connection from 127.0.0.1 DNATed to a task or another node leaves by a real
+//! interface, which the kernel allows only with `route_localnet`; it is masqueraded on its way
+//! out, and a guard drops what arrives from elsewhere for a loopback address (what
+//! `route_localnet` would let in otherwise: kube-proxy's CVE-2020-8558 rule).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -114,9 +120,19 @@ pub(super) fn render(plan: &Plan) -> String {
             );
         }
     }
+    // Connections from the node's own loopback leave with the address of the way out.
+    if !plan.is_empty() {
+        let _ = writeln!(
+            out,
+            "-A {SNAT_CHAIN} -s {LOOPBACK} -m conntrack --ctstate DNAT -j MASQUERADE"
+        );
+    }
     out.push_str("COMMIT\n");
     out
 }
+
+/// The loopback network, which connections to a published port on `localhost` come from.
+const LOOPBACK: &str = "127.0.0.0/8";
 
 /// DNAT rules matching `selector` that pick one of `destinations` in proportion to its weight.
 fn spread(out: &mut String, selector: &str, destinations: &[(String, usize)]) {
@@ -153,6 +169,24 @@ const JUMPS: &[(&str, &str, &[&str])] = &[
     ("nat", "POSTROUTING", &["-j", SNAT_CHAIN]),
     (
         "filter",
+        "INPUT",
+        &[
+            "-d",
+            LOOPBACK,
+            "!",
+            "-s",
+            LOOPBACK,
+            "-m",
+            "conntrack",
+            "!",
+            "--ctstate",
+            "RELATED,ESTABLISHED,DNAT",
+            "-j",
+            "DROP",
+        ],
+    ),
+    (
+        "filter",
         "FORWARD",
         &["-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"],
     ),
@@ -163,6 +197,7 @@ const JUMPS: &[(&str, &str, &[&str])] = &[
 pub(super) async fn apply(plan: &Plan) -> Result<(), String> {
     if !plan.is_empty() {
         super::nat::enable_forwarding()?;
+        super::nat::enable_route_localnet()?;
     }
     let mut child = Command::new("iptables-restore")
         .args(["-w", "--noflush"])
@@ -264,6 +299,7 @@ mod tests {
             -A MESH-INGRESS -p tcp --dport 8080 -m statistic --mode random --probability 0.33333 -j DNAT --to-destination 172.18.0.2:80\n\
             -A MESH-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 192.168.0.2:8080\n\
             -A MESH-INGRESS-SNAT -d 192.168.0.2 -p tcp --dport 8080 -m conntrack --ctstate DNAT -j MASQUERADE\n\
+            -A MESH-INGRESS-SNAT -s 127.0.0.0/8 -m conntrack --ctstate DNAT -j MASQUERADE\n\
             COMMIT\n";
         assert_eq!(text, expected);
     }

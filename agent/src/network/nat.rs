@@ -188,6 +188,16 @@ pub(super) fn enable_forwarding() -> Result<(), String> {
     Ok(())
 }
 
+/// Lets connections from the loopback that were DNATed elsewhere leave by a real interface
+/// (for published ports on `localhost`; see `ingress`, which also installs the guard this needs).
+pub(super) fn enable_route_localnet() -> Result<(), String> {
+    let setting = "/proc/sys/net/ipv4/conf/all/route_localnet";
+    if !std::fs::read_to_string(setting).is_ok_and(|v| v.trim() == "1") {
+        std::fs::write(setting, "1").map_err(|e| format!("cannot enable {setting}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Turns on IPv4 forwarding and installs the rules that are missing.
 pub(super) async fn enable(subnet: Ipv4Net, bridge: &str) -> Result<(), String> {
     enable_forwarding()?;
