@@ -14,6 +14,9 @@ use tonic::transport::Channel;
 
 const POLL: Duration = Duration::from_millis(100);
 const VERIFY: Duration = Duration::from_secs(1);
+/// How long a service just written may be unknown to the manager answering (a follower that has
+/// not applied the write yet).
+const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Where progress goes: nowhere (`--quiet`), bars on a terminal, or plain lines.
 enum Sink {
@@ -145,12 +148,23 @@ pub async fn watch(
     let mut sink = Sink::new(quiet);
     let mut stable_since: Option<Instant> = None;
     let mut ticker = tokio::time::interval(POLL);
+    let watching = Instant::now();
     loop {
         ticker.tick().await;
         let request = GetServiceRequest {
             reference: service.id.clone(),
         };
-        service = control.get_service(request).await?.into_inner();
+        service = match control.get_service(request).await {
+            Ok(reply) => reply.into_inner(),
+            // A manager that is not the leader answers from its own store, which may not have
+            // applied the write that just made the service yet: it exists, so ask again.
+            Err(status)
+                if status.code() == tonic::Code::NotFound && watching.elapsed() < CATCH_UP =>
+            {
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
         let status = service.update_status.clone().unwrap_or_default();
         match update_state(&service) {
             UpdateState::Paused => {
