@@ -262,6 +262,7 @@ async fn records(
         service_name: String::new(),
         vip: None,
         ingress_ports: Vec::new(),
+        aliases: Vec::new(),
     };
     let key = record.key();
     let has = |i: usize| members[i].records().iter().any(|r| r.key() == key);

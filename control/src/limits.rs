@@ -177,6 +177,10 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), LimitError> {
                 MAX_ARGS,
             )?;
             count("the container's mounts", c.mounts.len(), MAX_MOUNTS)?;
+            for mount in &c.mounts {
+                labels("volume labels", &mount.volume_labels)?;
+                labels("volume driver options", &mount.volume_driver_opts)?;
+            }
             labels("container labels", &c.labels)?;
         }
         if let Some(p) = &task.placement {

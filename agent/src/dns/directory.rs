@@ -38,29 +38,41 @@ impl Directory {
         }
     }
 
+    /// The names a record answers to: its service's name and its attachment's aliases (a
+    /// service's aliases resolve like its name, to its virtual IP in vip mode, as in Swarm).
+    fn names(record: &EndpointRecord) -> Vec<String> {
+        let mut names: Vec<String> = std::iter::once(&record.service_name)
+            .chain(&record.aliases)
+            .filter(|n| !n.is_empty())
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     fn upsert(&mut self, record: &EndpointRecord) {
         if record.service_name.is_empty() {
             return;
         }
-        let entry = self
-            .networks
-            .entry(record.network_id.clone())
-            .or_default()
-            .entry(record.service_name.to_ascii_lowercase())
-            .or_default();
-        entry.vip = record.vip;
-        entry.tasks.insert(record.task_id.clone(), record.addr);
+        let services = self.networks.entry(record.network_id.clone()).or_default();
+        for name in Self::names(record) {
+            let entry = services.entry(name).or_default();
+            entry.vip = record.vip;
+            entry.tasks.insert(record.task_id.clone(), record.addr);
+        }
     }
 
     fn remove(&mut self, record: &EndpointRecord) {
         let Some(services) = self.networks.get_mut(&record.network_id) else {
             return;
         };
-        let name = record.service_name.to_ascii_lowercase();
-        if let Some(entry) = services.get_mut(&name) {
-            entry.tasks.remove(&record.task_id);
-            if entry.tasks.is_empty() {
-                services.remove(&name);
+        for name in Self::names(record) {
+            if let Some(entry) = services.get_mut(&name) {
+                entry.tasks.remove(&record.task_id);
+                if entry.tasks.is_empty() {
+                    services.remove(&name);
+                }
             }
         }
         if services.is_empty() {
@@ -139,6 +151,7 @@ mod tests {
             service_name: service.into(),
             vip: vip.map(|v| Ipv4Addr::new(10, 0, 0, v)),
             ingress_ports: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 
@@ -212,6 +225,26 @@ mod tests {
         );
         d.apply(&Change::Remove(t2));
         assert_eq!(d.resolve(&nets(&["n1"]), "web"), Resolution::Forward);
+        assert!(d.networks.is_empty());
+    }
+
+    #[test]
+    fn aliases_answer_like_the_service_name_and_leave_with_it() {
+        let mut d = Directory::default();
+        let mut t1 = record("n1", "shop_db", "t1", 5, Some(2));
+        t1.aliases = vec!["db".into()];
+        d.apply(&Change::Upsert(t1.clone()));
+        let vip = Resolution::Addresses(vec![Ipv4Addr::new(10, 0, 0, 2)]);
+        assert_eq!(d.resolve(&nets(&["n1"]), "db"), vip);
+        assert_eq!(d.resolve(&nets(&["n1"]), "shop_db"), vip);
+        assert_eq!(
+            d.resolve(&nets(&["n1"]), "tasks.db"),
+            Resolution::Addresses(vec![Ipv4Addr::new(10, 0, 0, 5)])
+        );
+        assert_eq!(d.resolve(&nets(&["n2"]), "db"), Resolution::Forward);
+        assert_eq!(d.vips(&nets(&["n1"])).len(), 1, "one VIP under two names");
+        d.apply(&Change::Remove(t1));
+        assert_eq!(d.resolve(&nets(&["n1"]), "db"), Resolution::Forward);
         assert!(d.networks.is_empty());
     }
 }

@@ -37,6 +37,7 @@ fn directory() -> Directory {
             service_name: service.into(),
             vip: vip.map(|v| Ipv4Addr::new(10, 0, 1, v)),
             ingress_ports: Vec::new(),
+            aliases: Vec::new(),
         }));
     }
     directory

@@ -23,6 +23,7 @@ fn directory() -> Directory {
             service_name: "web".into(),
             vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
             ingress_ports: Vec::new(),
+            aliases: Vec::new(),
         }));
     }
     d

@@ -64,6 +64,7 @@ fn record(node: &str, task: &str, last: u8) -> EndpointRecord {
             published: 8080,
             target: 80,
         }],
+        aliases: Vec::new(),
     }
 }
 

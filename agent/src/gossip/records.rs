@@ -42,6 +42,10 @@ pub struct EndpointRecord {
     /// The service's ports published through the routing mesh, for every node to answer on.
     #[serde(default)]
     pub ingress_ports: Vec<IngressPort>,
+    /// The task's other names on this network (its attachment's aliases, e.g. a stack service's
+    /// short name), answered by the embedded DNS like the service's name.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// A port the routing mesh publishes on every node: `published` there, `target` on the tasks.

@@ -87,6 +87,7 @@ fn endpoint(task: &str, node: &str, octet: u8) -> EndpointRecord {
         service_name: String::new(),
         vip: None,
         ingress_ports: Vec::new(),
+        aliases: Vec::new(),
     }
 }
 

@@ -90,6 +90,7 @@ impl Overlay {
                     .unwrap_or_default(),
                 vip: attachment.vip.parse::<Ipv4Net>().ok().map(|net| net.addr()),
                 ingress_ports: ingress_ports(task),
+                aliases: attachment.aliases.clone(),
             });
             tracing::info!(task.id = %task.id, vni = attachment.vni, addr = %addr, "task attached to overlay");
         }

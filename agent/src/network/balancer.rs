@@ -330,6 +330,7 @@ mod tests {
                 service_name: "web".into(),
                 vip: Some(VIP),
                 ingress_ports: Vec::new(),
+                aliases: Vec::new(),
             }));
         }
         directory

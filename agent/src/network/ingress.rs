@@ -249,6 +249,7 @@ mod tests {
                 published: 8080,
                 target: 80,
             }],
+            aliases: Vec::new(),
         }
     }
 

@@ -130,6 +130,7 @@ mod tests {
             service_name: "web".into(),
             vip: Some(Ipv4Addr::new(10, 0, 0, 100)),
             ingress_ports: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 

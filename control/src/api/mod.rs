@@ -14,7 +14,7 @@ mod nodes;
 pub mod ports;
 mod resolve;
 mod services;
-mod validate;
+pub mod validate;
 
 pub use error::{LEADER_METADATA, limit, not_a_manager, status};
 pub use node_ca::{DEFAULT_CERT_EXPIRY, NodeCaService, cert_validity, trusted_roots_pem};

@@ -69,6 +69,29 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
                 mount.source
             ));
         }
+        if mount.tmpfs_mode > 0o7777 {
+            return Err(format!(
+                "invalid tmpfs mode {:o}: at most 7777 (octal)",
+                mount.tmpfs_mode
+            ));
+        }
+        let volume_name_ok = mount.source.is_empty()
+            || mount
+                .source
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+                && mount
+                    .source
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if mount.r#type == mesh_proto::MountType::Volume as i32 && !volume_name_ok {
+            return Err(format!(
+                "invalid volume name {:?}: letters, digits, '_', '.' and '-', starting with a \
+                 letter or digit",
+                mount.source
+            ));
+        }
     }
     if container.stop_grace_period_ns.is_some_and(|g| g < 0) {
         return Err("stop grace period must not be negative".into());

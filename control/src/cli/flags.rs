@@ -361,7 +361,8 @@ fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
-/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly][,volume-label=K=V]…` as Docker reads it.
+/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly][,volume-label=K=V][,volume-driver=D]
+/// [,volume-opt=K=V][,tmpfs-size=S][,tmpfs-mode=M]` as Docker reads it.
 pub fn parse_mount(value: &str) -> Result<Mount, FlagError> {
     let fail = |reason: String| FlagError::Mount {
         value: value.to_string(),
@@ -372,6 +373,7 @@ pub fn parse_mount(value: &str) -> Result<Mount, FlagError> {
         ..Mount::default()
     };
     let mut labels = HashMap::new();
+    let mut driver_opts = HashMap::new();
     for field in value.split(',').filter(|f| !f.is_empty()) {
         let (key, val) = field.split_once('=').unwrap_or((field, ""));
         let bad_bool = || {
@@ -398,13 +400,34 @@ pub fn parse_mount(value: &str) -> Result<Mount, FlagError> {
                 let (k, v) = parse_label(val).map_err(|e| fail(e.to_string()))?;
                 labels.insert(k, v);
             }
+            "volume-driver" => {
+                if val.trim().is_empty() {
+                    return Err(fail("volume-driver must not be empty".to_string()));
+                }
+                mount.volume_driver = val.to_string();
+            }
+            "volume-opt" => {
+                let (k, v) = val.split_once('=').ok_or_else(|| {
+                    fail(format!(
+                        "invalid volume-opt {val:?}: expected volume-opt=KEY=VALUE"
+                    ))
+                })?;
+                if k.trim().is_empty() {
+                    return Err(fail(format!(
+                        "invalid volume-opt {val:?}: the key must not be empty"
+                    )));
+                }
+                driver_opts.insert(k.to_string(), v.to_string());
+            }
             "tmpfs-size" => {
                 mount.tmpfs_size_bytes = parse_bytes(val).map_err(|e| fail(e.to_string()))?;
             }
+            "tmpfs-mode" => mount.tmpfs_mode = parse_file_mode(val).map_err(fail)?,
             other => return Err(fail(format!("unknown field {other:?}"))),
         }
     }
     mount.volume_labels = labels;
+    mount.volume_driver_opts = driver_opts;
     let kind = MountType::try_from(mount.r#type).unwrap_or(MountType::Volume);
     if mount.target.is_empty() {
         return Err(fail("target is required".to_string()));
@@ -415,7 +438,11 @@ pub fn parse_mount(value: &str) -> Result<Mount, FlagError> {
     if kind == MountType::Tmpfs && !mount.source.is_empty() {
         return Err(fail("a tmpfs mount takes no source".to_string()));
     }
-    if kind != MountType::Volume && (!mount.volume_labels.is_empty() || mount.volume_no_copy) {
+    let volume_options = !mount.volume_labels.is_empty()
+        || mount.volume_no_copy
+        || !mount.volume_driver.is_empty()
+        || !mount.volume_driver_opts.is_empty();
+    if kind != MountType::Volume && volume_options {
         return Err(fail(
             "volume options are only valid with type=volume".to_string(),
         ));
@@ -423,7 +450,22 @@ pub fn parse_mount(value: &str) -> Result<Mount, FlagError> {
     if kind != MountType::Tmpfs && mount.tmpfs_size_bytes != 0 {
         return Err(fail("tmpfs-size is only valid with type=tmpfs".to_string()));
     }
+    if kind != MountType::Tmpfs && mount.tmpfs_mode != 0 {
+        return Err(fail("tmpfs-mode is only valid with type=tmpfs".to_string()));
+    }
     Ok(mount)
+}
+
+/// A file mode in octal (`1777`, `0700`, `0o755`), at most `0o7777`.
+pub fn parse_file_mode(value: &str) -> Result<u32, String> {
+    let digits = value.trim();
+    let digits = digits.strip_prefix("0o").unwrap_or(digits);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if !digits.is_empty() && mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "invalid file mode {value:?}: expected an octal mode such as 0755 or 1777"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ async fn rogue_member(cluster: &Cluster, vni: u32, tasks: &[Task]) -> anyhow::Re
         service_name: String::new(),
         vip: None,
         ingress_ports: Vec::new(),
+        aliases: Vec::new(),
     };
     let result = async {
         rogue

@@ -8,7 +8,7 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig, Mount,
-    MountTmpfsOptions, MountType, MountVolumeOptions,
+    MountTmpfsOptions, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
@@ -176,16 +176,24 @@ fn mount(m: &mesh_proto::Mount) -> Mount {
             out.volume_options = Some(MountVolumeOptions {
                 no_copy: Some(m.volume_no_copy),
                 labels: (!m.volume_labels.is_empty()).then(|| m.volume_labels.clone()),
+                driver_config: (!m.volume_driver.is_empty() || !m.volume_driver_opts.is_empty())
+                    .then(|| MountVolumeOptionsDriverConfig {
+                        name: non_blank(&m.volume_driver),
+                        options: (!m.volume_driver_opts.is_empty())
+                            .then(|| m.volume_driver_opts.clone()),
+                    }),
                 ..Default::default()
             });
         }
         mesh_proto::MountType::Tmpfs => {
             out.typ = Some(MountType::TMPFS);
             out.source = None;
-            out.tmpfs_options = (m.tmpfs_size_bytes > 0).then(|| MountTmpfsOptions {
-                size_bytes: Some(m.tmpfs_size_bytes),
-                ..Default::default()
-            });
+            out.tmpfs_options =
+                (m.tmpfs_size_bytes > 0 || m.tmpfs_mode != 0).then(|| MountTmpfsOptions {
+                    size_bytes: (m.tmpfs_size_bytes > 0).then_some(m.tmpfs_size_bytes),
+                    mode: (m.tmpfs_mode != 0).then(|| i64::from(m.tmpfs_mode)),
+                    ..Default::default()
+                });
         }
     }
     out
@@ -486,5 +494,50 @@ mod tests {
         }
         let err = ContainerConfig::from_task(&t).expect_err("no image");
         assert_eq!(err.to_string(), "invalid task t1: no image");
+    }
+
+    #[test]
+    fn volume_driver_options_and_tmpfs_mode_reach_docker() {
+        let volume = mount(&mesh_proto::Mount {
+            r#type: Kind::Volume as i32,
+            source: "app_data".to_owned(),
+            target: "/data".to_owned(),
+            volume_driver: "local".to_owned(),
+            volume_driver_opts: HashMap::from([("type".to_owned(), "tmpfs".to_owned())]),
+            ..Default::default()
+        });
+        assert_eq!(volume.typ, Some(MountType::VOLUME));
+        assert_eq!(volume.source.as_deref(), Some("app_data"));
+        let driver = volume
+            .volume_options
+            .and_then(|o| o.driver_config)
+            .expect("driver config");
+        assert_eq!(driver.name.as_deref(), Some("local"));
+        assert_eq!(
+            driver
+                .options
+                .unwrap_or_default()
+                .get("type")
+                .map(String::as_str),
+            Some("tmpfs")
+        );
+
+        let plain = mount(&mesh_proto::Mount {
+            r#type: Kind::Volume as i32,
+            source: "app_data".to_owned(),
+            target: "/data".to_owned(),
+            ..Default::default()
+        });
+        assert_eq!(plain.volume_options.and_then(|o| o.driver_config), None);
+
+        let tmpfs = mount(&mesh_proto::Mount {
+            r#type: Kind::Tmpfs as i32,
+            target: "/t".to_owned(),
+            tmpfs_mode: 0o1777,
+            ..Default::default()
+        });
+        let options = tmpfs.tmpfs_options.expect("tmpfs options");
+        assert_eq!(options.mode, Some(0o1777));
+        assert_eq!(options.size_bytes, None);
     }
 }

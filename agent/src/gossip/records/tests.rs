@@ -20,6 +20,7 @@ fn record(net: &str, task: &str, node: &str, last_octet: u8) -> EndpointRecord {
         service_name: String::new(),
         vip: None,
         ingress_ports: Vec::new(),
+        aliases: Vec::new(),
     }
 }
 

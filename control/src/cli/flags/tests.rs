@@ -238,8 +238,23 @@ fn mounts() {
     assert!(!volume.read_only);
     assert_eq!(volume.volume_labels.get("a").map(String::as_str), Some("b"));
 
-    let tmpfs = parse_mount("type=tmpfs,target=/t,tmpfs-size=64m").expect("tmpfs");
+    let tmpfs = parse_mount("type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=1770").expect("tmpfs");
     assert_eq!(tmpfs.tmpfs_size_bytes, 64 << 20);
+    assert_eq!(tmpfs.tmpfs_mode, 0o1770);
+
+    let driven = parse_mount(
+        "source=shared,target=/s,volume-driver=local,volume-opt=type=tmpfs,volume-opt=device=tmpfs",
+    )
+    .expect("volume with driver options");
+    assert_eq!(driven.volume_driver, "local");
+    assert_eq!(
+        driven.volume_driver_opts.get("type").map(String::as_str),
+        Some("tmpfs")
+    );
+    assert_eq!(
+        driven.volume_driver_opts.get("device").map(String::as_str),
+        Some("tmpfs")
+    );
 
     let bad = [
         ("type=bind,source=/a", "target is required"),
@@ -256,6 +271,38 @@ fn mounts() {
         (
             "type=tmpfs,source=x,target=/t",
             "a tmpfs mount takes no source",
+        ),
+        (
+            "type=bind,source=/a,target=/b,volume-driver=local",
+            "volume options are only valid with type=volume",
+        ),
+        (
+            "type=tmpfs,target=/b,volume-opt=o=size=1m",
+            "volume options are only valid with type=volume",
+        ),
+        (
+            "target=/b,volume-driver=",
+            "volume-driver must not be empty",
+        ),
+        (
+            "target=/b,volume-opt=nokey",
+            "invalid volume-opt \"nokey\": expected volume-opt=KEY=VALUE",
+        ),
+        (
+            "target=/b,volume-opt==v",
+            "invalid volume-opt \"=v\": the key must not be empty",
+        ),
+        (
+            "type=tmpfs,target=/b,tmpfs-mode=999",
+            "invalid file mode \"999\": expected an octal mode such as 0755 or 1777",
+        ),
+        (
+            "type=tmpfs,target=/b,tmpfs-mode=17777",
+            "invalid file mode \"17777\": expected an octal mode such as 0755 or 1777",
+        ),
+        (
+            "target=/b,tmpfs-mode=700",
+            "tmpfs-mode is only valid with type=tmpfs",
         ),
         (
             "type=bind,source=/a,target=/b,volume-nocopy",
