@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod api;
 pub mod ca;
 pub mod cli;
+pub mod compose;
 pub mod dispatcher;
 pub mod events;
 #[cfg(feature = "fuzzing")]

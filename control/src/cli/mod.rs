@@ -10,6 +10,7 @@ pub mod network;
 pub mod node;
 pub mod service;
 pub mod spec;
+pub mod stack;
 pub mod swarm;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +65,9 @@ pub enum Command {
     /// Manage networks
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Manage Swarm stacks
+    #[command(subcommand)]
+    Stack(stack::StackCommand),
     /// Get real time events from the cluster
     Events(events::EventsArgs),
     /// Display system-wide information: the swarm and the overlay's gossip

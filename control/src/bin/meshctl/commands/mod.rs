@@ -1,4 +1,4 @@
-//! One module per noun (`swarm`, `node`, `service`), one function per verb.
+//! One module per noun (`swarm`, `node`, `service`, `network`, `stack`), one function per verb.
 
 mod events;
 mod info;
@@ -7,6 +7,7 @@ mod network;
 mod node;
 mod service;
 mod service_view;
+mod stack;
 mod swarm;
 mod version;
 
@@ -23,6 +24,7 @@ pub async fn run(command: Command, host: &str) -> Result<(), CliError> {
         Command::Node(command) => node::run(command, host).await,
         Command::Service(command) => service::run(command, host).await,
         Command::Network(command) => network::run(command, host).await,
+        Command::Stack(command) => stack::run(command, host).await,
         Command::Events(args) => events::run(host, args).await,
         Command::Info { format } => info::run(host, format.unwrap_or(false)).await,
         Command::Version => version::run(host).await,

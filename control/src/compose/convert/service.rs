@@ -1,0 +1,513 @@
+//! One compose service as a `ServiceSpec`, the way docker/cli's `convert.Service` builds it.
+
+use super::{Context, FileUse, ServicePlan, labels, ports, scoped, volumes};
+use crate::compose::model::{Config, Deploy, FileReference, Healthcheck, Service, UpdateConfig};
+use crate::compose::syntax::{ShortOrLong, StringOrList};
+use crate::compose::{ComposeError, IMAGE_LABEL};
+use mesh_proto::service_spec::Mode;
+use mesh_proto::{
+    Annotations, ContainerSpec, EndpointMode, EndpointSpec, GlobalService, HealthConfig,
+    NetworkAttachmentConfig, Placement, PlacementPreference, ReplicatedService,
+    ResourceRequirements, Resources, RestartCondition, RestartPolicy, ServiceSpec, TaskSpec,
+    UpdateFailureAction, UpdateOrder,
+};
+use std::collections::BTreeMap;
+
+/// The networks a service is on (`default` when it lists none).
+pub(super) fn network_names(service: &Service) -> Vec<String> {
+    match &service.networks {
+        Some(n) if !n.0.is_empty() => n.0.keys().cloned().collect(),
+        _ => vec!["default".to_string()],
+    }
+}
+
+pub(super) fn convert(
+    name: &str,
+    service: &Service,
+    config: &Config,
+    context: &Context<'_>,
+) -> Result<ServicePlan, ComposeError> {
+    let path = format!("services.{name}");
+    let at = |key: &str| format!("{path}.{key}");
+    let full_name = scoped(context.stack, name);
+    crate::cli::flags::parse_name(&full_name)
+        .map_err(|e| ComposeError::invalid(&path, e.to_string()))?;
+    let image = service.image.clone().ok_or_else(|| {
+        ComposeError::invalid(
+            &path,
+            format!("invalid image reference for service {name}: no image specified"),
+        )
+    })?;
+    crate::cli::spec::validate_image(&image)
+        .map_err(|e| ComposeError::invalid(at("image"), e.to_string()))?;
+    let deploy = service.deploy.clone().unwrap_or_default();
+
+    let mut container_labels = labels(context.stack, service.labels.as_ref());
+    container_labels.retain(|k, _| !k.is_empty());
+    let mut container = ContainerSpec {
+        image: image.clone(),
+        command: words(&at("entrypoint"), service.entrypoint.as_ref())?,
+        args: words(&at("command"), service.command.as_ref())?,
+        env: environment(&path, service, context)?,
+        dir: service.working_dir.clone().unwrap_or_default(),
+        user: service.user.clone().unwrap_or_default(),
+        hostname: service.hostname.clone().unwrap_or_default(),
+        labels: container_labels,
+        stop_grace_period_ns: service.stop_grace_period.map(|d| d.0),
+        healthcheck: service
+            .healthcheck
+            .as_ref()
+            .map(|h| healthcheck(&at("healthcheck"), h))
+            .transpose()?,
+        ..ContainerSpec::default()
+    };
+    for (i, volume) in service.volumes.iter().enumerate() {
+        container.mounts.push(volumes::convert(
+            &format!("{path}.volumes[{i}]"),
+            volume,
+            config,
+            context,
+        )?);
+    }
+    let secrets = file_uses(&path, "secrets", &service.secrets, config, context)?;
+    let configs = file_uses(&path, "configs", &service.configs, config, context)?;
+
+    let mut networks = Vec::new();
+    for network in network_names(service) {
+        if network != "default" && !config.networks.contains_key(&network) {
+            return Err(ComposeError::invalid(
+                at("networks"),
+                format!("undefined network {network:?}: declare it under the top-level networks"),
+            ));
+        }
+        let settings = service
+            .networks
+            .as_ref()
+            .and_then(|n| n.0.get(&network))
+            .cloned()
+            .unwrap_or_default();
+        if settings.ipv4_address.is_some() || settings.ipv6_address.is_some() {
+            return Err(ComposeError::invalid(
+                format!("{path}.networks.{network}"),
+                "static addresses (ipv4_address, ipv6_address) are not supported by Swarm",
+            ));
+        }
+        let target = super::objects::cluster_name(
+            context.stack,
+            &network,
+            config.networks.get(&network).and_then(|n| n.name.as_ref()),
+            config
+                .networks
+                .get(&network)
+                .and_then(|n| n.external.as_ref()),
+        );
+        let mut aliases = settings.aliases.clone();
+        aliases.push(name.to_string());
+        networks.push(NetworkAttachmentConfig { target, aliases });
+    }
+    networks.sort_by(|a, b| a.target.cmp(&b.target));
+
+    let mut ports = Vec::new();
+    for (i, port) in service.ports.iter().enumerate() {
+        ports.extend(ports::convert(&format!("{path}.ports[{i}]"), port)?);
+    }
+    ports.sort_by_key(|p| (p.published_port, p.target_port, p.protocol));
+
+    let task = TaskSpec {
+        container: Some(container),
+        resources: resources(&at("deploy.resources"), &deploy)?,
+        restart: restart_policy(&path, service, &deploy)?,
+        placement: placement(&at("deploy.placement"), &deploy)?,
+        force_update: 0,
+        networks,
+    };
+    let mut service_labels = labels(context.stack, deploy.labels.as_ref());
+    service_labels.insert(IMAGE_LABEL.to_string(), image);
+    let endpoint_mode = match deploy.endpoint_mode.as_deref() {
+        None | Some("vip") => EndpointMode::Vip,
+        Some("dnsrr") => EndpointMode::Dnsrr,
+        Some(other) => {
+            return Err(ComposeError::invalid(
+                at("deploy.endpoint_mode"),
+                format!("invalid endpoint mode {other:?}: expected vip or dnsrr"),
+            ));
+        }
+    };
+    let spec = ServiceSpec {
+        annotations: Some(Annotations {
+            name: full_name.clone(),
+            labels: service_labels,
+        }),
+        task: Some(task),
+        mode: Some(mode(&at("deploy"), &deploy)?),
+        endpoint: (endpoint_mode != EndpointMode::Vip || !ports.is_empty()).then(|| EndpointSpec {
+            mode: endpoint_mode as i32,
+            ports,
+        }),
+        update_config: deploy
+            .update_config
+            .as_ref()
+            .map(|u| update_config(&at("deploy.update_config"), u, true))
+            .transpose()?,
+        rollback_config: deploy
+            .rollback_config
+            .as_ref()
+            .map(|u| update_config(&at("deploy.rollback_config"), u, false))
+            .transpose()?,
+    };
+    crate::limits::service_spec(&spec).map_err(|e| ComposeError::invalid(&path, e.to_string()))?;
+    crate::api::validate::service_spec(&spec).map_err(|e| ComposeError::invalid(&path, e))?;
+    Ok(ServicePlan {
+        name: full_name,
+        spec,
+        secrets,
+        configs,
+    })
+}
+
+/// `command`/`entrypoint`: a string is split as a shell would, a list is taken as it is.
+fn words(path: &str, value: Option<&StringOrList>) -> Result<Vec<String>, ComposeError> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(StringOrList::List(list)) => Ok(list.clone()),
+        Some(StringOrList::String(s)) => crate::cli::flags::parse_shell_words(s)
+            .map(|w| w.0)
+            .map_err(|e| ComposeError::invalid(path, e.to_string())),
+    }
+}
+
+/// `env_file` lines, then `environment` over them; an entry without a value takes the client's
+/// (as docker does), or stays bare. Sorted, as docker sends them.
+fn environment(
+    path: &str,
+    service: &Service,
+    context: &Context<'_>,
+) -> Result<Vec<String>, ComposeError> {
+    let mut env: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for (i, file) in service
+        .env_file
+        .clone()
+        .map(StringOrList::into_list)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let file_path = volumes::resolve_path(file, context);
+        let at = format!("{path}.env_file[{i}]");
+        let text = (context.read)(&file_path).map_err(|e| ComposeError::invalid(&at, e))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = match line.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (line.trim_end().to_string(), None),
+            };
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return Err(ComposeError::invalid(
+                    at,
+                    format!(
+                        "{}:{}: invalid variable name {key:?}",
+                        file_path.display(),
+                        n + 1
+                    ),
+                ));
+            }
+            env.insert(key, value);
+        }
+    }
+    if let Some(environment) = &service.environment {
+        env.extend(environment.0.clone());
+    }
+    Ok(env
+        .into_iter()
+        .map(
+            |(key, value)| match value.or_else(|| context.env.get(&key).cloned()) {
+                Some(v) => format!("{key}={v}"),
+                None => key,
+            },
+        )
+        .collect())
+}
+
+fn healthcheck(path: &str, h: &Healthcheck) -> Result<HealthConfig, ComposeError> {
+    let mut config = HealthConfig {
+        test: match &h.test {
+            None => Vec::new(),
+            Some(StringOrList::String(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
+            Some(StringOrList::List(l)) => l.clone(),
+        },
+        interval_ns: h.interval.map_or(0, |d| d.0),
+        timeout_ns: h.timeout.map_or(0, |d| d.0),
+        start_period_ns: h.start_period.map_or(0, |d| d.0),
+        retries: i32::try_from(h.retries.unwrap_or(0))
+            .map_err(|_| ComposeError::invalid(format!("{path}.retries"), "too many retries"))?,
+    };
+    if h.disable == Some(true) {
+        if !config.test.is_empty() {
+            return Err(ComposeError::invalid(
+                path,
+                "test and disable can't be set at the same time",
+            ));
+        }
+        config.test = vec!["NONE".to_string()];
+    }
+    crate::api::health::validate(&config).map_err(|e| ComposeError::invalid(path, e))?;
+    Ok(config)
+}
+
+fn mode(path: &str, deploy: &Deploy) -> Result<Mode, ComposeError> {
+    match deploy.mode.as_deref() {
+        None | Some("replicated") => Ok(Mode::Replicated(ReplicatedService {
+            replicas: deploy.replicas.unwrap_or(1),
+        })),
+        Some("global") => {
+            if deploy.replicas.is_some() {
+                return Err(ComposeError::invalid(
+                    format!("{path}.replicas"),
+                    "replicas can only be used with replicated mode",
+                ));
+            }
+            if deploy
+                .placement
+                .as_ref()
+                .is_some_and(|p| p.max_replicas_per_node.is_some())
+            {
+                return Err(ComposeError::invalid(
+                    format!("{path}.placement.max_replicas_per_node"),
+                    "max_replicas_per_node can only be used with replicated mode",
+                ));
+            }
+            Ok(Mode::Global(GlobalService {}))
+        }
+        Some(other) => Err(ComposeError::invalid(
+            format!("{path}.mode"),
+            format!("invalid mode {other:?}: expected replicated or global"),
+        )),
+    }
+}
+
+fn resources(path: &str, deploy: &Deploy) -> Result<Option<ResourceRequirements>, ComposeError> {
+    let Some(r) = &deploy.resources else {
+        return Ok(None);
+    };
+    let values = |v: &Option<crate::compose::model::ResourceValues>, key: &str| {
+        let Some(v) = v else {
+            return Ok(None);
+        };
+        if v.pids.is_some() {
+            return Err(ComposeError::invalid(
+                format!("{path}.{key}.pids"),
+                "a pids limit is not supported by mesh",
+            ));
+        }
+        if v.generic_resources.is_some() {
+            return Err(ComposeError::invalid(
+                format!("{path}.{key}.generic_resources"),
+                "generic resources are not supported by mesh",
+            ));
+        }
+        Ok(Some(Resources {
+            nano_cpus: v.cpus.map_or(0, |c| c.0),
+            memory_bytes: v.memory.map_or(0, |m| m.0),
+        }))
+    };
+    Ok(Some(ResourceRequirements {
+        limits: values(&r.limits, "limits")?,
+        reservations: values(&r.reservations, "reservations")?,
+    }))
+}
+
+fn restart_policy(
+    path: &str,
+    service: &Service,
+    deploy: &Deploy,
+) -> Result<Option<RestartPolicy>, ComposeError> {
+    if let Some(p) = &deploy.restart_policy {
+        let condition = match p.condition.as_deref() {
+            None | Some("any") => RestartCondition::Any,
+            Some("none") => RestartCondition::None,
+            Some("on-failure") => RestartCondition::OnFailure,
+            Some(other) => {
+                return Err(ComposeError::invalid(
+                    format!("{path}.deploy.restart_policy.condition"),
+                    format!(
+                        "invalid restart condition {other:?}: expected none, on-failure or any"
+                    ),
+                ));
+            }
+        };
+        return Ok(Some(RestartPolicy {
+            condition: condition as i32,
+            delay_ns: p.delay.map(|d| d.0),
+            max_attempts: p.max_attempts.unwrap_or(0),
+            window_ns: p.window.map_or(0, |d| d.0),
+        }));
+    }
+    // As docker: without a restart policy, the `restart` key decides.
+    let Some(restart) = service.restart.as_deref() else {
+        return Ok(None);
+    };
+    let (condition, max_attempts) = match restart.split_once(':') {
+        None if restart == "no" => (RestartCondition::None, 0),
+        None if restart == "always" || restart == "unless-stopped" => (RestartCondition::Any, 0),
+        None if restart == "on-failure" => (RestartCondition::OnFailure, 0),
+        Some(("on-failure", n)) => (
+            RestartCondition::OnFailure,
+            n.parse().map_err(|_| {
+                ComposeError::invalid(
+                    format!("{path}.restart"),
+                    format!("invalid restart policy {restart:?}"),
+                )
+            })?,
+        ),
+        _ => {
+            return Err(ComposeError::invalid(
+                format!("{path}.restart"),
+                format!(
+                    "invalid restart policy {restart:?}: expected no, always, unless-stopped or on-failure[:N]"
+                ),
+            ));
+        }
+    };
+    Ok(Some(RestartPolicy {
+        condition: condition as i32,
+        max_attempts,
+        ..RestartPolicy::default()
+    }))
+}
+
+fn placement(path: &str, deploy: &Deploy) -> Result<Option<Placement>, ComposeError> {
+    let Some(p) = &deploy.placement else {
+        return Ok(None);
+    };
+    for (i, c) in p.constraints.iter().enumerate() {
+        crate::scheduler::constraint::Constraint::parse(c).map_err(|e| {
+            ComposeError::invalid(format!("{path}.constraints[{i}]"), e.to_string())
+        })?;
+    }
+    Ok(Some(Placement {
+        constraints: p.constraints.clone(),
+        preferences: p
+            .preferences
+            .iter()
+            .map(|s| PlacementPreference {
+                spread_descriptor: s.spread.clone(),
+            })
+            .collect(),
+        max_replicas: p.max_replicas_per_node.unwrap_or(0),
+        ..Placement::default()
+    }))
+}
+
+fn update_config(
+    path: &str,
+    u: &UpdateConfig,
+    update: bool,
+) -> Result<mesh_proto::UpdateConfig, ComposeError> {
+    let failure_action = match u.failure_action.as_deref() {
+        None | Some("pause") => UpdateFailureAction::Pause,
+        Some("continue") => UpdateFailureAction::Continue,
+        Some("rollback") if update => UpdateFailureAction::Rollback,
+        Some(other) => {
+            let expected = if update {
+                "pause, continue or rollback"
+            } else {
+                "pause or continue"
+            };
+            return Err(ComposeError::invalid(
+                format!("{path}.failure_action"),
+                format!("invalid failure action {other:?}: expected {expected}"),
+            ));
+        }
+    };
+    let order = match u.order.as_deref() {
+        None | Some("stop-first") => UpdateOrder::StopFirst,
+        Some("start-first") => UpdateOrder::StartFirst,
+        Some(other) => {
+            return Err(ComposeError::invalid(
+                format!("{path}.order"),
+                format!("invalid order {other:?}: expected stop-first or start-first"),
+            ));
+        }
+    };
+    let config = mesh_proto::UpdateConfig {
+        parallelism: u.parallelism.unwrap_or(1),
+        delay_ns: u.delay.map_or(0, |d| d.0),
+        failure_action: failure_action as i32,
+        monitor_ns: u.monitor.map(|d| d.0),
+        max_failure_ratio: u.max_failure_ratio.unwrap_or(0.0),
+        order: order as i32,
+    };
+    crate::api::validate::update_config(path, &config)
+        .map_err(|e| ComposeError::invalid(path, e))?;
+    Ok(config)
+}
+
+/// A service's `secrets:` or `configs:` (`section`), each declared at the top level.
+fn file_uses(
+    path: &str,
+    section: &str,
+    uses: &[ShortOrLong<FileReference>],
+    config: &Config,
+    context: &Context<'_>,
+) -> Result<Vec<FileUse>, ComposeError> {
+    let declared = if section == "secrets" {
+        &config.secrets
+    } else {
+        &config.configs
+    };
+    let mut out = Vec::new();
+    for (i, item) in uses.iter().enumerate() {
+        let at = format!("{path}.{section}[{i}]");
+        let reference = match item {
+            ShortOrLong::Short(source) => FileReference {
+                source: source.clone(),
+                ..FileReference::default()
+            },
+            ShortOrLong::Long(long) => long.clone(),
+        };
+        let object = declared.get(&reference.source).ok_or_else(|| {
+            ComposeError::invalid(
+                &at,
+                format!(
+                    "undefined {} {:?}: declare it under the top-level {section}",
+                    &section[..section.len() - 1],
+                    reference.source
+                ),
+            )
+        })?;
+        let target = match reference.target {
+            Some(t) => t,
+            None if section == "secrets" => reference.source.clone(),
+            None => format!("/{}", reference.source),
+        };
+        if section == "configs" && !target.starts_with('/') {
+            return Err(ComposeError::invalid(
+                &at,
+                format!("invalid target {target:?}: must be an absolute path"),
+            ));
+        }
+        let mode = reference.mode.map_or(0o444, |m| m.0);
+        if mode > 0o7777 {
+            return Err(ComposeError::invalid(
+                format!("{at}.mode"),
+                format!("invalid mode {mode:o}: at most 7777 (octal)"),
+            ));
+        }
+        out.push(FileUse {
+            name: super::objects::cluster_name(
+                context.stack,
+                &reference.source,
+                object.name.as_ref(),
+                object.external.as_ref(),
+            ),
+            target,
+            uid: reference.uid.unwrap_or_else(|| "0".to_string()),
+            gid: reference.gid.unwrap_or_else(|| "0".to_string()),
+            mode,
+        });
+    }
+    Ok(out)
+}
