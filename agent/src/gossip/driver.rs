@@ -35,7 +35,7 @@ const DIGEST_PAGE: usize = 6;
 pub(crate) enum Command {
     Join(Vec<SocketAddr>),
     /// Spreads a change of this node's own records, already in the shared table.
-    Disseminate(VersionedRecord),
+    Disseminate(Box<VersionedRecord>),
     Shutdown(oneshot::Sender<()>),
     /// How many members SWIM suspects of being down now.
     Suspects(oneshot::Sender<usize>),

@@ -198,7 +198,7 @@ impl Gossip {
     /// at once, and the gossip task spreads it.
     pub async fn publish(&self, record: EndpointRecord) -> Result<(), GossipError> {
         let versioned = lock(&self.shared).table.upsert_local(record, now_ms());
-        self.send(Command::Disseminate(versioned)).await
+        self.send(Command::Disseminate(Box::new(versioned))).await
     }
 
     /// Withdraws a record everywhere by spreading a tombstone; [`records`](Self::records) no
@@ -206,7 +206,7 @@ impl Gossip {
     pub async fn withdraw(&self, key: RecordKey) -> Result<(), GossipError> {
         let tombstone = lock(&self.shared).table.remove_local(&key, now_ms());
         match tombstone {
-            Some(tombstone) => self.send(Command::Disseminate(tombstone)).await,
+            Some(tombstone) => self.send(Command::Disseminate(Box::new(tombstone))).await,
             None => Ok(()),
         }
     }

@@ -250,13 +250,11 @@ fn kind(value: &Value) -> &'static str {
 /// serde's message in the compose file's words: `expected an integer, found string "x"`,
 /// `unknown key`.
 pub fn describe(message: String) -> String {
-    if let Some(rest) = message.strip_prefix("invalid type: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
-            return format!("expected {}, found {found}", expected_words(expected));
-        }
-    }
-    if let Some(rest) = message.strip_prefix("invalid value: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((found, expected)) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once(", expected "))
+        {
             return format!("expected {}, found {found}", expected_words(expected));
         }
     }

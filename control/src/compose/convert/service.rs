@@ -140,10 +140,12 @@ pub(super) fn convert(
         }),
         task: Some(task),
         mode: Some(mode(&at("deploy"), &deploy)?),
-        endpoint: (endpoint_mode != EndpointMode::Vip || !ports.is_empty()).then(|| EndpointSpec {
-            mode: endpoint_mode as i32,
-            ports,
-        }),
+        endpoint: (endpoint_mode != EndpointMode::Vip || !ports.is_empty()).then_some(
+            EndpointSpec {
+                mode: endpoint_mode as i32,
+                ports,
+            },
+        ),
         update_config: deploy
             .update_config
             .as_ref()
