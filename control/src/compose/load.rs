@@ -111,7 +111,15 @@ pub fn load(file: &str, text: &str, env: &HashMap<String, String>) -> Result<Loa
         Value::Null => return Err(key("(root)", "the file is empty".into())),
         _ => return Err(key("(root)", "the top level must be a mapping".into())),
     };
-    check_version(root.remove("version")).map_err(|m| key("version", m))?;
+    let version = check_version(root.shift_remove("version")).map_err(|m| key("version", m))?;
+    if let Some(minor) = version.as_deref().map(super::versions::minor)
+        && let Some((path, message)) = super::versions::check(&value, minor)
+    {
+        return Err(key(&path, message));
+    }
+    let Value::Mapping(root) = &mut value else {
+        return Err(key("(root)", "the top level must be a mapping".into()));
+    };
     strip_extensions(root);
     let mut path = Vec::new();
     interpolate(&mut value, env, &mut path).map_err(|e| ComposeError::Interpolation {
@@ -164,15 +172,16 @@ fn syntax(file: &str, e: &serde_yaml::Error) -> ComposeError {
     }
 }
 
-fn check_version(version: Option<Value>) -> Result<(), String> {
+/// The file's version, if it says one; without, the newest (3.9) rules apply.
+fn check_version(version: Option<Value>) -> Result<Option<String>, String> {
     let text = match version {
-        None => return Ok(()),
+        None => return Ok(None),
         Some(Value::String(s)) => s,
         Some(Value::Number(n)) => n.to_string(),
         Some(other) => return Err(format!("expected a string, found {}", kind(&other))),
     };
     if VERSIONS.contains(&text.as_str()) {
-        Ok(())
+        Ok(Some(text))
     } else {
         Err(format!(
             "unsupported compose file version {text:?}: mesh reads versions 3.0 to 3.9"
@@ -214,21 +223,21 @@ fn sort_out(
         let present = if *key == "restart" {
             service.contains_key(*key)
         } else {
-            service.remove(*key).is_some()
+            service.shift_remove(*key).is_some()
         };
         if present {
             loaded.unsupported.insert((*key).to_string());
         }
     }
     for (key, message) in DEPRECATED {
-        if service.remove(*key).is_some() {
+        if service.shift_remove(*key).is_some() {
             loaded
                 .deprecated
                 .insert(((*key).to_string(), (*message).to_string()));
         }
     }
     for key in NOT_CARRIED {
-        if service.remove(*key).is_some() {
+        if service.shift_remove(*key).is_some() {
             loaded.not_carried.insert((*key).to_string());
         }
     }

@@ -14,6 +14,7 @@ mod load;
 mod merge;
 mod model;
 mod syntax;
+mod versions;
 
 pub use convert::{
     Context, FilePlan, FileSource, FileUse, NetworkPlan, Plan, ServicePlan, convert, scoped,

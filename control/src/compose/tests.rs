@@ -42,7 +42,7 @@ fn bad_files_are_refused_in_one_line_naming_where() {
             "stack.yml: version: unsupported compose file version \"3.10\": mesh reads versions 3.0 to 3.9",
         ),
         (
-            "version: '3'\nservices:\n  web:\n    image: x\n    ports: [{target: eighty}]\n",
+            "version: '3.2'\nservices:\n  web:\n    image: x\n    ports: [{target: eighty}]\n",
             "stack.yml: services.web.ports[0].target: expected an integer, found string \"eighty\"",
         ),
         (
@@ -164,4 +164,78 @@ fn versions_3_0_to_3_9_load() {
     }
     load_one("version: 3.7\nservices:\n  web:\n    image: x\n").expect("an unquoted version");
     load_one("services:\n  web:\n    image: x\n").expect("no version");
+}
+
+#[test]
+fn keys_newer_than_the_file_s_version_are_refused() {
+    let svc = |version: &str, body: &str| {
+        format!("version: '{version}'\nservices:\n  web:\n    image: x\n{body}")
+    };
+    let cases: &[(String, Option<&str>)] = &[
+        (
+            svc("3.0", "    secrets: [a]\nsecrets:\n  a: {file: ./a}\n"),
+            Some(
+                "stack.yml: services.web.secrets: needs compose file version 3.1 or later (this file is 3.0)",
+            ),
+        ),
+        (
+            svc("3.1", "    secrets: [a]\nsecrets:\n  a: {file: ./a}\n"),
+            None,
+        ),
+        (
+            svc("3.1", "    ports: [{target: 80}]\n"),
+            Some(
+                "stack.yml: services.web.ports[0]: the long syntax needs compose file version 3.2 or later (this file is 3.1)",
+            ),
+        ),
+        (svc("3.1", "    ports: ['80']\n"), None),
+        (
+            svc("3", "    deploy: {rollback_config: {parallelism: 1}}\n"),
+            Some(
+                "stack.yml: services.web.deploy.rollback_config: needs compose file version 3.7 or later (this file is 3.0)",
+            ),
+        ),
+        (
+            svc(
+                "3.7",
+                "    deploy: {placement: {max_replicas_per_node: 1}}\n",
+            ),
+            Some(
+                "stack.yml: services.web.deploy.placement.max_replicas_per_node: needs compose file version 3.8 or later (this file is 3.7)",
+            ),
+        ),
+        (
+            svc(
+                "3.5",
+                "    volumes: [{type: tmpfs, target: /t, tmpfs: {size: 1}}]\n",
+            ),
+            Some(
+                "stack.yml: services.web.volumes[0].tmpfs: needs compose file version 3.6 or later (this file is 3.5)",
+            ),
+        ),
+        (
+            "version: '3.3'\nx-common: {a: 1}\nservices:\n  web:\n    image: x\n".to_string(),
+            Some("stack.yml: x-common: needs compose file version 3.4 or later (this file is 3.3)"),
+        ),
+        (
+            svc("3.6", "    x-meta: {a: 1}\n"),
+            Some(
+                "stack.yml: services.web.x-meta: needs compose file version 3.7 or later (this file is 3.6)",
+            ),
+        ),
+        (
+            svc("3.9", "    deploy: {resources: {limits: {cpus: '1'}}}\n"),
+            None,
+        ),
+        (
+            svc("3.4", "networks:\n  n: {name: other}\n"),
+            Some(
+                "stack.yml: networks.n.name: needs compose file version 3.5 or later (this file is 3.4)",
+            ),
+        ),
+    ];
+    for (text, want) in cases {
+        let got = load_one(text).err();
+        assert_eq!(got.as_deref(), *want, "{text}");
+    }
 }

@@ -311,7 +311,7 @@ fn the_same_file_converts_to_the_same_plan() {
 #[test]
 fn stacks_that_do_not_make_sense_are_refused_naming_the_key() {
     let svc = |body: &str| {
-        format!("version: '3.8'\nservices:\n  web:\n    image: mesh/busybox:latest\n{body}")
+        format!("version: '3.9'\nservices:\n  web:\n    image: mesh/busybox:latest\n{body}")
     };
     let cases: Vec<(String, &str)> = vec![
         (
