@@ -5,6 +5,7 @@
 //! here (the API's own checks and limits included), so a stack that does not validate creates
 //! nothing.
 
+mod deploy;
 mod objects;
 mod ports;
 mod service;
@@ -133,5 +134,7 @@ pub fn convert(config: &Config, context: &Context<'_>) -> Result<Plan, ComposeEr
     Ok(plan)
 }
 
+#[cfg(test)]
+mod fixtures;
 #[cfg(test)]
 mod tests;
