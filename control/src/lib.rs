@@ -10,6 +10,7 @@ pub mod ca;
 pub mod cli;
 pub mod dispatcher;
 pub mod events;
+pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod keymanager;
