@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
             ".mesh.v1.UpdateTaskStatusRequest",
             ".mesh.v1.LogSubscriptionsRequest",
             ".mesh.v1.PublishLogsMessage",
+            ".mesh.v1.SecretSpec",
+            ".mesh.v1.ConfigSpec",
         ])
         .compile_fds(descriptors)?;
     Ok(())

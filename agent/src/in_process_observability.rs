@@ -46,7 +46,7 @@ fn summary(event: &ClusterEvent) -> String {
 async fn a_scrape_and_the_events_follow_a_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeExecutor::new());
-    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone());
+    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
     daemon
         .init(InitRequest {
             advertise_addr: "127.0.0.1".into(),

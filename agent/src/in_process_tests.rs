@@ -20,6 +20,7 @@ use crate::exec::fake::FakeExecutor;
 pub(crate) fn config(dir: &Path, port: u16) -> Config {
     Config {
         state_dir: dir.join("state"),
+        secrets_dir: dir.join("secrets"),
         socket: dir.join("meshd.sock"),
         group: None,
         docker_host: "unix:///nonexistent".into(),
@@ -133,7 +134,7 @@ async fn service_lifecycle_survives_a_daemon_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeExecutor::new());
     let port = free_port();
-    let daemon = Daemon::new(config(dir.path(), port), fake.clone());
+    let daemon = Daemon::new(config(dir.path(), port), fake.clone(), None);
     daemon
         .init(InitRequest {
             advertise_addr: "127.0.0.1".into(),
@@ -214,7 +215,7 @@ async fn service_lifecycle_survives_a_daemon_restart() {
     let prepared = fake.calls("prepare");
     daemon.shutdown().await;
     drop(daemon);
-    let daemon = Daemon::new(config(dir.path(), port), fake.clone());
+    let daemon = Daemon::new(config(dir.path(), port), fake.clone(), None);
     daemon.resume().await.expect("resume");
     let api = daemon.api().clone();
     eventually("the service is back with its replica", || async {
@@ -269,7 +270,7 @@ async fn service_lifecycle_survives_a_daemon_restart() {
 async fn bad_input_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeExecutor::new());
-    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone());
+    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
     // Before init every control call says this is not a manager.
     let err = daemon
         .api()
@@ -374,7 +375,7 @@ async fn everything(api: &Api) -> String {
 async fn a_hundred_million_replicas_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeExecutor::new());
-    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone());
+    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
     daemon
         .init(InitRequest {
             advertise_addr: "127.0.0.1".into(),

@@ -20,6 +20,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod swarm;
+pub mod taskfiles;
 pub mod worker;
 
 #[cfg(test)]

@@ -24,6 +24,11 @@ pub enum ServeError {
     Docker { source: ExecError },
     #[error("{0}")]
     Sandboxes(ExecError),
+    #[error("--secrets-dir {}: {source}", path.display())]
+    SecretsDir {
+        path: PathBuf,
+        source: crate::netlink::NetlinkError,
+    },
     #[error("cannot create the socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -69,8 +74,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     } else {
         executor
     };
+    let files = crate::taskfiles::TaskFiles::open(&config.secrets_dir).map_err(|source| {
+        ServeError::SecretsDir {
+            path: config.secrets_dir.clone(),
+            source,
+        }
+    })?;
     let socket = config.socket.clone();
-    let daemon = Daemon::new(config, Arc::new(executor));
+    let daemon = Daemon::new(config, Arc::new(executor), Some(Arc::new(files)));
     daemon.resume().await?;
     let metrics = metrics_listener.map(|(addr, listener)| {
         let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -324,6 +324,10 @@ impl PartialSet {
             Some(mut pending) if message.r#type == pending.r#type => {
                 pending.update_tasks.extend(message.update_tasks);
                 pending.remove_tasks.extend(message.remove_tasks);
+                pending.update_secrets.extend(message.update_secrets);
+                pending.remove_secrets.extend(message.remove_secrets);
+                pending.update_configs.extend(message.update_configs);
+                pending.remove_configs.extend(message.remove_configs);
                 pending.partial = message.partial;
                 pending
             }
@@ -391,7 +395,7 @@ fn serve_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_proto::{Task, assignments_message::Type};
+    use mesh_proto::{Secret, Task, assignments_message::Type};
 
     fn part(ids: &[&str], partial: bool) -> AssignmentsMessage {
         AssignmentsMessage {
@@ -405,6 +409,11 @@ mod tests {
                 .collect(),
             remove_tasks: vec![],
             partial,
+            update_secrets: vec![Secret {
+                id: format!("secret-of-{}", ids.join("-")),
+                ..Default::default()
+            }],
+            ..Default::default()
         }
     }
 
@@ -416,6 +425,8 @@ mod tests {
         let whole = set.add(part(&["d"], false)).expect("complete");
         let ids: Vec<_> = whole.update_tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c", "d"]);
+        let secrets: Vec<_> = whole.update_secrets.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(secrets, ["secret-of-a-b", "secret-of-c", "secret-of-d"]);
         assert!(!whole.partial);
         let single = set.add(part(&["e"], false)).expect("single message");
         assert_eq!(single.update_tasks.len(), 1);

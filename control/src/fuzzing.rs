@@ -289,6 +289,26 @@ const COMMAND_LINES: &[&[&str]] = &[
         "service",
         "create",
         "--name",
+        "api",
+        "--secret",
+        "source=db_password,target=db,uid=1000,gid=1000,mode=0400",
+        "--config",
+        "source=app.conf,target=/etc/app.conf",
+        "busybox",
+    ],
+    &[
+        "service",
+        "update",
+        "--secret-rm",
+        "db_password",
+        "--secret-add",
+        "source=db_password.v2,target=db",
+        "web",
+    ],
+    &[
+        "service",
+        "create",
+        "--name",
         "web",
         "--replicas",
         "3",
@@ -635,6 +655,26 @@ fn api_seeds() -> Vec<(String, Vec<u8>)> {
         force: true,
     };
     push("remove-node", "RemoveNode", remove_node.encode_to_vec());
+    let secret = mesh_proto::CreateSecretRequest {
+        spec: Some(mesh_proto::SecretSpec {
+            annotations: Some(mesh_proto::Annotations {
+                name: "db_password".into(),
+                ..Default::default()
+            }),
+            data: b"hunter2".to_vec(),
+        }),
+    };
+    push("create-secret", "CreateSecret", secret.encode_to_vec());
+    let config = mesh_proto::CreateConfigRequest {
+        spec: Some(mesh_proto::ConfigSpec {
+            annotations: Some(mesh_proto::Annotations {
+                name: "app.conf".into(),
+                ..Default::default()
+            }),
+            data: b"port=80\n".to_vec(),
+        }),
+    };
+    push("create-config", "CreateConfig", config.encode_to_vec());
     seeds
 }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compose;
 pub mod dispatcher;
 pub mod events;
+pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod keymanager;

@@ -30,7 +30,7 @@ pub const MAX_ENV: usize = 1024;
 pub const MAX_ENV_ENTRY: usize = 32 * 1024;
 /// The words of a container's command and arguments together.
 pub const MAX_ARGS: usize = 1024;
-/// Mounts of a service's container.
+/// Mounts of a service's container (and, each, its secrets and its configs).
 pub const MAX_MOUNTS: usize = 64;
 /// Published ports of a service.
 pub const MAX_PORTS: usize = 128;
@@ -138,7 +138,10 @@ pub fn labels(what: &'static str, labels: &HashMap<String, String>) -> Result<()
     Ok(())
 }
 
-fn annotations(what: &'static str, annotations: Option<&Annotations>) -> Result<(), LimitError> {
+pub(crate) fn annotations(
+    what: &'static str,
+    annotations: Option<&Annotations>,
+) -> Result<(), LimitError> {
     annotations.map_or(Ok(()), |a| labels(what, &a.labels))
 }
 
@@ -181,6 +184,8 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), LimitError> {
                 labels("volume labels", &mount.volume_labels)?;
                 labels("volume driver options", &mount.volume_driver_opts)?;
             }
+            count("the container's secrets", c.secrets.len(), MAX_MOUNTS)?;
+            count("the container's configs", c.configs.len(), MAX_MOUNTS)?;
             labels("container labels", &c.labels)?;
         }
         if let Some(p) = &task.placement {

@@ -1,5 +1,5 @@
-//! `Debug` for the messages that carry secrets — join tokens, the root CA's key, gossip keys and
-//! agent session ids — showing every field but those, so that no `?message` in a log line can
+//! `Debug` for the messages that carry secrets — join tokens, the root CA's key, gossip keys,
+//! agent session ids and the data of secrets and configs — showing every field but those, so that no `?message` in a log line can
 //! carry one. `build.rs` leaves these messages' derived `Debug` out.
 
 use std::fmt;
@@ -90,6 +90,26 @@ impl fmt::Debug for SessionMessage {
     }
 }
 
+impl fmt::Debug for SecretSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretSpec")
+            .field("annotations", &self.annotations)
+            .field("data", &Secret::of(&self.data))
+            .finish()
+    }
+}
+
+/// A config's data is not secret, but can be large and may hold what an operator would rather
+/// not see in a log: its length only.
+impl fmt::Debug for ConfigSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigSpec")
+            .field("annotations", &self.annotations)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
 /// A request that carries nothing but the session id.
 macro_rules! session_only {
     ($($message:ident),*) => {$(
@@ -148,6 +168,17 @@ mod tests {
         let tokens = JoinTokens {
             worker: TOKEN.into(),
             manager: TOKEN.into(),
+        };
+        let secret = crate::v1::Secret {
+            id: "secret-1".into(),
+            spec: Some(SecretSpec {
+                annotations: Some(Annotations {
+                    name: "db_password".into(),
+                    ..Default::default()
+                }),
+                data: KEY.to_vec(),
+            }),
+            ..Default::default()
         };
         let cluster = Cluster {
             id: "cluster-1".into(),
@@ -226,8 +257,35 @@ mod tests {
                     ..Default::default()
                 }
             ),
+            format!(
+                "{:?}",
+                AssignmentsMessage {
+                    update_secrets: vec![secret.clone()],
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                CreateSecretRequest {
+                    spec: secret.spec.clone()
+                }
+            ),
         ];
         let key_bytes = format!("{:?}", KEY.to_vec());
+        let config = format!(
+            "{:?}",
+            Config {
+                spec: Some(ConfigSpec {
+                    data: KEY.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        );
+        assert!(
+            !config.contains(key_bytes.trim_matches(['[', ']'])),
+            "{config}"
+        );
         for text in &printed {
             assert!(text.contains("<redacted>"), "{text}");
             for secret in ["s3cr3t", SESSION, key_bytes.trim_matches(['[', ']'])] {

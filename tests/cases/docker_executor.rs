@@ -130,10 +130,10 @@ async fn a_container_runs_logs_stops_and_goes() -> anyhow::Result<()> {
     );
     let held = docker.inspect(&sandbox).await.context("inspect sandbox")?;
     assert!(held.running && held.pid > 0, "{held:?}");
-    let id = docker.prepare(&t, &sandbox).await.context("prepare")?;
+    let id = docker.prepare(&t, &sandbox, &[]).await.context("prepare")?;
     assert_eq!(
         docker
-            .prepare(&t, &sandbox)
+            .prepare(&t, &sandbox, &[])
             .await
             .context("prepare again")?,
         id,
@@ -227,7 +227,7 @@ async fn an_exit_code_comes_back_from_wait() -> anyhow::Result<()> {
         .prepare_sandbox(&t)
         .await
         .context("prepare sandbox")?;
-    let id = docker.prepare(&t, &sandbox).await.context("prepare")?;
+    let id = docker.prepare(&t, &sandbox, &[]).await.context("prepare")?;
     docker.start(&id).await.context("start")?;
     assert_eq!(docker.wait(&id).await.context("wait")?, 3);
     let info = docker.inspect(&id).await.context("inspect")?;

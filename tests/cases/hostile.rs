@@ -299,6 +299,76 @@ async fn call(channel: Channel, method: &str, t: &Targets) -> Option<Status> {
             })
             .await
             .map(drop),
+        ("Control", "CreateSecret") => control
+            .create_secret(CreateSecretRequest {
+                spec: Some(SecretSpec {
+                    annotations: Some(Annotations {
+                        name: "intruders".into(),
+                        ..Default::default()
+                    }),
+                    data: b"planted".to_vec(),
+                }),
+            })
+            .await
+            .map(drop),
+        ("Control", "GetSecret") => control
+            .get_secret(GetSecretRequest {
+                reference: "intruders".into(),
+            })
+            .await
+            .map(drop),
+        ("Control", "ListSecrets") => control
+            .list_secrets(ListSecretsRequest::default())
+            .await
+            .map(drop),
+        ("Control", "UpdateSecret") => control
+            .update_secret(UpdateSecretRequest {
+                secret_id: "intruders".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ("Control", "RemoveSecret") => control
+            .remove_secret(RemoveSecretRequest {
+                secret_id: "intruders".into(),
+            })
+            .await
+            .map(drop),
+        ("Control", "CreateConfig") => control
+            .create_config(CreateConfigRequest {
+                spec: Some(ConfigSpec {
+                    annotations: Some(Annotations {
+                        name: "intruders".into(),
+                        ..Default::default()
+                    }),
+                    data: b"planted".to_vec(),
+                }),
+            })
+            .await
+            .map(drop),
+        ("Control", "GetConfig") => control
+            .get_config(GetConfigRequest {
+                reference: "intruders".into(),
+            })
+            .await
+            .map(drop),
+        ("Control", "ListConfigs") => control
+            .list_configs(ListConfigsRequest::default())
+            .await
+            .map(drop),
+        ("Control", "UpdateConfig") => control
+            .update_config(UpdateConfigRequest {
+                config_id: "intruders".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ("Control", "RemoveConfig") => control
+            .remove_config(RemoveConfigRequest {
+                config_id: "intruders".into(),
+            })
+            .await
+            .map(drop),
         ("Raft", rpc) => {
             let mut raft = RaftClient::new(channel);
             let payload = RaftPayload {

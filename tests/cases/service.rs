@@ -302,6 +302,17 @@ async fn a_cluster_works_with_only_the_unit_s_capabilities() -> anyhow::Result<(
             WEB,
         ])
         .await?;
+    // A secret written with only these capabilities: its owner (CAP_CHOWN) and mode as asked.
+    let secret = cluster.dir().join("capsecret");
+    std::fs::write(&secret, "cap-secret-value")?;
+    manager
+        .meshctl_ok(&[
+            "secret",
+            "create",
+            "capsecret",
+            &secret.display().to_string(),
+        ])
+        .await?;
     manager
         .meshctl_ok(&[
             "service",
@@ -311,6 +322,8 @@ async fn a_cluster_works_with_only_the_unit_s_capabilities() -> anyhow::Result<(
             "client",
             "--network",
             "capnet",
+            "--secret",
+            "source=capsecret,target=token,uid=1000,gid=1000,mode=0400",
             BUSYBOX_IMAGE,
             "sleep",
             "1000000",
@@ -366,5 +379,20 @@ async fn a_cluster_works_with_only_the_unit_s_capabilities() -> anyhow::Result<(
     })
     .await?;
     ensure!(hostnames.contains(&answer), "the VIP answered {answer}");
+    let token = node
+        .docker(&[
+            "exec",
+            &client.container,
+            "sh",
+            "-c",
+            "stat -c '%u %g %a' /run/secrets/token && cat /run/secrets/token",
+        ])
+        .await?
+        .ok("read the secret")?;
+    ensure!(
+        token.stdout == "1000 1000 400\ncap-secret-value",
+        "the client's secret: {:?}",
+        token.stdout
+    );
     Ok(())
 }

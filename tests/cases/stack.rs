@@ -39,6 +39,13 @@ services:
     image: {BUSYBOX_IMAGE}
     command: ["sh", "-c", "mkdir -p /www && echo db-answer > /www/index.html && exec httpd -f -p 80 -h /www"]
     stop_grace_period: 1s
+    secrets:
+      - source: db_password
+        target: db_pw
+        mode: 0400
+    configs:
+      - source: db_conf
+        target: /etc/db.conf
   store:
     image: {BUSYBOX_IMAGE}
     command: ["sleep", "1000000"]
@@ -55,6 +62,8 @@ services:
         ));
     }
     text.push_str("volumes:\n  data:\n");
+    text.push_str("secrets:\n  db_password:\n    file: ./db_password.txt\n");
+    text.push_str("configs:\n  db_conf:\n    file: ./db.conf\n");
     text
 }
 
@@ -152,11 +161,15 @@ async fn a_stack_deploys_redeploys_prunes_and_leaves_nothing_behind() -> anyhow:
         "stack.yml",
         &stack_file(BUSYBOX_IMAGE, &store_node, true),
     )?;
+    write(&dir, "db_password.txt", "s3cr3t-stack-value")?;
+    write(&dir, "db.conf", "listen=80\n")?;
 
     let out = deploy(&cluster, &v1, &[], "shop")
         .await?
         .ok("stack deploy")?;
     for line in [
+        "Creating secret shop_db_password",
+        "Creating config shop_db_conf",
         "Creating network shop_default",
         "Creating service shop_web",
         "Creating service shop_db",
@@ -202,6 +215,22 @@ async fn a_stack_deploys_redeploys_prunes_and_leaves_nothing_behind() -> anyhow:
     ensure!(
         labels["com.docker.stack.image"] == BUSYBOX_IMAGE,
         "service labels: {labels}"
+    );
+
+    // db reads its secret (relative paths start at the file's directory) and its config.
+    let db = containers(&cluster, "shop_db").await?;
+    let (db_node, db_ids) = db.iter().next().context("no db container")?;
+    let db_id = db_ids.iter().next().context("no db container")?;
+    let script = "cat /run/secrets/db_pw; stat -c %a /run/secrets/db_pw; cat /etc/db.conf";
+    let files = cluster
+        .node(db_node)?
+        .docker(&["exec", db_id, "sh", "-c", script])
+        .await?
+        .ok("read the secret and config")?;
+    ensure!(
+        files.stdout == "s3cr3t-stack-value400\nlisten=80\n",
+        "{:?}",
+        files.stdout
     );
 
     // web finds db by its short name on the stack's network.
@@ -371,6 +400,8 @@ async fn a_stack_deploys_redeploys_prunes_and_leaves_nothing_behind() -> anyhow:
         "Removing service shop_store",
         "Removing service shop_web",
         "Removing network shop_default",
+        "Removing secret shop_db_password",
+        "Removing config shop_db_conf",
     ] {
         ensure!(out.contains(line), "missing {line:?} in:\n{out}");
     }
@@ -383,6 +414,10 @@ async fn a_stack_deploys_redeploys_prunes_and_leaves_nothing_behind() -> anyhow:
             .is_empty(),
         "services left"
     );
+    for noun in ["secret", "config"] {
+        let left = cluster.manager().meshctl_ok(&[noun, "ls", "-q"]).await?;
+        ensure!(left.trim().is_empty(), "{noun}s left: {left}");
+    }
     let networks = cluster.manager().meshctl_json(&["network", "ls"]).await?;
     ensure!(
         networks

@@ -312,13 +312,26 @@ impl Cluster {
             let netns = Netns::attach(&self.bridge, index)?;
             parts.push((hostname, *role, dir, netns));
         }
+        // Before dockerd starts: its private mount namespace shares only what exists by then.
+        for (_, _, dir, _) in &parts {
+            crate::secrets::mount(dir)?;
+        }
         let dockerds = futures::future::join_all(
             parts
                 .iter()
                 .map(|(_, _, dir, netns)| Dockerd::start(netns, dir, Networking::None)),
         )
         .await;
-        let dockerds: Vec<Dockerd> = dockerds.into_iter().collect::<anyhow::Result<_>>()?;
+        let dockerds: Vec<Dockerd> = match dockerds.into_iter().collect::<anyhow::Result<_>>() {
+            Ok(dockerds) => dockerds,
+            Err(err) => {
+                // The dockerds that started are stopped (and their tmpfs unmounted) as dropped.
+                for (_, _, dir, _) in &parts {
+                    crate::secrets::unmount(dir);
+                }
+                return Err(err);
+            }
+        };
         let mut loaders = dockerds.iter();
         if self.image_id.is_none()
             && let Some(first) = loaders.next()
@@ -375,6 +388,7 @@ impl Cluster {
         MeshdConfig {
             netns_path: netns.path(),
             state_dir: dir.join("state"),
+            secrets_dir: crate::secrets::dir(dir),
             socket: dir.join("meshd.sock"),
             docker_host: dockerd.host(),
             hostname: hostname.to_owned(),

@@ -221,4 +221,6 @@ pub fn stop(dir: &Path) {
         process::signal(pid, "KILL");
         process::wait_gone(pid, Duration::from_secs(5));
     }
+    // The node's secrets tmpfs, once nothing uses it.
+    crate::secrets::unmount(dir);
 }

@@ -20,6 +20,7 @@ pub mod node;
 pub mod observe;
 pub mod overlay;
 pub mod process;
+pub mod secrets;
 pub mod skip;
 pub mod swarm;
 

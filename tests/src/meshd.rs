@@ -24,6 +24,8 @@ pub struct MeshdConfig {
     /// The namespace's path (`/run/netns/NAME`), entered with `nsenter --net`.
     pub netns_path: String,
     pub state_dir: PathBuf,
+    /// `--secrets-dir`: a tmpfs the node's dockerd sees too ([`crate::secrets`]).
+    pub secrets_dir: PathBuf,
     pub socket: PathBuf,
     pub docker_host: String,
     pub hostname: String,
@@ -96,6 +98,7 @@ impl Meshd {
         let child = command
             .arg(bin)
             .args(["--state-dir", &c.state_dir.display().to_string()])
+            .args(["--secrets-dir", &c.secrets_dir.display().to_string()])
             .args(["--socket", &c.socket.display().to_string()])
             .args(["--docker-host", &c.docker_host])
             .args(["--hostname", &c.hostname])

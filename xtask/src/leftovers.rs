@@ -165,6 +165,10 @@ pub fn clean(found: &Leftovers) {
         netns::delete_link(link);
     }
     for dir in &found.dirs {
+        // A node whose dockerd never started still has its secrets tmpfs mounted.
+        for node in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            mesh_tests::secrets::unmount(&node.path());
+        }
         if let Err(err) = std::fs::remove_dir_all(dir) {
             eprintln!("cannot remove {}: {err}", dir.display());
         }

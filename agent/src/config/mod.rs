@@ -50,6 +50,12 @@ pub struct Config {
     )]
     pub docker_host: String,
 
+    /// Where the secrets and configs of the tasks running here are written, one directory per
+    /// task: a tmpfs (mounted there, mode 0700, when the directory is on any other file system),
+    /// so that they are held in memory only. dockerd must see the same path.
+    #[arg(long, env = "MESH_SECRETS_DIR", default_value = crate::taskfiles::DEFAULT_DIR)]
+    pub secrets_dir: PathBuf,
+
     /// The node's hostname in the cluster (default: the machine's).
     #[arg(long, env = "MESH_HOSTNAME")]
     pub hostname: Option<String>,

@@ -83,17 +83,24 @@ pub struct Daemon {
     me: Weak<Daemon>,
     config: Config,
     executor: Arc<dyn Executor>,
+    /// Where tasks' secrets and configs are written (a tmpfs); `None` in tests without any.
+    files: Option<Arc<crate::taskfiles::TaskFiles>>,
     api: Api,
     membership: Mutex<Option<Membership>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Daemon {
-    pub fn new(config: Config, executor: Arc<dyn Executor>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        executor: Arc<dyn Executor>,
+        files: Option<Arc<crate::taskfiles::TaskFiles>>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
             executor,
+            files,
             api: Api::default(),
             membership: Mutex::new(None),
             metrics: Arc::new(crate::metrics::Metrics::new()),
@@ -255,7 +262,12 @@ impl Daemon {
         }
         let dataplane = self.dataplane(&state).await;
         let network = dataplane.clone().map(|d| d as Arc<dyn TaskNetwork>);
-        let (worker, statuses) = Worker::new(self.executor.clone(), state.node_id.clone(), network);
+        let (worker, statuses) = Worker::new(
+            self.executor.clone(),
+            state.node_id.clone(),
+            network,
+            self.files.clone(),
+        );
         let (stop, stop_rx) = watch::channel(false);
         let role = match state.role {
             Role::Manager => mesh_proto::NodeRole::Manager as i32,

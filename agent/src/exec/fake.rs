@@ -12,7 +12,8 @@ use mesh_proto::{NodeDescription, Task};
 use tokio::sync::Notify;
 
 use super::{
-    ContainerInfo, ContainerListing, ExecError, Executor, Health, LogChunk, LogOptions, task_name,
+    ContainerInfo, ContainerListing, ExecError, Executor, FileBind, Health, LogChunk, LogOptions,
+    task_name,
 };
 
 /// The exit code of a container stopped by `stop`, as for a process ended by SIGTERM.
@@ -253,6 +254,7 @@ impl Executor for FakeExecutor {
         &'a self,
         task: &'a Task,
         sandbox: &'a str,
+        _files: &'a [FileBind],
     ) -> BoxFuture<'a, Result<String, ExecError>> {
         let mut state = self.lock();
         *state.calls.entry("prepare").or_default() += 1;

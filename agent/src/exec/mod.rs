@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use mesh_proto::{NodeDescription, Task};
 
+pub use crate::taskfiles::FileBind;
 pub use docker::DockerExecutor;
 
 /// Label holding the id of the task a container runs; every container mesh creates carries it.
@@ -129,12 +130,14 @@ pub trait Executor: Send + Sync + 'static {
     /// task's process runs. Returns the sandbox's id; a sandbox the task has already is reused.
     fn prepare_sandbox<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>>;
 
-    /// Creates the task's container (not started) in the network namespace of `sandbox`; returns
-    /// the container id.
+    /// Creates the task's container (not started) in the network namespace of `sandbox`, with
+    /// `files` (its secrets and configs, already written) bind-mounted read-only; returns the
+    /// container id.
     fn prepare<'a>(
         &'a self,
         task: &'a Task,
         sandbox: &'a str,
+        files: &'a [FileBind],
     ) -> BoxFuture<'a, Result<String, ExecError>>;
 
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;

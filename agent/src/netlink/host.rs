@@ -161,6 +161,36 @@ pub fn host_bpffs() -> Result<PathBuf, NetlinkError> {
     Ok(reached)
 }
 
+/// Makes `dir` (absolute, as the anchoring mount namespace sees it) a directory on a file
+/// system that keeps its files in memory: left as it is when it already is one (a tmpfs or
+/// ramfs), otherwise given a tmpfs of mode 0700, `nosuid,nodev,noexec`, mounted in the anchoring
+/// namespace so that it outlives meshd and dockerd sees it. Returns `dir` as reached from here.
+pub fn host_tmpfs(dir: &Path) -> Result<PathBuf, NetlinkError> {
+    const OP: &str = "mount tmpfs";
+    let reached = host_path(dir);
+    if in_memory(&reached) {
+        return Ok(reached);
+    }
+    let target = dir.display().to_string();
+    in_host_mounts(OP, &target, || {
+        std::fs::create_dir_all(dir)?;
+        if in_memory(dir) {
+            return Ok(());
+        }
+        sys::mount_tmpfs(dir, "mode=0700")
+    })?;
+    tracing::info!(path = %dir.display(), "tmpfs mounted for secrets and configs");
+    Ok(reached)
+}
+
+/// Whether `path` lies on a tmpfs or ramfs.
+pub fn in_memory(path: &Path) -> bool {
+    matches!(
+        sys::fs_magic(path),
+        Ok(sys::TMPFS_MAGIC) | Ok(sys::RAMFS_MAGIC)
+    )
+}
+
 /// Detaches this process's own copies of the mounts of the named namespaces starting with
 /// `prefix`, when it runs in a mount namespace of its own that copied them at its creation and
 /// does not share mount events with pid 1's. Such a copy would keep a namespace alive (with its

@@ -107,6 +107,35 @@ fn mount(
     }
 }
 
+/// `statfs(2)`'s magic numbers of the file systems that keep files in memory only.
+pub(crate) const TMPFS_MAGIC: i64 = 0x0102_1994;
+pub(crate) const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Mounts a tmpfs at `dst` (an existing directory) with `options` (e.g. `mode=0700`),
+/// `nosuid,nodev,noexec`, as `mount -t tmpfs -o … tmpfs DST` does.
+pub(super) fn mount_tmpfs(dst: &Path, options: &str) -> io::Result<()> {
+    let source = c_path(Path::new("tmpfs"))?;
+    let dst = c_path(dst)?;
+    let data = CString::new(options).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: the strings are NUL-terminated and live until mount(2) returns; the data is a
+    // NUL-terminated option string, as tmpfs reads it.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dst.as_ptr(),
+            source.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Mounts a BPF file system at `dst` (an existing directory), as `mount -t bpf bpf DST` does.
 pub(super) fn mount_bpffs(dst: &Path) -> io::Result<()> {
     let none = c_path(Path::new("bpf"))?;

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use super::records::Reporter;
 use crate::exec::{ContainerListing, ExecError, Executor, Health, stop_grace};
 use crate::network::TaskNetwork;
+use crate::taskfiles::TaskFiles;
 
 mod adopt;
 
@@ -72,6 +73,7 @@ pub(super) struct Controller {
     health: Option<Health>,
     /// Its endpoints are published as backends of its services.
     announced: bool,
+    files: Option<Arc<TaskFiles>>,
 }
 
 impl Controller {
@@ -81,6 +83,7 @@ impl Controller {
         reporter: Reporter,
         commands: UnboundedReceiver<Command>,
         network: Option<Arc<dyn TaskNetwork>>,
+        files: Option<Arc<TaskFiles>>,
     ) -> Self {
         let status = task.status.clone().unwrap_or_default();
         let container = status
@@ -105,6 +108,7 @@ impl Controller {
             launched: false,
             health: None,
             announced: false,
+            files,
         }
     }
 
@@ -277,9 +281,18 @@ impl Controller {
                     return self.fail(TaskState::Rejected, message, err);
                 }
             };
-            match self.executor.prepare(&self.task, &sandbox).await {
+            let binds = match self.files.as_ref().map(|f| f.write(&self.task)) {
+                Some(Ok(binds)) => binds,
+                None => Vec::new(),
+                Some(Err(error)) => {
+                    self.unplug().await;
+                    return self.fail(TaskState::Rejected, "preparing", error.to_string());
+                }
+            };
+            match self.executor.prepare(&self.task, &sandbox, &binds).await {
                 Ok(id) => self.container = Some(id),
                 Err(error) => {
+                    self.remove_files();
                     self.unplug().await;
                     return self.fail(TaskState::Rejected, "preparing", error.to_string());
                 }
@@ -423,11 +436,19 @@ impl Controller {
                 }
             }
         }
+        self.remove_files();
         self.remove_sandbox().await;
         if self.state() < TaskState::Complete {
             self.set(TaskState::Shutdown, "shutdown");
         }
         self.reporter.forget();
+    }
+
+    /// Removes the task's secret and config files (its container is gone, or was never made).
+    fn remove_files(&self) {
+        if let Some(files) = &self.files {
+            files.remove(&self.task.id);
+        }
     }
 
     async fn stop(&mut self, id: &str) {
@@ -468,6 +489,11 @@ impl Controller {
             return;
         }
         debug!(task.id = %self.task.id, state = state.as_str_name(), "task state changed");
+        // A container is never started again once its task has ended: its secrets go now, as
+        // Docker unmounts a stopped container's secrets.
+        if state >= TaskState::Complete {
+            self.remove_files();
+        }
         self.status = TaskStatus {
             timestamp: now_nanos(),
             state: state as i32,

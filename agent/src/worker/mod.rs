@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::exec::{ContainerListing, DEFAULT_STOP_GRACE, ExecError, Executor, LogOptions};
 use crate::network::TaskNetwork;
+use crate::taskfiles::TaskFiles;
 use controller::{Command, Controller, Known};
 use records::Records;
 
@@ -35,6 +36,8 @@ struct Inner {
     updates: UnboundedSender<TaskStatusUpdate>,
     records: Arc<Records>,
     network: Option<Arc<dyn TaskNetwork>>,
+    /// Where tasks' secrets and configs are written; `None` where no task gets any (tests).
+    files: Option<Arc<TaskFiles>>,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -55,11 +58,13 @@ struct Handle {
 
 impl Worker {
     /// A worker running tasks on `executor`, attaching them to their overlay networks through
-    /// `network` when given; status updates come out of the returned receiver.
+    /// `network` and writing their secrets and configs through `files` when given; status
+    /// updates come out of the returned receiver.
     pub fn new(
         executor: Arc<dyn Executor>,
         node_id: String,
         network: Option<Arc<dyn TaskNetwork>>,
+        files: Option<Arc<TaskFiles>>,
     ) -> (Worker, UnboundedReceiver<TaskStatusUpdate>) {
         let (updates, receiver) = mpsc::unbounded_channel();
         let inner = Inner {
@@ -68,6 +73,7 @@ impl Worker {
             updates,
             records: Arc::new(Records::default()),
             network,
+            files,
             state: tokio::sync::Mutex::new(State::default()),
         };
         (
@@ -87,6 +93,10 @@ impl Worker {
             return;
         }
         state.retiring.retain(|join| !join.is_finished());
+        // The secrets and configs first: the tasks of the same message may use them.
+        if let Some(files) = &self.inner.files {
+            files.assign(&msg);
+        }
         match msg.r#type() {
             AssignmentsType::Complete => {
                 let wanted: HashSet<String> =
@@ -240,6 +250,10 @@ impl Worker {
             }
         }
         info!(containers = found.len(), "containers re-adopted");
+        // Settled with Docker: the files of tasks no longer held go.
+        if let Some(files) = &self.inner.files {
+            files.retain(wanted);
+        }
         found
     }
 
@@ -280,6 +294,7 @@ impl Worker {
             reporter,
             receiver,
             self.inner.network.clone(),
+            self.inner.files.clone(),
         );
         let join = tokio::spawn(controller.run(known));
         state.controllers.insert(task_id, Handle { commands, join });

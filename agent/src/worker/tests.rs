@@ -54,6 +54,7 @@ fn complete(tasks: Vec<Task>) -> AssignmentsMessage {
         update_tasks: tasks,
         remove_tasks: Vec::new(),
         partial: false,
+        ..Default::default()
     }
 }
 
@@ -63,12 +64,13 @@ fn incremental(tasks: Vec<Task>, remove: &[&str]) -> AssignmentsMessage {
         update_tasks: tasks,
         remove_tasks: remove.iter().map(|id| (*id).to_owned()).collect(),
         partial: false,
+        ..Default::default()
     }
 }
 
 fn start() -> (Arc<FakeExecutor>, Worker, Updates) {
     let fake = Arc::new(FakeExecutor::new());
-    let (worker, receiver) = Worker::new(fake.clone(), "node1".to_owned(), None);
+    let (worker, receiver) = Worker::new(fake.clone(), "node1".to_owned(), None, None);
     let updates = Updates {
         receiver,
         kept: VecDeque::new(),
@@ -350,7 +352,7 @@ async fn a_restarted_worker_adopts_running_containers() {
     let kept = fake.add_container("t1", true, 0);
     let exited = fake.add_container("t2", false, 3);
     fake.add_container("stale", true, 0);
-    let (worker, receiver) = Worker::new(fake.clone(), "node1".to_owned(), None);
+    let (worker, receiver) = Worker::new(fake.clone(), "node1".to_owned(), None, None);
     let mut updates = Updates {
         receiver,
         kept: VecDeque::new(),
@@ -425,6 +427,7 @@ async fn a_readopted_running_container_is_attached_at_once() {
         fake.clone(),
         "node1".to_owned(),
         Some(network.clone() as Arc<dyn TaskNetwork>),
+        None,
     );
     let mut updates = Updates {
         receiver,
@@ -591,7 +594,12 @@ fn start_with_network() -> (Arc<FakeExecutor>, Arc<RecordingNetwork>, Worker, Up
     let fake = Arc::new(FakeExecutor::new());
     let network = Arc::new(RecordingNetwork::default());
     *network.executor.lock().unwrap() = Some(fake.clone());
-    let (worker, receiver) = Worker::new(fake.clone(), "node1".to_owned(), Some(network.clone()));
+    let (worker, receiver) = Worker::new(
+        fake.clone(),
+        "node1".to_owned(),
+        Some(network.clone()),
+        None,
+    );
     let updates = Updates {
         receiver,
         kept: VecDeque::new(),

@@ -3,17 +3,19 @@
 //! writes apply at once. Compiled only with the `fuzzing` feature.
 
 use mesh_proto::{
-    CreateNetworkRequest, CreateServiceRequest, RemoveNetworkRequest, RemoveNodeRequest,
-    RemoveServiceRequest, UpdateNodeRequest, UpdateServiceRequest,
+    Config, CreateConfigRequest, CreateNetworkRequest, CreateSecretRequest, CreateServiceRequest,
+    RemoveConfigRequest, RemoveNetworkRequest, RemoveNodeRequest, RemoveSecretRequest,
+    RemoveServiceRequest, Secret, UpdateConfigRequest, UpdateNodeRequest, UpdateSecretRequest,
+    UpdateServiceRequest,
 };
 use prost::Message;
 use tonic::Status;
 
-use super::{networks, nodes, services};
+use super::{networks, nodes, secrets, services};
 use crate::store::Store;
 
 /// The methods a request can be for, by the number its first byte gives.
-pub(crate) const METHODS: [&str; 7] = [
+pub(crate) const METHODS: [&str; 13] = [
     "CreateService",
     "UpdateService",
     "RemoveService",
@@ -21,6 +23,12 @@ pub(crate) const METHODS: [&str; 7] = [
     "RemoveNetwork",
     "UpdateNode",
     "RemoveNode",
+    "CreateSecret",
+    "UpdateSecret",
+    "RemoveSecret",
+    "CreateConfig",
+    "UpdateConfig",
+    "RemoveConfig",
 ];
 
 /// Decodes `body` as the request of `METHODS[method % METHODS.len()]` and runs its handler on
@@ -46,6 +54,36 @@ pub(crate) async fn call(store: &Store, method: u8, body: &[u8]) -> Result<(), S
             let request = UpdateNodeRequest::decode(body).map_err(bad)?;
             nodes::update_spec(store, request).await.map(drop)
         }
-        _ => nodes::remove(store, RemoveNodeRequest::decode(body).map_err(bad)?).await,
+        6 => nodes::remove(store, RemoveNodeRequest::decode(body).map_err(bad)?).await,
+        7 => {
+            let request = CreateSecretRequest::decode(body).map_err(bad)?;
+            secrets::create::<Secret>(store, request.spec)
+                .await
+                .map(drop)
+        }
+        8 => {
+            let r = UpdateSecretRequest::decode(body).map_err(bad)?;
+            let updated = secrets::update::<Secret>(store, &r.secret_id, r.version, r.spec);
+            updated.await.map(drop)
+        }
+        9 => {
+            let request = RemoveSecretRequest::decode(body).map_err(bad)?;
+            secrets::remove::<Secret>(store, &request.secret_id).await
+        }
+        10 => {
+            let request = CreateConfigRequest::decode(body).map_err(bad)?;
+            secrets::create::<Config>(store, request.spec)
+                .await
+                .map(drop)
+        }
+        11 => {
+            let r = UpdateConfigRequest::decode(body).map_err(bad)?;
+            let updated = secrets::update::<Config>(store, &r.config_id, r.version, r.spec);
+            updated.await.map(drop)
+        }
+        _ => {
+            let request = RemoveConfigRequest::decode(body).map_err(bad)?;
+            secrets::remove::<Config>(store, &request.config_id).await
+        }
     }
 }

@@ -13,6 +13,7 @@ mod node_ca;
 mod nodes;
 pub mod ports;
 mod resolve;
+pub mod secrets;
 mod services;
 pub mod validate;
 
@@ -298,6 +299,98 @@ impl Control for Api {
         forward!(context, r, remove_network);
         networks::remove(&context.store, r.into_inner()).await?;
         Ok(Response::new(RemoveNetworkResponse {}))
+    }
+
+    async fn create_secret(
+        &self,
+        r: Request<CreateSecretRequest>,
+    ) -> Result<Response<Secret>, Status> {
+        let context = self.context(&r)?;
+        forward!(context, r, create_secret);
+        secrets::create::<Secret>(&context.store, r.into_inner().spec)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_secret(&self, r: Request<GetSecretRequest>) -> Result<Response<Secret>, Status> {
+        let context = self.context(&r)?;
+        secrets::get::<Secret>(&context.store, &r.into_inner().reference).map(Response::new)
+    }
+
+    async fn list_secrets(
+        &self,
+        r: Request<ListSecretsRequest>,
+    ) -> Result<Response<ListSecretsResponse>, Status> {
+        let secrets = secrets::list::<Secret>(&self.context(&r)?.store);
+        Ok(Response::new(ListSecretsResponse { secrets }))
+    }
+
+    async fn update_secret(
+        &self,
+        r: Request<UpdateSecretRequest>,
+    ) -> Result<Response<Secret>, Status> {
+        let context = self.context(&r)?;
+        forward!(context, r, update_secret);
+        let req = r.into_inner();
+        secrets::update::<Secret>(&context.store, &req.secret_id, req.version, req.spec)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_secret(
+        &self,
+        r: Request<RemoveSecretRequest>,
+    ) -> Result<Response<RemoveSecretResponse>, Status> {
+        let context = self.context(&r)?;
+        forward!(context, r, remove_secret);
+        secrets::remove::<Secret>(&context.store, &r.into_inner().secret_id).await?;
+        Ok(Response::new(RemoveSecretResponse {}))
+    }
+
+    async fn create_config(
+        &self,
+        r: Request<CreateConfigRequest>,
+    ) -> Result<Response<Config>, Status> {
+        let context = self.context(&r)?;
+        forward!(context, r, create_config);
+        secrets::create::<Config>(&context.store, r.into_inner().spec)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_config(&self, r: Request<GetConfigRequest>) -> Result<Response<Config>, Status> {
+        let context = self.context(&r)?;
+        secrets::get::<Config>(&context.store, &r.into_inner().reference).map(Response::new)
+    }
+
+    async fn list_configs(
+        &self,
+        r: Request<ListConfigsRequest>,
+    ) -> Result<Response<ListConfigsResponse>, Status> {
+        let configs = secrets::list::<Config>(&self.context(&r)?.store);
+        Ok(Response::new(ListConfigsResponse { configs }))
+    }
+
+    async fn update_config(
+        &self,
+        r: Request<UpdateConfigRequest>,
+    ) -> Result<Response<Config>, Status> {
+        let context = self.context(&r)?;
+        forward!(context, r, update_config);
+        let req = r.into_inner();
+        secrets::update::<Config>(&context.store, &req.config_id, req.version, req.spec)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_config(
+        &self,
+        r: Request<RemoveConfigRequest>,
+    ) -> Result<Response<RemoveConfigResponse>, Status> {
+        let context = self.context(&r)?;
+        forward!(context, r, remove_config);
+        secrets::remove::<Config>(&context.store, &r.into_inner().config_id).await?;
+        Ok(Response::new(RemoveConfigResponse {}))
     }
 
     async fn service_logs(

@@ -4,7 +4,7 @@ use mesh_proto::{Node, Service, Task};
 
 use crate::store::{Kind, Read, StoreError};
 
-fn pick<T: Clone>(
+pub(super) fn pick<T: Clone>(
     kind: Kind,
     reference: &str,
     all: Vec<T>,

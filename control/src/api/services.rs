@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{ManagerContext, Stream, ports, resolve, status, validate};
+use super::{ManagerContext, Stream, ports, resolve, secrets, status, validate};
 use crate::limits;
 use crate::store::{Kind, Read, Store, StoreError, WriteTx, new_id, now_nanos};
 
@@ -50,9 +50,12 @@ pub(super) async fn create(store: &Store, req: CreateServiceRequest) -> Result<S
                     name: name.clone(),
                 });
             }
+            let mut service = service.clone();
+            if let Some(spec) = service.spec.as_mut() {
+                secrets::resolve_references(tx, spec)?;
+            }
             check_networks(tx, service.spec.as_ref())?;
             check_cluster_tasks(tx, &service.id, service.spec.as_ref())?;
-            let mut service = service.clone();
             service.endpoint = Some(endpoint(tx, &service.id, &spec_endpoint, None)?);
             tx.create(service)
         })
@@ -113,7 +116,7 @@ pub(super) async fn update(store: &Store, req: UpdateServiceRequest) -> Result<S
 fn change_spec(
     tx: &WriteTx<'_>,
     service: &mut Service,
-    spec: ServiceSpec,
+    mut spec: ServiceSpec,
 ) -> Result<(), StoreError> {
     let old = service.spec.clone().unwrap_or_default();
     let global = |m: &Option<Mode>| matches!(m, Some(Mode::Global(_)));
@@ -127,6 +130,7 @@ fn change_spec(
             "renaming services is not supported".into(),
         ));
     }
+    secrets::resolve_references(tx, &mut spec)?;
     check_networks(tx, Some(&spec))?;
     check_cluster_tasks(tx, &service.id, Some(&spec))?;
     let wanted = spec.endpoint.clone().unwrap_or_default();

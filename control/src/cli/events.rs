@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(
             parse_filter("type=container"),
             Err(
-                "unknown event type \"container\": expected one of service, node, task, network"
+                "unknown event type \"container\": expected one of service, node, task, network, secret, config"
                     .into()
             )
         );

@@ -8,6 +8,7 @@ pub mod flags;
 pub mod logs;
 pub mod network;
 pub mod node;
+pub mod secret;
 pub mod service;
 pub mod spec;
 pub mod stack;
@@ -68,6 +69,12 @@ pub enum Command {
     /// Manage Swarm stacks
     #[command(subcommand)]
     Stack(stack::StackCommand),
+    /// Manage Swarm secrets
+    #[command(subcommand)]
+    Secret(secret::PayloadCommand),
+    /// Manage Swarm configs
+    #[command(subcommand)]
+    Config(secret::PayloadCommand),
     /// Get real time events from the cluster
     Events(events::EventsArgs),
     /// Display system-wide information: the swarm and the overlay's gossip

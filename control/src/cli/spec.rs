@@ -238,6 +238,8 @@ pub struct CreateFlags {
     pub health: HealthFlags,
     #[command(flatten)]
     pub rollout: RolloutFlags,
+    #[command(flatten)]
+    pub files: files::FileFlags,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -280,6 +282,7 @@ impl CreateFlags {
         self.container.apply(&mut task, global)?;
         if let Some(container) = task.container.as_mut() {
             container.healthcheck = self.health.to_config()?;
+            self.files.apply(container);
         }
         self.resources.apply(&mut task.resources);
         self.restart.apply(&mut task.restart);
@@ -356,6 +359,7 @@ pub fn validate_image(image: &str) -> Result<(), InputError> {
     Ok(())
 }
 
+pub mod files;
 mod health;
 mod rollout;
 mod update;

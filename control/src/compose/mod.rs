@@ -16,9 +16,7 @@ mod model;
 mod syntax;
 mod versions;
 
-pub use convert::{
-    Context, FilePlan, FileSource, FileUse, NetworkPlan, Plan, ServicePlan, convert, scoped,
-};
+pub use convert::{Context, FilePlan, FileSource, NetworkPlan, Plan, ServicePlan, convert, scoped};
 pub use interpolate::substitute;
 pub use model::Config;
 

@@ -1,10 +1,80 @@
 //! The stream of tasks assigned to one node: a complete set, then incremental changes per commit.
+//! With the tasks go the secrets and configs they use, and only those: a node that runs no task
+//! using a secret never receives it, and is told to forget it once its last such task is gone.
 
-use mesh_proto::{AssignmentsMessage, Task, TaskState, assignments_message::Type};
-use std::collections::HashMap;
+use mesh_proto::{AssignmentsMessage, Config, Secret, Task, TaskState, assignments_message::Type};
+use std::collections::{BTreeSet, HashMap};
 use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
 
 use crate::store::{Event, Read, Store};
+
+/// The secret and config ids a node needs for the tasks it holds: those of its tasks that may
+/// still run (desired state running or earlier), as SwarmKit's dispatcher sends them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dependencies {
+    pub secrets: BTreeSet<String>,
+    pub configs: BTreeSet<String>,
+}
+
+impl Dependencies {
+    pub fn of<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Self {
+        let mut deps = Dependencies::default();
+        for task in tasks {
+            if task.desired_state > TaskState::Running as i32 {
+                continue;
+            }
+            let Some(container) = task.spec.as_ref().and_then(|s| s.container.as_ref()) else {
+                continue;
+            };
+            deps.secrets
+                .extend(container.secrets.iter().map(|r| r.secret_id.clone()));
+            deps.configs
+                .extend(container.configs.iter().map(|r| r.config_id.clone()));
+        }
+        deps
+    }
+}
+
+/// Fills `message` with what the node needs beyond what it was `sent`, and what it may forget;
+/// `sent` becomes what it needs. An id with no object (removed meanwhile) is neither sent nor
+/// remembered.
+fn add_dependencies(
+    tx: &impl Read,
+    sent: &mut Dependencies,
+    needed: Dependencies,
+    message: &mut AssignmentsMessage,
+) {
+    let secrets: Vec<Secret> = needed
+        .secrets
+        .difference(&sent.secrets)
+        .filter_map(|id| tx.get::<Secret>(id))
+        .collect();
+    let configs: Vec<Config> = needed
+        .configs
+        .difference(&sent.configs)
+        .filter_map(|id| tx.get::<Config>(id))
+        .collect();
+    message
+        .remove_secrets
+        .extend(sent.secrets.difference(&needed.secrets).cloned());
+    message
+        .remove_configs
+        .extend(sent.configs.difference(&needed.configs).cloned());
+    *sent = Dependencies {
+        secrets: needed
+            .secrets
+            .into_iter()
+            .filter(|id| tx.peek::<Secret>(id).is_some())
+            .collect(),
+        configs: needed
+            .configs
+            .into_iter()
+            .filter(|id| tx.peek::<Config>(id).is_some())
+            .collect(),
+    };
+    message.update_secrets.extend(secrets);
+    message.update_configs.extend(configs);
+}
 
 /// Whether the node should hold this task: it is on the node and the scheduler has placed it.
 fn assigned_to(task: &Task, node_id: &str) -> bool {
@@ -18,13 +88,47 @@ fn assigned_to(task: &Task, node_id: &str) -> bool {
 /// Messages stay well under gRPC's default 4 MiB limit, however many tasks a node holds.
 const MESSAGE_BUDGET: usize = 3 << 20;
 
-/// The complete set as one message, or as several `partial` ones when it is large.
-fn complete_set(tasks: Vec<Task>) -> Vec<AssignmentsMessage> {
+/// The complete set as one message, or as several `partial` ones when it is large. `first` holds
+/// the secrets and configs, which come before the tasks that use them.
+fn complete_set(first: AssignmentsMessage, tasks: Vec<Task>) -> Vec<AssignmentsMessage> {
     let mut messages = vec![AssignmentsMessage {
         r#type: Type::Complete as i32,
         ..Default::default()
     }];
     let mut size = 0;
+    let split = |messages: &mut Vec<AssignmentsMessage>, size: &mut usize, next: usize| {
+        if *size + next > MESSAGE_BUDGET && *size > 0 {
+            if let Some(last) = messages.last_mut() {
+                last.partial = true;
+            }
+            messages.push(AssignmentsMessage {
+                r#type: Type::Complete as i32,
+                ..Default::default()
+            });
+            *size = 0;
+        }
+        *size += next;
+    };
+    for secret in first.update_secrets {
+        split(
+            &mut messages,
+            &mut size,
+            prost::Message::encoded_len(&secret) + 8,
+        );
+        if let Some(last) = messages.last_mut() {
+            last.update_secrets.push(secret);
+        }
+    }
+    for config in first.update_configs {
+        split(
+            &mut messages,
+            &mut size,
+            prost::Message::encoded_len(&config) + 8,
+        );
+        if let Some(last) = messages.last_mut() {
+            last.update_configs.push(config);
+        }
+    }
     for task in tasks {
         let task_size = prost::Message::encoded_len(&task) + 8;
         if size + task_size > MESSAGE_BUDGET && size > 0 {
@@ -53,15 +157,23 @@ pub(super) async fn stream(
     out: mpsc::Sender<Result<AssignmentsMessage, tonic::Status>>,
 ) {
     'resync: loop {
-        let (tasks, mut events) = store
-            .memory()
-            .view_and_watch(|tx| tx.find::<Task>(|t| assigned_to(t, &node_id)));
+        // What the node was last told of: the secrets and configs it holds.
+        let mut deps = Dependencies::default();
+        let ((tasks, first), mut events) = store.memory().view_and_watch(|tx| {
+            let tasks = tx.find::<Task>(|t| assigned_to(t, &node_id));
+            let mut first = AssignmentsMessage::default();
+            add_dependencies(tx, &mut deps, Dependencies::of(&tasks), &mut first);
+            (tasks, first)
+        });
         // What the node was last told about each task: its desired state.
         let mut sent: HashMap<String, i32> = tasks
             .iter()
             .map(|t| (t.id.clone(), t.desired_state))
             .collect();
-        for complete in complete_set(tasks) {
+        // The held tasks' dependencies, kept up to date for the incremental messages.
+        let mut holding: HashMap<String, Task> =
+            tasks.iter().map(|t| (t.id.clone(), t.clone())).collect();
+        for complete in complete_set(first, tasks) {
             if out.send(Ok(complete)).await.is_err() {
                 return;
             }
@@ -79,6 +191,10 @@ pub(super) async fn stream(
                 Ok(Event::Commit { .. }) => {
                     if pending.update_tasks.is_empty() && pending.remove_tasks.is_empty() {
                         continue;
+                    }
+                    let needed = Dependencies::of(holding.values());
+                    if needed != deps {
+                        store.view(|tx| add_dependencies(tx, &mut deps, needed, &mut pending));
                     }
                     let size = prost::Message::encoded_len(&pending);
                     if size > MESSAGE_BUDGET {
@@ -107,12 +223,14 @@ pub(super) async fn stream(
                         (true, Some(desired)) if *desired == task.desired_state => {}
                         (true, _) => {
                             sent.insert(task.id.clone(), task.desired_state);
+                            holding.insert(task.id.clone(), task.clone());
                             pending.remove_tasks.retain(|id| id != &task.id);
                             pending.update_tasks.retain(|t| t.id != task.id);
                             pending.update_tasks.push(task.clone());
                         }
                         (false, Some(_)) => {
                             sent.remove(&task.id);
+                            holding.remove(&task.id);
                             pending.update_tasks.retain(|t| t.id != task.id);
                             pending.remove_tasks.push(task.id.clone());
                         }
@@ -127,7 +245,7 @@ pub(super) async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_proto::{ContainerSpec, TaskSpec};
+    use mesh_proto::{ConfigReference, ContainerSpec, SecretReference, SecretSpec, TaskSpec};
 
     fn big_task(i: usize) -> Task {
         Task {
@@ -146,7 +264,7 @@ mod tests {
     #[test]
     fn a_large_set_is_split_under_the_limit() {
         let tasks: Vec<Task> = (0..200).map(big_task).collect();
-        let messages = complete_set(tasks);
+        let messages = complete_set(AssignmentsMessage::default(), tasks);
         assert!(messages.len() > 1, "12 MiB of tasks must be split");
         let (last, rest) = messages.split_last().unwrap();
         assert!(
@@ -159,6 +277,136 @@ mod tests {
         }
         let total: usize = messages.iter().map(|m| m.update_tasks.len()).sum();
         assert_eq!(total, 200);
-        assert_eq!(complete_set(vec![]).len(), 1, "an empty set is still sent");
+        assert_eq!(
+            complete_set(AssignmentsMessage::default(), vec![]).len(),
+            1,
+            "an empty set is still sent"
+        );
+    }
+
+    fn task(id: &str, desired: TaskState, secrets: &[&str], configs: &[&str]) -> Task {
+        Task {
+            id: id.into(),
+            desired_state: desired as i32,
+            spec: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    secrets: secrets
+                        .iter()
+                        .map(|s| SecretReference {
+                            secret_id: s.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    configs: configs
+                        .iter()
+                        .map(|c| ConfigReference {
+                            config_id: c.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ids(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_needs_the_secrets_of_the_tasks_that_may_run() {
+        let cases: [(Vec<Task>, &[&str], &[&str]); 4] = [
+            (vec![], &[], &[]),
+            (
+                vec![
+                    task("t1", TaskState::Running, &["s1"], &["c1"]),
+                    task("t2", TaskState::Ready, &["s1", "s2"], &[]),
+                ],
+                &["s1", "s2"],
+                &["c1"],
+            ),
+            // A task being shut down no longer needs its secrets.
+            (
+                vec![
+                    task("t1", TaskState::Shutdown, &["s1"], &["c1"]),
+                    task("t2", TaskState::Running, &["s2"], &[]),
+                ],
+                &["s2"],
+                &[],
+            ),
+            (vec![task("t1", TaskState::Remove, &["s1"], &[])], &[], &[]),
+        ];
+        for (tasks, secrets, configs) in cases {
+            let deps = Dependencies::of(&tasks);
+            assert_eq!(deps.secrets, ids(secrets), "{tasks:?}");
+            assert_eq!(deps.configs, ids(configs));
+        }
+    }
+
+    #[tokio::test]
+    async fn only_new_dependencies_are_sent_and_old_ones_forgotten() {
+        let store = crate::store::direct_store();
+        store
+            .update(|tx| {
+                for id in ["s1", "s2"] {
+                    tx.create(Secret {
+                        id: id.into(),
+                        spec: Some(SecretSpec {
+                            data: id.as_bytes().to_vec(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })?;
+                }
+                tx.create(Config {
+                    id: "c1".into(),
+                    ..Default::default()
+                })
+            })
+            .await
+            .expect("stored");
+        let mut sent = Dependencies::default();
+        let mut first = AssignmentsMessage::default();
+        let tasks = [task("t1", TaskState::Running, &["s1", "gone"], &["c1"])];
+        store.view(|tx| add_dependencies(tx, &mut sent, Dependencies::of(&tasks), &mut first));
+        let sent_ids: Vec<&str> = first.update_secrets.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(sent_ids, ["s1"], "a removed secret is not sent");
+        assert_eq!(first.update_configs.len(), 1);
+        assert_eq!(sent.secrets, ids(&["s1"]));
+
+        let mut next = AssignmentsMessage::default();
+        let tasks = [task("t2", TaskState::Running, &["s1", "s2"], &[])];
+        store.view(|tx| add_dependencies(tx, &mut sent, Dependencies::of(&tasks), &mut next));
+        let sent_ids: Vec<&str> = next.update_secrets.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(sent_ids, ["s2"], "s1 is held already");
+        assert!(next.remove_secrets.is_empty());
+        assert_eq!(next.remove_configs, ["c1"]);
+    }
+
+    #[test]
+    fn large_secrets_are_split_too() {
+        let secret = |i: usize| Secret {
+            id: format!("s{i}"),
+            spec: Some(SecretSpec {
+                data: vec![7; 500 << 10],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let first = AssignmentsMessage {
+            update_secrets: (0..10).map(secret).collect(),
+            ..Default::default()
+        };
+        let messages = complete_set(first, (0..3).map(big_task).collect());
+        assert!(messages.len() > 1);
+        for m in &messages {
+            assert!(prost::Message::encoded_len(m) < 4 << 20);
+        }
+        let secrets: usize = messages.iter().map(|m| m.update_secrets.len()).sum();
+        assert_eq!(secrets, 10);
+        assert!(messages[0].update_tasks.is_empty(), "secrets come first");
     }
 }

@@ -3,19 +3,20 @@
 //!
 //! Only what a user changed or would watch for becomes an event: an update that touched none
 //! of it (an allocation filled in, a certificate reissued, a status message) is left out.
-//! Attributes carry names, images and states — never an environment, a secret or a key.
+//! Attributes carry names, images and states — never an environment, a secret or a key (a secret's
+//! or config's event names it; its data never leaves the store this way).
 
 use std::collections::HashMap;
 
 use mesh_proto::{
-    ClusterEvent, Network, Node, NodeAvailability, NodeRole, NodeState, Service, Task, TaskState,
-    service_spec::Mode,
+    Annotations, ClusterEvent, Config, Network, Node, NodeAvailability, NodeRole, NodeState,
+    Secret, Service, Task, TaskState, service_spec::Mode,
 };
 
 use crate::store::{Event, Kind};
 
 /// The types of event there are, as `--filter type=` names them.
-pub const TYPES: [&str; 4] = ["service", "node", "task", "network"];
+pub const TYPES: [&str; 6] = ["service", "node", "task", "network", "secret", "config"];
 
 type Attributes = HashMap<String, String>;
 
@@ -33,6 +34,20 @@ pub fn event(change: &Event) -> Option<ClusterEvent> {
         Kind::Node => node(change.old_as(), change.as_a()?),
         Kind::Task => task(change.old_as(), change.as_a()?),
         Kind::Network => network(change.old_as(), change.as_a()?),
+        Kind::Secret => {
+            let annotations = |s: &Secret| s.spec.as_ref().and_then(|s| s.annotations.clone());
+            named(
+                change.old_as().map(annotations),
+                annotations(change.as_a()?),
+            )
+        }
+        Kind::Config => {
+            let annotations = |c: &Config| c.spec.as_ref().and_then(|s| s.annotations.clone());
+            named(
+                change.old_as().map(annotations),
+                annotations(change.as_a()?),
+            )
+        }
         Kind::Cluster => None,
     }?;
     Some(ClusterEvent {
@@ -245,4 +260,16 @@ fn network(old: Option<&Network>, new: &Network) -> Option<Attributes> {
         ),
         ("type".to_owned(), spec.driver),
     ]))
+}
+
+/// A secret's or config's name, and nothing of its data; an update counts when its labels changed
+/// (the only thing that may).
+fn named(old: Option<Option<Annotations>>, new: Option<Annotations>) -> Option<Attributes> {
+    if old.is_some_and(|old| old == new) {
+        return None;
+    }
+    Some(Attributes::from([(
+        "name".to_owned(),
+        new.map(|a| a.name).unwrap_or_default(),
+    )]))
 }

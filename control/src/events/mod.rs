@@ -183,6 +183,8 @@ fn change_time(change: &Event) -> Option<i64> {
         Object::Task(o) => &o.meta,
         Object::Cluster(o) => &o.meta,
         Object::Network(o) => &o.meta,
+        Object::Secret(o) => &o.meta,
+        Object::Config(o) => &o.meta,
     };
     meta.as_ref().map(|m| m.updated_at).filter(|t| *t > 0)
 }

@@ -228,6 +228,42 @@ fn commits_resets_and_the_cluster_object_are_not_events() {
     );
 }
 
+#[test]
+fn secrets_and_configs_show_their_name_and_never_their_data() {
+    let secret = mesh_proto::Secret {
+        id: "sec1".into(),
+        spec: Some(mesh_proto::SecretSpec {
+            annotations: Some(Annotations {
+                name: "db".into(),
+                ..Default::default()
+            }),
+            data: b"s3cr3t".to_vec(),
+        }),
+        ..Default::default()
+    };
+    let create = event(&created(Object::Secret(secret))).unwrap();
+    assert_eq!(
+        (create.r#type.as_str(), create.actor_id.as_str()),
+        ("secret", "sec1")
+    );
+    assert_eq!(attrs(&create), pairs(&[("name", "db")]));
+    assert!(!format!("{create:?}").contains("s3cr3t"));
+    let config = mesh_proto::Config {
+        id: "cfg1".into(),
+        spec: Some(mesh_proto::ConfigSpec {
+            annotations: Some(Annotations {
+                name: "app".into(),
+                ..Default::default()
+            }),
+            data: b"port=80".to_vec(),
+        }),
+        ..Default::default()
+    };
+    let create = event(&created(Object::Config(config))).unwrap();
+    assert_eq!(create.r#type, "config");
+    assert_eq!(attrs(&create), pairs(&[("name", "app")]));
+}
+
 fn stamped(kind: &str, id: &str, time_nano: i64) -> ClusterEvent {
     ClusterEvent {
         r#type: kind.into(),
@@ -260,7 +296,7 @@ fn filters_select_by_type_and_time_and_refuse_what_does_not_exist() {
     assert_eq!(
         Filter::from_request(&request(&["container"], None, None)),
         Err(
-            "unknown event type \"container\": expected one of service, node, task, network".into()
+            "unknown event type \"container\": expected one of service, node, task, network, secret, config".into()
         )
     );
     assert_eq!(

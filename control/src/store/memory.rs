@@ -1,8 +1,8 @@
 //! The in-memory tables every manager holds, changed only by applying committed entries.
 
 use mesh_proto::{
-    Cluster, Network, Node, Proposal, Service, StoreAction, StoreSnapshot, Task, Transaction,
-    Version, store_action,
+    Cluster, Config, Network, Node, Proposal, Secret, Service, StoreAction, StoreSnapshot, Task,
+    Transaction, Version, store_action,
 };
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::BTreeMap;
@@ -24,6 +24,8 @@ pub struct Tables {
     pub(crate) tasks: BTreeMap<String, Task>,
     pub(crate) clusters: BTreeMap<String, Cluster>,
     pub(crate) networks: BTreeMap<String, Network>,
+    pub(crate) secrets: BTreeMap<String, Secret>,
+    pub(crate) configs: BTreeMap<String, Config>,
 }
 
 /// Why a transaction was refused when applied. Deterministic: every manager refuses it alike.
@@ -124,6 +126,8 @@ impl MemoryStore {
             tasks: tables.tasks.values().cloned().collect(),
             clusters: tables.clusters.values().cloned().collect(),
             networks: tables.networks.values().cloned().collect(),
+            secrets: tables.secrets.values().cloned().collect(),
+            configs: tables.configs.values().cloned().collect(),
         }
     }
 
@@ -152,6 +156,16 @@ impl MemoryStore {
                 .collect(),
             networks: snapshot
                 .networks
+                .into_iter()
+                .map(|o| (o.id.clone(), o))
+                .collect(),
+            secrets: snapshot
+                .secrets
+                .into_iter()
+                .map(|o| (o.id.clone(), o))
+                .collect(),
+            configs: snapshot
+                .configs
                 .into_iter()
                 .map(|o| (o.id.clone(), o))
                 .collect(),
@@ -256,6 +270,8 @@ fn version_of(object: &Object) -> u64 {
         Object::Task(o) => &o.meta,
         Object::Cluster(o) => &o.meta,
         Object::Network(o) => &o.meta,
+        Object::Secret(o) => &o.meta,
+        Object::Config(o) => &o.meta,
     };
     meta.as_ref()
         .and_then(|m| m.version.as_ref())
@@ -269,6 +285,8 @@ fn get(tables: &Tables, kind: Kind, id: &str) -> Option<Object> {
         Kind::Task => tables.tasks.get(id).cloned().map(Object::Task),
         Kind::Cluster => tables.clusters.get(id).cloned().map(Object::Cluster),
         Kind::Network => tables.networks.get(id).cloned().map(Object::Network),
+        Kind::Secret => tables.secrets.get(id).cloned().map(Object::Secret),
+        Kind::Config => tables.configs.get(id).cloned().map(Object::Config),
     }
 }
 
@@ -279,6 +297,8 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
         Object::Task(o) => tables.tasks.insert(o.id.clone(), o).map(Object::Task),
         Object::Cluster(o) => tables.clusters.insert(o.id.clone(), o).map(Object::Cluster),
         Object::Network(o) => tables.networks.insert(o.id.clone(), o).map(Object::Network),
+        Object::Secret(o) => tables.secrets.insert(o.id.clone(), o).map(Object::Secret),
+        Object::Config(o) => tables.configs.insert(o.id.clone(), o).map(Object::Config),
     }
 }
 
@@ -289,6 +309,8 @@ fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
         Kind::Task => tables.tasks.remove(id).map(Object::Task),
         Kind::Cluster => tables.clusters.remove(id).map(Object::Cluster),
         Kind::Network => tables.networks.remove(id).map(Object::Network),
+        Kind::Secret => tables.secrets.remove(id).map(Object::Secret),
+        Kind::Config => tables.configs.remove(id).map(Object::Config),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The stored object types and the trait that lets the store treat them alike.
 
-use mesh_proto::{Cluster, Meta, Network, Node, Service, Task, store_action};
+use mesh_proto::{Cluster, Config, Meta, Network, Node, Secret, Service, Task, store_action};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -15,6 +15,8 @@ pub enum Kind {
     Task,
     Cluster,
     Network,
+    Secret,
+    Config,
 }
 
 impl fmt::Display for Kind {
@@ -25,6 +27,8 @@ impl fmt::Display for Kind {
             Kind::Task => "task",
             Kind::Cluster => "cluster",
             Kind::Network => "network",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
         })
     }
 }
@@ -39,6 +43,8 @@ pub enum Object {
     Task(Task),
     Cluster(Cluster),
     Network(Network),
+    Secret(Secret),
+    Config(Config),
 }
 
 impl Object {
@@ -49,6 +55,8 @@ impl Object {
             Object::Task(_) => Kind::Task,
             Object::Cluster(_) => Kind::Cluster,
             Object::Network(_) => Kind::Network,
+            Object::Secret(_) => Kind::Secret,
+            Object::Config(_) => Kind::Config,
         }
     }
 
@@ -59,6 +67,8 @@ impl Object {
             Object::Task(o) => &o.id,
             Object::Cluster(o) => &o.id,
             Object::Network(o) => &o.id,
+            Object::Secret(o) => &o.id,
+            Object::Config(o) => &o.id,
         }
     }
 
@@ -69,6 +79,8 @@ impl Object {
             Object::Task(o) => store_action::Target::Task(o),
             Object::Cluster(o) => store_action::Target::Cluster(o),
             Object::Network(o) => store_action::Target::Network(o),
+            Object::Secret(o) => store_action::Target::Secret(o),
+            Object::Config(o) => store_action::Target::Config(o),
         }
     }
 
@@ -79,6 +91,8 @@ impl Object {
             store_action::Target::Task(o) => Object::Task(o),
             store_action::Target::Cluster(o) => Object::Cluster(o),
             store_action::Target::Network(o) => Object::Network(o),
+            store_action::Target::Secret(o) => Object::Secret(o),
+            store_action::Target::Config(o) => Object::Config(o),
         }
     }
 
@@ -91,6 +105,8 @@ impl Object {
             Object::Task(o) => o.encoded_len(),
             Object::Cluster(o) => o.encoded_len(),
             Object::Network(o) => o.encoded_len(),
+            Object::Secret(o) => o.encoded_len(),
+            Object::Config(o) => o.encoded_len(),
         }
     }
 
@@ -101,6 +117,8 @@ impl Object {
             Object::Task(o) => &mut o.meta,
             Object::Cluster(o) => &mut o.meta,
             Object::Network(o) => &mut o.meta,
+            Object::Secret(o) => &mut o.meta,
+            Object::Config(o) => &mut o.meta,
         }
     }
 }
@@ -157,3 +175,5 @@ store_object!(Service, services);
 store_object!(Task, tasks);
 store_object!(Cluster, clusters);
 store_object!(Network, networks);
+store_object!(Secret, secrets);
+store_object!(Config, configs);

@@ -40,6 +40,11 @@ async fn bad_stacks_create_nothing_and_a_half_done_deploy_is_finished_by_the_nex
             svc("    networks: [outside]\nnetworks:\n  outside:\n    external: true\n"),
             "network \"outside\" is declared as external, but could not be found. You need to create a swarm-scoped network before the stack is deployed",
         ),
+        (
+            "external-secret.yml",
+            svc("    secrets: [pw]\nsecrets:\n  pw:\n    external: true\n"),
+            "secret \"pw\" is declared as external, but could not be found",
+        ),
     ];
     for (name, text, want) in &cases {
         let path = write(&dir, name, text)?;

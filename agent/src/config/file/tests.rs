@@ -8,6 +8,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("socket", r#""/run/other/meshd.sock""#),
     ("group", r#""operators""#),
     ("docker-host", r#""unix:///run/other/docker.sock""#),
+    ("secrets-dir", r#""/run/other/secrets""#),
     ("hostname", r#""node7""#),
     ("listen-addr", r#""10.0.0.7:2377""#),
     ("advertise-addr", r#""192.0.2.7:2377""#),

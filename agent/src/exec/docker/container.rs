@@ -20,8 +20,8 @@ use tracing::debug;
 
 use super::{container_error, engine_error, health, is_not_found};
 use crate::exec::{
-    ContainerInfo, ContainerListing, ExecError, LABEL_NODE_ID, LABEL_SANDBOX, LABEL_SERVICE_ID,
-    LABEL_SERVICE_NAME, LABEL_TASK_ID, LABEL_TASK_NAME, stop_grace, task_name,
+    ContainerInfo, ContainerListing, ExecError, FileBind, LABEL_NODE_ID, LABEL_SANDBOX,
+    LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_TASK_ID, LABEL_TASK_NAME, stop_grace, task_name,
 };
 
 /// Headroom over a stop's grace period for the engine to kill and reap the container.
@@ -108,6 +108,24 @@ impl ContainerConfig {
         if let Some(host) = self.body.host_config.as_mut() {
             host.network_mode = Some(format!("container:{sandbox}"));
             host.dns = None;
+        }
+        self
+    }
+
+    /// Adds a read-only bind mount of each of the task's secret and config files.
+    pub fn with_files(mut self, files: &[FileBind]) -> Self {
+        if files.is_empty() {
+            return self;
+        }
+        if let Some(host) = self.body.host_config.as_mut() {
+            let mounts = host.mounts.get_or_insert_with(Vec::new);
+            mounts.extend(files.iter().map(|f| Mount {
+                typ: Some(MountType::BIND),
+                source: Some(f.source.display().to_string()),
+                target: Some(f.target.clone()),
+                read_only: Some(true),
+                ..Default::default()
+            }));
         }
         self
     }

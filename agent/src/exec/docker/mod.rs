@@ -19,7 +19,9 @@ use futures::stream::BoxStream;
 use mesh_proto::{EngineDescription, NodeDescription, Platform, Resources, Task};
 use tracing::info;
 
-use super::{ContainerInfo, ContainerListing, ExecError, Executor, Health, LogChunk, LogOptions};
+use super::{
+    ContainerInfo, ContainerListing, ExecError, Executor, FileBind, Health, LogChunk, LogOptions,
+};
 
 /// Requests to the engine that do not stream give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -148,9 +150,12 @@ impl Executor for DockerExecutor {
         &'a self,
         task: &'a Task,
         sandbox: &'a str,
+        files: &'a [FileBind],
     ) -> BoxFuture<'a, Result<String, ExecError>> {
         async move {
-            let spec = container::ContainerConfig::from_task(task)?.in_sandbox(sandbox);
+            let spec = container::ContainerConfig::from_task(task)?
+                .in_sandbox(sandbox)
+                .with_files(files);
             container::create(&self.docker, &spec).await
         }
         .boxed()

@@ -193,6 +193,10 @@ pub struct ContainerSpecJson {
     pub stop_grace_period: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthcheckJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<files::SecretJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<files::ConfigJson>,
 }
 
 /// Docker's `HealthConfig`: durations in nanoseconds, zero values left out.
@@ -339,6 +343,8 @@ pub fn service_json(service: &Service) -> ServiceJson {
                             read_only: m.read_only,
                         })
                         .collect(),
+                    secrets: files::secrets(container.secrets),
+                    configs: files::configs(container.configs),
                     stop_grace_period: container
                         .stop_grace_period_ns
                         .unwrap_or(DEFAULT_STOP_GRACE_NS),
@@ -532,6 +538,7 @@ pub fn node_json(node: &Node) -> NodeJson {
     }
 }
 
+mod files;
 pub mod rollout;
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::{
     ContainerFlags, HealthFlags, ResourceFlags, RestartFlags, RolloutFlags, attachment,
-    parse_constraint, parse_network, validate_image,
+    files::FileUpdateFlags, parse_constraint, parse_network, validate_image,
 };
 use crate::cli::InputError;
 use crate::cli::flags::{
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 /// What `--rollback` cannot be combined with: every flag that changes the spec (the groups are
 /// the flattened flag structs).
-const ROLLBACK_CONFLICTS: [&str; 24] = [
+const ROLLBACK_CONFLICTS: [&str; 25] = [
     "image",
     "replicas",
     "env_add",
@@ -44,6 +44,7 @@ const ROLLBACK_CONFLICTS: [&str; 24] = [
     "ContainerFlags",
     "RolloutFlags",
     "HealthFlags",
+    "FileUpdateFlags",
 ];
 
 /// The flags and argument of `service update`.
@@ -113,6 +114,8 @@ pub struct UpdateFlags {
     pub health: HealthFlags,
     #[command(flatten)]
     pub rollout: RolloutFlags,
+    #[command(flatten)]
+    pub files: FileUpdateFlags,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
@@ -231,6 +234,7 @@ impl UpdateFlags {
         container
             .mounts
             .retain(|m| !self.mount_rm.contains(&m.target));
+        self.files.apply(container);
         crate::limits::service_spec(spec)?;
         Ok(())
     }

@@ -70,20 +70,6 @@ pub struct ServicePlan {
     /// Its name in the cluster (`<stack>_<service>`).
     pub name: String,
     pub spec: ServiceSpec,
-    /// The secrets and configs it mounts, by their names in the cluster: the references are
-    /// added once those objects exist (their ids are the cluster's).
-    pub secrets: Vec<FileUse>,
-    pub configs: Vec<FileUse>,
-}
-
-/// A service's use of a secret or config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileUse {
-    pub name: String,
-    pub target: String,
-    pub uid: String,
-    pub gid: String,
-    pub mode: u32,
 }
 
 /// `<stack>_<name>`.

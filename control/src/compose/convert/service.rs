@@ -1,13 +1,14 @@
 //! One compose service as a `ServiceSpec`, the way docker/cli's `convert.Service` builds it.
 
 use super::deploy::{mode, placement, resources, restart_policy, update_config};
-use super::{Context, FileUse, ServicePlan, labels, ports, scoped, volumes};
+use super::{Context, ServicePlan, labels, ports, scoped, volumes};
 use crate::compose::model::{Config, FileReference, Healthcheck, Service};
 use crate::compose::syntax::{ShortOrLong, StringOrList};
 use crate::compose::{ComposeError, IMAGE_LABEL};
+use crate::files::{DEFAULT_MODE, FileKind, with_defaults};
 use mesh_proto::{
-    Annotations, ContainerSpec, EndpointMode, EndpointSpec, HealthConfig, NetworkAttachmentConfig,
-    ServiceSpec, TaskSpec,
+    Annotations, ConfigReference, ContainerSpec, EndpointMode, EndpointSpec, FileTarget,
+    HealthConfig, NetworkAttachmentConfig, SecretReference, ServiceSpec, TaskSpec,
 };
 use std::collections::BTreeMap;
 
@@ -67,8 +68,23 @@ pub(super) fn convert(
             context,
         )?);
     }
-    let secrets = file_uses(&path, "secrets", &service.secrets, config, context)?;
-    let configs = file_uses(&path, "configs", &service.configs, config, context)?;
+    container.secrets = file_targets(&path, "secrets", &service.secrets, config, context)?
+        .into_iter()
+        .map(|(name, file)| SecretReference {
+            secret_id: String::new(),
+            secret_name: name,
+            file: Some(file),
+        })
+        .collect();
+    container.configs = file_targets(&path, "configs", &service.configs, config, context)?
+        .into_iter()
+        .map(|(name, file)| ConfigReference {
+            config_id: String::new(),
+            config_name: name,
+            file: Some(file),
+        })
+        .collect();
+    crate::files::files(&container).map_err(|e| ComposeError::invalid(&path, e))?;
 
     let mut networks = Vec::new();
     for network in network_names(service) {
@@ -160,8 +176,6 @@ pub(super) fn convert(
     Ok(ServicePlan {
         name: full_name,
         spec,
-        secrets,
-        configs,
     })
 }
 
@@ -257,18 +271,20 @@ fn healthcheck(path: &str, h: &Healthcheck) -> Result<HealthConfig, ComposeError
     Ok(config)
 }
 
-/// A service's `secrets:` or `configs:` (`section`), each declared at the top level.
-fn file_uses(
+/// A service's `secrets:` or `configs:` (`section`), each declared at the top level, as file
+/// targets with docker's defaults: the references name the objects by their names in the
+/// cluster, which the API resolves to ids.
+fn file_targets(
     path: &str,
     section: &str,
     uses: &[ShortOrLong<FileReference>],
     config: &Config,
     context: &Context<'_>,
-) -> Result<Vec<FileUse>, ComposeError> {
-    let declared = if section == "secrets" {
-        &config.secrets
+) -> Result<Vec<(String, FileTarget)>, ComposeError> {
+    let (declared, kind) = if section == "secrets" {
+        (&config.secrets, FileKind::Secret)
     } else {
-        &config.configs
+        (&config.configs, FileKind::Config)
     };
     let mut out = Vec::new();
     for (i, item) in uses.iter().enumerate() {
@@ -285,41 +301,25 @@ fn file_uses(
                 &at,
                 format!(
                     "undefined {} {:?}: declare it under the top-level {section}",
-                    &section[..section.len() - 1],
+                    kind.as_str(),
                     reference.source
                 ),
             )
         })?;
-        let target = match reference.target {
-            Some(t) => t,
-            None if section == "secrets" => reference.source.clone(),
-            None => format!("/{}", reference.source),
+        let file = FileTarget {
+            name: reference.target.unwrap_or_default(),
+            uid: reference.uid.unwrap_or_default(),
+            gid: reference.gid.unwrap_or_default(),
+            mode: reference.mode.map_or(DEFAULT_MODE, |m| m.0),
         };
-        if section == "configs" && !target.starts_with('/') {
-            return Err(ComposeError::invalid(
-                &at,
-                format!("invalid target {target:?}: must be an absolute path"),
-            ));
-        }
-        let mode = reference.mode.map_or(0o444, |m| m.0);
-        if mode > 0o7777 {
-            return Err(ComposeError::invalid(
-                format!("{at}.mode"),
-                format!("invalid mode {mode:o}: at most 7777 (octal)"),
-            ));
-        }
-        out.push(FileUse {
-            name: super::objects::cluster_name(
-                context.stack,
-                &reference.source,
-                object.name.as_ref(),
-                object.external.as_ref(),
-            ),
-            target,
-            uid: reference.uid.unwrap_or_else(|| "0".to_string()),
-            gid: reference.gid.unwrap_or_else(|| "0".to_string()),
-            mode,
-        });
+        let name = super::objects::cluster_name(
+            context.stack,
+            &reference.source,
+            object.name.as_ref(),
+            object.external.as_ref(),
+        );
+        // The default target is the compose file's name for it, not the cluster's.
+        out.push((name, with_defaults(kind, &reference.source, Some(file))));
     }
     Ok(out)
 }

@@ -407,29 +407,46 @@ fn secrets_and_configs_become_a_plan_of_their_own() {
             .map(String::as_str),
         Some("shop")
     );
-    let web = &plan.services[0];
-    let uses = |v: &[FileUse]| {
-        v.iter()
-            .map(|u| (u.name.clone(), u.target.clone(), u.uid.clone(), u.mode))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        uses(&web.secrets),
-        [
-            ("shop_pw".into(), "pw".into(), "0".into(), 0o444),
-            ("prod_api".into(), "api.key".into(), "100".into(), 0o400)
-        ]
-    );
-    assert_eq!(
-        uses(&web.configs),
-        [
+    let c = plan.services[0]
+        .spec
+        .task
+        .as_ref()
+        .and_then(|t| t.container.as_ref())
+        .expect("container");
+    let secrets: Vec<(&str, &str, &str, u32)> = c
+        .secrets
+        .iter()
+        .map(|r| {
+            let f = r.file.as_ref().expect("file");
             (
-                "shop_site".into(),
-                "/etc/site.conf".into(),
-                "0".into(),
-                0o444
-            ),
-            ("shared_site".into(), "/site2".into(), "0".into(), 0o444)
-        ]
+                r.secret_name.as_str(),
+                f.name.as_str(),
+                f.uid.as_str(),
+                f.mode,
+            )
+        })
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            ("shop_pw", "pw", "0", 0o444),
+            ("prod_api", "api.key", "100", 0o400)
+        ],
+        "the default target is the compose name; ids are the API's to fill in"
+    );
+    assert!(c.secrets.iter().all(|r| r.secret_id.is_empty()));
+    let configs: Vec<(&str, &str)> = c
+        .configs
+        .iter()
+        .map(|r| {
+            (
+                r.config_name.as_str(),
+                r.file.as_ref().map_or("", |f| f.name.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        configs,
+        [("shop_site", "/etc/site.conf"), ("shared_site", "/site2")]
     );
 }

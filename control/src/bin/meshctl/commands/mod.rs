@@ -5,6 +5,7 @@ mod info;
 mod logs;
 mod network;
 mod node;
+mod secret;
 mod service;
 mod service_view;
 mod stack;
@@ -25,6 +26,8 @@ pub async fn run(command: Command, host: &str) -> Result<(), CliError> {
         Command::Service(command) => service::run(command, host).await,
         Command::Network(command) => network::run(command, host).await,
         Command::Stack(command) => stack::run(command, host).await,
+        Command::Secret(command) => secret::run(secret::Noun::Secret, command, host).await,
+        Command::Config(command) => secret::run(secret::Noun::Config, command, host).await,
         Command::Events(args) => events::run(host, args).await,
         Command::Info { format } => info::run(host, format.unwrap_or(false)).await,
         Command::Version => version::run(host).await,

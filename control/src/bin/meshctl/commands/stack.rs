@@ -3,6 +3,7 @@
 //! work through the Control API.
 
 mod deploy;
+mod payloads;
 
 use super::node::print_tasks;
 use crate::client::Client;
@@ -208,7 +209,13 @@ async fn rm(client: &mut Client, stacks: &[String]) -> Result<(), CliError> {
     for stack in stacks {
         let services = stack_services(client, stack).await?.services;
         let networks = stack_networks(client, stack).await?;
-        if services.is_empty() && networks.is_empty() {
+        let owns = |m: &payloads::Existing| {
+            m.values()
+                .any(|k| namespace(Some(&k.labels)) == Some(stack.as_str()))
+        };
+        let secrets = payloads::existing(client, payloads::Kind::Secret).await?;
+        let configs = payloads::existing(client, payloads::Kind::Config).await?;
+        if services.is_empty() && networks.is_empty() && !owns(&secrets) && !owns(&configs) {
             nothing_found(stack)?;
             continue;
         }
@@ -232,6 +239,10 @@ async fn rm(client: &mut Client, stacks: &[String]) -> Result<(), CliError> {
                 failures.push(format!("failed to remove network {}: {e}", network.id));
             }
         }
+        failures
+            .extend(payloads::remove_all(client, payloads::Kind::Secret, stack, &mut out).await?);
+        failures
+            .extend(payloads::remove_all(client, payloads::Kind::Config, stack, &mut out).await?);
     }
     if failures.is_empty() {
         Ok(())

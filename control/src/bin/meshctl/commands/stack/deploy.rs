@@ -1,9 +1,11 @@
-//! `meshctl stack deploy`: reads the compose files, converts and validates the whole stack, then
+//! `meshctl stack deploy`: reads the compose files (and the secrets' and configs' files), converts and
+//! validates the whole stack, then
 //! creates what is missing and updates what changed, printing docker's lines. A service whose
 //! converted spec equals its current one is left alone (no new spec version, no task
 //! restarted). A deploy that fails half-way says what it did and what it did not; running it
 //! again finishes the job.
 
+use super::payloads::{self, Kind, Payload};
 use super::{service_name, service_namespace, stack_networks, stack_services};
 use crate::client::Client;
 use crate::error::CliError;
@@ -47,8 +49,9 @@ fn working_dir(first: &str) -> PathBuf {
     cwd.join(dir)
 }
 
-/// Loads and converts the stack: every error before the daemon is asked anything.
-pub fn plan(args: &DeployArgs) -> Result<Plan, CliError> {
+/// Loads and converts the stack and reads its secrets' and configs' files: every error before
+/// the daemon is asked anything.
+pub fn plan(args: &DeployArgs) -> Result<(Plan, Vec<Payload>), CliError> {
     let files = args
         .compose_files
         .iter()
@@ -73,13 +76,9 @@ pub fn plan(args: &DeployArgs) -> Result<Plan, CliError> {
     };
     let plan =
         compose::convert(&loaded.config, &context).map_err(|e| CliError::Invalid(e.to_string()))?;
-    if let Some(first) = plan.secrets.first().or(plan.configs.first()) {
-        return Err(CliError::Invalid(format!(
-            "{}: secrets and configs are not supported by this mesh version yet",
-            first.name
-        )));
-    }
-    Ok(plan)
+    let mut payloads = payloads::read(Kind::Secret, &plan.secrets)?;
+    payloads.extend(payloads::read(Kind::Config, &plan.configs)?);
+    Ok((plan, payloads))
 }
 
 /// What a deploy did so far and still had to do, for the message of a failure half-way.
@@ -119,12 +118,17 @@ impl Progress {
 }
 
 pub async fn run(args: &DeployArgs, host: &str) -> Result<(), CliError> {
-    let plan = plan(args)?;
+    let (plan, payloads) = plan(args)?;
     let mut client = super::super::connect(host).await?;
-    deploy(&mut client, &plan, args).await
+    deploy(&mut client, plan, &payloads, args).await
 }
 
-async fn deploy(client: &mut Client, plan: &Plan, args: &DeployArgs) -> Result<(), CliError> {
+async fn deploy(
+    client: &mut Client,
+    mut plan: Plan,
+    payloads: &[Payload],
+    args: &DeployArgs,
+) -> Result<(), CliError> {
     for name in &plan.external_networks {
         let request = GetNetworkRequest {
             reference: name.clone(),
@@ -138,6 +142,39 @@ async fn deploy(client: &mut Client, plan: &Plan, args: &DeployArgs) -> Result<(
             return Err(e.into());
         }
     }
+    payloads::check_external(client, payloads).await?;
+    let mut progress = Progress::default();
+    let mut out = std::io::stdout();
+    // Secrets and configs first, as docker: the services refer to them.
+    let existing_secrets = payloads::existing(client, Kind::Secret).await?;
+    let existing_configs = payloads::existing(client, Kind::Config).await?;
+    let owned: Vec<&Payload> = payloads.iter().filter(|p| p.is_created()).collect();
+    for p in &owned {
+        progress
+            .pending
+            .push(format!("create {} {}", p.kind.as_str(), p.name));
+    }
+    for p in owned {
+        let step = format!("create {} {}", p.kind.as_str(), p.name);
+        let existing = match p.kind {
+            Kind::Secret => existing_secrets.get(&p.name),
+            Kind::Config => existing_configs.get(&p.name),
+        };
+        payloads::create_or_update(client, p, existing, &mut out)
+            .await
+            .map_err(|e| progress.failed(&step, &e))?;
+        progress.finish(&step);
+    }
+    let ids = |m: payloads::Existing| {
+        m.into_iter()
+            .map(|(name, k)| (name, k.id))
+            .collect::<HashMap<_, _>>()
+    };
+    let secret_ids = ids(payloads::existing(client, Kind::Secret).await?);
+    let config_ids = ids(payloads::existing(client, Kind::Config).await?);
+    payloads::fill_ids(&mut plan.services, &secret_ids, &config_ids);
+    let plan = &plan;
+
     let existing_networks: HashSet<String> = stack_networks(client, &args.stack)
         .await?
         .iter()
@@ -147,7 +184,6 @@ async fn deploy(client: &mut Client, plan: &Plan, args: &DeployArgs) -> Result<(
     let current: HashMap<&str, &mesh_proto::Service> =
         services.iter().map(|s| (service_name(s), s)).collect();
 
-    let mut progress = Progress::default();
     let networks: Vec<_> = plan
         .networks
         .iter()
@@ -197,7 +233,6 @@ async fn deploy(client: &mut Client, plan: &Plan, args: &DeployArgs) -> Result<(
             .push(format!("remove service {}", service_name(service)));
     }
 
-    let mut out = std::io::stdout();
     for network in networks {
         let step = format!("create network {}", network.name);
         writeln!(out, "Creating network {}", network.name)?;
