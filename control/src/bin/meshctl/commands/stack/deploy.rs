@@ -1,8 +1,7 @@
-//! `meshctl stack deploy`: reads the compose files (and the secrets' and configs' files), converts and
-//! validates the whole stack, then
-//! creates what is missing and updates what changed, printing docker's lines. A service whose
-//! converted spec equals its current one is left alone (no new spec version, no task
-//! restarted). A deploy that fails half-way says what it did and what it did not; running it
+//! `meshctl stack deploy`: reads the compose files (and the secrets' and configs' files),
+//! converts and validates the whole stack, then creates what is missing and updates what changed,
+//! printing docker's lines. A service whose converted spec equals its current one is left alone
+//! (no new spec version, no task restarted). A deploy that fails half-way says what it did and what it did not; running it
 //! again finishes the job.
 
 use super::payloads::{self, Kind, Payload};
