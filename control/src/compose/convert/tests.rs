@@ -382,6 +382,20 @@ fn stacks_that_do_not_make_sense_are_refused_naming_the_key() {
             "version: '3.8'\nservices: {}\n".to_string(),
             "services: the stack has no services",
         ),
+        (
+            svc(
+                "    secrets: [a, {source: b, target: a}]\nsecrets:\n  a: {file: ./a}\n  b: {file: ./b}\n",
+            ),
+            "services.web: secret references 'shop_a' and 'shop_b' have a conflicting target: '/run/secrets/a'",
+        ),
+        (
+            svc("    configs: [{source: c, mode: 01777}]\nconfigs:\n  c: {file: ./c}\n"),
+            "services.web: invalid config mode 1777 for shop_c: expected at most 0777",
+        ),
+        (
+            svc("secrets:\n  a: {file: ./a, external: true}\n"),
+            "secrets.a: an external object takes no file",
+        ),
     ];
     for (text, want) in &cases {
         assert_eq!(plan(text).expect_err(text), *want, "{text}");
