@@ -438,3 +438,28 @@ async fn update_data_as(node: &Node, name: &str) -> anyhow::Result<Option<String
         Err(status) => Ok(Some(status.message().to_string())),
     }
 }
+
+/// meshd's `--secrets-dir` on a disk-backed directory: a tmpfs is mounted there (as meshd does
+/// at start, in the anchoring mount namespace), and one already there is left as it is.
+#[tokio::test]
+async fn a_secrets_dir_on_disk_gets_a_tmpfs() -> anyhow::Result<()> {
+    require_privileged!();
+    let temp = tempfile::tempdir_in("/tmp")?;
+    let dir = temp.path().join("secrets");
+    ensure!(
+        !mesh_agent::netlink::host::in_memory(temp.path()),
+        "/tmp is on disk here"
+    );
+    let files = mesh_agent::taskfiles::TaskFiles::open(&dir);
+    let mounted = mesh_agent::netlink::host::in_memory(&dir);
+    let again = mesh_agent::taskfiles::TaskFiles::open(&dir).map(drop);
+    let mode =
+        std::fs::metadata(&dir).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    let _ = mesh_tests::process::run_sync("umount", &["-l", &dir.display().to_string()]);
+    files.map(drop)?;
+    ensure!(mounted, "no tmpfs at {}", dir.display());
+    again?;
+    ensure!(mode? & 0o7777 == 0o700, "the tmpfs is not mode 0700");
+    ensure!(!mesh_agent::netlink::host::in_memory(&dir), "unmounted");
+    Ok(())
+}

@@ -60,6 +60,8 @@ async fn ready_is_sent_only_once_the_api_socket_answers() -> anyhow::Result<()> 
     let ns = Netns::attach(&bridge, 1)?;
     let dir = temp.path().join("dockerd");
     std::fs::create_dir_all(&dir)?;
+    // Its own tmpfs for secrets (unmounted with dockerd), not the host's /run/mesh/secrets.
+    let secrets = mesh_tests::secrets::mount(&dir)?;
     let dockerd = Dockerd::start(&ns, &dir, Networking::None).await?;
     let (notify, notify_path) = notify_socket(temp.path())?;
     let api = temp.path().join("meshd.sock");
@@ -73,6 +75,7 @@ async fn ready_is_sent_only_once_the_api_socket_answers() -> anyhow::Result<()> 
             &temp.path().join("state").display().to_string(),
         ])
         .args(["--socket", &api.display().to_string()])
+        .args(["--secrets-dir", &secrets.display().to_string()])
         .args(["--docker-host", &dockerd.host()])
         .args(["--hostname", "notify1"])
         .args(["--listen-addr", &format!("{addr}:2377")])

@@ -21,6 +21,9 @@ pub struct Leftovers {
     /// Pin directories (`/sys/fs/bpf/mesh/<prefix>`) of meshds that no longer run: their
     /// programs stay attached to the host's cgroup2 root until the pins go.
     pub pins: Vec<PathBuf>,
+    /// Mounts at meshd's default secrets directory: a test's meshd must always be given its own,
+    /// so one there means a test fell back on the host's default.
+    pub mounts: Vec<PathBuf>,
 }
 
 impl Leftovers {
@@ -31,6 +34,7 @@ impl Leftovers {
             && self.processes.is_empty()
             && self.labs.is_empty()
             && self.pins.is_empty()
+            && self.mounts.is_empty()
     }
 
     pub fn report(&self) {
@@ -58,6 +62,9 @@ impl Leftovers {
         }
         for dir in &self.pins {
             eprintln!("leftover eBPF pins: {}", dir.display());
+        }
+        for dir in &self.mounts {
+            eprintln!("leftover mount: {}", dir.display());
         }
     }
 }
@@ -109,7 +116,27 @@ pub fn find() -> Leftovers {
     found.labs = mesh_tests::lab::orphaned();
     // After the labs: their meshds' pins are not leftovers until the labs are.
     found.pins = orphaned_pins();
+    found.mounts = default_secrets_mounts(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+    );
     found
+}
+
+/// meshd's default `--secrets-dir`.
+const DEFAULT_SECRETS_DIR: &str = "/run/mesh/secrets";
+
+/// The mount points (from a mountinfo text) at or under meshd's default secrets directory.
+fn default_secrets_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|target| {
+            target
+                .strip_prefix(DEFAULT_SECRETS_DIR)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// The pin directories under [`PINS`] whose prefix (named after a state dir) is no running
@@ -178,6 +205,11 @@ pub fn clean(found: &Leftovers) {
             remove_pins(&prefix.to_string_lossy());
         }
     }
+    // Innermost first.
+    for dir in found.mounts.iter().rev() {
+        let target = dir.display().to_string();
+        let _ = process::run_sync("umount", &["-l", &target]);
+    }
 }
 
 /// Directories under a test dir that held a dockerd.
@@ -195,6 +227,20 @@ fn node_dirs(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_mounts_at_the_default_secrets_dir_are_leftovers() {
+        let mountinfo = "\
+22 1 8:1 / / rw shared:1 - ext4 /dev/vda rw
+90 22 0:50 / /run/mesh/secrets rw,nosuid - tmpfs tmpfs rw,mode=700
+91 22 0:51 / /run/mesh/secrets-old rw - tmpfs tmpfs rw
+92 22 0:52 / /tmp/mt-1f-0-x/node1/secrets rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            default_secrets_mounts(mountinfo),
+            vec![PathBuf::from("/run/mesh/secrets")]
+        );
+    }
 
     #[test]
     fn a_meshd_command_line_names_its_state_dir() {

@@ -237,8 +237,11 @@ pub(super) async fn update<T: Payload>(
                 StoreError::InvalidArgument(format!("{} {} has no spec", T::KIND, object.id()))
             })?;
             let name = |s: &T::Spec| T::annotations(s).map(|a| a.name.clone());
-            // An update may send the data back, or leave it out (as `docker secret update` would).
-            let data_kept = T::data(&spec).is_empty() || T::data(&spec) == T::data(&current);
+            // The data may be left out or sent back unchanged (as `docker stack deploy` does on a
+            // re-deploy), compared in constant time as Swarm compares it.
+            let data = T::data(&spec);
+            let data_kept =
+                data.is_empty() || crate::ca::token::constant_time_eq(data, T::data(&current));
             if name(&spec) != name(&current) || !data_kept {
                 return Err(StoreError::InvalidArgument(
                     "only updates to Labels are allowed".into(),

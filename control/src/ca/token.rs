@@ -105,7 +105,7 @@ pub fn ca_digest(ca_cert_der: &[u8]) -> String {
 }
 
 /// Compares two byte strings without an early exit; only their lengths leak.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -80,11 +80,12 @@ impl CreateArgs {
     }
 }
 
-/// The data's size as the managers check it, said before sending.
+/// The data's size as the managers check it, said before sending (meshctl reads at most `max`
+/// bytes, so the size of a larger file is not known here).
 pub fn check_size(what: &str, len: usize, max: usize) -> Result<(), InputError> {
     if len == 0 || len >= max {
         return Err(InputError::Invalid(format!(
-            "{what} data must be larger than 0 and less than {max} bytes (it is {len})"
+            "{what} data must be larger than 0 and less than {max} bytes"
         )));
     }
     Ok(())

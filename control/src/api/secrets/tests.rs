@@ -173,6 +173,10 @@ async fn only_labels_may_change() {
         "data kept"
     );
 
+    // The same data again is taken, as Swarm takes it (a stack re-deployed sends it).
+    update::<Secret>(&store, "db", None, Some(secret_spec("db", VALUE)))
+        .await
+        .expect("the same data");
     for spec in [secret_spec("db", b"other"), secret_spec("renamed", b"")] {
         let err = update::<Secret>(&store, "db", None, Some(spec))
             .await

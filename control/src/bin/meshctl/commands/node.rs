@@ -13,6 +13,8 @@ use mesh_proto::{
 };
 use std::collections::HashMap;
 use std::io::Write;
+use std::time::Duration;
+use tonic::Code;
 
 pub async fn run(command: NodeCommand, host: &str) -> Result<(), CliError> {
     let mut client = super::connect(host).await?;
@@ -83,23 +85,54 @@ async fn inspect(client: &mut Client, pretty: bool, references: &[String]) -> Re
 }
 
 async fn update(client: &mut Client, args: UpdateArgs) -> Result<(), CliError> {
-    let node = get_node(client, &args.node).await?;
-    let mut spec = node.spec.clone().unwrap_or_else(NodeSpec::default);
-    if let Some(availability) = args.availability {
-        spec.availability = availability as i32;
-    }
-    let annotations = spec.annotations.get_or_insert_with(Annotations::default);
-    annotations.labels.extend(args.label_add);
-    annotations.labels.retain(|k, _| !args.label_rm.contains(k));
-    mesh_control::limits::node(&spec)?;
-    let request = UpdateNodeRequest {
-        node_id: node.id.clone(),
-        version: node.meta.as_ref().and_then(|m| m.version),
-        spec: Some(spec),
-    };
-    client.control.update_node(request).await?;
+    change_spec(client, &args.node, |node| {
+        let mut spec = node.spec.clone().unwrap_or_else(NodeSpec::default);
+        if let Some(availability) = args.availability {
+            spec.availability = availability as i32;
+        }
+        let annotations = spec.annotations.get_or_insert_with(Annotations::default);
+        annotations.labels.extend(args.label_add.clone());
+        annotations.labels.retain(|k, _| !args.label_rm.contains(k));
+        mesh_control::limits::node(&spec)?;
+        Ok(Some(spec))
+    })
+    .await?;
     writeln!(std::io::stdout(), "{}", args.node)?;
     Ok(())
+}
+
+/// Writes to a node whose version moved since it was read: its own status (heartbeats,
+/// certificates, a role change under way) updates it too.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Reads the node, asks `change` for its new spec (`None`: nothing to change) and writes it back
+/// at the version read; a write that lost a race with the node's own updates is redone on a
+/// fresh read. Returns the node as read before the write that went through.
+async fn change_spec(
+    client: &mut Client,
+    reference: &str,
+    change: impl Fn(&Node) -> Result<Option<NodeSpec>, CliError>,
+) -> Result<Option<Node>, CliError> {
+    let mut attempt = 1;
+    loop {
+        let node = get_node(client, reference).await?;
+        let Some(spec) = change(&node)? else {
+            return Ok(None);
+        };
+        let request = UpdateNodeRequest {
+            node_id: node.id.clone(),
+            version: node.meta.as_ref().and_then(|m| m.version),
+            spec: Some(spec),
+        };
+        match client.control.update_node(request).await {
+            Ok(_) => return Ok(Some(node)),
+            Err(status) if status.code() == Code::Aborted && attempt < CONFLICT_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
 }
 
 async fn set_role(
@@ -109,10 +142,18 @@ async fn set_role(
 ) -> Result<(), CliError> {
     let mut out = std::io::stdout();
     for reference in references {
-        let node = get_node(client, reference).await?;
-        let mut spec = node.spec.clone().unwrap_or_default();
-        let name = crate::listing::hostname(&node).to_string();
-        if spec.desired_role == role as i32 {
+        let changed = change_spec(client, reference, |node| {
+            let mut spec = node.spec.clone().unwrap_or_default();
+            if spec.desired_role == role as i32 {
+                return Ok(None);
+            }
+            spec.desired_role = role as i32;
+            Ok(Some(spec))
+        })
+        .await?;
+        let Some(node) = changed else {
+            let node = get_node(client, reference).await?;
+            let name = crate::listing::hostname(&node);
             let already = if role == NodeRole::Manager {
                 "already a manager"
             } else {
@@ -120,16 +161,8 @@ async fn set_role(
             };
             writeln!(out, "Node {name} is {already}.")?;
             continue;
-        }
-        spec.desired_role = role as i32;
-        client
-            .control
-            .update_node(UpdateNodeRequest {
-                node_id: node.id.clone(),
-                version: node.meta.as_ref().and_then(|m| m.version),
-                spec: Some(spec),
-            })
-            .await?;
+        };
+        let name = crate::listing::hostname(&node).to_string();
         let verb = if role == NodeRole::Manager {
             "promoted to a manager"
         } else {
