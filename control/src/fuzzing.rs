@@ -283,6 +283,43 @@ pub fn meshctl_flag(data: &[u8]) {
     let _ = crate::api::validate_service_name(value);
 }
 
+/// One compose file, as `meshctl stack deploy -c` reads it: loaded (YAML, version, keys,
+/// interpolation from a fixed environment), then converted into a stack's plan, with the files it
+/// names read as empty or missing. Any input gives a plan or a one-line error, never a panic.
+pub fn compose_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let env: std::collections::HashMap<String, String> =
+        [("TAG", "v1"), ("PORT", "8080"), ("EMPTY", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let files = [crate::compose::ComposeFile {
+        name: "docker-compose.yml".into(),
+        text: text.to_string(),
+    }];
+    let Ok(loaded) = crate::compose::load(&files, &env) else {
+        return;
+    };
+    let read = |path: &std::path::Path| -> Result<String, String> {
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some(name) if name.ends_with(".env") => Ok("A=1\nB\n".into()),
+            _ => Err(format!(
+                "open {}: no such file or directory",
+                path.display()
+            )),
+        }
+    };
+    let context = crate::compose::Context {
+        stack: "fuzz",
+        working_dir: std::path::Path::new("/srv/stack"),
+        env: &env,
+        read: &read,
+    };
+    let _ = crate::compose::convert(&loaded.config, &context);
+}
+
 /// `meshctl` command lines that reach every noun, as a user types them.
 const COMMAND_LINES: &[&[&str]] = &[
     &[
@@ -701,5 +738,32 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             value.as_bytes().to_vec(),
         ));
     }
+    for (name, text) in COMPOSE_FILES {
+        seeds.push((
+            "compose_file",
+            format!("file-{name}"),
+            text.as_bytes().to_vec(),
+        ));
+    }
     seeds
 }
+
+/// Real compose files (Docker's samples, docs and tutorial, as the compose tests read them).
+const COMPOSE_FILES: &[(&str, &str)] = &[
+    (
+        "voting-app-3.9",
+        include_str!("compose/testdata/voting-app-3.9.yml"),
+    ),
+    (
+        "voting-app-3",
+        include_str!("compose/testdata/voting-app-3.yml"),
+    ),
+    (
+        "docs-deploy-3.9",
+        include_str!("compose/testdata/docs-deploy-3.9.yml"),
+    ),
+    (
+        "stackdemo-3",
+        include_str!("compose/testdata/stackdemo-3.yml"),
+    ),
+];

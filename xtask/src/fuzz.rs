@@ -26,6 +26,7 @@ pub const TARGETS: &[&str] = &[
     "api_request",
     "meshctl_args",
     "meshctl_flag",
+    "compose_file",
 ];
 
 /// How long `cargo xtask test` runs each target: about a minute in all.
