@@ -185,7 +185,7 @@ fn spec(name: &str, replicas: u64) -> ServiceSpec {
     }
 }
 
-async fn connect(socket: &Path) -> anyhow::Result<ControlClient<Channel>> {
+pub(crate) async fn connect(socket: &Path) -> anyhow::Result<ControlClient<Channel>> {
     let path: PathBuf = socket.to_owned();
     // The URI is required by tonic but unused: the connector dials the socket.
     let channel = Endpoint::try_from("http://[::]:50051")?
@@ -272,7 +272,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// A size of process `pid` from `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
-fn memory_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(crate) fn memory_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("meshd {pid} is gone"))?;
     status

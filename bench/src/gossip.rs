@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail, ensure};
 use mesh_agent::gossip::{EndpointRecord, Gossip, GossipConfig, KeyRing, SealKey};
 use mesh_tests::meshctl::BIN_DIR_ENV;
-use mesh_tests::process;
 
 use real::{print_propagation, real_nodes};
 
@@ -86,7 +85,7 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
         }
     };
     let most = sizes.iter().copied().max().unwrap_or(0);
-    ensure_open_files(u64::try_from(most)? + 256)?;
+    crate::run::ensure_open_files(u64::try_from(most)? + 256, "the gossip members")?;
     let keys = KeyRing::new(SealKey::generate(1).context("generating a gossip key")?);
     let mut sims = Vec::new();
     for &members in &sizes {
@@ -333,45 +332,4 @@ fn random_below(state: &mut u64, bound: usize) -> usize {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     (z % bound as u64) as usize
-}
-
-/// Makes sure this process may open `need` files (a socket per member), raising its soft limit
-/// with prlimit(1) when the hard limit allows (no unsafe code here).
-fn ensure_open_files(need: u64) -> anyhow::Result<()> {
-    let (soft, hard) = open_files_limit()?;
-    if soft >= need {
-        return Ok(());
-    }
-    let pid = std::process::id().to_string();
-    let limit = format!("--nofile={need}:{}", hard.max(need));
-    let raised = process::run_sync("prlimit", &["--pid", &pid, &limit])
-        .map(|o| o.stderr.trim().to_owned())
-        .unwrap_or_else(|err| format!("{err:#}"));
-    let (soft, _) = open_files_limit()?;
-    ensure!(
-        soft >= need,
-        "the gossip members need about {need} open files but this process may open {soft} \
-         ({raised}); run `ulimit -n {need}` and try again"
-    );
-    Ok(())
-}
-
-/// (soft, hard) from /proc/self/limits; `unlimited` reads as `u64::MAX`.
-fn open_files_limit() -> anyhow::Result<(u64, u64)> {
-    let limits =
-        std::fs::read_to_string("/proc/self/limits").context("reading /proc/self/limits")?;
-    let line = limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))
-        .context("no open files limit in /proc/self/limits")?;
-    let mut values = line.split_whitespace().map(|v| {
-        if v == "unlimited" {
-            Ok(u64::MAX)
-        } else {
-            v.parse::<u64>()
-                .with_context(|| format!("bad open files limit {v:?}"))
-        }
-    });
-    let mut next = || values.next().context("open files limit missing")?;
-    Ok((next()?, next()?))
 }

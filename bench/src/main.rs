@@ -12,6 +12,7 @@ mod lb;
 mod metrics;
 mod overlay;
 mod run;
+mod scale;
 mod update;
 
 use std::path::PathBuf;
@@ -67,6 +68,10 @@ enum Bench {
         #[arg(long)]
         release: bool,
     },
+    /// N simulated nodes (own certificate, session, heartbeats and task reports each) and T tasks
+    /// on real managers: time to join, time to all running, tasks/s, Raft entries/s, leader RSS,
+    /// largest assignments message; ends with one `scale: …` summary line.
+    Scale(scale::args::ScaleArgs),
     /// Gossip convergence of 10, 100 and 1,000 simulated members, and endpoint propagation to the
     /// FDBs of 3 real nodes.
     Gossip(gossip::GossipArgs),
@@ -106,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Metrics => metrics::metrics(),
         Bench::Update { release } => update::update(release).await,
         Bench::Overlay { release } => overlay::overlay(release).await,
+        Bench::Scale(args) => scale::scale(args).await,
         Bench::Gossip(args) => gossip::gossip(args).await,
         Bench::Lb(args) => lb::lb(args).await,
         Bench::LbServer(args) => lb::lb_server(args),

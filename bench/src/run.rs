@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh_tests::meshctl::BIN_DIR_ENV;
-use mesh_tests::process::{cargo, run_shown};
+use mesh_tests::process::{self, cargo, run_shown};
 
 /// How long any one thing a benchmark waits for may take.
 pub const LIMIT: Duration = Duration::from_secs(180);
@@ -73,4 +73,46 @@ pub fn spawn_in(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {program} under nsenter"))
+}
+
+/// Makes sure this process (and the meshd it starts, which inherit its limits) may open `need`
+/// files (a socket per simulated member or node), raising its soft limit with prlimit(1) when
+/// the hard limit allows (no unsafe code here). `what` names who needs them, for the error.
+pub fn ensure_open_files(need: u64, what: &str) -> anyhow::Result<()> {
+    let (soft, hard) = open_files_limit()?;
+    if soft >= need {
+        return Ok(());
+    }
+    let pid = std::process::id().to_string();
+    let limit = format!("--nofile={need}:{}", hard.max(need));
+    let raised = process::run_sync("prlimit", &["--pid", &pid, &limit])
+        .map(|o| o.stderr.trim().to_owned())
+        .unwrap_or_else(|err| format!("{err:#}"));
+    let (soft, _) = open_files_limit()?;
+    anyhow::ensure!(
+        soft >= need,
+        "{what} need about {need} open files but this process may open {soft} \
+         ({raised}); run `ulimit -n {need}` and try again"
+    );
+    Ok(())
+}
+
+/// (soft, hard) from /proc/self/limits; `unlimited` reads as `u64::MAX`.
+fn open_files_limit() -> anyhow::Result<(u64, u64)> {
+    let limits =
+        std::fs::read_to_string("/proc/self/limits").context("reading /proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .context("no open files limit in /proc/self/limits")?;
+    let mut values = line.split_whitespace().map(|v| {
+        if v == "unlimited" {
+            Ok(u64::MAX)
+        } else {
+            v.parse::<u64>()
+                .with_context(|| format!("bad open files limit {v:?}"))
+        }
+    });
+    let mut next = || values.next().context("open files limit missing")?;
+    Ok((next()?, next()?))
 }

@@ -1,0 +1,320 @@
+//! `cargo xtask bench scale --nodes N --tasks T [--managers M] [--services S]`: how the control
+//! plane holds up under many nodes and tasks.
+//!
+//! Real managers — meshd processes in their own namespaces, as in every benchmark here, with
+//! Raft on disk, mutual TLS and gRPC — and N simulated nodes in this process, one tokio runtime.
+//! Each simulated node joins through the real path (the join token pins the root CA, the CA
+//! issues a certificate for the node's own key), then keeps its own dispatcher session over its
+//! own TLS connection: heartbeats at the cluster's period, the assignments stream, task status
+//! reports from the real agent's worker (accepted → preparing → ready → starting → running) on
+//! an executor whose containers are records ([`executor`]). The managers cannot tell these
+//! nodes from real ones. The managers are drained, so every task goes to a simulated node.
+//!
+//! Timed: from the first join to all N + M nodes Ready (`node ls`), and from creating T tasks
+//! over S services to the leader counting all of them running (its `mesh_tasks` metric).
+//! Measured: the leader's Raft entries per second over that time (its commit index), its RSS,
+//! the largest assignments message a node received, `service ls` and `node ls` at the end. The
+//! run ends with one [`summary`] line.
+
+mod agent;
+pub mod args;
+mod executor;
+mod probe;
+pub mod summary;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mesh_proto::service_spec::Mode;
+use mesh_proto::{
+    Annotations, ContainerSpec, CreateServiceRequest, ListNodesRequest, NodeState,
+    ReplicatedService, ServiceSpec, TaskSpec,
+};
+use mesh_tests::cluster::MANAGER_PORT;
+use mesh_tests::meshctl::BIN_DIR_ENV;
+use mesh_tests::{BUSYBOX_IMAGE, Cluster};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use agent::Counters;
+use args::{Plan, ScaleArgs};
+use summary::Summary;
+
+/// Joins in flight at once: a crowd of TLS handshakes beyond this only queues in the leader.
+const JOINING: usize = 64;
+/// Tries of one node's join before the run fails.
+const JOIN_TRIES: usize = 5;
+/// How often the nodes and the running tasks are counted.
+const POLL: Duration = Duration::from_millis(250);
+
+pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
+    let plan = Plan::new(&args)?;
+    if args.release {
+        let bins = ["-p", "mesh-agent", "-p", "mesh-control", "--bins"];
+        let (nodes, tasks, managers, services) = (
+            plan.nodes.to_string(),
+            plan.tasks.to_string(),
+            plan.managers.to_string(),
+            plan.services.to_string(),
+        );
+        let again = [
+            "scale",
+            "--nodes",
+            &nodes,
+            "--tasks",
+            &tasks,
+            "--managers",
+            &managers,
+            "--services",
+            &services,
+        ];
+        return crate::run::again_in_release(&bins, &again, &[(BIN_DIR_ENV, "target/release")]);
+    }
+    let profile = match std::env::var(BIN_DIR_ENV) {
+        Ok(dir) if dir.contains("release") => "release",
+        _ => match crate::run::build(false, &["scale"])? {
+            Some(profile) => profile,
+            None => return Ok(()),
+        },
+    };
+    crate::run::ensure_open_files(u64::from(plan.nodes) + 1024, "the simulated nodes")?;
+    eprintln!("starting {} manager(s)", plan.managers);
+    let cluster = Cluster::builder()
+        .managers(usize::from(plan.managers))
+        .quiet()
+        .start()
+        .await?;
+    let result = measure(&cluster, plan).await;
+    let close = cluster.close();
+    let summary = result?;
+    close?;
+    let sim = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    eprintln!("meshd {profile} build, simulated nodes: mesh-bench {sim} build");
+    println!("{summary}");
+    Ok(())
+}
+
+async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
+    let first = cluster.manager();
+    for node in cluster.nodes() {
+        first
+            .meshctl_ok(&["node", "update", "--availability", "drain", node.hostname()])
+            .await?;
+    }
+    let token = first
+        .meshctl_ok(&["swarm", "join-token", "-q", "worker"])
+        .await?
+        .trim()
+        .to_owned();
+    let managers: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("{}:{MANAGER_PORT}", n.addr()))
+        .collect();
+    let mut client = crate::api_load::connect(first.socket()).await?;
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = watch::channel(false);
+    let (failures, mut failed) = mpsc::unbounded_channel::<String>();
+
+    eprintln!("joining {} simulated nodes", plan.nodes);
+    let joining = Arc::new(Semaphore::new(JOINING));
+    let host = cluster.bridge().addr(254);
+    let started = Instant::now();
+    let mut nodes = Vec::with_capacity(plan.nodes as usize);
+    for i in 0..plan.nodes {
+        let (joining, counters, stopped, failures) = (
+            joining.clone(),
+            counters.clone(),
+            stopped.clone(),
+            failures.clone(),
+        );
+        let (manager, managers, token) = (managers[0].clone(), managers.clone(), token.clone());
+        let hostname = format!("sim{i:05}");
+        // Each node advertises an address of its own (the host's, a port each).
+        let addr = format!("{host}:{}", 10_000 + i);
+        nodes.push(tokio::spawn(async move {
+            let mut last = String::new();
+            for _ in 0..JOIN_TRIES {
+                let joined = {
+                    let _turn = joining.acquire().await;
+                    agent::join(&manager, &token, hostname.clone(), addr.clone()).await
+                };
+                match joined {
+                    Ok(node) => return agent::run(node, managers, counters, stopped).await,
+                    Err(err) => last = format!("{err:#}"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let _ = failures.send(format!("{hostname} could not join: {last}"));
+        }));
+    }
+    let everyone = plan.nodes as usize + usize::from(plan.managers);
+    let join_limit = crate::run::LIMIT + Duration::from_millis(20) * plan.nodes;
+    loop {
+        if let Ok(failure) = failed.try_recv() {
+            bail!("{failure}");
+        }
+        let listed = client.list_nodes(ListNodesRequest {}).await?.into_inner();
+        let ready = listed
+            .nodes
+            .iter()
+            .filter(|n| n.status.as_ref().map(|s| s.state) == Some(NodeState::Ready as i32))
+            .count();
+        if ready == everyone {
+            break;
+        }
+        if started.elapsed() > join_limit {
+            bail!("{ready} of {everyone} nodes Ready after {join_limit:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let join = started.elapsed();
+    eprintln!(
+        "{} nodes Ready in {:.2} s; creating {} tasks over {} services",
+        everyone,
+        join.as_secs_f64(),
+        plan.tasks,
+        plan.services
+    );
+
+    let leader = &cluster.nodes()[probe::leader(cluster.nodes()).await?];
+    let before = probe::scrape(leader).await?;
+    let started = Instant::now();
+    for s in 0..plan.services {
+        client
+            .create_service(CreateServiceRequest {
+                spec: Some(spec(&format!("scale{s:04}"), plan.replicas(s))),
+            })
+            .await
+            .with_context(|| format!("creating service {s}"))?;
+    }
+    let created = started.elapsed();
+    let run_limit = crate::run::LIMIT + Duration::from_millis(2) * u32::try_from(plan.tasks)?;
+    let mut last_shown = Instant::now();
+    let after = loop {
+        if let Ok(failure) = failed.try_recv() {
+            bail!("{failure}");
+        }
+        let now = probe::scrape(leader).await?;
+        if now.running as u64 >= plan.tasks {
+            break now;
+        }
+        if started.elapsed() > run_limit {
+            bail!(
+                "{} of {} tasks running after {run_limit:?}",
+                now.running,
+                plan.tasks
+            );
+        }
+        if last_shown.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "  {:.0} s: {} of {} tasks running",
+                started.elapsed().as_secs_f64(),
+                now.running,
+                plan.tasks
+            );
+            last_shown = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let running = started.elapsed();
+    let pid = leader.meshd_pid().context("the leader's meshd is gone")?;
+    let rss = crate::api_load::memory_kib(pid, "VmRSS")? as f64 / 1024.0;
+    let peak = crate::api_load::memory_kib(pid, "VmHWM")? as f64 / 1024.0;
+    let service_ls = probe::time_cli(first, &["service", "ls"], 3).await?;
+    let node_ls = probe::time_cli(first, &["node", "ls"], 3).await?;
+    let bench_rss = probe::own_rss_mib();
+
+    let secs = running.as_secs_f64();
+    let entries = after.commit_index - before.commit_index;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let largest = load(&counters.largest_assignments) as f64 / 1024.0;
+    println!(
+        "scale: {} simulated nodes (this process) + {} drained manager(s) (meshd in namespaces)",
+        plan.nodes, plan.managers
+    );
+    println!(
+        "  join: all {everyone} nodes Ready {:.2} s after the first join",
+        join.as_secs_f64()
+    );
+    println!(
+        "  tasks: {} over {} services created in {:.2} s; all running {secs:.2} s after the first \
+         create ({:.0} tasks/s)",
+        plan.tasks,
+        plan.services,
+        created.as_secs_f64(),
+        plan.tasks as f64 / secs
+    );
+    println!(
+        "  raft: {entries:.0} entries committed meanwhile ({:.1}/s)",
+        entries / secs
+    );
+    println!(
+        "  leader meshd RSS: {rss:.1} MiB now, {peak:.1} MiB peak; this process: {bench_rss:.1} MiB"
+    );
+    println!(
+        "  assignments: {} messages, {:.1} MiB in all, the largest {largest:.1} KiB; {} status \
+         reports sent; {} sessions re-opened",
+        load(&counters.assignments_messages),
+        load(&counters.assignments_bytes) as f64 / (1024.0 * 1024.0),
+        load(&counters.reports),
+        load(&counters.reconnects),
+    );
+    println!(
+        "  at the end: `service ls` {:.0} ms, `node ls` {:.0} ms (slowest of 3, meshctl included)",
+        ms(service_ls),
+        ms(node_ls)
+    );
+
+    stop.send_replace(true);
+    for node in nodes {
+        let _ = tokio::time::timeout(Duration::from_secs(10), node).await;
+    }
+    Ok(Summary {
+        nodes: u64::from(plan.nodes),
+        tasks: plan.tasks,
+        managers: u64::from(plan.managers),
+        all_running_s: secs,
+        tasks_per_s: plan.tasks as f64 / secs,
+        leader_rss_mib: rss,
+        raft_entries_per_s: entries / secs,
+        largest_msg_kib: largest,
+        extra: vec![
+            ("join-s".into(), format!("{:.2}", join.as_secs_f64())),
+            ("services".into(), plan.services.to_string()),
+            ("leader-peak-rss-mib".into(), format!("{peak:.1}")),
+            ("service-ls-ms".into(), format!("{:.0}", ms(service_ls))),
+            ("node-ls-ms".into(), format!("{:.0}", ms(node_ls))),
+            ("bench-rss-mib".into(), format!("{bench_rss:.1}")),
+        ],
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A service of `replicas` tasks that any node may run (the simulated nodes run nothing).
+fn spec(name: &str, replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        annotations: Some(Annotations {
+            name: name.into(),
+            ..Default::default()
+        }),
+        task: Some(TaskSpec {
+            container: Some(ContainerSpec {
+                image: BUSYBOX_IMAGE.into(),
+                args: vec!["sleep".into(), "1000000".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        mode: Some(Mode::Replicated(ReplicatedService { replicas })),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,298 @@
+//! One simulated node: it joins as a real one does (the root CA pinned by the join token, a
+//! certificate issued for its own key), then keeps a dispatcher session over its own mutual-TLS
+//! connection — heartbeats at the period the managers name, the assignments stream, the log
+//! subscriptions stream, batched task-status reports — and runs its tasks with the real agent's
+//! worker on [`SimExecutor`]. The session loop is the agent's (`mesh_agent::session`), measured:
+//! it records the largest assignments message any node received.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use mesh_agent::worker::Worker;
+use mesh_control::ca::{NodeKey, TlsIdentity, connect, connect_with_roots, fetch_root_ca, token};
+use mesh_proto::dispatcher_client::DispatcherClient;
+use mesh_proto::node_ca_client::NodeCaClient;
+use mesh_proto::{
+    AssignmentsMessage, AssignmentsRequest, EngineDescription, HeartbeatRequest,
+    IssueNodeCertificateRequest, LogSubscriptionsRequest, NodeDescription, Platform, Resources,
+    SessionRequest, TaskStatusUpdate, UpdateTaskStatusRequest,
+};
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+
+use super::executor::SimExecutor;
+
+/// How long opening a session, or one call on it, may take before the node tries again.
+const CALL_LIMIT: Duration = Duration::from_secs(15);
+
+/// What every simulated node adds to, read by the benchmark.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// The largest assignments message received, encoded, in bytes.
+    pub largest_assignments: AtomicU64,
+    pub assignments_messages: AtomicU64,
+    pub assignments_bytes: AtomicU64,
+    /// Task status reports sent (one per task and state).
+    pub reports: AtomicU64,
+    /// Sessions that failed and were opened again.
+    pub reconnects: AtomicU64,
+}
+
+/// A node that has joined: its id, certificate and the address it advertises.
+pub struct Joined {
+    pub node_id: String,
+    pub identity: TlsIdentity,
+    pub hostname: String,
+    pub addr: String,
+}
+
+/// `swarm join --token TOKEN MANAGER` as meshd runs it, for the node `hostname` advertising `addr`.
+pub async fn join(
+    manager: &str,
+    join_token: &str,
+    hostname: String,
+    addr: String,
+) -> anyhow::Result<Joined> {
+    let parsed = token::parse(join_token).context("the worker join token")?;
+    let roots = fetch_root_ca(manager, &parsed).await?;
+    let key = NodeKey::generate()?;
+    let channel = connect_with_roots(manager, &roots, None).await?;
+    let issued = NodeCaClient::new(channel)
+        .issue_node_certificate(IssueNodeCertificateRequest {
+            csr: key.csr_der()?,
+            token: join_token.to_owned(),
+            addr: addr.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("IssueNodeCertificate: {}", s.message()))?
+        .into_inner();
+    let identity = TlsIdentity::from_pem(&issued.certificate, key.to_pem(), &issued.root_ca)?;
+    Ok(Joined {
+        node_id: issued.node_id,
+        identity,
+        hostname,
+        addr,
+    })
+}
+
+/// Keeps the node's session (reconnecting, to the leader a manager names first) until `stop`.
+pub async fn run(
+    node: Joined,
+    managers: Vec<String>,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let executor = Arc::new(SimExecutor::new(description(&node.hostname)));
+    let (worker, mut statuses) = Worker::new(executor, node.node_id.clone(), None, None);
+    let mut unsent: Vec<TaskStatusUpdate> = Vec::new();
+    let mut leader: Option<String> = None;
+    let mut attempt = 0usize;
+    loop {
+        let addr = leader
+            .take()
+            .unwrap_or_else(|| managers[attempt % managers.len()].clone());
+        let outcome = tokio::select! {
+            outcome = session(&node, &addr, &worker, &mut statuses, &mut unsent, &counters) => outcome,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        if let Err(status) = outcome {
+            leader = status
+                .metadata()
+                .get(mesh_control::api::LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            tracing::debug!(node = %node.hostname, error = %status.message(), "session failed");
+        }
+        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        attempt += 1;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    worker.shutdown().await;
+}
+
+fn description(hostname: &str) -> NodeDescription {
+    NodeDescription {
+        hostname: hostname.to_owned(),
+        platform: Some(Platform {
+            os: "linux".into(),
+            architecture: "x86_64".into(),
+        }),
+        resources: Some(Resources {
+            nano_cpus: 2_000_000_000,
+            memory_bytes: 4 << 30,
+        }),
+        engine: Some(EngineDescription::default()),
+    }
+}
+
+/// A call's answer, or `DeadlineExceeded` when none comes in time.
+async fn within<T>(
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CALL_LIMIT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+}
+
+/// One session, until it fails.
+async fn session(
+    node: &Joined,
+    addr: &str,
+    worker: &Worker,
+    statuses: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    unsent: &mut Vec<TaskStatusUpdate>,
+    counters: &Counters,
+) -> Result<(), tonic::Status> {
+    let channel = connect(addr, &node.identity)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = DispatcherClient::new(channel).max_decoding_message_size(usize::MAX);
+    let request = SessionRequest {
+        node_id: node.node_id.clone(),
+        description: Some(description(&node.hostname)),
+        addr: node.addr.clone(),
+    };
+    let mut session_stream = within(client.session(request)).await?.into_inner();
+    let first = within(session_stream.message())
+        .await?
+        .ok_or_else(|| tonic::Status::unavailable("the session ended"))?;
+    let session_id = first.session_id;
+    let mut period = Duration::from_nanos(
+        u64::try_from(first.heartbeat_period_ns)
+            .unwrap_or(0)
+            .max(100_000_000),
+    );
+    let request = AssignmentsRequest {
+        session_id: session_id.clone(),
+    };
+    let mut assignments = within(client.assignments(request)).await?.into_inner();
+    let request = LogSubscriptionsRequest {
+        session_id: session_id.clone(),
+    };
+    let mut subscriptions = within(client.log_subscriptions(request))
+        .await?
+        .into_inner();
+    unsent.extend(worker.statuses());
+    let mut partial: Option<AssignmentsMessage> = None;
+    let mut heartbeat = tokio::time::interval(period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !unsent.is_empty() {
+            let updates = std::mem::take(unsent);
+            let count = updates.len() as u64;
+            let request = UpdateTaskStatusRequest {
+                session_id: session_id.clone(),
+                updates: updates.clone(),
+            };
+            if let Err(status) = within(client.update_task_status(request)).await {
+                *unsent = updates;
+                return Err(status);
+            }
+            counters.reports.fetch_add(count, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                let request = HeartbeatRequest { session_id: session_id.clone() };
+                let answer = within(client.heartbeat(request)).await?.into_inner();
+                let now = Duration::from_nanos(u64::try_from(answer.period_ns).unwrap_or(0).max(100_000_000));
+                if now != period {
+                    period = now;
+                    heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+            }
+            message = session_stream.message() => {
+                if message?.is_none() {
+                    return Err(tonic::Status::unavailable("the session ended"));
+                }
+            }
+            message = assignments.message() => {
+                let message = message?.ok_or_else(|| tonic::Status::unavailable("the assignments ended"))?;
+                let size = message.encoded_len() as u64;
+                counters.largest_assignments.fetch_max(size, Ordering::Relaxed);
+                counters.assignments_messages.fetch_add(1, Ordering::Relaxed);
+                counters.assignments_bytes.fetch_add(size, Ordering::Relaxed);
+                if let Some(whole) = reassemble(&mut partial, message) {
+                    worker.assign(whole).await;
+                }
+            }
+            update = statuses.recv() => {
+                let Some(update) = update else { return Ok(()) };
+                unsent.push(update);
+                while let Ok(more) = statuses.try_recv() {
+                    unsent.push(more);
+                }
+            }
+            // No task here writes logs: a subscription is read and left unanswered.
+            subscription = subscriptions.message() => {
+                if subscription?.is_none() {
+                    return Err(tonic::Status::unavailable("the log subscriptions ended"));
+                }
+            }
+        }
+    }
+}
+
+/// A complete set the dispatcher split into `partial` messages, applied once whole.
+fn reassemble(
+    pending: &mut Option<AssignmentsMessage>,
+    message: AssignmentsMessage,
+) -> Option<AssignmentsMessage> {
+    let message = match pending.take() {
+        Some(mut whole) if whole.r#type == message.r#type => {
+            whole.update_tasks.extend(message.update_tasks);
+            whole.remove_tasks.extend(message.remove_tasks);
+            whole.update_secrets.extend(message.update_secrets);
+            whole.remove_secrets.extend(message.remove_secrets);
+            whole.update_configs.extend(message.update_configs);
+            whole.remove_configs.extend(message.remove_configs);
+            whole.partial = message.partial;
+            whole
+        }
+        _ => message,
+    };
+    if message.partial {
+        *pending = Some(message);
+        None
+    } else {
+        Some(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::Task;
+
+    fn part(ids: &[&str], partial: bool) -> AssignmentsMessage {
+        AssignmentsMessage {
+            update_tasks: ids
+                .iter()
+                .map(|id| Task {
+                    id: (*id).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            partial,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_split_set_is_applied_whole() {
+        let mut pending = None;
+        assert!(reassemble(&mut pending, part(&["a"], true)).is_none());
+        assert!(reassemble(&mut pending, part(&["b", "c"], true)).is_none());
+        let whole = reassemble(&mut pending, part(&["d"], false)).expect("whole");
+        let ids: Vec<_> = whole.update_tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert!(pending.is_none());
+        assert!(reassemble(&mut pending, part(&["e"], false)).is_some());
+    }
+}
