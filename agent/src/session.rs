@@ -312,14 +312,15 @@ fn leader_hint(err: &SessionError) -> Option<String> {
 }
 
 /// Reassembles a complete assignment set that the dispatcher split into several messages.
+/// Public so that simulated nodes (the scale benchmark) reassemble sets exactly as meshd does.
 #[derive(Default)]
-struct PartialSet {
+pub struct PartialSet {
     pending: Option<AssignmentsMessage>,
 }
 
 impl PartialSet {
     /// The message to apply, once the set it belongs to is whole.
-    fn add(&mut self, message: AssignmentsMessage) -> Option<AssignmentsMessage> {
+    pub fn add(&mut self, message: AssignmentsMessage) -> Option<AssignmentsMessage> {
         let message = match self.pending.take() {
             Some(mut pending) if message.r#type == pending.r#type => {
                 pending.update_tasks.extend(message.update_tasks);

@@ -10,14 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use mesh_agent::session::PartialSet;
 use mesh_agent::worker::Worker;
 use mesh_control::ca::{NodeKey, TlsIdentity, connect, connect_with_roots, fetch_root_ca, token};
 use mesh_proto::dispatcher_client::DispatcherClient;
 use mesh_proto::node_ca_client::NodeCaClient;
 use mesh_proto::{
-    AssignmentsMessage, AssignmentsRequest, EngineDescription, HeartbeatRequest,
-    IssueNodeCertificateRequest, LogSubscriptionsRequest, NodeDescription, Platform, Resources,
-    SessionRequest, TaskStatusUpdate, UpdateTaskStatusRequest,
+    AssignmentsRequest, EngineDescription, HeartbeatRequest, IssueNodeCertificateRequest,
+    LogSubscriptionsRequest, NodeDescription, Platform, Resources, SessionRequest,
+    TaskStatusUpdate, UpdateTaskStatusRequest,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
@@ -179,7 +180,7 @@ async fn session(
         .await?
         .into_inner();
     unsent.extend(worker.statuses());
-    let mut partial: Option<AssignmentsMessage> = None;
+    let mut partial = PartialSet::default();
     let mut heartbeat = tokio::time::interval(period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -218,7 +219,7 @@ async fn session(
                 counters.largest_assignments.fetch_max(size, Ordering::Relaxed);
                 counters.assignments_messages.fetch_add(1, Ordering::Relaxed);
                 counters.assignments_bytes.fetch_add(size, Ordering::Relaxed);
-                if let Some(whole) = reassemble(&mut partial, message) {
+                if let Some(whole) = partial.add(message) {
                     worker.assign(whole).await;
                 }
             }
@@ -239,36 +240,10 @@ async fn session(
     }
 }
 
-/// A complete set the dispatcher split into `partial` messages, applied once whole.
-fn reassemble(
-    pending: &mut Option<AssignmentsMessage>,
-    message: AssignmentsMessage,
-) -> Option<AssignmentsMessage> {
-    let message = match pending.take() {
-        Some(mut whole) if whole.r#type == message.r#type => {
-            whole.update_tasks.extend(message.update_tasks);
-            whole.remove_tasks.extend(message.remove_tasks);
-            whole.update_secrets.extend(message.update_secrets);
-            whole.remove_secrets.extend(message.remove_secrets);
-            whole.update_configs.extend(message.update_configs);
-            whole.remove_configs.extend(message.remove_configs);
-            whole.partial = message.partial;
-            whole
-        }
-        _ => message,
-    };
-    if message.partial {
-        *pending = Some(message);
-        None
-    } else {
-        Some(message)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_proto::Task;
+    use mesh_proto::{AssignmentsMessage, Task};
 
     fn part(ids: &[&str], partial: bool) -> AssignmentsMessage {
         AssignmentsMessage {
@@ -286,13 +261,15 @@ mod tests {
 
     #[test]
     fn a_split_set_is_applied_whole() {
-        let mut pending = None;
-        assert!(reassemble(&mut pending, part(&["a"], true)).is_none());
-        assert!(reassemble(&mut pending, part(&["b", "c"], true)).is_none());
-        let whole = reassemble(&mut pending, part(&["d"], false)).expect("whole");
+        let mut set = PartialSet::default();
+        assert!(set.add(part(&["a"], true)).is_none());
+        assert!(set.add(part(&["b", "c"], true)).is_none());
+        let whole = set.add(part(&["d"], false)).expect("whole");
         let ids: Vec<_> = whole.update_tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c", "d"]);
-        assert!(pending.is_none());
-        assert!(reassemble(&mut pending, part(&["e"], false)).is_some());
+        // Nothing of the applied set is kept: the next whole message comes back alone.
+        let next = set.add(part(&["e"], false)).expect("whole");
+        let ids: Vec<_> = next.update_tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["e"]);
     }
 }
