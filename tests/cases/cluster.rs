@@ -336,15 +336,10 @@ async fn bad_tokens_and_worker_certificates_are_refused() -> anyhow::Result<()> 
 /// Calls `ListServices` on `addr` over mutual TLS with `node`'s certificate from its state dir;
 /// returns the refusal's code, or `None` when the call succeeded.
 async fn list_services_as(node: &Node, addr: &str) -> anyhow::Result<Option<tonic::Code>> {
-    let certs = node.state_dir().join("certificates");
-    let read = |name: &str| {
-        let path = certs.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-    };
     let identity = mesh_control::ca::TlsIdentity::from_pem(
-        &read("node.crt")?,
-        &read("node.key")?,
-        &read("ca.crt")?,
+        node.certificate_file("node.crt")?,
+        node.certificate_file("node.key")?,
+        node.certificate_file("ca.crt")?,
     )?;
     // The test process is in the host namespace, which reaches every node through the bridge.
     let channel = mesh_control::ca::connect(addr, &identity).await?;

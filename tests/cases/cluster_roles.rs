@@ -63,18 +63,12 @@ async fn wait_manager_status(
     .await
 }
 
-/// One of the node's files under `<state-dir>/certificates/`.
-fn cert_file(node: &Node, name: &str) -> anyhow::Result<String> {
-    let path = node.state_dir().join("certificates").join(name);
-    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-}
-
 /// The role the node's certificate on disk grants.
 fn cert_role(node: &Node) -> anyhow::Result<CertRole> {
     let identity = TlsIdentity::from_pem(
-        cert_file(node, "node.crt")?,
-        cert_file(node, "node.key")?,
-        cert_file(node, "ca.crt")?,
+        node.certificate_file("node.crt")?,
+        node.certificate_file("node.key")?,
+        node.certificate_file("ca.crt")?,
     )?;
     Ok(identity.node_identity()?.role)
 }
@@ -289,11 +283,14 @@ async fn a_root_ca_rotation_reissues_every_certificate_without_downtime() -> any
     let mut old_certs = BTreeMap::new();
     for node in cluster.nodes() {
         ensure!(
-            cert_file(node, "ca.crt")?.contains(old_root.trim()),
+            node.certificate_file("ca.crt")?.contains(old_root.trim()),
             "{}",
             node.hostname()
         );
-        old_certs.insert(node.hostname().to_owned(), cert_file(node, "node.crt")?);
+        old_certs.insert(
+            node.hostname().to_owned(),
+            node.certificate_file("node.crt")?,
+        );
     }
 
     let out = node1.meshctl_ok(&["swarm", "ca", "--rotate"]).await?;
@@ -317,8 +314,8 @@ async fn a_root_ca_rotation_reissues_every_certificate_without_downtime() -> any
                 return Ok(Some(Some(running)));
             }
             for node in cluster.nodes() {
-                let renewed = cert_file(node, "ca.crt")?.contains(new_root.trim())
-                    && cert_file(node, "node.crt")? != old_certs[node.hostname()]
+                let renewed = node.certificate_file("ca.crt")?.contains(new_root.trim())
+                    && node.certificate_file("node.crt")? != old_certs[node.hostname()]
                     && issued_by(&root_file, node)?;
                 if !renewed {
                     return Ok(None);

@@ -24,17 +24,12 @@ use tonic::{Code, Status};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
-fn cert_file(node: &Node, name: &str) -> anyhow::Result<Vec<u8>> {
-    let path = node.state_dir().join("certificates").join(name);
-    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-}
-
 /// The node's certificate, key and roots as they are on its disk now.
 fn identity_of(node: &Node) -> anyhow::Result<TlsIdentity> {
     Ok(TlsIdentity::from_pem(
-        cert_file(node, "node.crt")?,
-        cert_file(node, "node.key")?,
-        cert_file(node, "ca.crt")?,
+        node.certificate_file("node.crt")?,
+        node.certificate_file("node.key")?,
+        node.certificate_file("ca.crt")?,
     )?)
 }
 
@@ -556,8 +551,12 @@ async fn hostile_clients_are_refused_everywhere_and_change_nothing() -> anyhow::
             let channel = match identity {
                 Some(identity) => connect(&addr, identity).await?,
                 None => {
-                    mesh_control::ca::connect_with_roots(&addr, &cert_file(node1, "ca.crt")?, None)
-                        .await?
+                    mesh_control::ca::connect_with_roots(
+                        &addr,
+                        node1.certificate_file("ca.crt")?.as_bytes(),
+                        None,
+                    )
+                    .await?
                 }
             };
             for (method, need) in METHODS {

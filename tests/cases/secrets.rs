@@ -409,15 +409,10 @@ async fn bad_secrets_and_references_are_refused_and_nothing_is_created() -> anyh
 /// Calls `UpdateSecret` on the manager's port with a new value for `name`, over mutual TLS with
 /// the manager's own certificate; returns the refusal's message, or `None` when it was taken.
 async fn update_data_as(node: &Node, name: &str) -> anyhow::Result<Option<String>> {
-    let certs = node.state_dir().join("certificates");
-    let read = |file: &str| {
-        let path = certs.join(file);
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-    };
     let identity = mesh_control::ca::TlsIdentity::from_pem(
-        &read("node.crt")?,
-        &read("node.key")?,
-        &read("ca.crt")?,
+        node.certificate_file("node.crt")?,
+        node.certificate_file("node.key")?,
+        node.certificate_file("ca.crt")?,
     )?;
     let addr = format!("{}:{}", node.addr(), mesh_tests::cluster::MANAGER_PORT);
     let channel = mesh_control::ca::connect(&addr, &identity).await?;

@@ -173,6 +173,13 @@ impl Node {
         self.dir.join("state")
     }
 
+    /// One of meshd's files under `<state-dir>/certificates/` (`node.crt`, `node.key`, `ca.crt`),
+    /// as it is on disk now.
+    pub fn certificate_file(&self, name: &str) -> anyhow::Result<String> {
+        let path = self.state_dir().join("certificates").join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    }
+
     pub fn hostname(&self) -> &str {
         &self.hostname
     }
