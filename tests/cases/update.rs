@@ -250,7 +250,15 @@ async fn a_failing_update_pauses_or_rolls_back() -> anyhow::Result<()> {
     let manager = cluster.manager();
 
     // Pause (the default): the command fails with the status message, old tasks keep running.
-    create(manager, "paused", 3, &["--update-monitor", "2s"]).await?;
+    // `false` may be seen running for an instant before it fails; with no delay the update would
+    // then go on to the next slot (as Swarm's does), so a delay holds it on the first.
+    create(
+        manager,
+        "paused",
+        3,
+        &["--update-monitor", "2s", "--update-delay", "3s"],
+    )
+    .await?;
     let out = manager
         .meshctl(&["service", "update", "--args", "false", "paused"])
         .await?;

@@ -8,6 +8,7 @@
 
 mod demo;
 mod deps;
+mod digest;
 mod dist;
 mod fresh;
 mod fuzz;

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use anyhow::bail;
+use anyhow::{bail, ensure};
 use mesh_tests::process::{cargo, run_shown, run_sync};
 use mesh_tests::skip::{self, REQUIRE_ENV, SKIP_LOG_ENV};
 
-use crate::{deps, dist, fuzz, leftovers, step};
+use crate::{deps, digest, dist, fuzz, leftovers, step};
 
 /// One check of the run: what it is, cargo's arguments and environment, and what to do if it fails.
 struct Check<'a> {
@@ -117,10 +117,19 @@ pub fn all() -> anyhow::Result<()> {
         eprintln!("error: {}", step::one_line(&err));
         failed.push("Vagrantfile check");
     }
+    // Failing tests' errors, said again at the end where a cut log still shows them.
+    let mut failing_tests = Vec::new();
     for check in checks {
-        if let Err(err) = step::run(check.what, check.fix, || {
-            run_shown(&cargo, check.args, check.env)
-        }) {
+        let result = step::run(check.what, check.fix, || {
+            if check.args.first() != Some(&"test") {
+                return run_shown(&cargo, check.args, check.env);
+            }
+            let (passed, output) = digest::run_teed(&cargo, check.args, check.env)?;
+            failing_tests.extend(digest::failures(&output));
+            ensure!(passed, "`cargo {}` failed", check.args.join(" "));
+            Ok(())
+        });
+        if let Err(err) = result {
             eprintln!("error: {}", step::one_line(&err));
             failed.push(check.what);
         }
@@ -154,6 +163,12 @@ pub fn all() -> anyhow::Result<()> {
     }
     for line in &skipped {
         eprintln!("{line}");
+    }
+    if !failing_tests.is_empty() {
+        eprintln!("failing tests (their output is above):");
+        for line in &failing_tests {
+            eprintln!("  {line}");
+        }
     }
     let skips = match skipped.len() {
         0 => "no test skipped".to_owned(),
