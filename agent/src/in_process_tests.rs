@@ -95,19 +95,15 @@ pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(
 }
 
 async fn tasks(api: &Api) -> Vec<Task> {
-    api.list_tasks(local(ListTasksRequest::default()))
-        .await
-        .expect("list tasks")
-        .into_inner()
-        .tasks
+    let listed = api.list_tasks(local(ListTasksRequest::default())).await;
+    let chunks = listed.expect("list tasks").into_inner();
+    mesh_proto::gather(chunks).await.expect("tasks").tasks
 }
 
 pub(crate) async fn running(api: &Api, service: &str) -> usize {
-    let listed = api
-        .list_services(local(ListServicesRequest {}))
-        .await
-        .expect("list services")
-        .into_inner();
+    let listed = api.list_services(local(ListServicesRequest {})).await;
+    let chunks = listed.expect("list services").into_inner();
+    let listed = mesh_proto::gather(chunks).await.expect("services");
     let id = listed
         .services
         .iter()
@@ -334,32 +330,26 @@ async fn bad_input_changes_nothing() {
         .await
         .expect_err("unknown service");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let listed = api
-        .list_services(local(ListServicesRequest {}))
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = api.list_services(local(ListServicesRequest {})).await;
+    let chunks = listed.expect("list").into_inner();
+    let listed = mesh_proto::gather(chunks).await.expect("services");
     assert_eq!(listed.services.len(), 1, "only the valid service exists");
     daemon.shutdown().await;
 }
 
 /// Everything the control API shows of the store, to compare before and after a refused request.
 async fn everything(api: &Api) -> String {
-    let services = api
-        .list_services(local(ListServicesRequest {}))
-        .await
-        .expect("list services")
-        .into_inner();
-    let networks = api
+    let listed = api.list_services(local(ListServicesRequest {})).await;
+    let chunks = listed.expect("list services").into_inner();
+    let services = mesh_proto::gather(chunks).await.expect("services");
+    let listed = api
         .list_networks(local(mesh_proto::ListNetworksRequest {}))
-        .await
-        .expect("list networks")
-        .into_inner();
-    let nodes = api
-        .list_nodes(local(mesh_proto::ListNodesRequest {}))
-        .await
-        .expect("list nodes")
-        .into_inner();
+        .await;
+    let chunks = listed.expect("list networks").into_inner();
+    let networks = mesh_proto::gather(chunks).await.expect("networks");
+    let listed = api.list_nodes(local(mesh_proto::ListNodesRequest {})).await;
+    let chunks = listed.expect("list nodes").into_inner();
+    let nodes = mesh_proto::gather(chunks).await.expect("nodes");
     let specs: Vec<_> = nodes.nodes.iter().map(|n| (&n.id, &n.spec)).collect();
     // Maps in key order, so that equal contents print alike.
     let running: std::collections::BTreeMap<_, _> = services.running_tasks.iter().collect();

@@ -159,7 +159,8 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
         if let Ok(failure) = failed.try_recv() {
             bail!("{failure}");
         }
-        let listed = client.list_nodes(ListNodesRequest {}).await?.into_inner();
+        let listed =
+            mesh_proto::gather(client.list_nodes(ListNodesRequest {}).await?.into_inner()).await?;
         let ready = listed
             .nodes
             .iter()

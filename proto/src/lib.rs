@@ -10,4 +10,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod chunks;
+pub use chunks::{ListChunk, gather};
+
 mod redact;

@@ -2,6 +2,8 @@
 //! and on the manager listener. Every request is validated here; errors become statuses in
 //! [`error`]. A daemon that is not (or no longer) a manager answers every call with a clear error.
 
+#[cfg(test)]
+mod chunk_tests;
 mod cluster;
 mod error;
 mod events;
@@ -34,6 +36,11 @@ use crate::dispatcher::LogBroker;
 use crate::store::Store;
 
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// A List answer: the chunks of one read, each its own message.
+fn chunked<T: Send + 'static>(chunks: Vec<T>) -> Response<Stream<T>> {
+    Response::new(Box::pin(futures::stream::iter(chunks.into_iter().map(Ok))))
+}
 
 /// What the API needs of a running manager.
 #[derive(Clone)]
@@ -126,7 +133,10 @@ macro_rules! forward {
 
 impl Api {
     /// The service, refusing requests larger than [`MAX_REQUEST_BYTES`] before they are decoded.
-    /// Replies are not capped here: a listing of many tasks is as large as it is.
+    /// Lists are answered in chunks of at most [`LIST_CHUNK_BYTES`] each (see [`chunked`]), so no
+    /// reply nears a client's 4 MiB limit however many tasks there are.
+    ///
+    /// [`LIST_CHUNK_BYTES`]: mesh_proto::chunks::LIST_CHUNK_BYTES
     ///
     /// [`MAX_REQUEST_BYTES`]: crate::limits::MAX_REQUEST_BYTES
     pub fn grpc_service(&self) -> ControlServer<Api> {
@@ -136,6 +146,12 @@ impl Api {
 
 #[tonic::async_trait]
 impl Control for Api {
+    type ListNodesStream = Stream<ListNodesResponse>;
+    type ListServicesStream = Stream<ListServicesResponse>;
+    type ListTasksStream = Stream<ListTasksResponse>;
+    type ListNetworksStream = Stream<ListNetworksResponse>;
+    type ListSecretsStream = Stream<ListSecretsResponse>;
+    type ListConfigsStream = Stream<ListConfigsResponse>;
     type ServiceLogsStream = Stream<LogMessage>;
     type EventsStream = Stream<ClusterEvent>;
 
@@ -146,8 +162,8 @@ impl Control for Api {
     async fn list_nodes(
         &self,
         r: Request<ListNodesRequest>,
-    ) -> Result<Response<ListNodesResponse>, Status> {
-        Ok(Response::new(nodes::list(&self.context(&r)?)))
+    ) -> Result<Response<Self::ListNodesStream>, Status> {
+        Ok(chunked(nodes::list(&self.context(&r)?)))
     }
 
     async fn update_node(&self, r: Request<UpdateNodeRequest>) -> Result<Response<Node>, Status> {
@@ -210,16 +226,17 @@ impl Control for Api {
     async fn list_services(
         &self,
         r: Request<ListServicesRequest>,
-    ) -> Result<Response<ListServicesResponse>, Status> {
-        Ok(Response::new(services::list(&self.context(&r)?)))
+    ) -> Result<Response<Self::ListServicesStream>, Status> {
+        Ok(chunked(services::list(&self.context(&r)?.store)))
     }
 
     async fn list_tasks(
         &self,
         r: Request<ListTasksRequest>,
-    ) -> Result<Response<ListTasksResponse>, Status> {
-        Ok(Response::new(services::list_tasks(
-            &self.context(&r)?,
+    ) -> Result<Response<Self::ListTasksStream>, Status> {
+        let context = self.context(&r)?;
+        Ok(chunked(services::list_tasks(
+            &context.store,
             r.into_inner(),
         )))
     }
@@ -287,8 +304,8 @@ impl Control for Api {
     async fn list_networks(
         &self,
         r: Request<ListNetworksRequest>,
-    ) -> Result<Response<ListNetworksResponse>, Status> {
-        Ok(Response::new(networks::list(&self.context(&r)?)))
+    ) -> Result<Response<Self::ListNetworksStream>, Status> {
+        Ok(chunked(networks::list(&self.context(&r)?.store)))
     }
 
     async fn remove_network(
@@ -320,9 +337,12 @@ impl Control for Api {
     async fn list_secrets(
         &self,
         r: Request<ListSecretsRequest>,
-    ) -> Result<Response<ListSecretsResponse>, Status> {
-        let secrets = secrets::list::<Secret>(&self.context(&r)?.store);
-        Ok(Response::new(ListSecretsResponse { secrets }))
+    ) -> Result<Response<Self::ListSecretsStream>, Status> {
+        let chunk = |secrets| ListSecretsResponse { secrets };
+        Ok(chunked(secrets::list::<Secret, _>(
+            &self.context(&r)?.store,
+            chunk,
+        )))
     }
 
     async fn update_secret(
@@ -366,9 +386,12 @@ impl Control for Api {
     async fn list_configs(
         &self,
         r: Request<ListConfigsRequest>,
-    ) -> Result<Response<ListConfigsResponse>, Status> {
-        let configs = secrets::list::<Config>(&self.context(&r)?.store);
-        Ok(Response::new(ListConfigsResponse { configs }))
+    ) -> Result<Response<Self::ListConfigsStream>, Status> {
+        let chunk = |configs| ListConfigsResponse { configs };
+        Ok(chunked(secrets::list::<Config, _>(
+            &self.context(&r)?.store,
+            chunk,
+        )))
     }
 
     async fn update_config(

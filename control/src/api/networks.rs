@@ -2,6 +2,7 @@
 //! chose one, a subnet), inspect, list, and remove (refused while a service or task uses it).
 
 use ipnet::Ipv4Net;
+use mesh_proto::chunks::{LIST_CHUNK_BYTES, field_len, split};
 use mesh_proto::{
     CreateNetworkRequest, GetNetworkRequest, ListNetworksResponse, Network, NetworkSpec,
     RemoveNetworkRequest, Service, Task, TaskState,
@@ -9,7 +10,7 @@ use mesh_proto::{
 use std::net::Ipv4Addr;
 use tonic::Status;
 
-use super::{ManagerContext, resolve, status};
+use super::{resolve, status};
 use crate::store::{Kind, Read, Store, StoreError, new_id};
 
 /// The only driver: VXLAN overlays.
@@ -122,10 +123,14 @@ pub(super) fn get(store: &Store, req: GetNetworkRequest) -> Result<Network, Stat
         .map_err(status)
 }
 
-pub(super) fn list(context: &ManagerContext) -> ListNetworksResponse {
-    ListNetworksResponse {
-        networks: context.store.view_promptly(|tx| tx.list::<Network>()),
-    }
+/// Every network, from one read, in chunks of at most [`LIST_CHUNK_BYTES`].
+pub(super) fn list(store: &Store) -> Vec<ListNetworksResponse> {
+    split(
+        store.view_promptly(|tx| tx.list::<Network>()),
+        LIST_CHUNK_BYTES,
+        |n| field_len(1, n),
+        |networks| ListNetworksResponse { networks },
+    )
 }
 
 pub(super) async fn remove(store: &Store, req: RemoveNetworkRequest) -> Result<(), Status> {

@@ -1,8 +1,9 @@
 //! Node requests: list, inspect, update (availability, labels) and removal.
 
+use mesh_proto::chunks::{LIST_CHUNK_BYTES, field_len, split};
 use mesh_proto::{
-    Cluster, GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, NodeAvailability, NodeRole,
-    NodeState, Reachability, RemoveNodeRequest, Task, TaskState, UpdateNodeRequest,
+    Cluster, GetNodeRequest, ListNodesResponse, Node, NodeAvailability, NodeRole, NodeState,
+    Reachability, RemoveNodeRequest, Task, TaskState, UpdateNodeRequest,
 };
 use tonic::Status;
 
@@ -10,10 +11,14 @@ use super::{ManagerContext, limit, resolve, status};
 use crate::limits::BATCH_WRITES;
 use crate::store::{Kind, Read, Store, StoreError, now_nanos};
 
-/// Fills in a manager's live standing: whether it leads now (from Raft) and whether it is
-/// reachable (its node is not down).
-fn with_manager_status(context: &ManagerContext, mut node: Node) -> Node {
-    let leader = context.raft.leadership().borrow().leader_id;
+/// The Raft id of the leader, as this manager sees it now.
+fn leader_id(context: &ManagerContext) -> Option<u64> {
+    context.raft.leadership().borrow().leader_id
+}
+
+/// Fills in a manager's live standing: whether it leads now (`leader`, from Raft) and whether it
+/// is reachable (its node is not down).
+fn with_manager_status(leader: Option<u64>, mut node: Node) -> Node {
     let down = node
         .status
         .as_ref()
@@ -33,20 +38,27 @@ pub(super) fn get(context: &ManagerContext, req: GetNodeRequest) -> Result<Node,
     context
         .store
         .view_promptly(|tx| resolve::node(tx, &req.reference))
-        .map(|node| with_manager_status(context, node))
+        .map(|node| with_manager_status(leader_id(context), node))
         .map_err(status)
 }
 
-pub(super) fn list(context: &ManagerContext) -> ListNodesResponse {
-    let _: Option<ListNodesRequest> = None;
-    ListNodesResponse {
-        nodes: context
-            .store
-            .view_promptly(|tx| tx.list::<Node>())
-            .into_iter()
-            .map(|node| with_manager_status(context, node))
-            .collect(),
-    }
+/// Every node, from one read, in chunks of at most [`LIST_CHUNK_BYTES`].
+pub(super) fn list(context: &ManagerContext) -> Vec<ListNodesResponse> {
+    list_in(&context.store, leader_id(context))
+}
+
+pub(super) fn list_in(store: &Store, leader: Option<u64>) -> Vec<ListNodesResponse> {
+    let nodes = store.view_promptly(|tx| tx.list::<Node>());
+    let nodes = nodes
+        .into_iter()
+        .map(|node| with_manager_status(leader, node))
+        .collect();
+    split(
+        nodes,
+        LIST_CHUNK_BYTES,
+        |n| field_len(1, n),
+        |nodes| ListNodesResponse { nodes },
+    )
 }
 
 pub(super) async fn update(

@@ -3,6 +3,7 @@
 //! `docker config inspect` shows it), update (labels only: the data is immutable, so rotating one
 //! means a new object and a service update) and remove (refused while a service uses it).
 
+use mesh_proto::chunks::{LIST_CHUNK_BYTES, field_len, split};
 use mesh_proto::{Annotations, Config, ConfigSpec, ContainerSpec, Secret, SecretSpec, Service};
 use tonic::Status;
 
@@ -209,8 +210,14 @@ pub(super) fn get<T: Payload>(store: &Store, reference: &str) -> Result<T, Statu
         .map_err(status)
 }
 
-pub(super) fn list<T: Payload>(store: &Store) -> Vec<T> {
-    store.view_promptly(|tx| tx.iter::<T>().cloned().map(shown).collect())
+/// Every secret (or config), as the API shows it, from one read, in chunks of at most
+/// [`LIST_CHUNK_BYTES`] made into messages by `chunk`.
+pub(super) fn list<T: Payload + prost::Message, R>(
+    store: &Store,
+    chunk: impl FnMut(Vec<T>) -> R,
+) -> Vec<R> {
+    let objects = store.view_promptly(|tx| tx.iter::<T>().cloned().map(shown).collect());
+    split(objects, LIST_CHUNK_BYTES, |o| field_len(1, o), chunk)
 }
 
 /// Changes the labels; any other change is refused, as Swarm refuses it.

@@ -1,6 +1,7 @@
 //! Service and task requests: create, inspect, update, remove, list, and logs.
 
 use futures::StreamExt;
+use mesh_proto::chunks::{LIST_CHUNK_BYTES, field_len, split};
 use mesh_proto::{
     CreateServiceRequest, Endpoint, EndpointSpec, GetServiceRequest, ListServicesResponse,
     ListTasksRequest, ListTasksResponse, LogMessage, Node, RemoveServiceRequest, Service,
@@ -232,10 +233,11 @@ pub(super) async fn remove(store: &Store, req: RemoveServiceRequest) -> Result<(
         .map_err(status)
 }
 
-/// The services with, for each, its tasks running and wanted. One pass over the tasks, reading
-/// them in place: the view stays short however many tasks there are.
-pub(super) fn list(context: &ManagerContext) -> ListServicesResponse {
-    context.store.view_promptly(|tx| {
+/// The services with, for each, its tasks running and wanted, from one read, in chunks of at
+/// most [`LIST_CHUNK_BYTES`]. One pass over the tasks, reading them in place: the view stays
+/// short however many tasks there are.
+pub(super) fn list(store: &Store) -> Vec<ListServicesResponse> {
+    let counted = store.view_promptly(|tx| {
         // Per service: (tasks wanted running, of which running).
         let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
         for task in tx.iter::<Task>() {
@@ -251,34 +253,58 @@ pub(super) fn list(context: &ManagerContext) -> ListServicesResponse {
             entry.1 += u64::from(running);
         }
         let services = tx.list::<Service>();
-        let mut running_tasks = HashMap::new();
-        let mut desired_tasks = HashMap::new();
-        for service in &services {
-            let (wanted, running) = counts.get(service.id.as_str()).copied().unwrap_or_default();
-            let desired = match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
-                Some(Mode::Replicated(r)) => r.replicas,
-                _ => wanted,
-            };
-            running_tasks.insert(service.id.clone(), running);
-            desired_tasks.insert(service.id.clone(), desired);
+        services
+            .into_iter()
+            .map(|service| {
+                let (wanted, running) =
+                    counts.get(service.id.as_str()).copied().unwrap_or_default();
+                let desired = match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+                    Some(Mode::Replicated(r)) => r.replicas,
+                    _ => wanted,
+                };
+                (service, running, desired)
+            })
+            .collect::<Vec<_>>()
+    });
+    let cost = |(service, running, desired): &(Service, u64, u64)| {
+        field_len(1, service)
+            + count_entry_len(2, &service.id, *running)
+            + count_entry_len(3, &service.id, *desired)
+    };
+    split(counted, LIST_CHUNK_BYTES, cost, |run| {
+        let mut chunk = ListServicesResponse::default();
+        for (service, running, desired) in run {
+            chunk.running_tasks.insert(service.id.clone(), running);
+            chunk.desired_tasks.insert(service.id.clone(), desired);
+            chunk.services.push(service);
         }
-        ListServicesResponse {
-            services,
-            running_tasks,
-            desired_tasks,
-        }
+        chunk
     })
 }
 
-pub(super) fn list_tasks(context: &ManagerContext, req: ListTasksRequest) -> ListTasksResponse {
-    let tasks = context.store.view_promptly(|tx| {
+/// At least what one `map<string, uint64>` entry adds to a message as field `tag`.
+fn count_entry_len(tag: u32, id: &String, count: u64) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len, string, uint64};
+    let entry = string::encoded_len(1, id) + uint64::encoded_len(2, &count);
+    key_len(tag) + encoded_len_varint(entry as u64) + entry
+}
+
+/// The tasks the request's filters select (each filter, when given, lists the values allowed),
+/// from one read, in chunks of at most [`LIST_CHUNK_BYTES`].
+pub(super) fn list_tasks(store: &Store, req: ListTasksRequest) -> Vec<ListTasksResponse> {
+    let tasks = store.view_promptly(|tx| {
         tx.find::<Task>(|t| {
             (req.service_ids.is_empty() || req.service_ids.contains(&t.service_id))
                 && (req.node_ids.is_empty() || req.node_ids.contains(&t.node_id))
                 && (req.desired_states.is_empty() || req.desired_states.contains(&t.desired_state))
         })
     });
-    ListTasksResponse { tasks }
+    split(
+        tasks,
+        LIST_CHUNK_BYTES,
+        |t| field_len(1, t),
+        |tasks| ListTasksResponse { tasks },
+    )
 }
 
 pub(super) fn logs(

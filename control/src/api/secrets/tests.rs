@@ -52,8 +52,8 @@ fn service_spec(name: &str, secrets: &[&str], configs: &[&str]) -> ServiceSpec {
     }
 }
 
-fn count<T: Payload>(store: &Store) -> usize {
-    list::<T>(store).len()
+fn count<T: Payload + prost::Message>(store: &Store) -> usize {
+    list::<T, _>(store, |run: Vec<T>| run).concat().len()
 }
 
 #[tokio::test]
@@ -71,7 +71,8 @@ async fn a_secrets_data_never_comes_back_and_a_configs_does() {
         "by id prefix"
     );
     assert!(
-        list::<Secret>(&store)
+        list::<Secret, _>(&store, |run| run)
+            .concat()
             .iter()
             .all(|s| s.spec.as_ref().is_some_and(|s| s.data.is_empty()))
     );

@@ -5,6 +5,7 @@ use crate::error::CliError;
 use crate::listing::{Row, render};
 use crate::output::{rfc3339, short_id, write_pretty_json};
 use mesh_control::cli::network::NetworkCommand;
+use mesh_proto::gather;
 use mesh_proto::{
     CreateNetworkRequest, GetNetworkRequest, ListNetworksRequest, Network, NetworkSpec,
     RemoveNetworkRequest,
@@ -98,12 +99,8 @@ pub fn network_rows(networks: &[Network]) -> Vec<NetworkRow> {
 }
 
 async fn ls(client: &mut Client, quiet: bool, json: bool) -> Result<(), CliError> {
-    let networks = client
-        .control
-        .list_networks(ListNetworksRequest {})
-        .await?
-        .into_inner()
-        .networks;
+    let listed = client.control.list_networks(ListNetworksRequest {}).await?;
+    let networks = gather(listed.into_inner()).await?.networks;
     render(
         &mut std::io::stdout(),
         &network_rows(&networks),

@@ -7,6 +7,7 @@ use crate::listing::{TaskContext, node_rows, render, task_rows};
 use crate::output::{now_nanos, write_pretty_json};
 use crate::pretty;
 use mesh_control::cli::node::{NodeCommand, PsArgs, PsFlags, UpdateArgs};
+use mesh_proto::gather;
 use mesh_proto::{
     Annotations, GetNodeRequest, InfoRequest, ListNodesRequest, ListTasksRequest, Node, NodeRole,
     NodeSpec, UpdateNodeRequest,
@@ -56,12 +57,8 @@ async fn get_node(client: &mut Client, reference: &str) -> Result<Node, CliError
 
 async fn ls(client: &mut Client, quiet: bool, json: bool) -> Result<(), CliError> {
     let me = self_id(client).await?;
-    let nodes = client
-        .control
-        .list_nodes(ListNodesRequest {})
-        .await?
-        .into_inner()
-        .nodes;
+    let listed = client.control.list_nodes(ListNodesRequest {}).await?;
+    let nodes = gather(listed.into_inner()).await?.nodes;
     let rows = node_rows(&nodes, &me);
     render(&mut std::io::stdout(), &rows, quiet, json)?;
     Ok(())
@@ -190,12 +187,8 @@ async fn rm(client: &mut Client, force: bool, references: &[String]) -> Result<(
 
 /// Node id → hostname, for the NODE column.
 pub async fn hostnames(client: &mut Client) -> Result<HashMap<String, String>, CliError> {
-    let nodes = client
-        .control
-        .list_nodes(ListNodesRequest {})
-        .await?
-        .into_inner()
-        .nodes;
+    let listed = client.control.list_nodes(ListNodesRequest {}).await?;
+    let nodes = gather(listed.into_inner()).await?.nodes;
     Ok(nodes
         .iter()
         .map(|n| (n.id.clone(), crate::listing::hostname(n).to_string()))
@@ -209,7 +202,8 @@ pub async fn print_tasks(
     flags: &PsFlags,
     service_names: &HashMap<String, String>,
 ) -> Result<(), CliError> {
-    let tasks = client.control.list_tasks(request).await?.into_inner().tasks;
+    let listed = client.control.list_tasks(request).await?;
+    let tasks = gather(listed.into_inner()).await?.tasks;
     let hostnames = hostnames(client).await?;
     let ctx = TaskContext {
         hostnames: &hostnames,

@@ -9,6 +9,7 @@ use crate::output::{elapsed, human_duration, now_nanos, rfc3339, write_pretty_js
 use base64::Engine as _;
 use mesh_control::api::secrets::{MAX_CONFIG_BYTES, MAX_SECRET_BYTES};
 use mesh_control::cli::secret::{CreateArgs, PayloadCommand};
+use mesh_proto::gather;
 use mesh_proto::{
     Annotations, Config, CreateConfigRequest, CreateSecretRequest, GetConfigRequest,
     GetSecretRequest, ListConfigsRequest, ListSecretsRequest, Meta, RemoveConfigRequest,
@@ -144,8 +145,8 @@ async fn list(client: &mut Client, noun: Noun) -> Result<Vec<Shown>, CliError> {
     Ok(match noun {
         Noun::Secret => {
             let response = client.control.list_secrets(ListSecretsRequest {}).await?;
-            response
-                .into_inner()
+            gather(response.into_inner())
+                .await?
                 .secrets
                 .into_iter()
                 .map(from_secret)
@@ -153,8 +154,8 @@ async fn list(client: &mut Client, noun: Noun) -> Result<Vec<Shown>, CliError> {
         }
         Noun::Config => {
             let response = client.control.list_configs(ListConfigsRequest {}).await?;
-            response
-                .into_inner()
+            gather(response.into_inner())
+                .await?
                 .configs
                 .into_iter()
                 .map(from_config)

@@ -9,16 +9,14 @@ use crate::listing::{render, service_rows};
 use crate::output::write_pretty_json;
 use crate::pretty;
 use mesh_control::cli::node::PsFlags;
+use mesh_proto::gather;
 use mesh_proto::{ListServicesRequest, ListTasksRequest};
 use std::collections::HashMap;
 use std::io::Write;
 
 pub async fn ls(client: &mut Client, quiet: bool, json: bool) -> Result<(), CliError> {
-    let response = client
-        .control
-        .list_services(ListServicesRequest {})
-        .await?
-        .into_inner();
+    let listed = client.control.list_services(ListServicesRequest {}).await?;
+    let response = gather(listed.into_inner()).await?;
     render(
         &mut std::io::stdout(),
         &service_rows(&response),

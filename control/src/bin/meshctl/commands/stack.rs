@@ -12,6 +12,7 @@ use crate::listing::{Row, render, service_rows};
 use mesh_control::cli::node::PsFlags;
 use mesh_control::cli::stack::StackCommand;
 use mesh_control::compose::NAMESPACE_LABEL;
+use mesh_proto::gather;
 use mesh_proto::{
     ListNetworksRequest, ListServicesRequest, ListServicesResponse, ListTasksRequest, Network,
     RemoveNetworkRequest, RemoveServiceRequest, Service,
@@ -85,11 +86,8 @@ async fn stack_services(
     client: &mut Client,
     stack: &str,
 ) -> Result<ListServicesResponse, CliError> {
-    let mut response = client
-        .control
-        .list_services(ListServicesRequest {})
-        .await?
-        .into_inner();
+    let listed = client.control.list_services(ListServicesRequest {}).await?;
+    let mut response = gather(listed.into_inner()).await?;
     response
         .services
         .retain(|s| service_namespace(s) == Some(stack));
@@ -101,12 +99,8 @@ async fn stack_services(
 
 /// The networks of `stack`, sorted by name.
 async fn stack_networks(client: &mut Client, stack: &str) -> Result<Vec<Network>, CliError> {
-    let mut networks = client
-        .control
-        .list_networks(ListNetworksRequest {})
-        .await?
-        .into_inner()
-        .networks;
+    let listed = client.control.list_networks(ListNetworksRequest {}).await?;
+    let mut networks = gather(listed.into_inner()).await?.networks;
     networks.retain(|n| {
         namespace(
             n.spec
@@ -139,11 +133,8 @@ impl Row for StackRow {
 }
 
 async fn ls(client: &mut Client, json: bool) -> Result<(), CliError> {
-    let response = client
-        .control
-        .list_services(ListServicesRequest {})
-        .await?
-        .into_inner();
+    let listed = client.control.list_services(ListServicesRequest {}).await?;
+    let response = gather(listed.into_inner()).await?;
     let mut stacks: BTreeMap<String, usize> = BTreeMap::new();
     for service in &response.services {
         if let Some(stack) = service_namespace(service) {

@@ -5,6 +5,7 @@ use super::{Snapshot, evaluate};
 use crate::error::CliError;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mesh_proto::control_client::ControlClient;
+use mesh_proto::gather;
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{GetServiceRequest, ListServicesRequest, ListTasksRequest, Service, UpdateState};
 use std::collections::HashMap;
@@ -198,12 +199,17 @@ pub async fn watch(
             service_ids: vec![service.id.clone()],
             ..ListTasksRequest::default()
         };
-        let tasks = control.list_tasks(request).await?.into_inner().tasks;
+        let tasks = gather(control.list_tasks(request).await?.into_inner())
+            .await?
+            .tasks;
         let desired = if global {
-            let services = control
-                .list_services(ListServicesRequest {})
-                .await?
-                .into_inner();
+            let services = gather(
+                control
+                    .list_services(ListServicesRequest {})
+                    .await?
+                    .into_inner(),
+            )
+            .await?;
             services
                 .desired_tasks
                 .get(&service.id)

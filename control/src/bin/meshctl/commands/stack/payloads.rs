@@ -7,6 +7,7 @@ use crate::error::CliError;
 use mesh_control::api::secrets::{MAX_CONFIG_BYTES, MAX_SECRET_BYTES};
 use mesh_control::cli::secret::check_size;
 use mesh_control::compose::{FilePlan, FileSource, NAMESPACE_LABEL, ServicePlan};
+use mesh_proto::gather;
 use mesh_proto::{
     Annotations, ConfigSpec, CreateConfigRequest, CreateSecretRequest, GetConfigRequest,
     GetSecretRequest, ListConfigsRequest, ListSecretsRequest, RemoveConfigRequest,
@@ -132,24 +133,30 @@ pub async fn existing(client: &mut Client, kind: Kind) -> Result<Existing, CliEr
         (a.name, known)
     };
     Ok(match kind {
-        Kind::Secret => client
-            .control
-            .list_secrets(ListSecretsRequest {})
-            .await?
-            .into_inner()
-            .secrets
-            .into_iter()
-            .map(|s| entry(s.id, s.meta, s.spec.and_then(|s| s.annotations)))
-            .collect(),
-        Kind::Config => client
-            .control
-            .list_configs(ListConfigsRequest {})
-            .await?
-            .into_inner()
-            .configs
-            .into_iter()
-            .map(|c| entry(c.id, c.meta, c.spec.and_then(|s| s.annotations)))
-            .collect(),
+        Kind::Secret => gather(
+            client
+                .control
+                .list_secrets(ListSecretsRequest {})
+                .await?
+                .into_inner(),
+        )
+        .await?
+        .secrets
+        .into_iter()
+        .map(|s| entry(s.id, s.meta, s.spec.and_then(|s| s.annotations)))
+        .collect(),
+        Kind::Config => gather(
+            client
+                .control
+                .list_configs(ListConfigsRequest {})
+                .await?
+                .into_inner(),
+        )
+        .await?
+        .configs
+        .into_iter()
+        .map(|c| entry(c.id, c.meta, c.spec.and_then(|s| s.annotations)))
+        .collect(),
     })
 }
 
