@@ -268,11 +268,13 @@ async fn bad_input_changes_nothing() {
     let fake = Arc::new(FakeExecutor::new());
     let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
     // Before init every control call says this is not a manager.
-    let err = daemon
+    let Err(err) = daemon
         .api()
         .list_services(local(ListServicesRequest {}))
         .await
-        .expect_err("not a manager yet");
+    else {
+        panic!("listing services before init: not a manager yet, yet it answered");
+    };
     assert!(err.message().contains("not a manager"), "{}", err.message());
     daemon
         .init(InitRequest {

@@ -53,7 +53,7 @@ fn task(i: usize) -> Task {
         }),
         desired_state: TaskState::Running as i32,
         status: Some(TaskStatus {
-            state: if i % 3 == 0 {
+            state: if i.is_multiple_of(3) {
                 TaskState::Running
             } else {
                 TaskState::Pending
@@ -171,7 +171,7 @@ async fn every_list_comes_in_bounded_chunks_that_reassemble() {
     );
     for (i, service) in listed.services.iter().enumerate() {
         let running = (0..TASKS)
-            .filter(|t| t % SERVICES == i && t % 3 == 0)
+            .filter(|t| t % SERVICES == i && t.is_multiple_of(3))
             .count() as u64;
         assert_eq!(listed.running_tasks[&service.id], running, "{}", service.id);
         assert_eq!(listed.desired_tasks[&service.id], 25, "{}", service.id);
