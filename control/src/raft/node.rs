@@ -21,7 +21,7 @@ use crate::store::{MemoryStore, Proposer};
 /// How long `initialize` waits for the new group to elect its leader.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Raw snapshot bytes per InstallSnapshot request: their JSON stays well under 4 MiB.
-const SNAPSHOT_CHUNK_BYTES: u64 = 512 * 1024;
+pub(crate) const SNAPSHOT_CHUNK_BYTES: u64 = 512 * 1024;
 /// Entries applied between two snapshots.
 const SNAPSHOT_EVERY: u64 = 10_000;
 

@@ -23,7 +23,7 @@ type NodeId = u64;
 
 /// Largest request the service accepts. Senders keep requests under the default 4 MiB by
 /// splitting them; this bound only admits a single entry that is larger on its own.
-const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct RaftService {
     raft: Raft<TypeConfig>,

@@ -1,9 +1,10 @@
-//! Tests of the Raft layer: openraft's storage suite, a single node's durability, and a
-//! three-member group over real gRPC on 127.0.0.1.
+//! Tests of the Raft layer: openraft's storage suite, a single node's durability, a
+//! three-member group over real gRPC on 127.0.0.1, and the size of what members send.
 
 mod cluster;
 mod sealed;
 mod single;
+mod transfer;
 
 use std::future::Future;
 use std::path::Path;
