@@ -609,7 +609,7 @@ fn raft_seeds() -> Vec<(String, Vec<u8>)> {
 }
 
 /// Control API requests as meshctl sends them: specs made from [`COMMAND_LINES`] by meshctl's
-/// own parser, and the other write methods.
+/// own parser, the other write methods, and a filtered `ListTasks`.
 fn api_seeds() -> Vec<(String, Vec<u8>)> {
     let mut seeds = Vec::new();
     let mut push = |name: &str, method: &str, body: Vec<u8>| {
@@ -712,6 +712,12 @@ fn api_seeds() -> Vec<(String, Vec<u8>)> {
         }),
     };
     push("create-config", "CreateConfig", config.encode_to_vec());
+    let list_tasks = mesh_proto::ListTasksRequest {
+        service_ids: vec!["service-web".into()],
+        node_ids: vec!["node-worker".into()],
+        desired_states: vec![mesh_proto::TaskState::Running as i32],
+    };
+    push("list-tasks", "ListTasks", list_tasks.encode_to_vec());
     seeds
 }
 

@@ -1,12 +1,14 @@
-//! The control API's write methods as the fuzz target calls them: the request decoded from the
-//! bytes a client sent, then the very handler the gRPC service runs, against a store whose
-//! writes apply at once. Compiled only with the `fuzzing` feature.
+//! The control API's write methods, and `ListTasks` (the list a request can filter), as the fuzz
+//! target calls them: the request decoded from the bytes a client sent, then the very handler the
+//! gRPC service runs, against a store whose writes apply at once. Compiled only with the
+//! `fuzzing` feature.
 
+use mesh_proto::chunks::LIST_CHUNK_BYTES;
 use mesh_proto::{
     Config, CreateConfigRequest, CreateNetworkRequest, CreateSecretRequest, CreateServiceRequest,
-    RemoveConfigRequest, RemoveNetworkRequest, RemoveNodeRequest, RemoveSecretRequest,
-    RemoveServiceRequest, Secret, UpdateConfigRequest, UpdateNodeRequest, UpdateSecretRequest,
-    UpdateServiceRequest,
+    ListTasksRequest, RemoveConfigRequest, RemoveNetworkRequest, RemoveNodeRequest,
+    RemoveSecretRequest, RemoveServiceRequest, Secret, UpdateConfigRequest, UpdateNodeRequest,
+    UpdateSecretRequest, UpdateServiceRequest,
 };
 use prost::Message;
 use tonic::Status;
@@ -15,7 +17,7 @@ use super::{networks, nodes, secrets, services};
 use crate::store::Store;
 
 /// The methods a request can be for, by the number its first byte gives.
-pub(crate) const METHODS: [&str; 13] = [
+pub(crate) const METHODS: [&str; 14] = [
     "CreateService",
     "UpdateService",
     "RemoveService",
@@ -29,10 +31,12 @@ pub(crate) const METHODS: [&str; 13] = [
     "CreateConfig",
     "UpdateConfig",
     "RemoveConfig",
+    "ListTasks",
 ];
 
 /// Decodes `body` as the request of `METHODS[method % METHODS.len()]` and runs its handler on
-/// `store`. A body that does not decode is refused as tonic refuses it.
+/// `store`. A body that does not decode is refused as tonic refuses it. Panics if a list's
+/// message is over [`LIST_CHUNK_BYTES`] with more than one object in it.
 pub(crate) async fn call(store: &Store, method: u8, body: &[u8]) -> Result<(), Status> {
     let bad = |e: prost::DecodeError| Status::invalid_argument(e.to_string());
     match usize::from(method) % METHODS.len() {
@@ -81,9 +85,21 @@ pub(crate) async fn call(store: &Store, method: u8, body: &[u8]) -> Result<(), S
             let updated = secrets::update::<Config>(store, &r.config_id, r.version, r.spec);
             updated.await.map(drop)
         }
-        _ => {
+        12 => {
             let request = RemoveConfigRequest::decode(body).map_err(bad)?;
             secrets::remove::<Config>(store, &request.config_id).await
+        }
+        _ => {
+            let request = ListTasksRequest::decode(body).map_err(bad)?;
+            for chunk in services::list_tasks(store, request) {
+                let bytes = chunk.encoded_len();
+                assert!(
+                    bytes <= LIST_CHUNK_BYTES || chunk.tasks.len() == 1,
+                    "a ListTasks message of {} tasks is {bytes} bytes",
+                    chunk.tasks.len()
+                );
+            }
+            Ok(())
         }
     }
 }

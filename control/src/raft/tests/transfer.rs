@@ -162,7 +162,10 @@ async fn a_member_catches_up_from_a_snapshot_of_many_chunks() -> anyhow::Result<
             .view(|tx| tx.list::<Node>().into_iter().map(|n| (n.id.clone(), n)))
             .collect::<BTreeMap<_, _>>()
     };
-    assert!(on(&n1) == on(&n2), "the new member holds what the leader holds");
+    assert!(
+        on(&n1) == on(&n2),
+        "the new member holds what the leader holds"
+    );
     let installed = n2.node.raft().metrics().borrow().snapshot;
     assert!(
         installed.is_some_and(|s| s.index >= index),
