@@ -47,6 +47,7 @@ pub(super) fn list(context: &ManagerContext) -> Vec<ListNodesResponse> {
     list_in(&context.store, leader_id(context))
 }
 
+/// [`list`] with `leader` as the Raft id of the leading manager.
 pub(super) fn list_in(store: &Store, leader: Option<u64>) -> Vec<ListNodesResponse> {
     let nodes = store.view_promptly(|tx| tx.list::<Node>());
     let nodes = nodes
