@@ -55,12 +55,12 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
-/// The machine line(s) of a results file, for a chart's title.
+/// The machine line(s) of a results file, for a chart's small print.
 fn machine<T>(r: &Results<T>) -> String {
     if r.machine.is_empty() {
         String::new()
     } else {
-        format!(" ({})", r.machine.join("; "))
+        format!("machine: {}", r.machine.join("; "))
     }
 }
 
@@ -93,7 +93,8 @@ fn scale_charts(r: &Results<ScaleSummary>) -> Vec<(&'static str, Chart)> {
             .collect()
     };
     let chart = |title: &str, y: &str, f: fn(&ScaleSummary) -> f64| Chart {
-        title: format!("{title}{}", machine(r)),
+        title: title.into(),
+        note: machine(r),
         x: "tasks".into(),
         y: y.into(),
         series: series(f),
@@ -160,7 +161,8 @@ fn gossip_charts(r: &Results<GossipSummary>) -> Vec<(&'static str, Chart)> {
         (
             "gossip-seen-by-all.svg",
             Chart {
-                title: format!("gossip: time until every member sees it{}", machine(r)),
+                title: "gossip: time until every member sees it".into(),
+                note: machine(r),
                 x: "members".into(),
                 y: "seconds".into(),
                 series: spread.into_iter().flatten().collect(),
@@ -169,7 +171,8 @@ fn gossip_charts(r: &Results<GossipSummary>) -> Vec<(&'static str, Chart)> {
         (
             "gossip-bytes-per-member.svg",
             Chart {
-                title: format!("gossip: bytes sent per member per second{}", machine(r)),
+                title: "gossip: bytes sent per member per second".into(),
+                note: machine(r),
                 x: "members".into(),
                 y: "bytes/s (sealed datagrams)".into(),
                 series: bytes.into_iter().flatten().collect(),

@@ -132,6 +132,10 @@ pub async fn simulate(n: usize, keys: &KeyRing) -> anyhow::Result<Sim> {
                 "every member seeing all {n} (members seen: min {min}, median {median}, max {max})"
             )
         });
+    match &converge {
+        Ok(t) => eprintln!("  all {n} see all after {:.2} s", t.as_secs_f64()),
+        Err(err) => eprintln!("  not converged: {err:#}"),
+    }
     let converge_traffic = traffic(&members);
     let (rss_mib, peak_rss_mib) = memory()?;
     let open_files = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
@@ -142,6 +146,7 @@ pub async fn simulate(n: usize, keys: &KeyRing) -> anyhow::Result<Sim> {
     let idle = traffic(&members).since(before).rate(n, IDLE);
 
     let (join, join_rate, death, death_rate) = if converge.is_ok() {
+        eprintln!("  one member joins, then one crashes");
         let newcomer = start(format!("sim-{n}"), keys).await?;
         let (join, join_rate) = join_event(&members, &newcomer, &mut seed).await?;
         members.push(newcomer);

@@ -14,6 +14,8 @@ pub struct Series {
 #[derive(Debug)]
 pub struct Chart {
     pub title: String,
+    /// A line of small print under the plot (where it was measured).
+    pub note: String,
     pub x: String,
     pub y: String,
     pub series: Vec<Series>,
@@ -72,7 +74,8 @@ fn draw(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut plot = ChartBuilder::on(&root)
+    let (upper, lower) = root.split_vertically(SIZE.1 - 24);
+    let mut plot = ChartBuilder::on(&upper)
         .caption(&chart.title, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
@@ -81,6 +84,9 @@ fn draw(
     plot.configure_mesh()
         .x_desc(&chart.x)
         .y_desc(&chart.y)
+        .max_light_lines(0)
+        .x_labels(12)
+        .y_labels(12)
         .x_label_formatter(&|v| label(*v))
         .y_label_formatter(&|v| label(*v))
         .draw()?;
@@ -99,6 +105,11 @@ fn draw(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
+    lower.draw(&Text::new(
+        chart.note.as_str(),
+        (15, 4),
+        ("sans-serif", 11).into_font().color(&BLACK.mix(0.7)),
+    ))?;
     root.present()?;
     Ok(())
 }
@@ -148,6 +159,7 @@ mod tests {
     fn a_chart_without_drawable_points_is_refused() {
         let chart = Chart {
             title: "empty".into(),
+            note: String::new(),
             x: "x".into(),
             y: "y".into(),
             series: vec![Series {

@@ -93,8 +93,8 @@ fn results_files_become_svg_growth_curves() {
             &svg[..40.min(svg.len())]
         );
         assert!(
-            svg.contains("(test box)"),
-            "{file}: the machine in the title"
+            text(&svg, "machine: test box"),
+            "{file}: the machine in small print"
         );
         for name in names {
             assert!(text(&svg, name), "{file}: {name}");
