@@ -82,6 +82,8 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
         }
     };
     let most = sizes.iter().copied().max().unwrap_or(0);
+    // Refused before anything starts, rather than running the machine out of memory.
+    sim::check_memory(u64::try_from(most)?, sim::available_memory()?)?;
     // One socket per member, and one more for the member that joins late.
     crate::run::ensure_open_files(u64::try_from(most)? + 1 + OTHER_FILES, "the gossip members")?;
     let keys = KeyRing::new(SealKey::generate(1).context("generating a gossip key")?);

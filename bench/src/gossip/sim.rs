@@ -22,6 +22,43 @@ const IDLE: Duration = Duration::from_secs(10);
 /// How often members are looked at while a join or a death spreads: the times' resolution.
 pub const EVENT_POLL: Duration = Duration::from_millis(10);
 
+/// Memory the simulation holds per member pair (every member holds the whole membership) and
+/// per member (its socket, receive buffer and tasks), fitted to the runs of 300 and 500 members.
+const BYTES_PER_PAIR: u64 = 520;
+const BYTES_PER_MEMBER: u64 = 100 << 10;
+
+/// About how much memory `n` simulated members take once converged.
+pub fn memory_needed(n: u64) -> u64 {
+    n.saturating_mul(n)
+        .saturating_mul(BYTES_PER_PAIR)
+        .saturating_add(n.saturating_mul(BYTES_PER_MEMBER))
+}
+
+/// Refuses a size whose members would not fit in `available` bytes of memory.
+pub fn check_memory(n: u64, available: u64) -> anyhow::Result<()> {
+    let need = memory_needed(n);
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    anyhow::ensure!(
+        need <= available,
+        "{n} simulated members need about {:.1} GiB (each holds the whole membership: about \
+         {BYTES_PER_PAIR} bytes per member pair) but {:.1} GiB of memory are available",
+        gib(need),
+        gib(available)
+    );
+    Ok(())
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+pub fn available_memory() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemAvailable in /proc/meminfo")?;
+    Ok(kib.saturating_mul(1024))
+}
+
 /// One simulation's figures; a time is `Err` with why it could not be measured.
 pub struct Sim {
     pub members: usize,
@@ -374,6 +411,35 @@ fn random_below(state: &mut u64, bound: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_that_do_not_fit_in_memory_are_refused() {
+        const GIB: u64 = 1 << 30;
+        // (members, available, fits)
+        let cases = [
+            (1_000, GIB, true),
+            (1_000, 400 << 20, false),
+            (5_000, 24 * GIB, true),
+            (10_000, 24 * GIB, false),
+            (10_000, 64 * GIB, true),
+            (u64::MAX, u64::MAX, true),
+        ];
+        for (n, available, fits) in cases {
+            let checked = check_memory(n, available);
+            assert_eq!(checked.is_ok(), fits, "{n} in {available}: {checked:?}");
+        }
+        let err = check_memory(10_000, 24 * GIB)
+            .expect_err("too big")
+            .to_string();
+        assert!(
+            err.starts_with("10000 simulated members need about 49."),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("but 24.0 GiB of memory are available"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn quantiles_pick_the_member_at_or_above() {
