@@ -1,54 +1,46 @@
 //! `cargo xtask bench gossip`: how fast mesh's gossip spreads membership and endpoint records.
 //!
-//! Simulated: 10, 100 and 1,000 [`Gossip`] members in this process on 127.0.0.1 under one key,
-//! each joining up to three members started before it. It times until every member has seen all
-//! the others, until a record published at one member is visible at every member, and until its
-//! withdrawal is; and counts datagrams. Real: three meshd nodes run an overlay service scaled
-//! 1→2→3→2→1 a few times; it times from a new task's eth0 existing to its MAC in the VXLAN FDB of
-//! every other node on the network, and from a removed task's eth0 going to its MAC leaving them.
+//! Simulated (module `sim`): 10, 100 and 1,000 (or `--members`) [`Gossip`] members in this
+//! process on 127.0.0.1, every datagram sealed under one key ring, each joining up to three
+//! members started before it. It times until every member has seen all the others, a record and
+//! its withdrawal, then one new member's join and one member's crash as seen by each member, and
+//! the bytes per member per second idle and during each; one `gossip: …` line per size ends the
+//! run. Real: three meshd nodes run an overlay service scaled 1→2→3→2→1 a few times; it times
+//! from a new task's eth0 existing to its MAC in the VXLAN FDB of every other node on the
+//! network, and from a removed task's eth0 going to its MAC leaving them.
 
 mod real;
+mod sim;
+pub mod summary;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
-use mesh_agent::gossip::{EndpointRecord, Gossip, GossipConfig, KeyRing, SealKey};
+use anyhow::{Context, ensure};
+use mesh_agent::gossip::{KeyRing, SealKey};
 use mesh_tests::meshctl::BIN_DIR_ENV;
 
 use real::{print_propagation, real_nodes};
+use sim::{EVENT_POLL, JOIN_PEERS, Rate, Sim, Spread};
+use summary::Summary;
 
 /// The simulated cluster sizes measured unless `--members` says otherwise.
 const SIZES: [usize; 3] = [10, 100, 1000];
-/// How many earlier members each simulated member joins through.
-const JOIN_PEERS: usize = 3;
-/// How long membership may take to converge, and then a record or its withdrawal to spread.
-const MEMBERSHIP_LIMIT: Duration = Duration::from_secs(180);
-const RECORD_LIMIT: Duration = Duration::from_secs(60);
-/// The window over which idle traffic is counted.
-const IDLE: Duration = Duration::from_secs(5);
-/// One simulation's figures; a time is `Err` with why it could not be measured.
-struct Sim {
-    members: usize,
-    converge: anyhow::Result<Duration>,
-    publish: anyhow::Result<Duration>,
-    withdraw: anyhow::Result<Duration>,
-    /// Datagrams (sent, received) per member from the first join until all saw all.
-    join_traffic: (f64, f64),
-    /// Datagrams (sent, received) per member per second once nothing changes.
-    idle_rate: (f64, f64),
-    /// Members seen per member at the end (min, median, max); false suspicions show here.
-    seen_at_end: (usize, usize, usize),
-    dropped: u64,
-}
+/// Open files besides one socket per member: the runtime, the real nodes' pipes.
+const OTHER_FILES: u64 = 256;
 
 #[derive(clap::Args)]
 pub struct GossipArgs {
     /// Benchmark release builds of meshd and of the simulation (builds them first).
     #[arg(long)]
     release: bool,
-    /// Simulated cluster sizes (repeatable; default 10, 100 and 1,000).
-    #[arg(long = "members", value_name = "N", value_parser = clap::value_parser!(u16).range(2..))]
+    /// Simulated cluster sizes, e.g. `1000,10000` (repeatable; default 10, 100 and 1,000). Each
+    /// member holds a socket: the process needs as many open files, and more.
+    #[arg(
+        long = "members",
+        value_name = "N",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u16).range(2..)
+    )]
     members: Vec<u16>,
     /// Only the simulation: skip the 3 real nodes.
     #[arg(long)]
@@ -58,7 +50,12 @@ pub struct GossipArgs {
 pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
     if args.release {
         // The simulation runs in this process: build this program in release too, and run that.
-        let bins = ["-p", "mesh-agent", "-p", "mesh-control", "--bins"];
+        // meshd only for the real nodes.
+        let bins: &[&str] = if args.simulated_only {
+            &[]
+        } else {
+            &["-p", "mesh-agent", "-p", "mesh-control", "--bins"]
+        };
         let env = [(BIN_DIR_ENV, "target/release")];
         let mut again = vec!["gossip".to_owned()];
         for n in &args.members {
@@ -68,7 +65,7 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
             again.push("--simulated-only".to_owned());
         }
         let again: Vec<&str> = again.iter().map(String::as_str).collect();
-        return crate::run::again_in_release(&bins, &again, &env);
+        return crate::run::again_in_release(bins, &again, &env);
     }
     let sizes: Vec<usize> = if args.members.is_empty() {
         SIZES.to_vec()
@@ -85,12 +82,18 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
         }
     };
     let most = sizes.iter().copied().max().unwrap_or(0);
-    crate::run::ensure_open_files(u64::try_from(most)? + 256, "the gossip members")?;
+    // Refused before anything starts, rather than running the machine out of memory.
+    sim::check_memory(u64::try_from(most)?, sim::available_memory()?)?;
+    // One socket per member, and one more for the member that joins late.
+    crate::run::ensure_open_files(u64::try_from(most)? + 1 + OTHER_FILES, "the gossip members")?;
     let keys = KeyRing::new(SealKey::generate(1).context("generating a gossip key")?);
     let mut sims = Vec::new();
     for &members in &sizes {
         eprintln!("simulating {members} gossip members");
-        sims.push(simulate(members, &keys).await?);
+        let sim = sim::simulate(members, &keys).await?;
+        // Printed as soon as measured: a larger size may take long or not finish.
+        eprintln!("{}", summary(&sim));
+        sims.push(sim);
     }
     let real = if args.simulated_only {
         None
@@ -99,69 +102,7 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
         Some(real_nodes().await)
     };
 
-    let sim_profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    println!(
-        "gossip, simulated: members in one process on 127.0.0.1, one key, each joining up to \
-         {JOIN_PEERS} earlier ones; mesh-bench {sim_profile} build"
-    );
-    println!(
-        "{:>8} {:>12} {:>12} {:>12} {:>22} {:>22}",
-        "members", "all see all", "record", "withdrawal", "datagrams to converge", "idle datagrams"
-    );
-    println!(
-        "{:>8} {:>12} {:>12} {:>12} {:>22} {:>22}",
-        "", "", "everywhere", "everywhere", "per member sent/recv", "per member/s sent/recv"
-    );
-    for s in &sims {
-        // Records timed over a membership that had not converged are marked.
-        let mark = if s.converge.is_err() { "*" } else { "" };
-        println!(
-            "{:>8} {:>12} {:>12} {:>12} {:>22} {:>22}",
-            s.members,
-            seconds(&s.converge),
-            format!("{}{mark}", seconds(&s.publish)),
-            format!("{}{mark}", seconds(&s.withdraw)),
-            format!("{:.0} / {:.0}", s.join_traffic.0, s.join_traffic.1),
-            format!("{:.1} / {:.1}", s.idle_rate.0, s.idle_rate.1),
-        );
-    }
-    let mut missing = Vec::new();
-    for s in &sims {
-        for (what, r) in [
-            ("membership", &s.converge),
-            ("record", &s.publish),
-            ("withdrawal", &s.withdraw),
-        ] {
-            if let Err(err) = r {
-                println!("  {} members: {what}: {err:#}", s.members);
-                missing.push(format!("{} members: {what}", s.members));
-            }
-        }
-        if s.converge.is_err() {
-            println!(
-                "  {} members: * timed while members saw only part of the membership",
-                s.members
-            );
-        }
-        let (min, median, max) = s.seen_at_end;
-        if min < s.members {
-            println!(
-                "  {} members: members seen per member at the end: min {min}, median {median}, \
-                 max {max}",
-                s.members
-            );
-        }
-        if s.dropped > 0 {
-            println!(
-                "  {} members: datagrams dropped (bad seal, unknown key or malformed): {}",
-                s.members, s.dropped
-            );
-        }
-    }
+    let mut missing = print_simulated(&sims);
     println!();
     match &real {
         None => {}
@@ -171,8 +112,177 @@ pub async fn gossip(args: GossipArgs) -> anyhow::Result<()> {
             missing.push("3 real nodes".into());
         }
     }
+    println!();
+    for s in &sims {
+        println!("{}", summary(s));
+    }
     ensure!(missing.is_empty(), "not measured: {}", missing.join(", "));
     Ok(())
+}
+
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// The table of the simulated sizes, and what could not be measured; returns the latter.
+fn print_simulated(sims: &[Sim]) -> Vec<String> {
+    println!(
+        "gossip, simulated: members in one process on 127.0.0.1, every datagram sealed under one \
+         key, each joining up to {JOIN_PEERS} earlier ones; mesh-bench {} build; join and death \
+         times per member, polled every {} ms",
+        build_profile(),
+        EVENT_POLL.as_millis()
+    );
+    println!(
+        "{:>7} {:>9} {:>8} {:>8} {:>20} {:>20} {:>15} {:>15} {:>15} {:>9}",
+        "members",
+        "all see",
+        "record",
+        "withdraw",
+        "join seen",
+        "death seen",
+        "idle B/s",
+        "join B/s",
+        "death B/s",
+        "RSS"
+    );
+    println!(
+        "{:>7} {:>9} {:>8} {:>8} {:>20} {:>20} {:>15} {:>15} {:>15} {:>9}",
+        "",
+        "all",
+        "all",
+        "all",
+        "p50/p99/last (s)",
+        "p50/p99/last (s)",
+        "member sent/rcv",
+        "member sent/rcv",
+        "member sent/rcv",
+        "MiB"
+    );
+    for s in sims {
+        // Records timed over a membership that had not converged are marked.
+        let mark = if s.converge.is_err() { "*" } else { "" };
+        println!(
+            "{:>7} {:>9} {:>8} {:>8} {:>20} {:>20} {:>15} {:>15} {:>15} {:>9.0}",
+            s.members,
+            seconds(&s.converge),
+            format!("{}{mark}", seconds(&s.publish)),
+            format!("{}{mark}", seconds(&s.withdraw)),
+            spread(&s.join),
+            spread(&s.death),
+            bytes(Some(s.idle)),
+            bytes(s.join_rate),
+            bytes(s.death_rate),
+            s.rss_mib,
+        );
+    }
+    let mut missing = Vec::new();
+    for s in sims {
+        let n = s.members;
+        for (what, err) in [
+            ("membership", s.converge.as_ref().err()),
+            ("record", s.publish.as_ref().err()),
+            ("withdrawal", s.withdraw.as_ref().err()),
+            ("join", s.join.as_ref().err()),
+            ("death", s.death.as_ref().err()),
+        ] {
+            if let Some(err) = err {
+                println!("  {n} members: {what}: {err:#}");
+                missing.push(format!("{n} members: {what}"));
+            }
+        }
+        if s.converge.is_err() {
+            println!("  {n} members: * timed while members saw only part of the membership");
+        }
+        let (min, median, max) = s.seen_at_end;
+        if min < n || max > n {
+            println!(
+                "  {n} members: members seen per member at the end (one joined, one died): \
+                 min {min}, median {median}, max {max}"
+            );
+        }
+        if s.dropped > 0 {
+            println!(
+                "  {n} members: datagrams dropped (bad seal, unknown key or malformed): {}",
+                s.dropped
+            );
+        }
+        let t = &s.converge_traffic;
+        println!(
+            "  {n} members: to converge, per member: {:.0} datagrams / {:.0} KiB sent; this \
+             process then: {:.0} MiB resident (peak {:.0} MiB), {} open files",
+            t.sent as f64 / n as f64,
+            t.sent_bytes as f64 / n as f64 / 1024.0,
+            s.rss_mib,
+            s.peak_rss_mib,
+            s.open_files
+        );
+    }
+    missing
+}
+
+/// The `gossip: …` line of one simulated size.
+fn summary(s: &Sim) -> Summary {
+    let secs = |d: Duration| d.as_secs_f64();
+    let at = |r: &anyhow::Result<Spread>, q: f64| r.as_ref().ok().map(|s| secs(s.quantile(q)));
+    let time = |r: &anyhow::Result<Duration>| r.as_ref().ok().map(|d| secs(*d));
+    let mut extra: Vec<(String, String)> = vec![
+        ("join-p50-s".into(), summary::maybe(at(&s.join, 0.5), 2)),
+        ("join-p99-s".into(), summary::maybe(at(&s.join, 0.99), 2)),
+        ("death-p50-s".into(), summary::maybe(at(&s.death, 0.5), 2)),
+        ("death-p99-s".into(), summary::maybe(at(&s.death, 0.99), 2)),
+        ("record-s".into(), summary::maybe(time(&s.publish), 2)),
+        ("withdraw-s".into(), summary::maybe(time(&s.withdraw), 2)),
+        (
+            "idle-recv-bytes-per-member-s".into(),
+            format!("{:.0}", s.idle.received_bytes),
+        ),
+        (
+            "idle-datagrams-per-member-s".into(),
+            format!("{:.1}", s.idle.sent),
+        ),
+        (
+            "idle-recv-datagrams-per-member-s".into(),
+            format!("{:.1}", s.idle.received),
+        ),
+    ];
+    for (name, rate) in [("join", s.join_rate), ("death", s.death_rate)] {
+        let (sent, received) = rate.map_or((None, None), |r| {
+            (Some(r.sent_bytes), Some(r.received_bytes))
+        });
+        extra.push((
+            format!("{name}-bytes-per-member-s"),
+            summary::maybe(sent, 0),
+        ));
+        extra.push((
+            format!("{name}-recv-bytes-per-member-s"),
+            summary::maybe(received, 0),
+        ));
+    }
+    let n = s.members as f64;
+    extra.extend([
+        (
+            "converge-kib-per-member".into(),
+            format!("{:.0}", s.converge_traffic.sent_bytes as f64 / n / 1024.0),
+        ),
+        ("rss-mib".into(), format!("{:.0}", s.rss_mib)),
+        ("peak-rss-mib".into(), format!("{:.0}", s.peak_rss_mib)),
+        ("open-files".into(), s.open_files.to_string()),
+        ("poll-ms".into(), EVENT_POLL.as_millis().to_string()),
+        ("build".into(), build_profile().into()),
+    ]);
+    Summary {
+        members: s.members as u64,
+        converge_s: time(&s.converge),
+        join_seen_all_s: at(&s.join, 1.0),
+        death_seen_all_s: at(&s.death, 1.0),
+        bytes_per_member_s: s.idle.sent_bytes,
+        extra,
+    }
 }
 
 fn seconds(time: &anyhow::Result<Duration>) -> String {
@@ -182,154 +292,21 @@ fn seconds(time: &anyhow::Result<Duration>) -> String {
     }
 }
 
-/// Starts `n` members, joins them, and times membership, a record and its withdrawal.
-async fn simulate(n: usize, keys: &KeyRing) -> anyhow::Result<Sim> {
-    let mut members = Vec::with_capacity(n);
-    for i in 0..n {
-        let bind = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let config = GossipConfig::new(format!("sim-{i}"), bind, keys.clone());
-        let (gossip, _changes) = Gossip::start(config)
-            .await
-            .with_context(|| format!("starting gossip member {i} of {n}"))?;
-        members.push(gossip);
-    }
-    let mut seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    let start = Instant::now();
-    for i in 1..n {
-        let mut peers = Vec::new();
-        while peers.len() < JOIN_PEERS.min(i) {
-            let addr = members[random_below(&mut seed, i)].identity().addr;
-            if !peers.contains(&addr) {
-                peers.push(addr);
-            }
-        }
-        members[i].join(peers).await?;
-    }
-    // Each poll copies every pending member's member list: poll large clusters less often.
-    let poll = Duration::from_millis(u64::try_from(n / 2)?)
-        .clamp(Duration::from_millis(10), Duration::from_millis(500));
-    let converge = every(start, n, poll, MEMBERSHIP_LIMIT, |i| {
-        members[i].member_count() >= n
-    })
-    .await
-    .with_context(|| {
-        let (min, median, max) = seen(&members);
-        format!("every member seeing all {n} (members seen: min {min}, median {median}, max {max})")
-    });
-    let joined = traffic(&members);
-    let join_traffic = (per(joined.0, n), per(joined.1, n));
-    // Records spread over whatever membership there is, converged or not.
-    let (publish, withdraw) = records(&members).await?;
-    let before = traffic(&members);
-    tokio::time::sleep(IDLE).await;
-    let after = traffic(&members);
-    let window = IDLE.as_secs_f64();
-    let idle_rate = (
-        per(after.0 - before.0, n) / window,
-        per(after.1 - before.1, n) / window,
-    );
-    let seen_at_end = seen(&members);
-    Ok(Sim {
-        members: n,
-        converge,
-        publish,
-        withdraw,
-        join_traffic,
-        idle_rate,
-        seen_at_end,
-        dropped: after.2,
-    })
-}
-
-/// Publishes one record at a member, times until every member sees it, then withdraws it and
-/// times until no member does.
-async fn records(
-    members: &[Gossip],
-) -> anyhow::Result<(anyhow::Result<Duration>, anyhow::Result<Duration>)> {
-    let n = members.len();
-    let origin = &members[n / 2];
-    let record = EndpointRecord {
-        network_id: "bench-net".into(),
-        task_id: "bench-task".into(),
-        service_id: "bench-service".into(),
-        addr: Ipv4Addr::new(10, 0, 0, 2),
-        mac: [0x02, 0x42, 10, 0, 0, 2],
-        node_id: origin.identity().node_id.clone(),
-        vtep: Ipv4Addr::LOCALHOST,
-        service_name: String::new(),
-        vip: None,
-        ingress_ports: Vec::new(),
-        aliases: Vec::new(),
-    };
-    let key = record.key();
-    let has = |i: usize| members[i].records().iter().any(|r| r.key() == key);
-    let poll = Duration::from_millis(5);
-    let start = Instant::now();
-    origin.publish(record.clone()).await?;
-    let published = every(start, n, poll, RECORD_LIMIT, has)
-        .await
-        .context("the record reaching every member");
-    let start = Instant::now();
-    origin.withdraw(key.clone()).await?;
-    let withdrawn = every(start, n, poll, RECORD_LIMIT, |i| !has(i))
-        .await
-        .context("the withdrawal reaching every member");
-    Ok((published, withdrawn))
-}
-
-/// Time from `start` until `holds(i)` has held, at some poll, for every member `i` in `0..n`.
-async fn every(
-    start: Instant,
-    n: usize,
-    poll: Duration,
-    limit: Duration,
-    mut holds: impl FnMut(usize) -> bool,
-) -> anyhow::Result<Duration> {
-    let mut pending: Vec<usize> = (0..n).collect();
-    loop {
-        pending.retain(|&i| !holds(i));
-        if pending.is_empty() {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() >= limit {
-            bail!("{} of {n} members not there after {limit:?}", pending.len());
-        }
-        tokio::time::sleep(poll).await;
+fn spread(spread: &anyhow::Result<Spread>) -> String {
+    match spread {
+        Ok(s) => format!(
+            "{:.2}/{:.2}/{:.2}",
+            s.quantile(0.5).as_secs_f64(),
+            s.quantile(0.99).as_secs_f64(),
+            s.quantile(1.0).as_secs_f64()
+        ),
+        Err(_) => "n/a".into(),
     }
 }
 
-/// How many members each member sees: (min, median, max).
-fn seen(members: &[Gossip]) -> (usize, usize, usize) {
-    let mut counts: Vec<usize> = members.iter().map(Gossip::member_count).collect();
-    counts.sort_unstable();
-    let at = |i: usize| counts.get(i).copied().unwrap_or(0);
-    (
-        at(0),
-        at(counts.len() / 2),
-        at(counts.len().saturating_sub(1)),
+fn bytes(rate: Option<Rate>) -> String {
+    rate.map_or_else(
+        || "n/a".into(),
+        |r| format!("{:.0}/{:.0}", r.sent_bytes, r.received_bytes),
     )
-}
-
-/// Datagrams sent, received and dropped (any reason but injected loss) by all members.
-fn traffic(members: &[Gossip]) -> (u64, u64, u64) {
-    members.iter().map(Gossip::stats).fold((0, 0, 0), |t, s| {
-        let dropped = s.dropped_bad_seal + s.dropped_unknown_key + s.dropped_malformed;
-        (t.0 + s.sent, t.1 + s.received, t.2 + dropped)
-    })
-}
-
-fn per(total: u64, members: usize) -> f64 {
-    total as f64 / members as f64
-}
-
-/// splitmix64: good enough to pick join peers, and needs no dependency.
-fn random_below(state: &mut u64, bound: usize) -> usize {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z % bound as u64) as usize
 }

@@ -11,6 +11,7 @@ mod gossip;
 mod lb;
 mod metrics;
 mod overlay;
+mod plot;
 mod run;
 mod scale;
 mod update;
@@ -72,9 +73,14 @@ enum Bench {
     /// on real managers: time to join, time to all running, tasks/s, Raft entries/s, leader RSS,
     /// largest assignments message; ends with one `scale: …` summary line.
     Scale(scale::args::ScaleArgs),
-    /// Gossip convergence of 10, 100 and 1,000 simulated members, and endpoint propagation to the
-    /// FDBs of 3 real nodes.
+    /// 10, 100 and 1,000 (or --members) simulated gossip members: convergence, then a join and a
+    /// crash as seen by every member, bytes per member; endpoint propagation to 3 real nodes' FDBs.
+    /// Ends with one `gossip: …` summary line per size.
     Gossip(gossip::GossipArgs),
+    /// SVG growth curves (docs/benchmarks/) from the summary lines in bench/results/: scale's
+    /// all-running time, tasks/s and leader RSS against tasks; gossip's join and death seen by
+    /// all and bytes per member per second against members.
+    Plot(plot::PlotArgs),
     /// Requests per second and latency to a service VIP through the eBPF balancer, through
     /// kube-proxy-style iptables DNAT and to one backend directly; time to program 1 to 10,000
     /// services in each.
@@ -113,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Overlay { release } => overlay::overlay(release).await,
         Bench::Scale(args) => scale::scale(args).await,
         Bench::Gossip(args) => gossip::gossip(args).await,
+        Bench::Plot(args) => plot::plot(args),
         Bench::Lb(args) => lb::lb(args).await,
         Bench::LbServer(args) => lb::lb_server(args),
         Bench::LbClient(args) => lb::lb_client(args),

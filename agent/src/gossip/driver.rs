@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 mod anti_entropy;
 
 use super::identity::{FocaRng, NodeIdentity};
-use super::node::{Counters, GossipConfig, bump};
+use super::node::{Counters, GossipConfig, add, bump};
 use super::records::{Change, VersionedRecord};
 use super::seal::{KeyRing, SEAL_OVERHEAD, SealError};
 use super::wire::{self, Inbound, RecordBroadcasts, Shared, SyncMessage, lock};
@@ -180,6 +180,7 @@ impl Driver {
 
     pub(super) async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
         bump(&self.counters.received);
+        add(&self.counters.received_bytes, datagram.len());
         let opened = lock_keys(&self.keys).open(datagram);
         let plain = match opened {
             Ok(plain) => plain,
@@ -241,7 +242,10 @@ impl Driver {
             }
         };
         match self.socket.send_to(&sealed, to).await {
-            Ok(_) => bump(&self.counters.sent),
+            Ok(len) => {
+                bump(&self.counters.sent);
+                add(&self.counters.sent_bytes, len);
+            }
             Err(error) => debug!(%to, %error, "gossip send failed"),
         }
     }

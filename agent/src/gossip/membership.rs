@@ -132,6 +132,10 @@ impl ActiveMembers {
         self.by_addr.len()
     }
 
+    pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
     /// In address order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &NodeIdentity> {
         self.by_addr.values()

@@ -87,6 +87,9 @@ pub enum GossipError {
 pub struct GossipStats {
     pub received: u64,
     pub sent: u64,
+    /// Bytes of the datagrams received and sent, as on the wire (sealed; UDP payload).
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
     /// Sealed under a key id this node does not hold.
     pub dropped_unknown_key: u64,
     /// Failed authentication, truncated or of an unknown seal version.
@@ -101,6 +104,8 @@ pub struct GossipStats {
 pub(crate) struct Counters {
     pub(crate) received: AtomicU64,
     pub(crate) sent: AtomicU64,
+    pub(crate) received_bytes: AtomicU64,
+    pub(crate) sent_bytes: AtomicU64,
     pub(crate) dropped_unknown_key: AtomicU64,
     pub(crate) dropped_bad_seal: AtomicU64,
     pub(crate) dropped_malformed: AtomicU64,
@@ -108,7 +113,11 @@ pub(crate) struct Counters {
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    add(counter, 1);
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
 /// A running gossip member. Dropping it stops the task without announcing a leave;
@@ -221,6 +230,11 @@ impl Gossip {
         lock(&self.shared).members.len()
     }
 
+    /// Whether the member at `addr` is active here (this node's own address included).
+    pub fn has_member(&self, addr: SocketAddr) -> bool {
+        lock(&self.shared).members.contains(addr)
+    }
+
     /// How many members SWIM suspects of being down; `None` if the gossip task does not
     /// answer within a second.
     pub async fn suspects(&self) -> Option<usize> {
@@ -246,6 +260,8 @@ impl Gossip {
         GossipStats {
             received: get(&c.received),
             sent: get(&c.sent),
+            received_bytes: get(&c.received_bytes),
+            sent_bytes: get(&c.sent_bytes),
             dropped_unknown_key: get(&c.dropped_unknown_key),
             dropped_bad_seal: get(&c.dropped_bad_seal),
             dropped_malformed: get(&c.dropped_malformed),

@@ -128,6 +128,22 @@ async fn three_members_share_and_withdraw_records() {
     );
     assert_eq!(next_change(&mut nodes[2].1).await, Change::Remove(rec));
     assert!(nodes.iter().all(|(g, _)| g.stats().dropped_bad_seal == 0));
+    // Bytes are counted as on the wire: every datagram is sealed, a kind byte inside.
+    let least = u64::try_from(seal::SEAL_OVERHEAD + 1).expect("small");
+    for (g, _) in &nodes {
+        let s = g.stats();
+        assert!(s.sent > 0 && s.received > 0, "{s:?}");
+        assert!(s.sent_bytes >= s.sent * least, "{s:?}");
+        assert!(s.received_bytes >= s.received * least, "{s:?}");
+        assert!(s.sent_bytes <= s.sent * 1400, "{s:?}");
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|(g, _)| g.identity().addr).collect();
+    assert!(addrs.iter().all(|&a| nodes[1].0.has_member(a)));
+    assert!(
+        !nodes[1]
+            .0
+            .has_member(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)))
+    );
 }
 
 #[tokio::test]
