@@ -19,6 +19,7 @@
 mod agent;
 pub mod args;
 mod executor;
+mod figures;
 mod probe;
 pub mod summary;
 
@@ -185,6 +186,9 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
 
     let leader = &cluster.nodes()[probe::leader(cluster.nodes()).await?];
     let before = probe::scrape(leader).await?;
+    let pid = leader.meshd_pid().context("the leader's meshd is gone")?;
+    let body_before = probe::body(leader).await?;
+    let cpu_before = figures::process_cpu_seconds(pid)?;
     let started = Instant::now();
     for s in 0..plan.services {
         client
@@ -224,7 +228,8 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
         tokio::time::sleep(POLL).await;
     };
     let running = started.elapsed();
-    let pid = leader.meshd_pid().context("the leader's meshd is gone")?;
+    let cpu = figures::process_cpu_seconds(pid)? - cpu_before;
+    let raft = figures::RaftPhase::between(&body_before, &probe::body(leader).await?);
     let rss = crate::api_load::memory_kib(pid, "VmRSS")? as f64 / 1024.0;
     let peak = crate::api_load::memory_kib(pid, "VmHWM")? as f64 / 1024.0;
     let service_ls = probe::time_cli(first, &["service", "ls"], 3).await?;
@@ -254,6 +259,20 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
     println!(
         "  raft: {entries:.0} entries committed meanwhile ({:.1}/s)",
         entries / secs
+    );
+    let ms_or_none = |s: Option<f64>| figures::or_none(s.map(|s| s * 1000.0), 1);
+    println!(
+        "  raft: commit latency p50 {} ms, p99 {} ms; {} bytes per entry written; last \
+         snapshot {} KiB, built in {} s (mean)",
+        ms_or_none(raft.commit_p50_s),
+        ms_or_none(raft.commit_p99_s),
+        figures::or_none(raft.bytes_per_entry, 0),
+        figures::or_none(raft.snapshot_bytes.map(|b| b / 1024.0), 1),
+        figures::or_none(raft.snapshot_s, 2),
+    );
+    println!(
+        "  leader meshd CPU: {cpu:.1} s from the first create to all running ({:.2} cores)",
+        cpu / secs
     );
     println!(
         "  leader meshd RSS: {rss:.1} MiB now, {peak:.1} MiB peak; this process: {bench_rss:.1} MiB"
@@ -292,6 +311,18 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
             ("service-ls-ms".into(), format!("{:.0}", ms(service_ls))),
             ("node-ls-ms".into(), format!("{:.0}", ms(node_ls))),
             ("bench-rss-mib".into(), format!("{bench_rss:.1}")),
+            ("leader-cpu-s".into(), format!("{cpu:.1}")),
+            ("commit-p50-ms".into(), ms_or_none(raft.commit_p50_s)),
+            ("commit-p99-ms".into(), ms_or_none(raft.commit_p99_s)),
+            (
+                "raft-bytes/entry".into(),
+                figures::or_none(raft.bytes_per_entry, 0),
+            ),
+            (
+                "snapshot-kib".into(),
+                figures::or_none(raft.snapshot_bytes.map(|b| b / 1024.0), 1),
+            ),
+            ("snapshot-s".into(), figures::or_none(raft.snapshot_s, 2)),
         ],
     })
 }

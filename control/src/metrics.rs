@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use mesh_proto::{Task, TaskState};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -34,6 +35,13 @@ pub struct ControlMetrics {
     pub leader_changes: Counter,
     /// Agent sessions ended for missed heartbeats (their node is then marked down).
     pub heartbeat_misses: Counter,
+    /// Entries appended to this manager's Raft log, and their bytes as written (sealed).
+    pub log_entries: Counter,
+    pub log_bytes: Counter,
+    /// The size of the last snapshot this manager built (its encoded store), 0 before one.
+    pub snapshot_bytes: Gauge,
+    /// Building a snapshot: encoding the store and writing the file.
+    pub snapshot_latency: Histogram,
 }
 
 impl Default for ControlMetrics {
@@ -43,6 +51,10 @@ impl Default for ControlMetrics {
             apply_latency: Histogram::new(latency_buckets()),
             leader_changes: Counter::default(),
             heartbeat_misses: Counter::default(),
+            log_entries: Counter::default(),
+            log_bytes: Counter::default(),
+            snapshot_bytes: Gauge::default(),
+            snapshot_latency: Histogram::new(latency_buckets()),
         }
     }
 }
@@ -70,6 +82,29 @@ impl ControlMetrics {
             "dispatcher_heartbeat_misses",
             "Agent sessions this manager ended because their heartbeats stopped",
             self.heartbeat_misses.clone(),
+        );
+        registry.register(
+            "raft_log_entries",
+            "Entries appended to this manager's Raft log",
+            self.log_entries.clone(),
+        );
+        registry.register_with_unit(
+            "raft_log",
+            "Bytes of the entries appended to this manager's Raft log, as written (sealed)",
+            Unit::Bytes,
+            self.log_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "raft_snapshot",
+            "Size of the last snapshot this manager built (the encoded store)",
+            Unit::Bytes,
+            self.snapshot_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "raft_snapshot_latency",
+            "Time to build one snapshot: encode the store and write the file",
+            Unit::Seconds,
+            self.snapshot_latency.clone(),
         );
     }
 }

@@ -14,11 +14,17 @@ pub struct Scrape {
     pub running: f64,
 }
 
-pub async fn scrape(node: &Node) -> anyhow::Result<Scrape> {
+/// The text of a manager's metrics.
+pub async fn body(node: &Node) -> anyhow::Result<String> {
     let (code, body) = node.metrics_get("/metrics").await?;
     if code != 200 {
         bail!("{}'s metrics answered {code}", node.hostname());
     }
+    Ok(body)
+}
+
+pub async fn scrape(node: &Node) -> anyhow::Result<Scrape> {
+    let body = body(node).await?;
     let get = |name: &str| metric(&body, name).unwrap_or(0.0);
     Ok(Scrape {
         leader: get("mesh_raft_leader") == 1.0,

@@ -4,9 +4,11 @@
 
 use mesh_proto::{AssignmentsMessage, Config, Secret, Task, TaskState, assignments_message::Type};
 use std::collections::{BTreeSet, HashMap};
-use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
 
-use crate::store::{Event, Read, Store};
+use super::fanout::Fanout;
+use crate::store::{Read, Store};
 
 /// The secret and config ids a node needs for the tasks it holds: those of its tasks that may
 /// still run (desired state running or earlier), as SwarmKit's dispatcher sends them.
@@ -149,18 +151,29 @@ fn complete_set(first: AssignmentsMessage, tasks: Vec<Task>) -> Vec<AssignmentsM
     messages
 }
 
-/// Feeds `out` until the session closes or the receiver goes away.
+/// Feeds `out` until the session closes or the receiver goes away. The node's task changes come
+/// from the dispatcher's [`Fanout`], one batch per committed entry that touched the node.
 pub(super) async fn stream(
     store: Store,
+    fanout: Arc<Fanout>,
     node_id: String,
     mut closed: watch::Receiver<bool>,
     out: mpsc::Sender<Result<AssignmentsMessage, tonic::Status>>,
 ) {
     'resync: loop {
+        // Subscribed before the view: no entry after it is missed, and those it holds are skipped.
+        let Some(mut changes) = fanout.subscribe(&node_id) else {
+            return;
+        };
         // What the node was last told of: the secrets and configs it holds.
         let mut deps = Dependencies::default();
-        let ((tasks, first), mut events) = store.memory().view_and_watch(|tx| {
-            let tasks = tx.find::<Task>(|t| assigned_to(t, &node_id));
+        let (seen, (tasks, first)) = store.memory().view_at(|tx| {
+            let tasks: Vec<Task> = tx
+                .tasks_on_node(&node_id)
+                .into_iter()
+                .filter(|t| assigned_to(t, &node_id))
+                .cloned()
+                .collect();
             let mut first = AssignmentsMessage::default();
             add_dependencies(tx, &mut deps, Dependencies::of(&tasks), &mut first);
             (tasks, first)
@@ -178,65 +191,58 @@ pub(super) async fn stream(
                 return;
             }
         }
-        let mut pending = AssignmentsMessage {
-            r#type: Type::Incremental as i32,
-            ..Default::default()
-        };
         loop {
-            let event = tokio::select! {
+            let batch = tokio::select! {
                 _ = closed.changed() => return,
-                event = events.recv() => event,
+                batch = changes.recv() => batch,
             };
-            match event {
-                Ok(Event::Commit { .. }) => {
-                    if pending.update_tasks.is_empty() && pending.remove_tasks.is_empty() {
-                        continue;
+            // Dropped by the router (this stream fell behind, or the store was reset).
+            let Some(batch) = batch else {
+                continue 'resync;
+            };
+            if batch.index <= seen {
+                continue;
+            }
+            let mut pending = AssignmentsMessage {
+                r#type: Type::Incremental as i32,
+                ..Default::default()
+            };
+            for event in &batch.events {
+                let Some(task) = event.as_a::<Task>() else {
+                    continue;
+                };
+                let held = !event.is_delete() && assigned_to(task, &node_id);
+                match (held, sent.get(&task.id)) {
+                    (true, Some(desired)) if *desired == task.desired_state => {}
+                    (true, _) => {
+                        sent.insert(task.id.clone(), task.desired_state);
+                        holding.insert(task.id.clone(), task.clone());
+                        pending.remove_tasks.retain(|id| id != &task.id);
+                        pending.update_tasks.retain(|t| t.id != task.id);
+                        pending.update_tasks.push(task.clone());
                     }
-                    let needed = Dependencies::of(holding.values());
-                    if needed != deps {
-                        store.view(|tx| add_dependencies(tx, &mut deps, needed, &mut pending));
+                    (false, Some(_)) => {
+                        sent.remove(&task.id);
+                        holding.remove(&task.id);
+                        pending.update_tasks.retain(|t| t.id != task.id);
+                        pending.remove_tasks.push(task.id.clone());
                     }
-                    let size = prost::Message::encoded_len(&pending);
-                    if size > MESSAGE_BUDGET {
-                        // Too large for one incremental message: send the whole set, in parts.
-                        continue 'resync;
-                    }
-                    let message = std::mem::replace(
-                        &mut pending,
-                        AssignmentsMessage {
-                            r#type: Type::Incremental as i32,
-                            ..Default::default()
-                        },
-                    );
-                    if out.send(Ok(message)).await.is_err() {
-                        return;
-                    }
+                    (false, None) => {}
                 }
-                Ok(Event::Reset) | Err(RecvError::Lagged(_)) => continue 'resync,
-                Err(RecvError::Closed) => return,
-                Ok(event) => {
-                    let Some(task) = event.as_a::<Task>() else {
-                        continue;
-                    };
-                    let held = !event.is_delete() && assigned_to(task, &node_id);
-                    match (held, sent.get(&task.id)) {
-                        (true, Some(desired)) if *desired == task.desired_state => {}
-                        (true, _) => {
-                            sent.insert(task.id.clone(), task.desired_state);
-                            holding.insert(task.id.clone(), task.clone());
-                            pending.remove_tasks.retain(|id| id != &task.id);
-                            pending.update_tasks.retain(|t| t.id != task.id);
-                            pending.update_tasks.push(task.clone());
-                        }
-                        (false, Some(_)) => {
-                            sent.remove(&task.id);
-                            holding.remove(&task.id);
-                            pending.update_tasks.retain(|t| t.id != task.id);
-                            pending.remove_tasks.push(task.id.clone());
-                        }
-                        (false, None) => {}
-                    }
-                }
+            }
+            if pending.update_tasks.is_empty() && pending.remove_tasks.is_empty() {
+                continue;
+            }
+            let needed = Dependencies::of(holding.values());
+            if needed != deps {
+                store.view(|tx| add_dependencies(tx, &mut deps, needed, &mut pending));
+            }
+            if prost::Message::encoded_len(&pending) > MESSAGE_BUDGET {
+                // Too large for one incremental message: send the whole set, in parts.
+                continue 'resync;
+            }
+            if out.send(Ok(pending)).await.is_err() {
+                return;
             }
         }
     }

@@ -6,6 +6,7 @@
 //! and the orchestrators reschedule its tasks. The dispatcher serves only while this manager leads.
 
 mod assignments;
+mod fanout;
 mod logs;
 mod service;
 mod sessions;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::store::Store;
+use fanout::Fanout;
 use sessions::Sessions;
 use status::StatusBatch;
 
@@ -49,6 +51,8 @@ impl Default for DispatcherConfig {
 struct Inner {
     store: Store,
     sessions: Sessions,
+    /// Hands the store's changes to the sessions they concern.
+    fanout: Arc<Fanout>,
     broker: LogBroker,
     statuses: mpsc::UnboundedSender<StatusBatch>,
     active: watch::Sender<bool>,
@@ -75,6 +79,7 @@ impl Dispatcher {
             inner: Arc::new(Inner {
                 store,
                 sessions: Sessions::default(),
+                fanout: Arc::default(),
                 broker: LogBroker::default(),
                 statuses,
                 active: watch::channel(false).0,
@@ -109,6 +114,14 @@ impl Dispatcher {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let inner = self.inner.clone();
         inner.sessions.clear();
+        // The router is up before the first session: sessions and streams depend on it.
+        let (stop_routing, routing) = watch::channel(false);
+        let router = tokio::spawn(fanout::route(
+            inner.store.clone(),
+            inner.fanout.clone(),
+            routing,
+        ));
+        inner.fanout.wait_routing().await;
         inner.active.send_replace(true);
         tracing::info!("dispatcher started");
         let mut status_rx = self.status_rx.lock().await;
@@ -126,6 +139,8 @@ impl Dispatcher {
         }
         inner.active.send_replace(false);
         inner.sessions.clear();
+        stop_routing.send_replace(true);
+        let _ = router.await;
         tracing::info!("dispatcher stopped");
     }
 }

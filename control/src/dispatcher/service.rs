@@ -6,7 +6,7 @@ use mesh_proto::{
     AssignmentsMessage, AssignmentsRequest, Cluster, HeartbeatRequest, HeartbeatResponse,
     LogSubscription, LogSubscriptionsRequest, Node, NodeRole, NodeSpec, NodeState, NodeStatus,
     PublishLogsMessage, PublishLogsResponse, SessionMessage, SessionRequest,
-    UpdateTaskStatusRequest, UpdateTaskStatusResponse, WeightedPeer,
+    UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::fanout::SessionInputs;
 use super::status::StatusBatch;
 use super::{Inner, assignments};
 use crate::store::{Read, StoreError, new_id};
@@ -122,41 +123,25 @@ impl DispatcherService {
 }
 
 /// What a node must know about the cluster and its own place in it.
-fn session_message(inner: &Inner, session_id: &str, node_id: &str) -> SessionMessage {
-    inner.store.view(|tx| {
-        let managers = tx
-            .find::<Node>(|n| n.role == NodeRole::Manager as i32)
-            .into_iter()
-            .filter_map(|n| {
-                let addr = n.manager_status.as_ref()?.addr.clone();
-                Some(WeightedPeer {
-                    node_id: n.id,
-                    addr,
-                })
-            })
-            .collect();
-        let role = tx
-            .get::<Node>(node_id)
-            .map_or(NodeRole::Worker as i32, |n| n.role);
-        let cluster = tx.list::<Cluster>().into_iter().next();
-        let ca_rotation = cluster
-            .as_ref()
-            .and_then(|c| c.root_ca.as_ref())
-            .map_or(0, |r| r.rotation);
-        let gossip_keys = cluster.map(|c| c.gossip_keys).unwrap_or_default();
-        SessionMessage {
-            session_id: session_id.to_string(),
-            node_id: node_id.to_string(),
-            managers,
-            heartbeat_period_ns: inner.config.borrow().heartbeat_period.as_nanos() as i64,
-            role,
-            ca_rotation,
-            gossip_keys,
-        }
-    })
+fn session_message(
+    inputs: &SessionInputs,
+    period: std::time::Duration,
+    session_id: &str,
+    node_id: &str,
+) -> SessionMessage {
+    SessionMessage {
+        session_id: session_id.to_string(),
+        node_id: node_id.to_string(),
+        managers: inputs.managers.clone(),
+        heartbeat_period_ns: period.as_nanos() as i64,
+        role: inputs.role(node_id) as i32,
+        ca_rotation: inputs.ca_rotation,
+        gossip_keys: inputs.gossip_keys.clone(),
+    }
 }
 
 /// Sends the session message now and again whenever it would change, until the session closes.
+/// What it is built from is published by the dispatcher's router and its heartbeat monitor.
 async fn session_messages(
     inner: Arc<Inner>,
     session_id: String,
@@ -164,33 +149,22 @@ async fn session_messages(
     mut closed: watch::Receiver<bool>,
     out: mpsc::Sender<Result<SessionMessage, Status>>,
 ) {
-    let mut events = inner.store.memory().watch();
+    let mut inputs = inner.fanout.inputs();
+    let mut config = inner.config.subscribe();
     let mut last: Option<SessionMessage> = None;
     loop {
-        let message = session_message(&inner, &session_id, &node_id);
+        let period = config.borrow_and_update().heartbeat_period;
+        let message = session_message(&inputs.borrow_and_update(), period, &session_id, &node_id);
         if last.as_ref() != Some(&message) {
             if out.send(Ok(message.clone())).await.is_err() {
                 return;
             }
             last = Some(message);
         }
-        // Re-evaluate after each commit that touched a node or the cluster.
-        loop {
-            let event = tokio::select! {
-                _ = closed.wait_for(|c| *c) => return,
-                event = events.recv() => event,
-            };
-            match event {
-                Ok(event)
-                    if event.as_a::<Node>().is_some() || event.as_a::<Cluster>().is_some() =>
-                {
-                    break;
-                }
-                Ok(crate::store::Event::Reset)
-                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                Ok(_) => {}
-            }
+        tokio::select! {
+            _ = closed.wait_for(|c| *c) => return,
+            changed = inputs.changed() => if changed.is_err() { return },
+            changed = config.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -277,6 +251,7 @@ impl Dispatcher for DispatcherService {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(assignments::stream(
             self.inner.store.clone(),
+            self.inner.fanout.clone(),
             node_id,
             closed.clone(),
             tx,

@@ -26,7 +26,9 @@ pub fn accept_status(task: &Task, node_id: &str, new: &TaskStatus) -> bool {
     current.is_none_or(|c| c != new)
 }
 
-/// Writes `first` and whatever else is already queued in one transaction.
+/// Writes `first` and whatever else is already queued, in as few transactions as the reconciler
+/// batch size allows ([`WriteTx::is_full`](crate::store::WriteTx::is_full)): an agent's report
+/// of a thousand tasks, or many agents' at once, never make one transaction over the limit.
 pub(super) async fn write_batch(
     store: &Store,
     first: StatusBatch,
@@ -39,13 +41,29 @@ pub(super) async fn write_batch(
             Err(_) => break,
         }
     }
+    let reports: Vec<(&str, &TaskStatusUpdate)> = batches
+        .iter()
+        .flat_map(|b| b.updates.iter().map(move |u| (b.node_id.as_str(), u)))
+        .collect();
+    let mut written = 0;
+    while written < reports.len() {
+        match write_chunk(store, &reports[written..]).await {
+            Some(count) => written += count,
+            None => return,
+        }
+    }
+}
+
+/// Writes the reports from the start of `reports` that fit one transaction; how many it took,
+/// or `None` when they could not be written (then they are dropped, as logged).
+async fn write_chunk(store: &Store, reports: &[(&str, &TaskStatusUpdate)]) -> Option<usize> {
     // A conflict means a reconciler wrote one of the tasks meanwhile: re-read and apply again, for
     // an agent does not repeat a report (a removed task's last one would be lost).
     // A transient Raft error (a leader still settling in) is retried too, for a while.
     use crate::store::StoreError;
     for attempt in 0..50u32 {
-        match write_once(store, &batches).await {
-            Ok(()) => return,
+        match write_once(store, reports).await {
+            Ok(count) => return Some(count),
             // A task changed or was reaped between the read and the apply: read again (a reaped
             // task is skipped then), or the other reports of the batch would be lost with it.
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) if attempt < 10 => {
@@ -59,11 +77,12 @@ pub(super) async fn write_batch(
             }
             Err(err) => {
                 tracing::warn!(error = %err, "could not write task status batch");
-                return;
+                return None;
             }
         }
     }
     tracing::warn!("task status batch kept failing; dropped");
+    None
 }
 
 /// When the task first ran: kept from `current`, or `now` when `new` is its first RUNNING report.
@@ -74,35 +93,40 @@ pub fn started_at(current: Option<&TaskStatus>, new: &TaskStatus, now: i64) -> i
     }
 }
 
+/// One transaction of the reports from the start of `reports`, until it is full; returns how
+/// many it took (at least one).
 async fn write_once(
     store: &Store,
-    batches: &[StatusBatch],
-) -> Result<(), crate::store::StoreError> {
+    reports: &[(&str, &TaskStatusUpdate)],
+) -> Result<usize, crate::store::StoreError> {
     store
         .update(|tx| {
-            for batch in batches {
-                for update in &batch.updates {
-                    let (Some(mut task), Some(status)) =
-                        (tx.get::<Task>(&update.task_id), update.status.as_ref())
-                    else {
-                        continue;
-                    };
-                    if !accept_status(&task, &batch.node_id, status) {
-                        continue;
-                    }
-                    // Keep the scheduler's reason out of an agent's report; the manager
-                    // stamps when the task first ran (the update monitor counts from it).
-                    let started_at = started_at(task.status.as_ref(), status, now_nanos());
-                    task.status = Some(TaskStatus {
-                        scheduling_reason: String::new(),
-                        started_at,
-                        ..status.clone()
-                    });
-                    tracing::debug!(task.id = %task.id, state = status.state, "task status");
-                    tx.update(task)?;
+            let mut taken = 0;
+            for (node_id, update) in reports {
+                if tx.is_full() {
+                    break;
                 }
+                taken += 1;
+                let (Some(mut task), Some(status)) =
+                    (tx.get::<Task>(&update.task_id), update.status.as_ref())
+                else {
+                    continue;
+                };
+                if !accept_status(&task, node_id, status) {
+                    continue;
+                }
+                // Keep the scheduler's reason out of an agent's report; the manager
+                // stamps when the task first ran (the update monitor counts from it).
+                let started_at = started_at(task.status.as_ref(), status, now_nanos());
+                task.status = Some(TaskStatus {
+                    scheduling_reason: String::new(),
+                    started_at,
+                    ..status.clone()
+                });
+                tracing::debug!(task.id = %task.id, state = status.state, "task status");
+                tx.update(task)?;
             }
-            Ok(())
+            Ok(taken)
         })
         .await
 }
@@ -197,5 +221,67 @@ mod tests {
                 "{current:?} <- {new:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_report_is_written_in_batches_and_whole() {
+        use crate::limits::BATCH_WRITES;
+        let store = crate::store::direct_store();
+        let count = BATCH_WRITES * 2 + 7;
+        store
+            .update(|tx| {
+                for i in 0..count {
+                    tx.create(Task {
+                        id: format!("t{i:04}"),
+                        ..task("n1", TaskState::Assigned)
+                    })?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("created");
+        let entries = crate::store::writes_per_entry(&store);
+        let updates = (0..count)
+            .map(|i| TaskStatusUpdate {
+                task_id: format!("t{i:04}"),
+                status: Some(status(TaskState::Accepted, "accepted")),
+            })
+            .collect();
+        let (queue, mut rx) = mpsc::unbounded_channel();
+        // Another node's report, queued behind: refused (not its task), and no harm done.
+        queue
+            .send(StatusBatch {
+                node_id: "n2".into(),
+                updates: vec![TaskStatusUpdate {
+                    task_id: "t0000".into(),
+                    status: Some(status(TaskState::Failed, "not mine")),
+                }],
+            })
+            .expect("queued");
+        let first = StatusBatch {
+            node_id: "n1".into(),
+            updates,
+        };
+        write_batch(&store, first, &mut rx).await;
+        let accepted = store.view(|tx| {
+            tx.iter::<Task>()
+                .filter(|t| {
+                    t.status
+                        .as_ref()
+                        .is_some_and(|s| s.state == TaskState::Accepted as i32)
+                })
+                .count()
+        });
+        assert_eq!(accepted, count, "every report written");
+        // The recorder reads the watch on its own: let it catch up with the last commit.
+        let recorded = || entries.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for _ in 0..100 {
+            if recorded().iter().sum::<usize>() >= count {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let written = recorded();
+        assert_eq!(written, [BATCH_WRITES, BATCH_WRITES, 7], "{written:?}");
     }
 }

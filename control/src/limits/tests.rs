@@ -271,24 +271,20 @@ fn nodes_and_networks() {
 fn cluster_wide_tasks() {
     let global = with(|s| s.mode = Some(Mode::Global(GlobalService {})));
     let big = replicated(MAX_REPLICAS);
+    let ten = vec![&big; 10];
+    let ten_and_global: Vec<&ServiceSpec> = ten.iter().copied().chain([&global]).collect();
     // (case, services, nodes, wanted, refused)
     let cases: Vec<(&str, Vec<&ServiceSpec>, u64, u64, bool)> = vec![
         ("none", vec![], 3, 0, false),
-        ("two at the limit", vec![&big, &big], 3, 200_000, false),
+        ("ten at the limit", ten.clone(), 3, 1_000_000, false),
         (
             "a global service beyond",
-            vec![&big, &big, &global],
+            ten_and_global.clone(),
             3,
-            200_003,
+            1_000_003,
             true,
         ),
-        (
-            "global on no node",
-            vec![&big, &big, &global],
-            0,
-            200_000,
-            false,
-        ),
+        ("global on no node", ten_and_global, 0, 1_000_000, false),
     ];
     for (case, services, nodes, want, refused) in cases {
         let wanted = wanted_tasks(services, nodes);
@@ -296,8 +292,8 @@ fn cluster_wide_tasks() {
         assert_eq!(cluster_tasks(wanted).is_err(), refused, "{case}");
     }
     assert_eq!(
-        cluster_tasks(200_001).unwrap_err().to_string(),
-        "the cluster's services would want 200001 tasks, above the limit of 200000: scale \
+        cluster_tasks(1_000_001).unwrap_err().to_string(),
+        "the cluster's services would want 1000001 tasks, above the limit of 1000000: scale \
          other services down first"
     );
     assert_eq!(

@@ -108,7 +108,7 @@ pub fn plan_service(
 }
 
 fn plan_from_store(tx: &impl Read, id: &str, history: &RestartHistory, now: i64) -> Plan {
-    let tasks: Vec<&Task> = tx.iter::<Task>().filter(|t| t.service_id == id).collect();
+    let tasks: Vec<&Task> = tx.tasks_of_service(id);
     let Some(service) = tx.get::<Service>(id) else {
         return Plan::remove_all(&tasks, |t| t.slot == 0);
     };

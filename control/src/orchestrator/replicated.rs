@@ -139,21 +139,17 @@ pub fn plan_service(
 
 /// Plans the service `id` against the store as `tx` sees it, reading its tasks in place.
 fn plan_from_store(tx: &impl Read, id: &str, history: &RestartHistory, now: i64) -> Plan {
-    let tasks: Vec<&Task> = tx.iter::<Task>().filter(|t| t.service_id == id).collect();
+    let tasks: Vec<&Task> = tx.tasks_of_service(id);
     let Some(service) = tx.get::<Service>(id) else {
         return Plan::remove_all(&tasks, |t| t.slot != 0);
     };
     let Some(replicas) = task::replicas(&service) else {
         return Plan::default();
     };
-    let down: HashMap<String, bool> = tx
-        .list::<Node>()
-        .into_iter()
-        .map(|n| (n.id.clone(), task::is_down(&n)))
-        .collect();
-    // A task on a node that is down or no longer exists has been lost.
+    // A task on a node that is down or no longer exists has been lost (read in place: a plan
+    // per service and commit must not copy every node).
     let node_down =
-        |t: &Task| !t.node_id.is_empty() && down.get(&t.node_id).copied().unwrap_or(true);
+        |t: &Task| !t.node_id.is_empty() && tx.peek::<Node>(&t.node_id).is_none_or(task::is_down);
     plan_service(&service, replicas, tasks, &node_down, history, now)
 }
 
@@ -225,10 +221,15 @@ impl Reconcile for ReplicatedOrchestrator {
     async fn flush(&mut self, store: &Store) -> Option<Instant> {
         let nodes = std::mem::take(&mut self.dirty_nodes);
         if !nodes.is_empty() {
-            let on_nodes =
-                store.view(|tx| tx.find::<Task>(|t| t.slot != 0 && nodes.contains(&t.node_id)));
-            self.dirty
-                .extend(on_nodes.into_iter().map(|t| t.service_id));
+            let services: Vec<String> = store.view(|tx| {
+                nodes
+                    .iter()
+                    .flat_map(|node| tx.tasks_on_node(node))
+                    .filter(|t| t.slot != 0)
+                    .map(|t| t.service_id.clone())
+                    .collect()
+            });
+            self.dirty.extend(services);
         }
         self.timers.take_due(&mut self.dirty);
         if self.dirty.is_empty() {

@@ -74,14 +74,20 @@ impl TaskReaper {
     /// The ids of the tasks to delete among the dirty slots, as the store is now.
     fn plan(&self, tx: &impl Read) -> Vec<String> {
         let limit = retention(tx.list::<Cluster>().first());
-        let nodes: HashMap<String, Node> = tx
-            .list::<Node>()
-            .into_iter()
-            .map(|n| (n.id.clone(), n))
-            .collect();
+        let nodes: HashMap<&str, &Node> = tx.iter::<Node>().map(|n| (n.id.as_str(), n)).collect();
         // Read in place: only what is deleted is copied (its id).
         let mut slots: HashMap<(&str, SlotKey), Vec<&Task>> = HashMap::new();
-        for task in tx.iter::<Task>() {
+        // Every task, or the dirty services' tasks through the store's index.
+        let tasks: Box<dyn Iterator<Item = &Task>> = if self.all {
+            Box::new(tx.iter::<Task>())
+        } else {
+            Box::new(
+                self.dirty
+                    .keys()
+                    .flat_map(|service| tx.tasks_of_service(service)),
+            )
+        };
+        for task in tasks {
             let dirty = self.dirty.get(task.service_id.as_str());
             if !self.all && dirty.is_none() {
                 continue;
@@ -100,7 +106,7 @@ impl TaskReaper {
             delete.extend(
                 tasks
                     .iter()
-                    .filter(|t| removable(t, nodes.get(&t.node_id)))
+                    .filter(|t| removable(t, nodes.get(t.node_id.as_str()).copied()))
                     .map(|t| t.id.clone()),
             );
         }

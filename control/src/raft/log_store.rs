@@ -20,6 +20,7 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
+use prometheus_client::metrics::counter::Counter;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,6 +42,9 @@ type Result<T> = std::result::Result<T, StorageError<u64>>;
 pub struct LogStore {
     db: Arc<Database>,
     key: SealKey,
+    /// Entries appended and their bytes as written (sealed), for the metrics.
+    appended_entries: Counter,
+    appended_bytes: Counter,
 }
 
 impl LogStore {
@@ -55,7 +59,16 @@ impl LogStore {
         Ok(Self {
             db: Arc::new(db),
             key,
+            appended_entries: Counter::default(),
+            appended_bytes: Counter::default(),
         })
+    }
+
+    /// Counts appended entries into `entries` and their bytes on disk into `bytes`.
+    pub fn counted(mut self, entries: Counter, bytes: Counter) -> Self {
+        self.appended_entries = entries;
+        self.appended_bytes = bytes;
+        self
     }
 
     /// Runs `f` on the blocking pool with the database.
@@ -227,6 +240,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok((index, sealed))
             })
             .collect::<Result<Vec<_>>>()?;
+        let count = encoded.len() as u64;
+        let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         let written = self
             .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |db| {
                 let txn = db.begin_write()?;
@@ -241,7 +256,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await;
         match &written {
-            Ok(()) => callback.log_io_completed(Ok(())),
+            Ok(()) => {
+                self.appended_entries.inc_by(count);
+                self.appended_bytes.inc_by(bytes);
+                callback.log_io_completed(Ok(()))
+            }
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
         written

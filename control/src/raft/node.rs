@@ -134,6 +134,7 @@ impl RaftNode {
         let raft_config = Arc::new(config.openraft()?);
         let dir = config.dir.clone();
         let apply_latency = config.metrics.apply_latency.clone();
+        let metrics = config.metrics.clone();
         let (mut log_store, state_machine) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|source| RaftError::CreateDir {
                 path: dir.clone(),
@@ -141,12 +142,15 @@ impl RaftNode {
             })?;
             let key = SealKey::load_or_create(&dir)?;
             let path = dir.join("raft.redb");
-            let log_store =
-                LogStore::open(&path, key.clone()).map_err(|source| RaftError::OpenLog {
+            let log_store = LogStore::open(&path, key.clone())
+                .map_err(|source| RaftError::OpenLog {
                     path,
                     source: Box::new(source),
-                })?;
-            let state_machine = StateMachine::open(&dir, memory, key)?.timed(apply_latency);
+                })?
+                .counted(metrics.log_entries, metrics.log_bytes);
+            let state_machine = StateMachine::open(&dir, memory, key)?
+                .timed(apply_latency)
+                .measured(metrics.snapshot_bytes, metrics.snapshot_latency);
             Ok::<_, RaftError>((log_store, state_machine))
         })
         .await??;

@@ -1,9 +1,12 @@
 //! Batches concurrent store transactions into Raft entries.
 //!
 //! One task owns the write path: it takes the first waiting transaction, adds whatever else is
-//! already queued (up to [`MAX_BATCH_TXS`] transactions or [`MAX_BATCH_BYTES`]), proposes them as
-//! one [`Proposal`], and while that entry is being committed the next batch gathers in the queue.
-//! Each caller gets back its own transaction's result.
+//! already queued (up to [`MAX_BATCH_TXS`] transactions or [`MAX_BATCH_BYTES`]), and proposes them
+//! as one [`Proposal`]. Up to [`MAX_IN_FLIGHT`] entries are being committed at once, so that the
+//! write path is not one log write (an fsync) per round trip: Raft appends and replicates the
+//! entries in flight together. Each caller gets back its own transaction's result. Entries in
+//! flight together hold independent writers' transactions (a writer waits for its result before
+//! it writes again), and each is checked against the versions it read when it is applied.
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use openraft::Raft;
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::TypeConfig;
 use crate::store::{Proposer, StoreError};
@@ -22,6 +25,8 @@ use crate::store::{Proposer, StoreError};
 pub const MAX_BATCH_TXS: usize = 256;
 /// Stop adding transactions to an entry once they encode to this many bytes.
 pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Entries proposed and not yet committed, at most.
+pub const MAX_IN_FLIGHT: usize = 8;
 /// How long a proposal may wait to be committed before the caller is told there is no quorum.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 const QUEUE_DEPTH: usize = 4096;
@@ -69,6 +74,7 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
     commit_latency: Histogram,
 ) {
+    let in_flight = std::sync::Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let first = tokio::select! {
             pending = queue.recv() => match pending {
@@ -76,6 +82,17 @@ async fn run(
                 None => break,
             },
             _ = shutdown.changed() => break,
+        };
+        // Wait for room before gathering: what queues meanwhile joins this entry.
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => {
+                let _ = first.done.send(Err(StoreError::Shutdown));
+                break;
+            }
         };
         let mut bytes = first.tx.encoded_len();
         let mut batch = vec![first];
@@ -88,52 +105,61 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (transactions, waiters): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.tx, p.done)).unzip();
-        let count = transactions.len();
-        let proposal = Proposal { transactions };
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(proposal)).await;
-        if matches!(outcome, Ok(Ok(_))) {
-            commit_latency.observe(started.elapsed().as_secs_f64());
-        }
-        let results: Vec<Result<(), StoreError>> = match outcome {
-            Ok(Ok(response)) => {
-                tracing::debug!(
-                    log.index = response.log_id.index,
-                    txs = count,
-                    "proposal applied"
-                );
-                let results = response.data.results;
-                if results.len() == count {
-                    results
-                        .into_iter()
-                        .map(|r| r.map_err(StoreError::from))
-                        .collect()
-                } else {
-                    let message = format!("{} results for {count} transactions", results.len());
-                    (0..count)
-                        .map(|_| Err(StoreError::Raft(message.clone())))
-                        .collect()
-                }
-            }
-            Ok(Err(error)) => {
-                let error = store_error(error);
-                tracing::debug!(txs = count, %error, "proposal refused");
-                (0..count).map(|_| Err(clone_error(&error))).collect()
-            }
-            Err(_) => {
-                tracing::warn!(txs = count, timeout = ?COMMIT_TIMEOUT, "proposal not committed in time");
-                (0..count).map(|_| Err(StoreError::NoQuorum)).collect()
-            }
-        };
-        for (done, result) in waiters.into_iter().zip(results) {
-            let _ = done.send(result);
-        }
+        let (raft, commit_latency) = (raft.clone(), commit_latency.clone());
+        tokio::spawn(async move {
+            commit(&raft, batch, &commit_latency).await;
+            drop(permit);
+        });
     }
     queue.close();
     while let Ok(pending) = queue.try_recv() {
         let _ = pending.done.send(Err(StoreError::Shutdown));
+    }
+}
+
+/// Proposes `batch` as one entry and tells each caller its transaction's result.
+async fn commit(raft: &Raft<TypeConfig>, batch: Vec<Pending>, commit_latency: &Histogram) {
+    let (transactions, waiters): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.tx, p.done)).unzip();
+    let count = transactions.len();
+    let proposal = Proposal { transactions };
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(proposal)).await;
+    if matches!(outcome, Ok(Ok(_))) {
+        commit_latency.observe(started.elapsed().as_secs_f64());
+    }
+    let results: Vec<Result<(), StoreError>> = match outcome {
+        Ok(Ok(response)) => {
+            tracing::debug!(
+                log.index = response.log_id.index,
+                txs = count,
+                "proposal applied"
+            );
+            let results = response.data.results;
+            if results.len() == count {
+                results
+                    .into_iter()
+                    .map(|r| r.map_err(StoreError::from))
+                    .collect()
+            } else {
+                let message = format!("{} results for {count} transactions", results.len());
+                (0..count)
+                    .map(|_| Err(StoreError::Raft(message.clone())))
+                    .collect()
+            }
+        }
+        Ok(Err(error)) => {
+            let error = store_error(error);
+            tracing::debug!(txs = count, %error, "proposal refused");
+            (0..count).map(|_| Err(clone_error(&error))).collect()
+        }
+        Err(_) => {
+            tracing::warn!(txs = count, timeout = ?COMMIT_TIMEOUT, "proposal not committed in time");
+            (0..count).map(|_| Err(StoreError::NoQuorum)).collect()
+        }
+    };
+    for (done, result) in waiters.into_iter().zip(results) {
+        let _ = done.send(result);
     }
 }
 

@@ -8,6 +8,8 @@
     reason = "openraft's storage traits return its large StorageError; boxing it here buys nothing"
 )]
 
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +35,9 @@ pub struct StateMachine {
     last_applied: Option<LogId<u64>>,
     last_membership: StoredMembership<u64, BasicNode>,
     apply_latency: prometheus_client::metrics::histogram::Histogram,
+    /// The size of the last snapshot built and the time building one takes.
+    snapshot_bytes: Gauge,
+    snapshot_latency: Histogram,
 }
 
 impl StateMachine {
@@ -48,6 +53,8 @@ impl StateMachine {
             apply_latency: prometheus_client::metrics::histogram::Histogram::new(
                 crate::metrics::latency_buckets(),
             ),
+            snapshot_bytes: Gauge::default(),
+            snapshot_latency: Histogram::new(crate::metrics::latency_buckets()),
         };
         if let Some((meta, data)) = loaded {
             machine.restore(&meta, &data)?;
@@ -63,6 +70,13 @@ impl StateMachine {
     /// Records the time each committed entry takes to apply into `histogram`.
     pub fn timed(mut self, histogram: prometheus_client::metrics::histogram::Histogram) -> Self {
         self.apply_latency = histogram;
+        self
+    }
+
+    /// Records each snapshot's size into `bytes` and the time building it takes into `latency`.
+    pub fn measured(mut self, bytes: Gauge, latency: Histogram) -> Self {
+        self.snapshot_bytes = bytes;
+        self.snapshot_latency = latency;
         self
     }
 
@@ -114,6 +128,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// Captures the state now, between two applies; encoding and writing happen in the builder.
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
+            snapshot_bytes: self.snapshot_bytes.clone(),
+            snapshot_latency: self.snapshot_latency.clone(),
+            started: std::time::Instant::now(),
             snapshots: self.snapshots.clone(),
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
@@ -151,6 +168,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// The store's state at one applied log id, waiting to be encoded and written.
 pub struct SnapshotBuilder {
+    snapshot_bytes: Gauge,
+    snapshot_latency: Histogram,
+    /// When the state was captured: building counts from there.
+    started: std::time::Instant,
     snapshots: SnapshotFile,
     last_applied: Option<LogId<u64>>,
     last_membership: StoredMembership<u64, BasicNode>,
@@ -175,6 +196,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         self.snapshots.save(meta.clone(), data.clone()).await?;
+        self.snapshot_bytes
+            .set(i64::try_from(data.len()).unwrap_or(i64::MAX));
+        self.snapshot_latency
+            .observe(self.started.elapsed().as_secs_f64());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -1,13 +1,14 @@
 //! A node as the scheduler sees it: the node, the tasks holding resources on it, what is left.
 
 use mesh_proto::{Node, PublishMode, Resources, Task, TaskState};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A port published on a node in host mode: the protocol (`PortProtocol` as stored) and number.
 pub type HostPort = (i32, u32);
 
 /// One node's snapshot: what its tasks hold and its resources still free for reservations. It
-/// keeps counts, not the tasks: building it reads them in place.
+/// keeps counts, not the tasks: building it reads them in place, and a task's change is
+/// accounted for by removing its old state and adding its new one.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     node: Node,
@@ -17,8 +18,9 @@ pub struct NodeInfo {
     /// Tasks on the node meant to keep running (desired state at most RUNNING), by service.
     active_by_service: HashMap<String, usize>,
     active: usize,
-    /// Host-mode ports the node's tasks publish, stopping ones included until they have stopped.
-    host_ports: HashSet<HostPort>,
+    /// Host-mode ports the node's tasks publish, stopping ones included until they have stopped,
+    /// with how many tasks publish each.
+    host_ports: HashMap<HostPort, usize>,
 }
 
 impl NodeInfo {
@@ -36,7 +38,7 @@ impl NodeInfo {
             available,
             active_by_service: HashMap::new(),
             active: 0,
-            host_ports: HashSet::new(),
+            host_ports: HashMap::new(),
         };
         for task in tasks {
             if task.node_id == info.node.id && holds_resources(task) {
@@ -76,7 +78,7 @@ impl NodeInfo {
 
     /// Whether a task here publishes `port` in host mode.
     pub fn uses_host_port(&self, port: HostPort) -> bool {
-        self.host_ports.contains(&port)
+        self.host_ports.contains_key(&port)
     }
 
     /// Accounts for `task` placed here: its reservations and host-mode ports and, if it should
@@ -85,7 +87,9 @@ impl NodeInfo {
         let reserved = reservations(task);
         self.available.nano_cpus -= reserved.nano_cpus;
         self.available.memory_bytes -= reserved.memory_bytes;
-        self.host_ports.extend(host_ports(task));
+        for port in host_ports(task) {
+            *self.host_ports.entry(port).or_default() += 1;
+        }
         if task.desired_state <= TaskState::Running as i32 {
             *self
                 .active_by_service
@@ -94,6 +98,32 @@ impl NodeInfo {
             self.active += 1;
         }
         self.held += 1;
+    }
+
+    /// Undoes [`NodeInfo::add_task`] of `task` as it was added (the task no longer holds
+    /// resources here, or it changed and is added again as it is now).
+    pub(crate) fn remove_task(&mut self, task: &Task) {
+        let reserved = reservations(task);
+        self.available.nano_cpus += reserved.nano_cpus;
+        self.available.memory_bytes += reserved.memory_bytes;
+        for port in host_ports(task) {
+            if let Some(count) = self.host_ports.get_mut(&port) {
+                *count -= 1;
+                if *count == 0 {
+                    self.host_ports.remove(&port);
+                }
+            }
+        }
+        if task.desired_state <= TaskState::Running as i32 {
+            if let Some(count) = self.active_by_service.get_mut(&task.service_id) {
+                *count -= 1;
+                if *count == 0 {
+                    self.active_by_service.remove(&task.service_id);
+                }
+            }
+            self.active = self.active.saturating_sub(1);
+        }
+        self.held = self.held.saturating_sub(1);
     }
 }
 
@@ -199,5 +229,26 @@ mod tests {
         assert!(!info.uses_host_port((tcp, 6060)), "not started");
         assert!(!info.uses_host_port((tcp, 5050)), "ingress mode");
         assert!(!info.uses_host_port((tcp, 0)), "not numbered");
+    }
+
+    #[test]
+    fn removing_a_task_undoes_adding_it() {
+        let tcp = PortProtocol::Tcp as i32;
+        let a = running_on(host_port(reserving(task("t1", "s1"), CPU, GIB), 8080), "n1");
+        let b = running_on(host_port(reserving(task("t2", "s2"), CPU, 0), 8080), "n1");
+        let mut stopping = running_on(reserving(task("t3", "s1"), CPU, GIB), "n1");
+        stopping.desired_state = TaskState::Shutdown as i32;
+        let empty = NodeInfo::new(node("n1"), &[]);
+        let mut info = NodeInfo::new(node("n1"), [&a, &b, &stopping]);
+        assert_eq!((info.held_tasks(), info.active_tasks()), (3, 2));
+        info.remove_task(&a);
+        assert!(info.uses_host_port((tcp, 8080)), "t2 still publishes it");
+        assert_eq!(info.service_tasks("s1"), 0);
+        info.remove_task(&b);
+        info.remove_task(&stopping);
+        assert!(!info.uses_host_port((tcp, 8080)));
+        assert_eq!(info.available(), empty.available());
+        assert_eq!((info.held_tasks(), info.active_tasks()), (0, 0));
+        assert_eq!(info.service_tasks("s2"), 0);
     }
 }

@@ -3,11 +3,15 @@
 //! A pass decides at most [`SCHEDULE_BATCH`] tasks and commits them in one transaction; with more
 //! waiting, the loop yields and goes on with the next batch, so that a hundred thousand pending
 //! tasks never make one giant write nor keep the store's lock for long. Reads are in place: a
-//! pass copies only the tasks it decides.
+//! pass copies only the tasks it decides. The nodes' snapshots ([`NodeInfo`]) are kept between
+//! passes and brought up to date from the store's events, so a pass costs its batch times the
+//! nodes, not every task in the store: a node's is rebuilt (from the store's index of the tasks
+//! on it) only when the node itself changed, and all of them only after a reset or missed events.
 
 use mesh_proto::{Node, Task, TaskState};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -49,6 +53,12 @@ struct Work {
     rescan: bool,
     /// No pass before this instant (set after a failed commit).
     not_before: Option<Instant>,
+    /// Every node's snapshot as of the events observed so far.
+    nodes: BTreeMap<String, NodeInfo>,
+    /// Nodes whose snapshot is rebuilt at the next pass (they changed, appeared or went).
+    rebuild: BTreeSet<String>,
+    /// Rebuild every node's snapshot at the next pass.
+    rebuild_all: bool,
 }
 
 impl Scheduler {
@@ -67,6 +77,7 @@ impl Scheduler {
         let (pending, mut events) = self.store.memory().view_and_watch(pending_ids);
         let mut work = Work {
             queued: pending,
+            rebuild_all: true,
             ..Default::default()
         };
         debug!(tasks = work.queued.len(), "scheduler started");
@@ -77,21 +88,11 @@ impl Scheduler {
             let due = work.not_before.is_none_or(|at| Instant::now() >= at);
             if due && work.has_work() {
                 work.not_before = None;
-                self.pass(&mut work).await;
+                if !self.pass(&mut work, &mut events).await {
+                    break 'run;
+                }
                 if work.has_work() && work.not_before.is_none() {
-                    // More than a batch waits: take in what has happened meanwhile, let the
-                    // rest of the manager run, and go on.
-                    loop {
-                        match events.try_recv() {
-                            Ok(event) => work.observe(&event),
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Lagged(missed)) => {
-                                warn!(missed, "scheduler fell behind the store; rescanning");
-                                work.rescan = true;
-                            }
-                            Err(TryRecvError::Closed) => break 'run,
-                        }
-                    }
+                    // More than a batch waits: let the rest of the manager run, and go on.
                     tokio::task::yield_now().await;
                     continue;
                 }
@@ -137,13 +138,32 @@ impl Scheduler {
     }
 
     /// Decides for a batch of the queued tasks against a fresh view and commits it in one
-    /// transaction; the rest stay queued.
-    async fn pass(&self, work: &mut Work) {
-        if std::mem::take(&mut work.retry_unschedulable) {
-            work.queued.extend(work.unschedulable.iter().cloned());
-        }
-        let rescan = std::mem::take(&mut work.rescan);
+    /// transaction; the rest stay queued. False when the store is gone.
+    async fn pass(&self, work: &mut Work, events: &mut broadcast::Receiver<Event>) -> bool {
+        let mut open = true;
         let (nodes, batch) = self.store.view(|tx| {
+            // Every event of the state in view is in the channel (they are sent under the write
+            // lock): taking them in now brings the nodes' snapshots to exactly this view.
+            loop {
+                match events.try_recv() {
+                    Ok(event) => work.observe(&event),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(missed)) => {
+                        warn!(missed, "scheduler fell behind the store; rescanning");
+                        work.rescan = true;
+                        work.rebuild_all = true;
+                    }
+                    Err(TryRecvError::Closed) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if std::mem::take(&mut work.retry_unschedulable) {
+                work.queued.extend(work.unschedulable.iter().cloned());
+            }
+            work.refresh_nodes(tx);
+            let rescan = std::mem::take(&mut work.rescan);
             if rescan {
                 // Every pending task is queued again; whatever is no longer pending is forgotten.
                 let pending: BTreeSet<String> = tx
@@ -172,10 +192,13 @@ impl Scheduler {
             batch.sort_by(|a, b| {
                 (&a.service_id, a.slot, &a.id).cmp(&(&b.service_id, b.slot, &b.id))
             });
-            (node_infos(tx), batch)
+            (work.nodes.values().cloned().collect(), batch)
         });
+        if !open {
+            return false;
+        }
         if batch.is_empty() {
-            return;
+            return true;
         }
 
         let decisions = schedule(&nodes, &batch);
@@ -239,6 +262,7 @@ impl Scheduler {
                 work.not_before = Some(Instant::now() + delay);
             }
         }
+        true
     }
 }
 
@@ -277,19 +301,9 @@ fn apply_decision(mut task: Task, decision: &Decision) -> Option<Task> {
     }
 }
 
-/// Node snapshots counting every task that holds resources, read in place.
-fn node_infos(tx: &ReadTx<'_>) -> Vec<NodeInfo> {
-    let mut on_node: HashMap<&str, Vec<&Task>> = HashMap::new();
-    for task in tx.iter::<Task>().filter(|t| holds_resources(t)) {
-        on_node.entry(task.node_id.as_str()).or_default().push(task);
-    }
-    tx.list::<Node>()
-        .into_iter()
-        .map(|node| {
-            let tasks = on_node.remove(node.id.as_str()).unwrap_or_default();
-            NodeInfo::new(node, tasks)
-        })
-        .collect()
+/// A node's snapshot counting the tasks that hold resources on it, read in place.
+fn node_info(tx: &ReadTx<'_>, node: &Node) -> NodeInfo {
+    NodeInfo::new(node.clone(), tx.tasks_on_node(&node.id))
 }
 
 fn pending_ids(tx: &ReadTx<'_>) -> BTreeSet<String> {
@@ -311,6 +325,42 @@ fn is_active_on_node(task: &Task) -> bool {
 }
 
 impl Work {
+    /// Rebuilds the snapshots of the nodes that changed (all of them when needed) from `tx`.
+    fn refresh_nodes(&mut self, tx: &ReadTx<'_>) {
+        if std::mem::take(&mut self.rebuild_all) {
+            self.rebuild.clear();
+            self.nodes = tx
+                .iter::<Node>()
+                .map(|node| (node.id.clone(), node_info(tx, node)))
+                .collect();
+        }
+        for id in std::mem::take(&mut self.rebuild) {
+            match tx.peek::<Node>(&id) {
+                Some(node) => {
+                    self.nodes.insert(id, node_info(tx, node));
+                }
+                None => {
+                    self.nodes.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Accounts for a task's change in its nodes' snapshots: what it held as it was, what it
+    /// holds as it is.
+    fn account(&mut self, old: Option<&Task>, new: Option<&Task>) {
+        if let Some(old) = old.filter(|t| holds_resources(t))
+            && let Some(info) = self.nodes.get_mut(&old.node_id)
+        {
+            info.remove_task(old);
+        }
+        if let Some(new) = new.filter(|t| holds_resources(t))
+            && let Some(info) = self.nodes.get_mut(&new.node_id)
+        {
+            info.add_task(new);
+        }
+    }
+
     fn has_work(&self) -> bool {
         self.rescan
             || !self.queued.is_empty()
@@ -324,6 +374,7 @@ impl Work {
             Err(RecvError::Lagged(missed)) => {
                 warn!(missed, "scheduler fell behind the store; rescanning");
                 self.rescan = true;
+                self.rebuild_all = true;
             }
             Err(RecvError::Closed) => return false,
         }
@@ -333,9 +384,16 @@ impl Work {
     fn observe(&mut self, event: &Event) {
         if matches!(event, Event::Reset) {
             self.rescan = true;
+            self.rebuild_all = true;
         } else if let Some(task) = event.as_a::<Task>() {
+            if event.is_delete() {
+                self.account(Some(task), None);
+            } else {
+                self.account(event.old_as::<Task>(), Some(task));
+            }
             self.observe_task(event, task);
         } else if let Some(node) = event.as_a::<Node>() {
+            self.rebuild.insert(node.id.clone());
             let changed = match event.old_as::<Node>() {
                 Some(old) => placement_changed(old, node),
                 None => !event.is_delete(),

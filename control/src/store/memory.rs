@@ -5,7 +5,7 @@ use mesh_proto::{
     Transaction, Version, store_action,
 };
 use parking_lot::{RwLock, RwLockReadGuard};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -26,6 +26,52 @@ pub struct Tables {
     pub(crate) networks: BTreeMap<String, Network>,
     pub(crate) secrets: BTreeMap<String, Secret>,
     pub(crate) configs: BTreeMap<String, Config>,
+    /// Task ids by service and by node: what reads one service's or one node's tasks without
+    /// scanning every task (a reconciler of one service, a node's assignments).
+    pub(crate) tasks_by_service: HashMap<String, BTreeSet<String>>,
+    pub(crate) tasks_by_node: HashMap<String, BTreeSet<String>>,
+    /// The log index of the last entry applied (0 after a snapshot is restored, until the next).
+    pub(crate) applied: u64,
+}
+
+/// Moves a task's ids in the indexes from where `old` had them to where `new` has them.
+fn reindex(
+    by_service: &mut HashMap<String, BTreeSet<String>>,
+    by_node: &mut HashMap<String, BTreeSet<String>>,
+    old: Option<&Task>,
+    new: Option<&Task>,
+) {
+    fn keys(t: &Task) -> (&str, &str) {
+        (&t.service_id, &t.node_id)
+    }
+    if old.map(keys) == new.map(keys) {
+        return;
+    }
+    for (index, key) in [
+        (&mut *by_service, old.map(|t| &t.service_id)),
+        (&mut *by_node, old.map(|t| &t.node_id)),
+    ] {
+        let (Some(key), Some(task)) = (key, old) else {
+            continue;
+        };
+        if let Some(ids) = index.get_mut(key.as_str()) {
+            ids.remove(&task.id);
+            if ids.is_empty() {
+                index.remove(key.as_str());
+            }
+        }
+    }
+    let Some(task) = new else {
+        return;
+    };
+    for (index, key) in [(by_service, &task.service_id), (by_node, &task.node_id)] {
+        if !key.is_empty() {
+            index
+                .entry(key.clone())
+                .or_default()
+                .insert(task.id.clone());
+        }
+    }
 }
 
 /// Why a transaction was refused when applied. Deterministic: every manager refuses it alike.
@@ -77,6 +123,12 @@ impl MemoryStore {
         f(&ReadTx::new(&tables))
     }
 
+    /// Reads under the lock, with the log index of the last entry the view holds.
+    pub fn view_at<T>(&self, f: impl FnOnce(&ReadTx<'_>) -> T) -> (u64, T) {
+        let tables = self.read();
+        (tables.applied, f(&ReadTx::new(&tables)))
+    }
+
     /// Reads and subscribes under one lock: no event after the view is missed.
     pub fn view_and_watch<T>(
         &self,
@@ -110,6 +162,7 @@ impl MemoryStore {
             .iter()
             .map(|tx| apply_transaction(&mut tables, index, tx, &mut events))
             .collect();
+        tables.applied = index;
         // Sent under the write lock so that view_and_watch never sees a state without its events.
         for event in events {
             let _ = self.events.send(event);
@@ -134,6 +187,9 @@ impl MemoryStore {
     pub fn restore(&self, snapshot: StoreSnapshot) {
         let mut tables = self.tables.write();
         *tables = Tables {
+            tasks_by_service: HashMap::new(),
+            tasks_by_node: HashMap::new(),
+            applied: 0,
             nodes: snapshot
                 .nodes
                 .into_iter()
@@ -170,6 +226,15 @@ impl MemoryStore {
                 .map(|o| (o.id.clone(), o))
                 .collect(),
         };
+        let Tables {
+            tasks,
+            tasks_by_service,
+            tasks_by_node,
+            ..
+        } = &mut *tables;
+        for task in tasks.values() {
+            reindex(tasks_by_service, tasks_by_node, None, Some(task));
+        }
         let _ = self.events.send(Event::Reset);
     }
 }
@@ -294,7 +359,23 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
     match object {
         Object::Node(o) => tables.nodes.insert(o.id.clone(), o).map(Object::Node),
         Object::Service(o) => tables.services.insert(o.id.clone(), o).map(Object::Service),
-        Object::Task(o) => tables.tasks.insert(o.id.clone(), o).map(Object::Task),
+        Object::Task(o) => {
+            let id = o.id.clone();
+            let old = tables.tasks.insert(o.id.clone(), o);
+            let Tables {
+                tasks,
+                tasks_by_service,
+                tasks_by_node,
+                ..
+            } = tables;
+            reindex(
+                tasks_by_service,
+                tasks_by_node,
+                old.as_ref(),
+                tasks.get(&id),
+            );
+            old.map(Object::Task)
+        }
         Object::Cluster(o) => tables.clusters.insert(o.id.clone(), o).map(Object::Cluster),
         Object::Network(o) => tables.networks.insert(o.id.clone(), o).map(Object::Network),
         Object::Secret(o) => tables.secrets.insert(o.id.clone(), o).map(Object::Secret),
@@ -306,7 +387,16 @@ fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
     match kind {
         Kind::Node => tables.nodes.remove(id).map(Object::Node),
         Kind::Service => tables.services.remove(id).map(Object::Service),
-        Kind::Task => tables.tasks.remove(id).map(Object::Task),
+        Kind::Task => {
+            let old = tables.tasks.remove(id);
+            reindex(
+                &mut tables.tasks_by_service,
+                &mut tables.tasks_by_node,
+                old.as_ref(),
+                None,
+            );
+            old.map(Object::Task)
+        }
         Kind::Cluster => tables.clusters.remove(id).map(Object::Cluster),
         Kind::Network => tables.networks.remove(id).map(Object::Network),
         Kind::Secret => tables.secrets.remove(id).map(Object::Secret),

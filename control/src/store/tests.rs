@@ -160,3 +160,111 @@ async fn a_transaction_above_the_limit_is_refused_and_changes_nothing() {
         .await
         .expect("under the limit");
 }
+
+fn placed(id: &str, service: &str, node: &str) -> Task {
+    Task {
+        id: id.into(),
+        service_id: service.into(),
+        node_id: node.into(),
+        ..Default::default()
+    }
+}
+
+fn task_ids(tasks: Vec<&Task>) -> Vec<&str> {
+    tasks.into_iter().map(|t| t.id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn tasks_are_read_by_service_and_node_through_the_index() {
+    let store = direct_store();
+    store
+        .update(|tx| {
+            tx.create(placed("t3", "s1", "n1"))?;
+            tx.create(placed("t1", "s1", ""))?;
+            tx.create(placed("t2", "s2", "n1"))?;
+            tx.create(placed("t4", "s1", "n2"))
+        })
+        .await
+        .expect("create");
+    // Moved to another node, and deleted: the index follows.
+    store
+        .update(|tx| {
+            let t1 = tx.get::<Task>("t1").expect("t1");
+            tx.update(Task {
+                node_id: "n2".into(),
+                ..t1
+            })?;
+            tx.delete::<Task>("t4")
+        })
+        .await
+        .expect("update");
+    let check = |tx: &dyn Fn(&str, &str) -> Vec<String>| {
+        let cases: [(&str, &str, &[&str]); 6] = [
+            ("service", "s1", &["t1", "t3"]),
+            ("service", "s2", &["t2"]),
+            ("service", "none", &[]),
+            ("node", "n1", &["t2", "t3"]),
+            ("node", "n2", &["t1"]),
+            ("node", "", &[]),
+        ];
+        for (by, key, want) in cases {
+            assert_eq!(tx(by, key), want, "{by} {key:?}");
+        }
+    };
+    store.view(|tx| {
+        check(&|by, key| {
+            let tasks = match by {
+                "service" => tx.tasks_of_service(key),
+                _ => tx.tasks_on_node(key),
+            };
+            task_ids(tasks).into_iter().map(String::from).collect()
+        })
+    });
+    // A snapshot restored rebuilds the index.
+    let restored = MemoryStore::new();
+    restored.restore(store.memory().snapshot());
+    restored.view(|tx| {
+        check(&|by, key| {
+            let tasks = match by {
+                "service" => tx.tasks_of_service(key),
+                _ => tx.tasks_on_node(key),
+            };
+            task_ids(tasks).into_iter().map(String::from).collect()
+        })
+    });
+    // A write reads the index merged with its own changes.
+    store
+        .memory()
+        .write_tx(|tx| {
+            tx.create(placed("t0", "s1", "n1"))?;
+            let t3 = tx.get::<Task>("t3").expect("t3");
+            tx.update(Task {
+                node_id: "n2".into(),
+                ..t3
+            })?;
+            tx.delete::<Task>("t2")?;
+            assert_eq!(task_ids(tx.tasks_of_service("s1")), ["t0", "t1", "t3"]);
+            assert_eq!(task_ids(tx.tasks_of_service("s2")), Vec::<&str>::new());
+            assert_eq!(task_ids(tx.tasks_on_node("n1")), ["t0"]);
+            assert_eq!(task_ids(tx.tasks_on_node("n2")), ["t1", "t3"]);
+            Ok(())
+        })
+        .expect("read");
+}
+
+#[test]
+fn a_view_tells_the_index_of_the_last_entry_it_holds() {
+    let memory = MemoryStore::new();
+    assert_eq!(memory.view_at(|_| ()).0, 0);
+    let tx = memory
+        .write_tx(|tx| tx.create(placed("t1", "s1", "n1")))
+        .expect("write")
+        .0;
+    memory.apply(
+        7,
+        &mesh_proto::Proposal {
+            transactions: vec![tx],
+        },
+    );
+    assert_eq!(memory.view_at(|tx| tx.tasks_on_node("n1").len()), (7, 1));
+}

@@ -1,7 +1,7 @@
 //! Read and write transactions over the in-memory tables.
 
-use mesh_proto::{Meta, StoreAction, Transaction, store_action};
-use std::collections::BTreeMap;
+use mesh_proto::{Meta, StoreAction, Task, Transaction, store_action};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::memory::Tables;
 use super::object::{Kind, Object, StoreObject};
@@ -31,6 +31,27 @@ pub trait Read {
     fn find<T: StoreObject>(&self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
         self.iter::<T>().filter(|o| pred(o)).cloned().collect()
     }
+
+    /// The tasks of service `service_id`, in id order, borrowed: read through the store's
+    /// index, not by scanning every task.
+    fn tasks_of_service(&self, service_id: &str) -> Vec<&Task>;
+
+    /// The tasks on node `node_id`, in id order, borrowed (through the index too).
+    fn tasks_on_node(&self, node_id: &str) -> Vec<&Task>;
+}
+
+/// The tasks whose ids `index` holds under `key`, as `tables` has them.
+fn indexed<'a>(
+    tables: &'a Tables,
+    index: &'a std::collections::HashMap<String, BTreeSet<String>>,
+    key: &str,
+) -> Vec<&'a Task> {
+    index
+        .get(key)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| tables.tasks.get(id))
+        .collect()
 }
 
 pub struct ReadTx<'a> {
@@ -50,6 +71,14 @@ impl Read for ReadTx<'_> {
 
     fn iter<T: StoreObject>(&self) -> impl Iterator<Item = &T> {
         T::table(self.tables).values()
+    }
+
+    fn tasks_of_service(&self, service_id: &str) -> Vec<&Task> {
+        indexed(self.tables, &self.tables.tasks_by_service, service_id)
+    }
+
+    fn tasks_on_node(&self, node_id: &str) -> Vec<&Task> {
+        indexed(self.tables, &self.tables.tasks_by_node, node_id)
     }
 }
 
@@ -189,8 +218,57 @@ impl<'a> WriteTx<'a> {
     }
 }
 
+impl WriteTx<'_> {
+    /// The stored tasks the index holds under `key`, merged with this transaction's changed tasks,
+    /// those of them for which `keep` holds, in id order.
+    fn indexed_with_changes<'s>(
+        &'s self,
+        index: &'s std::collections::HashMap<String, BTreeSet<String>>,
+        key: &str,
+        keep: impl Fn(&Task) -> bool,
+    ) -> Vec<&'s Task> {
+        let mut changed = self
+            .changes
+            .range((Kind::Task, String::new())..)
+            .take_while(|((kind, _), _)| *kind == Kind::Task)
+            .map(|((_, id), _)| id.as_str())
+            .peekable();
+        if changed.peek().is_none() {
+            // No task written yet (a reconciler planning from a fresh transaction): the index.
+            return indexed(self.tables, index, key);
+        }
+        let ids: BTreeSet<&str> = index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(changed)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.peek::<Task>(id))
+            .filter(|t| keep(t))
+            .collect()
+    }
+}
+
 impl Read for WriteTx<'_> {
+    fn tasks_of_service(&self, service_id: &str) -> Vec<&Task> {
+        self.indexed_with_changes(&self.tables.tasks_by_service, service_id, |t| {
+            t.service_id == service_id
+        })
+    }
+
+    fn tasks_on_node(&self, node_id: &str) -> Vec<&Task> {
+        self.indexed_with_changes(&self.tables.tasks_by_node, node_id, |t| {
+            t.node_id == node_id
+        })
+    }
+
     fn peek<T: StoreObject>(&self, id: &str) -> Option<&T> {
+        if self.changes.is_empty() {
+            // Nothing written yet: the stored object, without building a key to look up.
+            return T::table(self.tables).get(id);
+        }
         match self.changes.get(&(T::KIND, id.to_string())) {
             Some(change) => change.next.as_ref().and_then(T::from_object),
             None => T::table(self.tables).get(id),
