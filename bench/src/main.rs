@@ -14,6 +14,7 @@ mod overlay;
 mod plot;
 mod run;
 mod scale;
+mod summary_line;
 mod update;
 
 use std::path::PathBuf;

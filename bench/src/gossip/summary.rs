@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// The fields every line has, in their order; [`Summary::extra`] follow them.
 pub const REQUIRED: [&str; 5] = [
@@ -72,33 +72,8 @@ impl std::str::FromStr for Summary {
 
     /// Reads a summary line back: the prefix, the required fields in their order, then any more.
     fn from_str(line: &str) -> anyhow::Result<Self> {
-        let rest = line
-            .trim_end()
-            .strip_prefix("gossip: ")
-            .context("a gossip summary line starts with \"gossip: \"")?;
-        let mut fields = Vec::new();
-        for word in rest.split(' ') {
-            let (key, value) = word
-                .split_once('=')
-                .with_context(|| format!("field {word:?} is not key=value"))?;
-            if key.is_empty() || value.is_empty() {
-                bail!("field {word:?} has an empty key or value");
-            }
-            fields.push((key.to_owned(), value.to_owned()));
-        }
-        if fields.len() < REQUIRED.len() {
-            bail!(
-                "{} fields, at least {} expected",
-                fields.len(),
-                REQUIRED.len()
-            );
-        }
-        let extra = fields.split_off(REQUIRED.len());
-        for ((key, _), want) in fields.iter().zip(REQUIRED) {
-            if key != want {
-                bail!("field {key:?} where {want:?} belongs");
-            }
-        }
+        let (fields, extra) =
+            crate::summary_line::fields(line, "gossip: ", "gossip summary line", &REQUIRED)?;
         let real = |i: usize| -> anyhow::Result<f64> {
             let (key, value) = &fields[i];
             value
