@@ -20,6 +20,7 @@ mod agent;
 pub mod args;
 mod executor;
 mod figures;
+mod phases;
 mod probe;
 pub mod summary;
 
@@ -28,15 +29,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use mesh_proto::control_client::ControlClient;
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{
     Annotations, ContainerSpec, CreateServiceRequest, ListNodesRequest, NodeState,
-    ReplicatedService, ServiceSpec, TaskSpec,
+    ReplicatedService, Service, ServiceSpec, TaskSpec, UpdateServiceRequest,
 };
 use mesh_tests::cluster::MANAGER_PORT;
 use mesh_tests::meshctl::BIN_DIR_ENV;
 use mesh_tests::{BUSYBOX_IMAGE, Cluster};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tonic::transport::Channel;
 
 use agent::Counters;
 use args::{Plan, ScaleArgs};
@@ -53,23 +56,19 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     let plan = Plan::new(&args)?;
     if args.release {
         let bins = ["-p", "mesh-agent", "-p", "mesh-control", "--bins"];
-        let (nodes, tasks, managers, services) = (
-            plan.nodes.to_string(),
-            plan.tasks.to_string(),
-            plan.managers.to_string(),
-            plan.services.to_string(),
-        );
-        let again = [
-            "scale",
-            "--nodes",
-            &nodes,
-            "--tasks",
-            &tasks,
-            "--managers",
-            &managers,
-            "--services",
-            &services,
-        ];
+        let mut again: Vec<String> = vec!["scale".into()];
+        let mut flag = |name: &str, value: String| again.extend([format!("--{name}"), value]);
+        match plan.scenario {
+            Some(args::Scenario::Swarm3k) => flag("scenario", "swarm3k".into()),
+            None => {
+                flag("nodes", plan.nodes.to_string());
+                flag("tasks", plan.tasks.to_string());
+                flag("services", plan.services.to_string());
+            }
+        }
+        flag("managers", plan.managers.to_string());
+        flag("batch", plan.batch.to_string());
+        let again: Vec<&str> = again.iter().map(String::as_str).collect();
         return crate::run::again_in_release(&bins, &again, &[(BIN_DIR_ENV, "target/release")]);
     }
     let profile = match std::env::var(BIN_DIR_ENV) {
@@ -81,12 +80,12 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     };
     crate::run::ensure_open_files(u64::from(plan.nodes) + 1024, "the simulated nodes")?;
     eprintln!("starting {} manager(s)", plan.managers);
-    let cluster = Cluster::builder()
+    let mut cluster = Cluster::builder()
         .managers(usize::from(plan.managers))
         .quiet()
         .start()
         .await?;
-    let result = measure(&cluster, plan).await;
+    let result = measure(&mut cluster, plan).await;
     let close = cluster.close();
     let summary = result?;
     close?;
@@ -100,7 +99,7 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
+async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     let first = cluster.manager();
     for node in cluster.nodes() {
         first
@@ -138,7 +137,8 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
         let hostname = format!("sim{i:05}");
         // Each node advertises an address of its own (the host's, a port each).
         let addr = format!("{host}:{}", 10_000 + i);
-        nodes.push(tokio::spawn(async move {
+        let name = hostname.clone();
+        let node = tokio::spawn(async move {
             let mut last = String::new();
             for _ in 0..JOIN_TRIES {
                 let joined = {
@@ -152,7 +152,8 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             let _ = failures.send(format!("{hostname} could not join: {last}"));
-        }));
+        });
+        nodes.push((name, node));
     }
     let everyone = plan.nodes as usize + usize::from(plan.managers);
     let join_limit = crate::run::LIMIT + Duration::from_millis(20) * plan.nodes;
@@ -184,30 +185,48 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
         plan.services
     );
 
-    let leader = &cluster.nodes()[probe::leader(cluster.nodes()).await?];
+    let leader_index = probe::leader(cluster.nodes()).await?;
+    let leader = &cluster.nodes()[leader_index];
     let before = probe::scrape(leader).await?;
     let pid = leader.meshd_pid().context("the leader's meshd is gone")?;
     let body_before = probe::body(leader).await?;
     let cpu_before = figures::process_cpu_seconds(pid)?;
     let started = Instant::now();
+    let mut services = Vec::with_capacity(plan.services as usize);
     for s in 0..plan.services {
-        client
+        let replicas = plan.replicas_at(plan.after_batch(0), s);
+        let service = client
             .create_service(CreateServiceRequest {
-                spec: Some(spec(&format!("scale{s:04}"), plan.replicas(s))),
+                spec: Some(spec(&format!("scale{s:04}"), replicas)),
             })
             .await
-            .with_context(|| format!("creating service {s}"))?;
+            .with_context(|| format!("creating service {s}"))?
+            .into_inner();
+        services.push(service);
     }
     let created = started.elapsed();
     let run_limit = crate::run::LIMIT + Duration::from_millis(2) * u32::try_from(plan.tasks)?;
     let mut last_shown = Instant::now();
+    let mut batch = 0;
     let after = loop {
         if let Ok(failure) = failed.try_recv() {
             bail!("{failure}");
         }
         let now = probe::scrape(leader).await?;
-        if now.running as u64 >= plan.tasks {
-            break now;
+        let wanted = plan.after_batch(batch);
+        if now.running as u64 >= wanted {
+            if wanted == plan.tasks {
+                break now;
+            }
+            batch += 1;
+            eprintln!(
+                "  {:.1} s: batch {batch} of {} running ({wanted} tasks); scaling to {}",
+                started.elapsed().as_secs_f64(),
+                plan.batches(),
+                plan.after_batch(batch)
+            );
+            scale_to(&mut client, &mut services, &plan, plan.after_batch(batch)).await?;
+            continue;
         }
         if started.elapsed() > run_limit {
             bail!(
@@ -291,10 +310,39 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
         ms(node_ls)
     );
 
+    let lost = if plan.nodes >= phases::LOST_SHARE {
+        let loss = phases::lose_nodes(&mut client, &nodes, plan.tasks).await?;
+        println!(
+            "  losing {} nodes at once: all marked down {:.2} s later, their tasks running on \
+             the others {:.2} s after the loss",
+            loss.lost,
+            loss.down.as_secs_f64(),
+            loss.rescheduled.as_secs_f64()
+        );
+        Some(loss)
+    } else {
+        println!(
+            "  node loss: not tried (fewer than {} nodes)",
+            phases::LOST_SHARE
+        );
+        None
+    };
+    let still = everyone - lost.as_ref().map_or(0, |l| l.lost);
+    let restart = phases::restart_leader(cluster, leader_index, still, plan.tasks).await?;
+    println!(
+        "  the leader killed and started again: back (snapshot loaded, log replayed) in {:.2} s{}",
+        restart.back.as_secs_f64(),
+        restart.ready.map_or(String::new(), |r| format!(
+            "; all {still} nodes Ready again and every task running {:.2} s after its start",
+            r.as_secs_f64()
+        ))
+    );
+
     stop.send_replace(true);
-    for node in nodes {
+    for (_, node) in nodes {
         let _ = tokio::time::timeout(Duration::from_secs(10), node).await;
     }
+    let secs_or_none = |d: Option<Duration>| figures::or_none(d.map(|d| d.as_secs_f64()), 2);
     Ok(Summary {
         nodes: u64::from(plan.nodes),
         tasks: plan.tasks,
@@ -323,8 +371,62 @@ async fn measure(cluster: &Cluster, plan: Plan) -> anyhow::Result<Summary> {
                 figures::or_none(raft.snapshot_bytes.map(|b| b / 1024.0), 1),
             ),
             ("snapshot-s".into(), figures::or_none(raft.snapshot_s, 2)),
-        ],
+            ("batches".into(), plan.batches().to_string()),
+            (
+                "lost-nodes".into(),
+                lost.as_ref().map_or(0, |l| l.lost).to_string(),
+            ),
+            (
+                "lost-down-s".into(),
+                secs_or_none(lost.as_ref().map(|l| l.down)),
+            ),
+            (
+                "rescheduled-s".into(),
+                secs_or_none(lost.as_ref().map(|l| l.rescheduled)),
+            ),
+            (
+                "restart-s".into(),
+                format!("{:.2}", restart.back.as_secs_f64()),
+            ),
+            ("restart-ready-s".into(), secs_or_none(restart.ready)),
+        ]
+        .into_iter()
+        .chain(
+            plan.scenario
+                .map(|_| ("scenario".to_string(), "swarm3k".to_string())),
+        )
+        .collect(),
     })
+}
+
+/// Scales the services up so that `total` tasks are wanted, split as the plan splits them.
+async fn scale_to(
+    client: &mut ControlClient<Channel>,
+    services: &mut [Service],
+    plan: &Plan,
+    total: u64,
+) -> anyhow::Result<()> {
+    for (index, service) in (0u64..).zip(services.iter_mut()) {
+        let mut spec = service.spec.clone().context("a service without its spec")?;
+        let replicas = plan.replicas_at(total, index);
+        if let Some(Mode::Replicated(r)) = spec.mode.as_mut() {
+            if r.replicas == replicas {
+                continue;
+            }
+            r.replicas = replicas;
+        }
+        *service = client
+            .update_service(UpdateServiceRequest {
+                service_id: service.id.clone(),
+                version: service.meta.as_ref().and_then(|m| m.version),
+                spec: Some(spec),
+                rollback: false,
+            })
+            .await
+            .with_context(|| format!("scaling service {index} to {replicas}"))?
+            .into_inner();
+    }
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {

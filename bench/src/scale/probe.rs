@@ -12,6 +12,8 @@ pub struct Scrape {
     pub leader: bool,
     pub commit_index: f64,
     pub running: f64,
+    /// Agent sessions the manager serves.
+    pub sessions: f64,
 }
 
 /// The text of a manager's metrics.
@@ -30,6 +32,7 @@ pub async fn scrape(node: &Node) -> anyhow::Result<Scrape> {
         leader: get("mesh_raft_leader") == 1.0,
         commit_index: get("mesh_raft_commit_index"),
         running: get("mesh_tasks{state=\"running\"}"),
+        sessions: get("mesh_dispatcher_sessions"),
     })
 }
 

@@ -241,3 +241,58 @@ async fn task_filters_hold_across_chunks() {
     assert_eq!(chunks.len(), 1, "an empty list is one empty message");
     assert!(chunks[0].tasks.is_empty());
 }
+
+/// Read through the indexes or by a scan, every combination of filters gives what a plain
+/// filter of every task gives, in id order, each task once even when a name is repeated.
+#[tokio::test]
+async fn task_filters_agree_with_a_scan() {
+    let store = direct_store();
+    let mut all: Vec<Task> = (0..5_000).map(task).collect();
+    all[7].desired_state = TaskState::Shutdown as i32;
+    all[1007].desired_state = TaskState::Shutdown as i32;
+    write_all(&store, all.clone()).await;
+    let node = |i: usize| format!("node-{i:04}");
+    let service = |i: usize| format!("service-{i:05}");
+    let running = TaskState::Running as i32;
+    let shutdown = TaskState::Shutdown as i32;
+    let cases: Vec<(Vec<String>, Vec<String>, Vec<i32>)> = vec![
+        (vec![], vec![node(7)], vec![]),
+        (vec![], vec![node(7), node(7), node(8)], vec![running]),
+        (vec![], vec![node(7)], vec![shutdown]),
+        (vec![service(7)], vec![], vec![]),
+        (
+            vec![service(7), service(1007)],
+            vec![node(7)],
+            vec![shutdown],
+        ),
+        (vec![service(8)], vec![node(7)], vec![]),
+        (vec![], (0..1000).map(node).collect(), vec![running]),
+        (vec![], vec![], vec![shutdown]),
+    ];
+    for (services_wanted, nodes_wanted, desired) in cases {
+        let want: Vec<&Task> = all
+            .iter()
+            .filter(|t| services_wanted.is_empty() || services_wanted.contains(&t.service_id))
+            .filter(|t| nodes_wanted.is_empty() || nodes_wanted.contains(&t.node_id))
+            .filter(|t| desired.is_empty() || desired.contains(&t.desired_state))
+            .collect();
+        let request = ListTasksRequest {
+            service_ids: services_wanted.clone(),
+            node_ids: nodes_wanted.clone(),
+            desired_states: desired.clone(),
+        };
+        let got: Vec<Task> = services::list_tasks(&store, request)
+            .into_iter()
+            .flat_map(|c| c.tasks)
+            .collect();
+        let ids = |tasks: &[&Task]| tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+        let mut sorted = ids(&want);
+        sorted.sort();
+        assert_eq!(
+            ids(&got.iter().collect::<Vec<_>>()),
+            sorted,
+            "services {services_wanted:?} nodes {} desired {desired:?}",
+            nodes_wanted.len()
+        );
+    }
+}

@@ -8,7 +8,7 @@ use mesh_proto::{
     ServiceLogsRequest, ServiceSpec, Task, TaskState, UpdateServiceRequest, UpdateState,
     UpdateStatus, service_spec::Mode,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -292,12 +292,29 @@ fn count_entry_len(tag: u32, id: &String, count: u64) -> usize {
 /// The tasks the request's filters select (each filter, when given, lists the values allowed),
 /// from one read, in chunks of at most [`LIST_CHUNK_BYTES`].
 pub(super) fn list_tasks(store: &Store, req: ListTasksRequest) -> Vec<ListTasksResponse> {
+    // Sets, and the store's indexes when a filter names nodes or services: a request naming
+    // thousands of nodes costs their tasks, not every task times every name.
+    let services: BTreeSet<&str> = req.service_ids.iter().map(String::as_str).collect();
+    let nodes: BTreeSet<&str> = req.node_ids.iter().map(String::as_str).collect();
+    let desired: BTreeSet<i32> = req.desired_states.iter().copied().collect();
+    let wanted = |t: &&Task| {
+        (services.is_empty() || services.contains(t.service_id.as_str()))
+            && (nodes.is_empty() || nodes.contains(t.node_id.as_str()))
+            && (desired.is_empty() || desired.contains(&t.desired_state))
+    };
     let tasks = store.view_promptly(|tx| {
-        tx.find::<Task>(|t| {
-            (req.service_ids.is_empty() || req.service_ids.contains(&t.service_id))
-                && (req.node_ids.is_empty() || req.node_ids.contains(&t.node_id))
-                && (req.desired_states.is_empty() || req.desired_states.contains(&t.desired_state))
-        })
+        let mut tasks: Vec<Task> = if !nodes.is_empty() {
+            let on = nodes.iter().flat_map(|n| tx.tasks_on_node(n));
+            on.filter(wanted).cloned().collect()
+        } else if !services.is_empty() {
+            let of = services.iter().flat_map(|s| tx.tasks_of_service(s));
+            of.filter(wanted).cloned().collect()
+        } else {
+            tx.iter::<Task>().filter(wanted).cloned().collect()
+        };
+        // In id order, as a scan gives them.
+        tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        tasks
     });
     split(
         tasks,

@@ -1,0 +1,194 @@
+//! What the benchmark does to the cluster once every task runs: a tenth of the nodes lost at
+//! once, then the leader killed and started again.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mesh_proto::control_client::ControlClient;
+use mesh_proto::{
+    ListNodesRequest, ListServicesRequest, ListTasksRequest, NodeState, TaskState, gather,
+};
+use mesh_tests::Cluster;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use super::{POLL, probe};
+
+/// The share of the nodes lost at once.
+pub const LOST_SHARE: u32 = 10;
+/// How long the lost nodes' tasks may take to run elsewhere before the run fails.
+const RESCHEDULE_LIMIT: Duration = Duration::from_secs(180);
+/// How long a restarted manager may take to be back before the run fails.
+const RESTART_LIMIT: Duration = Duration::from_secs(300);
+
+/// Tasks wanted running and reported running, over every service (`service ls`'s count).
+async fn running(client: &mut ControlClient<Channel>) -> anyhow::Result<u64> {
+    let listed = gather(
+        client
+            .list_services(ListServicesRequest {})
+            .await?
+            .into_inner(),
+    )
+    .await?;
+    Ok(listed.running_tasks.values().sum())
+}
+
+/// How long losing the nodes took to undo.
+pub struct Loss {
+    pub lost: usize,
+    /// Until the managers marked every lost node down.
+    pub down: Duration,
+    /// Until none of the lost nodes' tasks is wanted running any more and `tasks` tasks run
+    /// again (on the other nodes).
+    pub rescheduled: Duration,
+}
+
+/// Loses one node in [`LOST_SHARE`] at once: their sessions end with no goodbye (their tasks,
+/// connections and heartbeats stop together, as when their machines lose power). Times until the
+/// leader has marked them down and until their tasks run elsewhere.
+pub async fn lose_nodes(
+    client: &mut ControlClient<Channel>,
+    nodes: &[(String, JoinHandle<()>)],
+    tasks: u64,
+) -> anyhow::Result<Loss> {
+    let lost: Vec<&(String, JoinHandle<()>)> = nodes
+        .iter()
+        .skip(LOST_SHARE as usize - 1)
+        .step_by(LOST_SHARE as usize)
+        .collect();
+    let listed = gather(client.list_nodes(ListNodesRequest {}).await?.into_inner()).await?;
+    let names: BTreeSet<&str> = lost.iter().map(|(name, _)| name.as_str()).collect();
+    let ids: Vec<String> = listed
+        .nodes
+        .iter()
+        .filter(|n| {
+            let name = n.description.as_ref().map_or("", |d| d.hostname.as_str());
+            names.contains(name)
+        })
+        .map(|n| n.id.clone())
+        .collect();
+    if ids.len() != lost.len() {
+        bail!(
+            "{} of the {} nodes to lose are listed",
+            ids.len(),
+            lost.len()
+        );
+    }
+    let on_lost = ListTasksRequest {
+        node_ids: ids.clone(),
+        desired_states: vec![TaskState::Running as i32],
+        ..Default::default()
+    };
+    let before = gather(client.list_tasks(on_lost.clone()).await?.into_inner()).await?;
+    eprintln!(
+        "losing {} nodes at once ({} tasks on them)",
+        lost.len(),
+        before.tasks.len()
+    );
+    let started = Instant::now();
+    for (_, node) in &lost {
+        node.abort();
+    }
+    let mut down = None;
+    loop {
+        if down.is_none() {
+            let listed = gather(client.list_nodes(ListNodesRequest {}).await?.into_inner()).await?;
+            let gone = listed
+                .nodes
+                .iter()
+                .filter(|n| ids.contains(&n.id))
+                .filter(|n| n.status.as_ref().map(|s| s.state) == Some(NodeState::Down as i32))
+                .count();
+            if gone == ids.len() {
+                down = Some(started.elapsed());
+            }
+        }
+        let left = gather(client.list_tasks(on_lost.clone()).await?.into_inner()).await?;
+        if down.is_some() && left.tasks.is_empty() && running(client).await? >= tasks {
+            break;
+        }
+        if started.elapsed() > RESCHEDULE_LIMIT {
+            bail!(
+                "{} tasks still wanted on lost nodes and {} of {tasks} running {RESCHEDULE_LIMIT:?} \
+                 after losing {} nodes",
+                left.tasks.len(),
+                running(client).await?,
+                lost.len()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(Loss {
+        lost: lost.len(),
+        down: down.context("the lost nodes were never all down")?,
+        rescheduled: started.elapsed(),
+    })
+}
+
+/// How long a manager killed at this size took to come back.
+pub struct Restart {
+    /// From starting meshd again to its answering `node ls` with everything it had applied
+    /// before (its snapshot loaded and its log replayed).
+    pub back: Duration,
+    /// With one manager: until `nodes` nodes have opened their sessions again and `tasks`
+    /// tasks run.
+    pub ready: Option<Duration>,
+}
+
+/// SIGKILLs the leader (`cluster.nodes()[leader]`) and starts it again.
+pub async fn restart_leader(
+    cluster: &mut Cluster,
+    leader: usize,
+    nodes: usize,
+    tasks: u64,
+) -> anyhow::Result<Restart> {
+    let applied = probe::scrape(&cluster.nodes()[leader]).await?.commit_index;
+    let node = &mut cluster.nodes_mut()[leader];
+    eprintln!(
+        "killing {}'s meshd (the leader, {applied:.0} entries applied) and starting it again",
+        node.hostname()
+    );
+    node.kill_meshd();
+    let started = Instant::now();
+    node.restart_meshd().await?;
+    loop {
+        if probe::scrape(node)
+            .await
+            .is_ok_and(|s| s.commit_index >= applied)
+        {
+            break;
+        }
+        if started.elapsed() > RESTART_LIMIT {
+            bail!(
+                "{} not back {RESTART_LIMIT:?} after its restart",
+                node.hostname()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = started.elapsed();
+    if cluster.nodes().len() > 1 {
+        return Ok(Restart { back, ready: None });
+    }
+    let node = &cluster.nodes()[leader];
+    let mut client = crate::api_load::connect(node.socket()).await?;
+    loop {
+        // Ready in the store proves nothing here (the restart kept it): the sessions count.
+        let sessions = probe::scrape(node).await?.sessions as usize;
+        if sessions >= nodes && running(&mut client).await? >= tasks {
+            break;
+        }
+        if started.elapsed() > RESTART_LIMIT {
+            bail!(
+                "{sessions} of {nodes} nodes with a session {RESTART_LIMIT:?} after the \
+                 manager's restart"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(Restart {
+        back,
+        ready: Some(started.elapsed()),
+    })
+}
