@@ -66,7 +66,7 @@ pub async fn run(
     mut statuses: mpsc::UnboundedReceiver<TaskStatusUpdate>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     let mut attempt = 0usize;
     // Reports that could not be delivered; sent first on the next session.
     let mut unsent: Vec<TaskStatusUpdate> = Vec::new();
@@ -101,13 +101,11 @@ pub async fn run(
                 let _ = shutdown.wait_for(|s| *s).await;
                 return;
             }
-            Err(SessionError::Ended | SessionError::Renewed) => {
-                backoff = Duration::from_millis(100);
-            }
+            Err(SessionError::Ended | SessionError::Renewed) => backoff.reset(),
             Err(err) => {
                 leader = leader_hint(&err);
                 if leader.is_some() {
-                    backoff = Duration::from_millis(50);
+                    backoff.hinted();
                 }
                 tracing::warn!(manager = %addr, error = %err, "session failed; reconnecting");
                 attempt += 1;
@@ -115,10 +113,51 @@ pub async fn run(
             Ok(()) => {}
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The wait before the next session attempt: a ceiling doubling from 100 ms to 2 s after each
+/// failure, and each wait drawn at random between half the ceiling and all of it, so that the
+/// thousands of nodes that lost their manager at the same instant (its restart, a failover) do
+/// not all knock again in the same millisecond, wave after wave (swarmkit's agent draws its
+/// waits at random too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    ceiling: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(100);
+    /// After a manager named the leader: that one is tried soon.
+    pub const HINTED: Duration = Duration::from_millis(50);
+    pub const MAX: Duration = Duration::from_secs(2);
+
+    /// Back to the first ceiling (a session that ended normally, or was renewed).
+    pub fn reset(&mut self) {
+        self.ceiling = Self::FIRST;
+    }
+
+    pub fn hinted(&mut self) {
+        self.ceiling = Self::HINTED;
+    }
+
+    /// This wait, drawn under the ceiling; the ceiling doubles for the next.
+    pub fn next_wait(&mut self) -> Duration {
+        let ceiling = self.ceiling;
+        self.ceiling = (ceiling * 2).min(Self::MAX);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rand::random_range(nanos / 2..=nanos))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            ceiling: Self::FIRST,
+        }
     }
 }
 
@@ -397,6 +436,38 @@ fn serve_logs(
 mod tests {
     use super::*;
     use mesh_proto::{Secret, Task, assignments_message::Type};
+
+    /// Waits double up to the maximum, each drawn between half its ceiling and all of it, and
+    /// spread: many nodes failing together do not all wait the same time.
+    #[test]
+    fn backoff_doubles_to_its_maximum_and_spreads_its_waits() {
+        let mut backoff = Backoff::default();
+        let ceilings = [100, 200, 400, 800, 1600, 2000, 2000];
+        for ceiling in ceilings.map(Duration::from_millis) {
+            let wait = backoff.next_wait();
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{wait:?} under {ceiling:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_wait() <= Backoff::FIRST);
+        backoff.hinted();
+        assert!(backoff.next_wait() <= Backoff::HINTED);
+
+        let waits: std::collections::BTreeSet<Duration> =
+            (0..1000).map(|_| Backoff::default().next_wait()).collect();
+        assert!(
+            waits.len() > 900,
+            "only {} distinct first waits",
+            waits.len()
+        );
+        let (low, high) = (waits.first().copied(), waits.last().copied());
+        assert!(
+            low < Some(Duration::from_millis(60)) && high > Some(Duration::from_millis(90)),
+            "first waits span {low:?}..{high:?}"
+        );
+    }
 
     fn part(ids: &[&str], partial: bool) -> AssignmentsMessage {
         AssignmentsMessage {

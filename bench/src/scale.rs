@@ -330,7 +330,9 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     let still = everyone - lost.as_ref().map_or(0, |l| l.lost);
     let restart = phases::restart_leader(cluster, leader_index, still, plan.tasks).await?;
     println!(
-        "  the leader killed and started again: back (snapshot loaded, log replayed) in {:.2} s{}",
+        "  the leader killed and started again: leading {} s after its start, back (snapshot \
+         loaded, log replayed, `node ls` answering) in {:.2} s{}",
+        figures::or_none(restart.leading.map(|d| d.as_secs_f64()), 2),
         restart.back.as_secs_f64(),
         restart.ready.map_or(String::new(), |r| format!(
             "; all {still} nodes Ready again and every task running {:.2} s after its start",

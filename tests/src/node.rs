@@ -64,33 +64,8 @@ impl Node {
 
     /// `GET path` of this node's metrics server: the status code and the body.
     pub async fn metrics_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let url = self.metrics_url().context("this node serves no metrics")?;
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches("/metrics")
-            .to_owned();
-        let mut stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            stream.read_to_string(&mut response),
-        )
-        .await
-        .context("the metrics server did not answer within 10 s")??;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no HTTP head in the answer")?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("no status in {head:?}"))?;
-        Ok((code, body.to_owned()))
+        http_get(&url, path).await
     }
 
     /// Runs `docker -H <this node's dockerd> ARGS`.
@@ -242,4 +217,35 @@ impl Drop for Node {
             self.dockerd.log_tail(20)
         );
     }
+}
+
+/// `GET path` of the metrics server at `url` (`http://ADDR:PORT/metrics`): the status code and the
+/// body. Needs no [`Node`], so that a meshd being restarted can be watched meanwhile.
+pub async fn http_get(url: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .context("the metrics server did not answer within 10 s")??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP head in the answer")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_agent::session::PartialSet;
+use mesh_agent::session::{Backoff, PartialSet};
 use mesh_agent::worker::Worker;
 use mesh_control::ca::{NodeKey, TlsIdentity, connect, connect_with_roots, fetch_root_ca, token};
 use mesh_proto::dispatcher_client::DispatcherClient;
@@ -91,6 +91,9 @@ pub async fn run(
     let mut unsent: Vec<TaskStatusUpdate> = Vec::new();
     let mut leader: Option<String> = None;
     let mut attempt = 0usize;
+    // The real agent's waits between attempts, so that a manager's restart meets the same
+    // crowd of reconnections as with real nodes.
+    let mut backoff = Backoff::default();
     loop {
         let addr = leader
             .take()
@@ -99,18 +102,24 @@ pub async fn run(
             outcome = session(&node, &addr, &worker, &mut statuses, &mut unsent, &counters) => outcome,
             _ = stop.wait_for(|s| *s) => break,
         };
-        if let Err(status) = outcome {
-            leader = status
-                .metadata()
-                .get(mesh_control::api::LEADER_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            tracing::debug!(node = %node.hostname, error = %status.message(), "session failed");
+        match outcome {
+            Err(status) => {
+                leader = status
+                    .metadata()
+                    .get(mesh_control::api::LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if leader.is_some() {
+                    backoff.hinted();
+                }
+                tracing::debug!(node = %node.hostname, error = %status.message(), "session failed");
+            }
+            Ok(()) => backoff.reset(),
         }
         counters.reconnects.fetch_add(1, Ordering::Relaxed);
         attempt += 1;
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }

@@ -128,6 +128,9 @@ pub async fn lose_nodes(
 
 /// How long a manager killed at this size took to come back.
 pub struct Restart {
+    /// From starting meshd again to its metrics saying it leads (with one manager: its log
+    /// opened, its snapshot loaded and an election won).
+    pub leading: Option<Duration>,
     /// From starting meshd again to its answering `node ls` with everything it had applied
     /// before (its snapshot loaded and its log replayed).
     pub back: Duration,
@@ -151,6 +154,18 @@ pub async fn restart_leader(
     );
     node.kill_meshd();
     let started = Instant::now();
+    // Watched from beside the restart, which holds the node until `node ls` answers.
+    let url = node.metrics_url().context("the leader serves no metrics")?;
+    let mut watch = tokio::spawn(async move {
+        loop {
+            if let Ok((200, body)) = mesh_tests::node::http_get(&url, "/metrics").await
+                && probe::metric(&body, "mesh_raft_leader") == Some(1.0)
+            {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
     node.restart_meshd().await?;
     loop {
         if probe::scrape(node)
@@ -167,9 +182,21 @@ pub async fn restart_leader(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // With several managers another one may lead by now: the restarted one never does again.
+    let leading = match tokio::time::timeout(Duration::from_secs(1), &mut watch).await {
+        Ok(Ok(leading)) => Some(leading),
+        _ => {
+            watch.abort();
+            None
+        }
+    };
     let back = started.elapsed();
     if cluster.nodes().len() > 1 {
-        return Ok(Restart { back, ready: None });
+        return Ok(Restart {
+            leading,
+            back,
+            ready: None,
+        });
     }
     let node = &cluster.nodes()[leader];
     let mut client = crate::api_load::connect(node.socket()).await?;
@@ -188,6 +215,7 @@ pub async fn restart_leader(
         tokio::time::sleep(POLL).await;
     }
     Ok(Restart {
+        leading,
         back,
         ready: Some(started.elapsed()),
     })

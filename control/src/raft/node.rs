@@ -24,6 +24,13 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const SNAPSHOT_CHUNK_BYTES: u64 = 512 * 1024;
 /// Entries applied between two snapshots.
 const SNAPSHOT_EVERY: u64 = 10_000;
+/// Log bytes written since the last snapshot that call for the next one, however few entries
+/// they are: a batch of task writes makes entries of hundreds of kilobytes, which reach
+/// gigabytes long before [`SNAPSHOT_EVERY`] of them, and a restart re-applies every entry after
+/// the snapshot.
+pub const SNAPSHOT_LOG_BYTES: u64 = 512 << 20;
+/// How often the log's growth is compared with [`RaftConfig::snapshot_log_bytes`].
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
@@ -40,6 +47,8 @@ pub struct RaftConfig {
     pub transport: Option<crate::transport::Transport>,
     /// Where commit and apply latencies and leader changes are recorded.
     pub metrics: crate::metrics::ControlMetrics,
+    /// A snapshot is built once this many log bytes were written since the last one.
+    pub snapshot_log_bytes: u64,
 }
 
 /// The default timings: heartbeats every 250 ms, elections after 1–2 s without one.
@@ -53,6 +62,7 @@ impl Default for RaftConfig {
             election_timeout: (Duration::from_secs(1), Duration::from_secs(2)),
             transport: None,
             metrics: Default::default(),
+            snapshot_log_bytes: SNAPSHOT_LOG_BYTES,
         }
     }
 }
@@ -82,6 +92,41 @@ impl RaftConfig {
             ..Default::default()
         };
         Ok(config.validate()?)
+    }
+}
+
+/// Builds a snapshot whenever `limit` bytes were written to the log (as `written` counts them)
+/// since the last one, whatever built that one (the entry-count policy or this).
+async fn snapshot_by_size(
+    raft: Raft<TypeConfig>,
+    written: prometheus_client::metrics::counter::Counter,
+    limit: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last = raft.metrics().borrow().snapshot;
+    let mut since = written.get();
+    let mut tick = tokio::time::interval(SNAPSHOT_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let now = raft.metrics().borrow().snapshot;
+        if now != last {
+            last = now;
+            since = written.get();
+        } else if written.get().saturating_sub(since) >= limit {
+            tracing::info!(
+                bytes = written.get() - since,
+                "log grown past its bound since the last snapshot: building one"
+            );
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            // Counted again from here: one snapshot per `limit` bytes, even while it builds.
+            since = written.get();
+        }
     }
 }
 
@@ -166,6 +211,12 @@ impl RaftNode {
             shutdown_rx.clone(),
             config.metrics.leader_changes.clone(),
         );
+        tokio::spawn(snapshot_by_size(
+            raft.clone(),
+            config.metrics.log_bytes.clone(),
+            config.snapshot_log_bytes,
+            shutdown_rx.clone(),
+        ));
         let proposer = Arc::new(BatchingProposer::spawn(
             raft.clone(),
             shutdown_rx,

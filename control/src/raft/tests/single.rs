@@ -142,3 +142,55 @@ async fn recovers_from_a_snapshot_and_the_log_after_it() -> anyhow::Result<()> {
     node.shutdown().await?;
     Ok(())
 }
+
+/// A node whose labels make it about `bytes` long, so that a few writes make a big log.
+fn bulky(i: usize, bytes: usize) -> Node {
+    Node {
+        spec: Some(mesh_proto::NodeSpec {
+            annotations: Some(mesh_proto::Annotations {
+                name: format!("bulky{i}"),
+                labels: [("bulk".to_string(), "x".repeat(bytes))].into(),
+            }),
+            ..Default::default()
+        }),
+        ..node_object(&format!("b{i}"))
+    }
+}
+
+/// Writes of a few large entries (far fewer than the entry-count policy's 10,000) build a
+/// snapshot once the log has grown past `snapshot_log_bytes`; with the bound out of reach, the
+/// same writes build none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_grown_past_its_byte_bound_is_snapshotted() -> anyhow::Result<()> {
+    for (limit, expected) in [(256 * 1024, true), (u64::MAX, false)] {
+        let dir = tempfile::tempdir()?;
+        let memory = Arc::new(MemoryStore::new());
+        let config = crate::raft::RaftConfig {
+            snapshot_log_bytes: limit,
+            ..config(dir.path(), 1, ADDR)
+        };
+        let node = RaftNode::open(config, memory.clone()).await?;
+        let store = Store::new(memory.clone(), node.proposer());
+        node.initialize().await?;
+        for i in 0..40 {
+            store.update(|tx| tx.create(bulky(i, 16 * 1024))).await?;
+        }
+        let entries = last_index(&node);
+        assert!(
+            entries < 100,
+            "{entries} entries: far below the entry-count policy"
+        );
+        let raft = node.raft().clone();
+        let built = eventually(Duration::from_secs(4), "a snapshot", || {
+            let snapshot = raft.metrics().borrow().snapshot;
+            async move { snapshot.is_some() }
+        })
+        .await;
+        assert_eq!(built.is_ok(), expected, "bound {limit}: {built:?}");
+        node.shutdown().await?;
+        if expected {
+            assert!(dir.path().join("snapshot.bin").exists());
+        }
+    }
+    Ok(())
+}
