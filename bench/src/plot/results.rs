@@ -1,6 +1,8 @@
 //! Results files (`bench/results/*.txt`): one benchmark summary line per run, as the benchmark
 //! printed it, with `#` comments between. `# machine: …` says where the runs were made; a comment
-//! starting `# debug build` or `# release build` says how the lines after it were built.
+//! starting `# debug build` or `# release build` says how the lines after it were built, and a
+//! `[condition]` right after it (`# release build [idle cores] …`) sets them apart as a series of
+//! their own, made under other conditions.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -12,7 +14,8 @@ use anyhow::{Context, bail};
 pub struct Results<T> {
     /// The `# machine:` comments' text.
     pub machine: Vec<String>,
-    /// Each run, with the build its section says (`debug`, `release`, or empty when unsaid).
+    /// Each run, with the build its section says (`debug`, `release`, `release, idle cores`, or
+    /// empty when unsaid).
     pub runs: Vec<(String, T)>,
 }
 
@@ -46,8 +49,16 @@ where
                 results.machine.push(machine.trim().to_owned());
             }
             for kind in ["debug", "release"] {
-                if comment.starts_with(&format!("{kind} build")) {
-                    build = kind.to_owned();
+                if let Some(rest) = comment.strip_prefix(&format!("{kind} build")) {
+                    build = match rest.trim_start().strip_prefix('[') {
+                        Some(condition) => {
+                            let (condition, _) = condition
+                                .split_once(']')
+                                .with_context(|| format!("line {}: no `]`", i + 1))?;
+                            format!("{kind}, {}", condition.trim())
+                        }
+                        None => kind.to_owned(),
+                    };
                 }
             }
             continue;
@@ -76,7 +87,9 @@ mod tests {
                     # debug build, shared cores\n\
                     gossip: members=100 converge-s=1 join-seen-all-s=0.2 death-seen-all-s=15 bytes-per-member-s=600\n\
                     # release build\n\
-                    gossip: members=1000 converge-s=9 join-seen-all-s=n/a death-seen-all-s=16 bytes-per-member-s=700\n";
+                    gossip: members=1000 converge-s=9 join-seen-all-s=n/a death-seen-all-s=16 bytes-per-member-s=700\n\
+                    # release build [idle cores], later\n\
+                    gossip: members=2000 converge-s=9 join-seen-all-s=1 death-seen-all-s=16 bytes-per-member-s=700\n";
         let r: Results<Summary> = parse(text).expect("parses");
         assert_eq!(r.machine, ["2 cores"]);
         let got: Vec<(&str, u64)> = r
@@ -84,7 +97,15 @@ mod tests {
             .iter()
             .map(|(b, s)| (b.as_str(), s.members))
             .collect();
-        assert_eq!(got, [("", 10), ("debug", 100), ("release", 1000)]);
+        assert_eq!(
+            got,
+            [
+                ("", 10),
+                ("debug", 100),
+                ("release", 1000),
+                ("release, idle cores", 2000)
+            ]
+        );
         assert_eq!(r.runs[2].1.join_seen_all_s, None);
     }
 
@@ -95,6 +116,7 @@ mod tests {
             ("# only a comment\n", "no summary line"),
             ("# machine: x\ngossip: members=1\n", "line 2"),
             ("scale: nodes=1\n", "line 1"),
+            ("# release build [idle\nscale: nodes=1\n", "line 1: no `]`"),
         ];
         for (text, expected) in cases {
             let err = format!("{:#}", parse::<Summary>(text).expect_err(text));

@@ -202,8 +202,9 @@ pub async fn restart_leader(
     let mut client = crate::api_load::connect(node.socket()).await?;
     loop {
         // Ready in the store proves nothing here (the restart kept it): the sessions count.
-        let sessions = probe::scrape(node).await?.sessions as usize;
-        if sessions >= nodes && running(&mut client).await? >= tasks {
+        // A leader busy with thousands of reconnections may leave a scrape unanswered a while.
+        let sessions = probe::scrape(node).await.map_or(0, |s| s.sessions as usize);
+        if sessions >= nodes && running(&mut client).await.unwrap_or(0) >= tasks {
             break;
         }
         if started.elapsed() > RESTART_LIMIT {

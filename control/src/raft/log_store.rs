@@ -37,6 +37,11 @@ const KEY_LAST_PURGED: &str = "last_purged";
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
 
+/// The log database's page cache. redb's default, 1 GiB, fills with every page the log writes
+/// (it is appended to, then read back only by a lagging follower or a restart) and stays
+/// resident: most of a busy leader's memory. The B-tree's inner pages fit many times over.
+const LOG_CACHE_BYTES: usize = 64 << 20;
+
 /// A cheap-to-clone handle on the log database; clones share it (openraft's log reader is one).
 #[derive(Clone)]
 pub struct LogStore {
@@ -51,7 +56,9 @@ impl LogStore {
     /// Opens (creating if absent) the database at `path`, whose records are sealed with `key`.
     /// Blocking: call it off the runtime.
     pub fn open(path: &Path, key: SealKey) -> std::result::Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
