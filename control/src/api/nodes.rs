@@ -160,8 +160,9 @@ async fn remove_batch(store: &Store, req: &RemoveNodeRequest) -> Result<bool, St
             }
             // Its tasks are orphaned: the orchestrators replace them elsewhere.
             let tasks: Vec<Task> = tx
-                .iter::<Task>()
-                .filter(|t| t.node_id == node.id && t.desired_state <= TaskState::Running as i32)
+                .tasks_on_node(&node.id)
+                .into_iter()
+                .filter(|t| t.desired_state <= TaskState::Running as i32)
                 .take(BATCH_WRITES)
                 .cloned()
                 .collect();

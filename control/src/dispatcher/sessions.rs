@@ -19,14 +19,22 @@ struct Session {
     closed: watch::Sender<bool>,
 }
 
+/// The live sessions by id, and each node's one session: opening a session and asking whether
+/// a node has one cost the same with ten thousand nodes as with three.
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Session>,
+    by_node: HashMap<String, String>,
+}
+
 #[derive(Default)]
 pub(super) struct Sessions {
-    by_id: Mutex<HashMap<String, Session>>,
+    table: Mutex<Table>,
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens a session for `node_id`, ending any earlier session of the same node; `grace` is
@@ -37,37 +45,42 @@ impl Sessions {
         node_id: &str,
         grace: Duration,
     ) -> watch::Receiver<bool> {
-        let mut sessions = self.lock();
-        sessions.retain(|_, s| {
-            let same_node = s.node_id == node_id;
-            if same_node {
-                s.closed.send_replace(true);
-            }
-            !same_node
-        });
+        let mut table = self.lock();
+        if let Some(earlier) = table
+            .by_node
+            .insert(node_id.to_string(), session_id.to_string())
+            && let Some(s) = table.by_id.remove(&earlier)
+        {
+            s.closed.send_replace(true);
+        }
         let (closed, rx) = watch::channel(false);
-        sessions.insert(
-            session_id.to_string(),
-            Session {
-                node_id: node_id.to_string(),
-                last_heartbeat: Instant::now(),
-                allowance: grace,
-                closed,
-            },
-        );
+        let session = Session {
+            node_id: node_id.to_string(),
+            last_heartbeat: Instant::now(),
+            allowance: grace,
+            closed,
+        };
+        if let Some(replaced) = table.by_id.insert(session_id.to_string(), session) {
+            // The same session id again (ids are random: only by a caller's mistake).
+            replaced.closed.send_replace(true);
+            if replaced.node_id != node_id {
+                table.by_node.remove(&replaced.node_id);
+            }
+        }
         rx
     }
 
     /// The node of a live session, and a receiver that turns true when the session ends.
     pub(super) fn get(&self, session_id: &str) -> Option<(String, watch::Receiver<bool>)> {
         self.lock()
+            .by_id
             .get(session_id)
             .map(|s| (s.node_id.clone(), s.closed.subscribe()))
     }
 
     /// Records a heartbeat; the answer tells the agent the period behind `grace`.
     pub(super) fn heartbeat(&self, session_id: &str, grace: Duration) -> bool {
-        match self.lock().get_mut(session_id) {
+        match self.lock().by_id.get_mut(session_id) {
             Some(s) => {
                 s.last_heartbeat = Instant::now();
                 s.allowance = grace;
@@ -80,28 +93,36 @@ impl Sessions {
     /// Ends and forgets the sessions whose last heartbeat is older than `grace` (or than the
     /// longer grace they last heard of); returns their nodes.
     fn expire(&self, grace: Duration) -> Vec<String> {
+        let mut table = self.lock();
         let mut expired = Vec::new();
-        self.lock().retain(|_, s| {
+        table.by_id.retain(|id, s| {
             let alive = s.last_heartbeat.elapsed() <= grace.max(s.allowance);
             if !alive {
                 s.closed.send_replace(true);
-                expired.push(s.node_id.clone());
+                expired.push((s.node_id.clone(), id.clone()));
             }
             alive
         });
-        expired
+        for (node, id) in &expired {
+            if table.by_node.get(node) == Some(id) {
+                table.by_node.remove(node);
+            }
+        }
+        expired.into_iter().map(|(node, _)| node).collect()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     pub(super) fn has_node(&self, node_id: &str) -> bool {
-        self.lock().values().any(|s| s.node_id == node_id)
+        self.lock().by_node.contains_key(node_id)
     }
 
     pub(super) fn clear(&self) {
-        for (_, s) in self.lock().drain() {
+        let mut table = self.lock();
+        table.by_node.clear();
+        for (_, s) in table.by_id.drain() {
             s.closed.send_replace(true);
         }
     }
@@ -156,17 +177,15 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         let mut down = inner.sessions.expire(grace);
         config.heartbeat_misses.inc_by(down.len() as u64);
         if started.elapsed() > takeover_grace(config.heartbeat_period, grace) {
+            // Read in place, every tick: no copy of every node, one lookup per node.
             let unregistered = inner.store.view(|tx| {
-                tx.find::<Node>(|n| node_state(n) == NodeState::Ready)
-                    .into_iter()
-                    .map(|n| n.id)
+                tx.iter::<Node>()
+                    .filter(|n| node_state(n) == NodeState::Ready)
+                    .filter(|n| !inner.sessions.has_node(&n.id))
+                    .map(|n| n.id.clone())
                     .collect::<Vec<_>>()
             });
-            down.extend(
-                unregistered
-                    .into_iter()
-                    .filter(|id| !inner.sessions.has_node(id)),
-            );
+            down.extend(unregistered);
         }
         if down.is_empty() {
             continue;
@@ -206,6 +225,49 @@ pub(super) fn node_state(node: &Node) -> NodeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node has one session: a second ends the first, and expiring a session forgets its node
+    /// only while that session is the node's.
+    #[test]
+    fn a_node_has_one_session_and_loses_it_with_its_heartbeats() {
+        let sessions = Sessions::default();
+        // Opened with no allowance of their own: the grace passed to `expire` decides.
+        let grace = Duration::ZERO;
+        let first = sessions.open("s1", "n1", grace);
+        let other = sessions.open("s2", "n2", grace);
+        assert!(sessions.has_node("n1") && sessions.has_node("n2"));
+        assert!(!sessions.has_node("n3"));
+        assert_eq!(sessions.len(), 2);
+
+        let second = sessions.open("s3", "n1", grace);
+        assert!(*first.borrow(), "the node's earlier session ended");
+        assert!(!*second.borrow() && !*other.borrow());
+        assert!(sessions.get("s1").is_none());
+        assert_eq!(
+            sessions.get("s3").map(|(node, _)| node).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(sessions.len(), 2);
+
+        // Nothing is stale under a long grace.
+        assert!(sessions.expire(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(sessions.heartbeat("s3", Duration::ZERO));
+        assert!(
+            !sessions.heartbeat("s1", Duration::ZERO),
+            "an ended session has no heartbeat"
+        );
+        let mut expired = sessions.expire(Duration::from_millis(2));
+        expired.sort();
+        assert_eq!(expired, ["n2"], "n1's last heartbeat is fresh");
+        assert!(*other.borrow());
+        assert!(sessions.has_node("n1") && !sessions.has_node("n2"));
+
+        sessions.clear();
+        assert!(*second.borrow());
+        assert_eq!(sessions.len(), 0);
+        assert!(!sessions.has_node("n1"));
+    }
 
     #[test]
     fn an_agent_is_held_to_the_period_it_was_told() {

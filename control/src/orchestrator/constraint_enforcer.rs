@@ -90,10 +90,12 @@ impl Reconcile for ConstraintEnforcer {
             .update(|tx| {
                 let found: Vec<Node> = nodes.iter().filter_map(|id| tx.get::<Node>(id)).collect();
                 for node in found {
+                    // Through the store's index of tasks by node: a leader that starts marks
+                    // every node, and a scan of every task per node was nodes x tasks.
                     let violating: Vec<Task> = tx
-                        .iter::<Task>()
-                        .filter(|t| t.node_id == node.id && task::is_live(t))
-                        .filter(|t| violates(t, &node))
+                        .tasks_on_node(&node.id)
+                        .into_iter()
+                        .filter(|t| task::is_live(t) && violates(t, &node))
                         .take(BATCH_WRITES)
                         .cloned()
                         .collect();
