@@ -11,10 +11,11 @@
 //! nodes from real ones. The managers are drained, so every task goes to a simulated node.
 //!
 //! Timed: from the first join to all N + M nodes Ready (`node ls`), and from creating T tasks
-//! over S services to the leader counting all of them running (its `mesh_tasks` metric).
-//! Measured: the leader's Raft entries per second over that time (its commit index), its RSS,
-//! the largest assignments message a node received, `service ls` and `node ls` at the end. The
-//! run ends with one [`summary`] line.
+//! over S services (at once, or in batches) to the leader counting all of them running (its
+//! `mesh_tasks` metric). Measured: the leader's Raft entries per second over that time (its commit
+//! index), its RSS, the largest assignments message a node received, `service ls` and `node ls`.
+//! Then two failures ([`phases`]): a tenth of the nodes lost at once, and the leader killed and
+//! started again. The run ends with one [`summary`] line.
 
 mod agent;
 pub mod args;
