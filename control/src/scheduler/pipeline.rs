@@ -1,7 +1,8 @@
-//! The pure scheduling pass: every task through the filters over every node, then spread.
+//! The pure scheduling pass: every task through the filters over every node, then spread; a run
+//! of tasks of one spec decided as a group, with the same outcome.
 
 use mesh_proto::{Task, TaskState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::filter::{FILTERS, Rejection, TaskRequest};
 use super::node_info::NodeInfo;
@@ -40,10 +41,103 @@ pub fn schedule(nodes: &[NodeInfo], tasks: &[Task]) -> Vec<Decision> {
         .enumerate()
         .map(|(i, n)| (n.id().to_string(), i))
         .collect();
-    tasks
+    let mut decisions = Vec::with_capacity(tasks.len());
+    let mut rest = tasks;
+    while let Some(first) = rest.first() {
+        // A run of tasks of one service spec that name no node and spread over no preference is
+        // decided as a group: the filters run once over every node, then each task takes the
+        // least loaded node still eligible (tasks × log nodes, not tasks × nodes).
+        let len = if groupable(first) {
+            rest.iter().take_while(|t| same_group(first, t)).count()
+        } else {
+            1
+        };
+        let (group, after) = rest.split_at(len);
+        if len > 1 {
+            decide_group(&mut nodes, group, &mut decisions);
+        } else {
+            decisions.push(decide(&mut nodes, &index, first));
+        }
+        rest = after;
+    }
+    decisions
+}
+
+/// A task that may be decided in a group: it names no node and has no spread preference.
+fn groupable(task: &Task) -> bool {
+    let preferences = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.placement.as_ref())
+        .map_or(0, |p| p.preferences.len());
+    task.node_id.is_empty() && preferences == 0
+}
+
+/// Whether `task` asks for exactly what `first` asks for (the same service and spec).
+fn same_group(first: &Task, task: &Task) -> bool {
+    groupable(task)
+        && task.service_id == first.service_id
+        && task.spec_version == first.spec_version
+        && task.spec == first.spec
+}
+
+/// The order in which a group's tasks take nodes, as [`spread::choose`] picks without
+/// preferences: fewest of the service's tasks, then fewest tasks, then the lowest id.
+type Candidate = (usize, usize, String, usize);
+
+/// Decides `group` (tasks of one spec, see [`same_group`]) as [`decide`] would task by task.
+/// Placing a task only ever makes a node less eligible (resources, ports, replicas per node), so
+/// eligibility is computed once and checked again only on the node about to be chosen.
+fn decide_group(nodes: &mut [NodeInfo], group: &[Task], decisions: &mut Vec<Decision>) {
+    let first = &group[0];
+    let no_index = HashMap::new();
+    let Ok(request) = TaskRequest::new(first) else {
+        // Every task of the group fails alike: the per-task path words the reason.
+        decisions.extend(group.iter().map(|t| decide(nodes, &no_index, t)));
+        return;
+    };
+    let service = first.service_id.as_str();
+    let key = |n: &NodeInfo, i: usize| -> Candidate {
+        (
+            n.service_tasks(service),
+            n.active_tasks(),
+            n.id().to_string(),
+            i,
+        )
+    };
+    let passes = |n: &NodeInfo| FILTERS.iter().all(|f| f.check(&request, n));
+    let mut candidates: BTreeSet<Candidate> = nodes
         .iter()
-        .map(|task| decide(&mut nodes, &index, task))
-        .collect()
+        .enumerate()
+        .filter(|(_, n)| passes(n))
+        .map(|(i, n)| key(n, i))
+        .collect();
+    for task in group {
+        let chosen = loop {
+            let Some((_, _, _, i)) = candidates.pop_first() else {
+                break None;
+            };
+            if passes(&nodes[i]) {
+                break Some(i);
+            }
+        };
+        let Some(i) = chosen else {
+            // No node is left for this task (nor, the nodes unchanged, for the rest): the
+            // per-task path gives each its explanation over every node.
+            decisions.push(decide(nodes, &no_index, task));
+            continue;
+        };
+        let node = &mut nodes[i];
+        let mut placed = task.clone();
+        placed.node_id = node.id().to_string();
+        placed.status.get_or_insert_with(Default::default).state = TaskState::Assigned as i32;
+        node.add_task(&placed);
+        decisions.push(Decision::Assign {
+            task_id: task.id.clone(),
+            node_id: node.id().to_string(),
+        });
+        candidates.insert(key(&nodes[i], i));
+    }
 }
 
 fn decide(nodes: &mut [NodeInfo], index: &HashMap<String, usize>, task: &Task) -> Decision {

@@ -328,3 +328,87 @@ fn constrained_tasks_land_on_matching_nodes() {
         .collect();
     assert_eq!(outcomes(&schedule(&nodes, &batch)), ["a", "c", "a", "c"]);
 }
+
+/// The tasks decided one by one, each against every node: what [`schedule`] did before groups.
+fn one_by_one(nodes: &[NodeInfo], tasks: &[Task]) -> Vec<Decision> {
+    let mut nodes = nodes.to_vec();
+    let index: HashMap<String, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id().to_string(), i))
+        .collect();
+    tasks
+        .iter()
+        .map(|task| decide(&mut nodes, &index, task))
+        .collect()
+}
+
+/// Groups decide exactly what task-by-task decisions do, reasons included: runs of one spec
+/// among others, nodes filling up (resources, a host port, replicas per node), constraints that
+/// leave some nodes out, drained and down nodes, and runs that outgrow every node.
+#[test]
+fn groups_decide_as_one_task_at_a_time() {
+    let mut all = Vec::new();
+    for i in 0..12 {
+        let mut n = with_label(node(&format!("n{i:02}")), "zone", ["a", "b", "c"][i % 3]);
+        if i == 4 {
+            n = with_availability(n, NodeAvailability::Drain);
+        }
+        if i == 7 {
+            n = with_state(n, NodeState::Down);
+        }
+        all.push(n);
+    }
+    let existing = vec![
+        running_on(task("x1", "web"), "n00"),
+        running_on(task("x2", "web"), "n00"),
+        running_on(task("x3", "db"), "n05"),
+    ];
+    let nodes = infos(all, &existing);
+    let run =
+        |service: &str, from: usize, count: usize, shape: &dyn Fn(Task) -> Task| -> Vec<Task> {
+            (from..from + count)
+                .map(|i| shape(task(&format!("{service}-{i}"), service)))
+                .collect()
+        };
+    let max_two = |t: Task| {
+        let mut t = t;
+        placement(&mut t).max_replicas = 2;
+        t
+    };
+    let cases: Vec<(&str, Vec<Task>)> = vec![
+        ("plain", run("web", 0, 30, &|t| t)),
+        (
+            "reserving until full",
+            run("big", 0, 40, &|t| reserving(t, 3 * CPU, GIB)),
+        ),
+        (
+            "constrained",
+            run("zoned", 0, 10, &|t| {
+                constrained(t, &["node.labels.zone==b"])
+            }),
+        ),
+        ("a host port", run("edge", 0, 14, &|t| host_port(t, 8080))),
+        ("max replicas", run("capped", 0, 25, &max_two)),
+        (
+            "interleaved",
+            [
+                run("web", 0, 5, &|t| t),
+                run("db", 0, 3, &|t| reserving(t, 2 * CPU, GIB)),
+                run("web", 5, 5, &|t| t),
+                vec![running_on(task("pinned", "global"), "n03")],
+                run("db", 3, 20, &|t| reserving(t, 2 * CPU, GIB)),
+            ]
+            .concat(),
+        ),
+        (
+            "impossible",
+            run("none", 0, 4, &|t| constrained(t, &["node.labels.zone==z"])),
+        ),
+    ];
+    for (name, batch) in cases {
+        let grouped = schedule(&nodes, &batch);
+        assert_eq!(grouped, one_by_one(&nodes, &batch), "{name}");
+        assert_eq!(grouped.len(), batch.len(), "{name}");
+    }
+}
