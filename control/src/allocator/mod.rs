@@ -15,7 +15,7 @@ use tokio::sync::{broadcast::error::RecvError, watch};
 
 use crate::store::{Event, Read, ReadTx, Store};
 use ipam::PoolConfig;
-use networks::is_new;
+use networks::{TaskQueue, is_new};
 use pools::Pools;
 
 /// How soon a failed write is retried when no commit comes first.
@@ -34,7 +34,7 @@ struct State {
     /// Networks the pools could not serve, retried once something is released.
     blocked: BTreeSet<String>,
     /// NEW tasks, including those waiting for a network.
-    tasks: BTreeSet<String>,
+    tasks: TaskQueue,
     /// Services whose virtual IPs may not match their spec.
     services: BTreeSet<String>,
 }
@@ -75,7 +75,13 @@ impl State {
                 .map(|n| n.id)
                 .collect(),
             blocked: BTreeSet::new(),
-            tasks: tx.find::<Task>(is_new).into_iter().map(|t| t.id).collect(),
+            tasks: {
+                let mut queue = TaskQueue::default();
+                for task in tx.iter::<Task>().filter(|t| is_new(t)) {
+                    queue.insert(task);
+                }
+                queue
+            },
             services: tx.list::<Service>().into_iter().map(|s| s.id).collect(),
         }
     }
@@ -102,7 +108,9 @@ impl State {
                 self.pools.release_task(&task.id);
                 self.tasks.remove(&task.id);
             } else if is_new(task) {
-                self.tasks.insert(task.id.clone());
+                self.tasks.insert(task);
+            } else {
+                self.tasks.remove(&task.id);
             }
         } else if let Some(cluster) = event.as_a::<Cluster>()
             && !event.is_delete()

@@ -5,7 +5,7 @@
 use mesh_proto::{
     Meta, Network, NetworkAttachment, NetworkAttachmentConfig, Service, Task, TaskState, TaskStatus,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::pools::Pools;
 use crate::store::{Read, Store, StoreError, WriteTx, now_nanos};
@@ -58,6 +58,41 @@ pub(super) async fn allocate_networks(
     queue.clear();
     blocked.extend(failed);
     Ok(())
+}
+
+/// The NEW tasks, oldest write first: the order the allocator takes them in. Kept in that order
+/// from the store's events, so that a pass reads only the batch it writes, not every task still
+/// waiting (a hundred thousand tasks created at once are allocated 500 per commit).
+#[derive(Debug, Default)]
+pub(super) struct TaskQueue {
+    order: BTreeSet<(u64, String)>,
+    written_at: HashMap<String, u64>,
+}
+
+impl TaskQueue {
+    /// Queues `task`, or moves it to where its latest write puts it.
+    pub fn insert(&mut self, task: &Task) {
+        let at = written_at(task.meta.as_ref());
+        if let Some(before) = self.written_at.insert(task.id.clone(), at) {
+            self.order.remove(&(before, task.id.clone()));
+        }
+        self.order.insert((at, task.id.clone()));
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        if let Some(at) = self.written_at.remove(id) {
+            self.order.remove(&(at, id.to_string()));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The queued ids, oldest write first.
+    pub fn oldest_first(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(|(_, id)| id.as_str())
+    }
 }
 
 /// The log index of an object's last write: creation order for objects not yet written since.
@@ -200,29 +235,21 @@ fn set_status(
 pub(super) async fn allocate_tasks(
     store: &Store,
     pools: &mut Pools,
-    queue: &mut BTreeSet<String>,
+    queue: &mut TaskQueue,
 ) -> Result<(), StoreError> {
-    let ids: Vec<String> = queue.iter().cloned().collect();
+    let queued = &*queue;
     let done = store
         .update(|tx| {
             let networks = tx.list::<Network>();
             let mut done = Vec::new();
-            let mut order = Vec::new();
-            for id in &ids {
-                match tx.peek::<Task>(id).filter(|t| is_new(t)) {
-                    Some(task) => order.push((written_at(task.meta.as_ref()), id)),
-                    None => done.push(id.clone()),
-                }
-            }
-            order.sort();
-            for (_, id) in order {
+            for id in queued.oldest_first() {
                 if tx.is_full() {
                     break;
                 }
-                let Some(mut task) = tx.get::<Task>(id) else {
+                let Some(mut task) = tx.get::<Task>(id).filter(is_new) else {
+                    done.push(id.to_string());
                     continue;
                 };
-                let id = task.id.clone();
                 let service = tx.get::<Service>(&task.service_id);
                 match attach(pools, &networks, service.as_ref(), &task) {
                     Outcome::Attached(attachments) => {
@@ -233,7 +260,7 @@ pub(super) async fn allocate_tasks(
                             .map(|e| e.ports.clone())
                             .unwrap_or_default();
                         set_status(tx, task, TaskState::Pending, "pending task scheduling", "")?;
-                        done.push(id);
+                        done.push(id.to_string());
                     }
                     Outcome::Wait(reason) => {
                         tracing::debug!(task.id = %id, reason = %reason, "task allocation waits");
@@ -242,7 +269,7 @@ pub(super) async fn allocate_tasks(
                     Outcome::Reject(err) => {
                         tracing::info!(task.id = %id, error = %err, "task rejected by the allocator");
                         set_status(tx, task, TaskState::Rejected, "network attachment failed", &err)?;
-                        done.push(id);
+                        done.push(id.to_string());
                     }
                 }
             }
@@ -253,4 +280,45 @@ pub(super) async fn allocate_tasks(
         queue.remove(&id);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::Version;
+
+    fn written(id: &str, index: u64) -> Task {
+        Task {
+            id: id.into(),
+            meta: Some(Meta {
+                version: Some(Version { index }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_queue_keeps_the_oldest_write_first() {
+        let mut queue = TaskQueue::default();
+        queue.insert(&written("c", 7));
+        queue.insert(&written("a", 9));
+        queue.insert(&written("b", 7));
+        queue.insert(&Task {
+            id: "unwritten".into(),
+            ..Default::default()
+        });
+        let order = |q: &TaskQueue| q.oldest_first().map(String::from).collect::<Vec<_>>();
+        assert_eq!(order(&queue), ["unwritten", "b", "c", "a"]);
+        // Written again (a status message while it waits): it moves behind, and once only.
+        queue.insert(&written("b", 12));
+        assert_eq!(order(&queue), ["unwritten", "c", "a", "b"]);
+        queue.remove("c");
+        queue.remove("not queued");
+        assert_eq!(order(&queue), ["unwritten", "a", "b"]);
+        for id in ["unwritten", "a", "b"] {
+            queue.remove(id);
+        }
+        assert!(queue.is_empty());
+    }
 }

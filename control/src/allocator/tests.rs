@@ -187,6 +187,19 @@ async fn fifty_tasks_get_distinct_addresses_which_are_reused_after_delete() {
 }
 
 #[tokio::test]
+async fn more_tasks_than_a_batch_are_all_attached_over_several_passes() {
+    let h = Harness::start();
+    h.network("wide", "10.8.0.0/21").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.extend(h.tasks(450, &["wide"]).await);
+    }
+    let addresses = h.addresses(&ids).await;
+    let distinct: HashSet<_> = addresses.iter().collect();
+    assert_eq!(distinct.len(), 1350);
+}
+
+#[tokio::test]
 async fn deleting_a_network_frees_its_vni() {
     let h = Harness::start();
     let a = h.network("a", "").await;
