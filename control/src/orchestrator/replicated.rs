@@ -162,6 +162,9 @@ pub struct ReplicatedOrchestrator {
     timers: plan::Timers,
     /// Nodes whose loss (or return) may call for restarts of the tasks on them.
     dirty_nodes: BTreeSet<String>,
+    /// Services some of whose tasks only started running: planned only if that matters to them
+    /// ([`update::starts_matter`]), for planning a service reads all its tasks.
+    started: BTreeSet<String>,
 }
 
 impl ReplicatedOrchestrator {
@@ -172,6 +175,7 @@ impl ReplicatedOrchestrator {
             dirty: BTreeSet::new(),
             timers: plan::Timers::default(),
             dirty_nodes: BTreeSet::new(),
+            started: BTreeSet::new(),
         }
     }
 
@@ -186,6 +190,7 @@ impl Reconcile for ReplicatedOrchestrator {
 
     fn mark_all(&mut self, tx: &ReadTx<'_>) {
         self.dirty_nodes.clear();
+        self.started.clear();
         self.dirty = tx
             .find::<Service>(|s| task::replicas(s).is_some())
             .into_iter()
@@ -207,8 +212,14 @@ impl Reconcile for ReplicatedOrchestrator {
                 }
             }
         } else if let Some(task) = event.as_a::<Task>() {
-            if task.slot != 0 && task::plan_changed(event.old_as::<Task>(), task) {
-                self.dirty.insert(task.service_id.clone());
+            let old = event.old_as::<Task>();
+            if task.slot != 0 && task::plan_changed(old, task) {
+                let marks = if task::only_started(old, task) {
+                    &mut self.started
+                } else {
+                    &mut self.dirty
+                };
+                marks.insert(task.service_id.clone());
             }
         } else if let Some(node) = event.as_a::<Node>() {
             let was_down = event.old_as::<Node>().is_some_and(task::is_down);
@@ -230,6 +241,18 @@ impl Reconcile for ReplicatedOrchestrator {
                     .collect()
             });
             self.dirty.extend(services);
+        }
+        let started = std::mem::take(&mut self.started);
+        if !started.is_empty() {
+            let dirty = &self.dirty;
+            let matter: Vec<String> = store.view(|tx| {
+                started
+                    .into_iter()
+                    .filter(|id| !dirty.contains(id))
+                    .filter(|id| tx.peek::<Service>(id).is_none_or(update::starts_matter))
+                    .collect()
+            });
+            self.dirty.extend(matter);
         }
         self.timers.take_due(&mut self.dirty);
         if self.dirty.is_empty() {

@@ -82,6 +82,23 @@ pub fn plan_changed(old: Option<&Task>, new: &Task) -> bool {
         || phase(old) != phase(new)
 }
 
+/// Whether all that changed for planning is that the task started running: the same slot, node,
+/// spec version and desired state, and its status moved from a live state below RUNNING to
+/// RUNNING. Only a rolling update or an older task kept until its replacement runs looks at that.
+pub fn only_started(old: Option<&Task>, new: &Task) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    let before = state(old);
+    old.desired_state == new.desired_state
+        && old.slot == new.slot
+        && old.node_id == new.node_id
+        && old.spec_version == new.spec_version
+        && before != TaskState::Running
+        && !is_terminal(before)
+        && state(new) == TaskState::Running
+}
+
 /// The slot of `task`: its replica number, or for a global task (slot 0) its node.
 pub fn slot_key(task: &Task) -> SlotKey {
     if task.slot == 0 {
@@ -247,6 +264,64 @@ mod tests {
             assert_eq!(plan_changed(Some(&base), &new), want, "{case}");
         }
         assert!(plan_changed(None, &base), "created or deleted");
+
+        // Of the changes planning sees, which are a task that only started running.
+        let starting = at(TaskState::Starting);
+        let then = |f: &dyn Fn(&mut Task)| {
+            let mut t = at(TaskState::Running);
+            f(&mut t);
+            t
+        };
+        // (case, old, new, only started)
+        let cases: Vec<(&str, Option<Task>, Task, bool)> = vec![
+            (
+                "started",
+                Some(starting.clone()),
+                at(TaskState::Running),
+                true,
+            ),
+            ("from new", Some(base.clone()), at(TaskState::Running), true),
+            ("created running", None, at(TaskState::Running), false),
+            (
+                "restarted",
+                Some(at(TaskState::Failed)),
+                at(TaskState::Running),
+                false,
+            ),
+            (
+                "failed",
+                Some(starting.clone()),
+                at(TaskState::Failed),
+                false,
+            ),
+            (
+                "placed too",
+                Some(starting.clone()),
+                then(&|t| t.node_id = "n1".into()),
+                false,
+            ),
+            (
+                "asked to stop too",
+                Some(starting.clone()),
+                then(&|t| t.desired_state = TaskState::Shutdown as i32),
+                false,
+            ),
+            (
+                "another spec too",
+                Some(starting.clone()),
+                then(&|t| t.spec_version = 2),
+                false,
+            ),
+            (
+                "another slot too",
+                Some(starting),
+                then(&|t| t.slot = 2),
+                false,
+            ),
+        ];
+        for (case, old, new, want) in cases {
+            assert_eq!(only_started(old.as_ref(), &new), want, "{case}");
+        }
     }
 
     #[test]

@@ -91,6 +91,22 @@ pub fn state(service: &Service) -> UpdateState {
         .unwrap_or(UpdateState::Unknown)
 }
 
+/// Whether a task of `service` starting to run can change its plan: while an update or a rollback
+/// is under way (it paces and completes them), and in a service that has had another spec (an
+/// older task of a start-first update stops once its replacement runs, whatever the status
+/// says). A service that only ever had its first spec has nothing to do when its tasks start.
+pub fn starts_matter(service: &Service) -> bool {
+    let in_progress = matches!(
+        state(service),
+        UpdateState::Updating | UpdateState::RollbackStarted
+    );
+    let versions = service
+        .spec_version
+        .max(service.previous_spec_version)
+        .max(service.last_spec_version);
+    in_progress || versions > 1
+}
+
 /// Docker's name of an update state (`updating`, `paused`, … `rollback_completed`; "" for none).
 pub fn state_name(state: UpdateState) -> &'static str {
     match state {

@@ -118,6 +118,51 @@ async fn start_first_keeps_the_old_task_until_its_replacement_runs() {
     assert!(status.completed_at >= status.started_at);
 }
 
+/// The old tasks of a start-first update stop once their replacements run, also when the update's
+/// status was cleared meanwhile (as a change of anything but the task template does): a task
+/// starting to run still calls for a plan in a service that has had more than one spec.
+#[tokio::test]
+async fn start_first_old_tasks_stop_when_replacements_run_after_the_status_is_cleared() {
+    let (store, _stop) = start();
+    let id = running_service(&store, "web", 3).await;
+    let all_at_once = UpdateConfig {
+        parallelism: 0,
+        ..config(UpdateFailureAction::Pause, UpdateOrder::StartFirst, 0)
+    };
+    update_image(&store, &id, "busybox:2", all_at_once).await;
+    wait_for(&store, "the replacements", |tx| {
+        tx.find::<Task>(|t| t.service_id == id && t.spec_version == 2)
+            .len()
+            == 3
+    })
+    .await;
+    modify::<Service>(&store, &id, |s| s.update_status = None).await;
+    assert_eq!(
+        store.view(|tx| running(tx, &id)),
+        3,
+        "the old tasks still run"
+    );
+    let fresh = store.view(|tx| tx.find::<Task>(|t| t.service_id == id && t.spec_version == 2));
+    // Placed and starting first, so that running is the only change the last report makes.
+    for t in &fresh {
+        report(&store, &t.id, TaskState::Starting, 0, Some("n1")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.view(|tx| running(tx, &id)),
+        3,
+        "the old tasks still run"
+    );
+    for t in &fresh {
+        report(&store, &t.id, TaskState::Running, 0, None).await;
+    }
+    wait_for(&store, "every old task stopped", |tx| {
+        tx.find::<Task>(|t| t.service_id == id && t.spec_version == 1 && task::is_live(t))
+            .is_empty()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_failed_replacement_pauses_the_update() {
     let (store, _stop) = start();

@@ -480,3 +480,43 @@ fn a_stop_first_replacement_starts_once_the_old_task_stopped() {
     let (_, start_first) = replace(&service, &old, UpdateOrder::StartFirst);
     assert!(!may_start(&start_first, &[&old, &start_first], &up));
 }
+
+#[test]
+fn starts_matter_to_updates_and_to_services_with_another_spec() {
+    let with = |state: Option<UpdateState>, spec: u64, previous: u64, last: u64| Service {
+        spec_version: spec,
+        previous_spec_version: previous,
+        last_spec_version: last,
+        update_status: state.map(|s| UpdateStatus {
+            state: s as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // (case, service, whether a task starting to run calls for a plan)
+    let cases = [
+        ("first spec only", with(None, 1, 0, 0), false),
+        ("first spec, relabelled", with(None, 1, 1, 0), false),
+        ("updating", with(Some(UpdateState::Updating), 2, 1, 0), true),
+        (
+            "rolling back",
+            with(Some(UpdateState::RollbackStarted), 1, 2, 2),
+            true,
+        ),
+        (
+            "update completed",
+            with(Some(UpdateState::Completed), 2, 1, 0),
+            true,
+        ),
+        ("status cleared after an update", with(None, 2, 2, 0), true),
+        ("rolled back to the first spec", with(None, 1, 2, 2), true),
+        (
+            "paused at the first spec",
+            with(Some(UpdateState::Paused), 1, 0, 0),
+            false,
+        ),
+    ];
+    for (case, service, want) in cases {
+        assert_eq!(starts_matter(&service), want, "{case}");
+    }
+}
