@@ -23,6 +23,13 @@ pub struct NodeInfo {
     host_ports: HashMap<HostPort, usize>,
 }
 
+/// So that a pass may work on snapshots it borrows and copy only the nodes it places tasks on.
+impl AsRef<NodeInfo> for NodeInfo {
+    fn as_ref(&self) -> &NodeInfo {
+        self
+    }
+}
+
 impl NodeInfo {
     /// Builds the snapshot from the node and any tasks; only tasks that hold resources on this node
     /// are kept (see [`holds_resources`]), so callers may pass every task they have.

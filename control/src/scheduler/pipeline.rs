@@ -2,6 +2,7 @@
 //! of tasks of one spec decided as a group, with the same outcome.
 
 use mesh_proto::{Task, TaskState};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::filter::{FILTERS, Rejection, TaskRequest};
@@ -33,9 +34,13 @@ impl Decision {
 
 /// Decides a node for each task, in order. Each placement is accounted for (resources, spread
 /// counts, replicas per node) before the next task is decided. A task that already names a node
-/// (a global service's) is checked against that node only.
-pub fn schedule(nodes: &[NodeInfo], tasks: &[Task]) -> Vec<Decision> {
-    let mut nodes = nodes.to_vec();
+/// (a global service's) is checked against that node only. The snapshots are borrowed: a node is
+/// copied when a task is placed on it, the others are read in place.
+pub fn schedule<'a>(
+    nodes: impl IntoIterator<Item = &'a NodeInfo>,
+    tasks: &[Task],
+) -> Vec<Decision> {
+    let mut nodes: Vec<Cow<'a, NodeInfo>> = nodes.into_iter().map(Cow::Borrowed).collect();
     let index: HashMap<String, usize> = nodes
         .iter()
         .enumerate()
@@ -88,7 +93,7 @@ type Candidate = (usize, usize, String, usize);
 /// Decides `group` (tasks of one spec, see [`same_group`]) as [`decide`] would task by task.
 /// Placing a task only ever makes a node less eligible (resources, ports, replicas per node), so
 /// eligibility is computed once and checked again only on the node about to be chosen.
-fn decide_group(nodes: &mut [NodeInfo], group: &[Task], decisions: &mut Vec<Decision>) {
+fn decide_group(nodes: &mut [Cow<'_, NodeInfo>], group: &[Task], decisions: &mut Vec<Decision>) {
     let first = &group[0];
     let no_index = HashMap::new();
     let Ok(request) = TaskRequest::new(first) else {
@@ -127,20 +132,16 @@ fn decide_group(nodes: &mut [NodeInfo], group: &[Task], decisions: &mut Vec<Deci
             decisions.push(decide(nodes, &no_index, task));
             continue;
         };
-        let node = &mut nodes[i];
-        let mut placed = task.clone();
-        placed.node_id = node.id().to_string();
-        placed.status.get_or_insert_with(Default::default).state = TaskState::Assigned as i32;
-        node.add_task(&placed);
-        decisions.push(Decision::Assign {
-            task_id: task.id.clone(),
-            node_id: node.id().to_string(),
-        });
+        decisions.push(place(nodes[i].to_mut(), task));
         candidates.insert(key(&nodes[i], i));
     }
 }
 
-fn decide(nodes: &mut [NodeInfo], index: &HashMap<String, usize>, task: &Task) -> Decision {
+fn decide(
+    nodes: &mut [Cow<'_, NodeInfo>],
+    index: &HashMap<String, usize>,
+    task: &Task,
+) -> Decision {
     let no_suitable_node = |explanation: String| Decision::NoSuitableNode {
         task_id: task.id.clone(),
         reason: if explanation.is_empty() {
@@ -187,7 +188,11 @@ fn decide(nodes: &mut [NodeInfo], index: &HashMap<String, usize>, task: &Task) -
         return no_suitable_node(explanation.join("; "));
     };
 
-    let node = &mut nodes[chosen];
+    place(nodes[chosen].to_mut(), task)
+}
+
+/// Places `task` on `node`: accounted for there before the next task is decided.
+fn place(node: &mut NodeInfo, task: &Task) -> Decision {
     let mut placed = task.clone();
     placed.node_id = node.id().to_string();
     placed.status.get_or_insert_with(Default::default).state = TaskState::Assigned as i32;

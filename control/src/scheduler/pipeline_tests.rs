@@ -331,7 +331,7 @@ fn constrained_tasks_land_on_matching_nodes() {
 
 /// The tasks decided one by one, each against every node: what [`schedule`] did before groups.
 fn one_by_one(nodes: &[NodeInfo], tasks: &[Task]) -> Vec<Decision> {
-    let mut nodes = nodes.to_vec();
+    let mut nodes: Vec<Cow<'_, NodeInfo>> = nodes.iter().map(Cow::Borrowed).collect();
     let index: HashMap<String, usize> = nodes
         .iter()
         .enumerate()

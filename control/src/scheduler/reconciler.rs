@@ -141,7 +141,7 @@ impl Scheduler {
     /// transaction; the rest stay queued. False when the store is gone.
     async fn pass(&self, work: &mut Work, events: &mut broadcast::Receiver<Event>) -> bool {
         let mut open = true;
-        let (nodes, batch) = self.store.view(|tx| {
+        let batch = self.store.view(|tx| {
             // Every event of the state in view is in the channel (they are sent under the write
             // lock): taking them in now brings the nodes' snapshots to exactly this view.
             loop {
@@ -186,13 +186,10 @@ impl Scheduler {
                     }
                 }
             }
-            if batch.is_empty() {
-                return (Vec::new(), batch);
-            }
             batch.sort_by(|a, b| {
                 (&a.service_id, a.slot, &a.id).cmp(&(&b.service_id, b.slot, &b.id))
             });
-            (work.nodes.values().cloned().collect(), batch)
+            batch
         });
         if !open {
             return false;
@@ -201,7 +198,7 @@ impl Scheduler {
             return true;
         }
 
-        let decisions = schedule(&nodes, &batch);
+        let decisions = schedule(work.nodes.values(), &batch);
         let read_at: HashMap<&str, u64> =
             batch.iter().map(|t| (t.id.as_str(), t.version())).collect();
         let committed = self

@@ -16,8 +16,8 @@ const ENGINE_LABEL_PREFIX: &str = "engine.labels.";
 
 /// Picks the node for a task of `service_id`: an index into `nodes` whose `eligible` entry is true,
 /// or `None` when no node is eligible. `preferences` are spread descriptors ("node.labels.zone").
-pub fn choose(
-    nodes: &[NodeInfo],
+pub fn choose<N: AsRef<NodeInfo>>(
+    nodes: &[N],
     eligible: &[bool],
     service_id: &str,
     preferences: &[String],
@@ -28,7 +28,7 @@ pub fn choose(
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for &i in &scope {
             groups
-                .entry(spread_value(nodes[i].node(), descriptor))
+                .entry(spread_value(nodes[i].as_ref().node(), descriptor))
                 .or_default()
                 .push(i);
         }
@@ -38,7 +38,7 @@ pub fn choose(
             .min_by_key(|members| {
                 members
                     .iter()
-                    .map(|&i| nodes[i].service_tasks(service_id))
+                    .map(|&i| nodes[i].as_ref().service_tasks(service_id))
                     .sum::<usize>()
             })?;
         scope = best;
@@ -48,9 +48,8 @@ pub fn choose(
         .filter(|&i| is_eligible(i))
         .min_by(|&a, &b| {
             let key = |n: &NodeInfo| (n.service_tasks(service_id), n.active_tasks());
-            key(&nodes[a])
-                .cmp(&key(&nodes[b]))
-                .then_with(|| nodes[a].id().cmp(nodes[b].id()))
+            let (a, b) = (nodes[a].as_ref(), nodes[b].as_ref());
+            key(a).cmp(&key(b)).then_with(|| a.id().cmp(b.id()))
         })
 }
 
