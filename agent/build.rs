@@ -3,7 +3,7 @@
 //! process of task sandboxes, `pause/main.rs`) as a static executable there; all are embedded in
 //! the binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
@@ -19,7 +19,7 @@ fn main() {
 
 /// `pause/main.rs` as a statically linked executable in `OUT_DIR/mesh-pause`.
 fn build_pause() -> Result<(), String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("pause/main.rs");
+    let source = manifest_dir()?.join("pause/main.rs");
     println!("cargo:rerun-if-changed={}", source.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
@@ -36,8 +36,9 @@ fn build_pause() -> Result<(), String> {
         .map_err(|e| format!("cannot run {rustc}: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "{rustc} could not link it statically for {target} ({status}): it needs glibc's \
-             static libc.a (Debian's libc6-dev)"
+            "{rustc} could not build {} statically for {target} ({status}); a link error \
+             means glibc's static libc.a is missing (Debian's libc6-dev)",
+            source.display()
         ));
     }
     Ok(())
@@ -58,6 +59,14 @@ fn record_commit() {
     println!("cargo:rustc-env=MESH_GIT_COMMIT={commit}");
 }
 
+/// The crate's directory as cargo names it for this run: not the one this script was compiled
+/// in (`env!`), which a build directory shared between checkouts keeps after that one is gone.
+fn manifest_dir() -> Result<PathBuf, String> {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .ok_or_else(|| "cargo did not set CARGO_MANIFEST_DIR".to_string())
+}
+
 /// What `git ARGS` prints, trimmed; None when git is missing, fails or prints nothing.
 fn git(args: &[&str]) -> Option<String> {
     std::process::Command::new("git")
@@ -71,7 +80,7 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn build_ebpf() -> Result<(), String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ebpf");
+    let dir = manifest_dir()?.join("../ebpf");
     println!("cargo:rerun-if-changed={}", dir.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let Ok(entries) = std::fs::read_dir(&dir) else {
