@@ -11,9 +11,10 @@ mod services;
 use mesh_proto::{Cluster, Network, Service, Task};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
-use crate::store::{Event, Read, ReadTx, Store};
+use crate::store::{Event, Read, ReadTx, Store, try_next};
 use ipam::PoolConfig;
 use networks::{TaskQueue, is_new};
 use pools::Pools;
@@ -149,11 +150,22 @@ impl Allocator {
                         continue;
                     }
                 };
-                match event {
-                    Ok(Event::Commit { .. }) => retry = !self.allocate(&mut state).await,
-                    Ok(Event::Reset) | Err(RecvError::Lagged(_)) => continue 'resync,
-                    Err(RecvError::Closed) => return,
-                    Ok(event) => state.observe(&event),
+                // What else is delivered already is taken in first: one pass then covers every
+                // commit so far (a pass waits for its own commit; one per commit would fall
+                // behind the store, lag it and start over from the whole store).
+                let mut next = Some(event);
+                let mut committed = false;
+                while let Some(event) = next.take() {
+                    match event {
+                        Ok(Event::Commit { .. }) => committed = true,
+                        Ok(Event::Reset) | Err(RecvError::Lagged(_)) => continue 'resync,
+                        Err(RecvError::Closed) => return,
+                        Ok(event) => state.observe(&event),
+                    }
+                    next = try_next(&mut events);
+                }
+                if committed {
+                    retry = !self.allocate(&mut state).await;
                 }
             }
         }

@@ -2,11 +2,12 @@
 
 use std::future::Future;
 use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::store::{Event, ReadTx, Store, StoreError};
+use crate::store::{Event, ReadTx, Store, StoreError, try_next};
 
 /// How long a reconciler waits before retrying writes that failed.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -37,7 +38,7 @@ pub(crate) async fn drive<R: Reconcile>(
     let mut events = subscribe(&store, &mut reconciler);
     let mut wake = None;
     let mut flush_now = true;
-    loop {
+    'run: loop {
         if *shutdown.borrow() {
             break;
         }
@@ -67,16 +68,30 @@ pub(crate) async fn drive<R: Reconcile>(
                     break;
                 }
             }
-            event = events.recv() => match event {
-                Ok(Event::Commit { .. }) => flush_now = true,
-                Ok(Event::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    debug!(reconciler = R::NAME, "store reset or watcher lagged: full reconcile");
-                    events = subscribe(&store, &mut reconciler);
-                    flush_now = true;
+            event = events.recv() => {
+                // Whatever else is delivered already is taken in before the next flush, so that
+                // one flush covers every commit so far: a reconciler whose writes wait for Raft
+                // otherwise flushes once per commit, falls behind the store and, lagging, starts
+                // over from a full reconcile.
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    match event {
+                        Ok(Event::Commit { .. }) => flush_now = true,
+                        Ok(Event::Reset) | Err(RecvError::Lagged(_)) => {
+                            debug!(
+                                reconciler = R::NAME,
+                                "store reset or watcher lagged: full reconcile"
+                            );
+                            events = subscribe(&store, &mut reconciler);
+                            flush_now = true;
+                            break;
+                        }
+                        Ok(event) => reconciler.observe(&event),
+                        Err(RecvError::Closed) => break 'run,
+                    }
+                    next = try_next(&mut events);
                 }
-                Ok(event) => reconciler.observe(&event),
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+            }
             () = sleep => flush_now = true,
         }
     }
@@ -103,5 +118,86 @@ pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::Node;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
+
+    /// Counts nodes observed and flushes; a flush waits for a permit of `gate`.
+    struct Counting {
+        observed: Arc<AtomicUsize>,
+        flushes: Arc<AtomicUsize>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Reconcile for Counting {
+        const NAME: &'static str = "counting";
+
+        fn mark_all(&mut self, _tx: &ReadTx<'_>) {}
+
+        fn observe(&mut self, event: &Event) {
+            if event.as_a::<Node>().is_some() {
+                self.observed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        async fn flush(&mut self, _store: &Store) -> Option<Instant> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.gate.acquire().await.expect("gate open");
+            None
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Commits that arrive while a flush waits (for its own write, say) are all taken in before
+    /// the next flush, which covers them at once: one flush per commit would fall behind a busy
+    /// store until the watch lags.
+    #[tokio::test]
+    async fn commits_delivered_during_a_flush_are_flushed_once() {
+        let store = crate::store::direct_store();
+        let (observed, flushes) = (Arc::default(), Arc::<AtomicUsize>::default());
+        let gate = Arc::new(Semaphore::new(0));
+        let reconciler = Counting {
+            observed: Arc::clone(&observed),
+            flushes: Arc::clone(&flushes),
+            gate: Arc::clone(&gate),
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(drive(store.clone(), shutdown, reconciler));
+        until("the first flush", || flushes.load(Ordering::SeqCst) == 1).await;
+
+        for i in 0..20 {
+            let node = Node {
+                id: format!("n{i}"),
+                ..Default::default()
+            };
+            store.update(|tx| tx.create(node)).await.expect("commit");
+        }
+        gate.add_permits(1_000);
+        until("every node observed", || {
+            observed.load(Ordering::SeqCst) == 20
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            flushes.load(Ordering::SeqCst),
+            2,
+            "the first flush, then one for the 20 commits"
+        );
     }
 }

@@ -152,9 +152,12 @@ impl Reconcile for GlobalOrchestrator {
     fn mark_all(&mut self, tx: &ReadTx<'_>) {
         self.nodes_changed = true;
         self.dirty.clear();
-        for task in tx.find::<Task>(|t| t.slot == 0 && task::desired(t) < TaskState::Remove) {
-            if tx.get::<Service>(&task.service_id).is_none() {
-                self.dirty.insert(task.service_id);
+        for task in tx.iter::<Task>() {
+            if task.slot == 0
+                && task::desired(task) < TaskState::Remove
+                && tx.peek::<Service>(&task.service_id).is_none()
+            {
+                self.dirty.insert(task.service_id.clone());
             }
         }
     }

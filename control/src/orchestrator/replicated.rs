@@ -196,9 +196,13 @@ impl Reconcile for ReplicatedOrchestrator {
             .into_iter()
             .map(|s| s.id)
             .collect();
-        for task in tx.find::<Task>(|t| t.slot != 0 && task::desired(t) < TaskState::Remove) {
-            if tx.get::<Service>(&task.service_id).is_none() {
-                self.dirty.insert(task.service_id);
+        // Read in place: a full reconcile must not copy every task.
+        for task in tx.iter::<Task>() {
+            if task.slot != 0
+                && task::desired(task) < TaskState::Remove
+                && tx.peek::<Service>(&task.service_id).is_none()
+            {
+                self.dirty.insert(task.service_id.clone());
             }
         }
     }

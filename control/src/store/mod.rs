@@ -32,7 +32,7 @@ pub use direct::writes_per_entry;
 pub use memory::{ApplyError, MemoryStore};
 pub use object::{Kind, Object, StoreObject};
 pub use tx::{Read, ReadTx, WriteTx};
-pub use watch::Event;
+pub use watch::{Event, try_next};
 
 use futures::future::BoxFuture;
 use mesh_proto::Transaction;

@@ -2,6 +2,7 @@
 //! handing an event to many watchers copies no object.
 
 use std::sync::Arc;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::object::{Object, StoreObject};
 
@@ -46,5 +47,16 @@ impl Event {
 
     pub fn is_delete(&self) -> bool {
         matches!(self, Event::Deleted(_))
+    }
+}
+
+/// The next event already delivered to `events`, as `recv` would give it, or `None` when none is
+/// waiting: watchers take in everything delivered before acting once on all of it.
+pub fn try_next(events: &mut broadcast::Receiver<Event>) -> Option<Result<Event, RecvError>> {
+    match events.try_recv() {
+        Ok(event) => Some(Ok(event)),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
     }
 }
