@@ -3,7 +3,7 @@
 
 use mesh_proto::{Node, Service, Task, TaskState};
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -165,6 +165,9 @@ pub struct ReplicatedOrchestrator {
     /// Services some of whose tasks only started running: planned only if that matters to them
     /// ([`update::starts_matter`]), for planning a service reads all its tasks.
     started: BTreeSet<String>,
+    /// Services some of whose tasks were only placed, by the node they were placed on: planned
+    /// only if that node is lost by then, or the placement matters to the service's update.
+    placed: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl ReplicatedOrchestrator {
@@ -176,6 +179,7 @@ impl ReplicatedOrchestrator {
             timers: plan::Timers::default(),
             dirty_nodes: BTreeSet::new(),
             started: BTreeSet::new(),
+            placed: BTreeMap::new(),
         }
     }
 
@@ -191,6 +195,7 @@ impl Reconcile for ReplicatedOrchestrator {
     fn mark_all(&mut self, tx: &ReadTx<'_>) {
         self.dirty_nodes.clear();
         self.started.clear();
+        self.placed.clear();
         self.dirty = tx
             .find::<Service>(|s| task::replicas(s).is_some())
             .into_iter()
@@ -218,12 +223,16 @@ impl Reconcile for ReplicatedOrchestrator {
         } else if let Some(task) = event.as_a::<Task>() {
             let old = event.old_as::<Task>();
             if task.slot != 0 && task::plan_changed(old, task) {
-                let marks = if task::only_started(old, task) {
-                    &mut self.started
+                if task::only_started(old, task) {
+                    self.started.insert(task.service_id.clone());
+                } else if task::only_placed(old, task) {
+                    self.placed
+                        .entry(task.node_id.clone())
+                        .or_default()
+                        .insert(task.service_id.clone());
                 } else {
-                    &mut self.dirty
-                };
-                marks.insert(task.service_id.clone());
+                    self.dirty.insert(task.service_id.clone());
+                }
             }
         } else if let Some(node) = event.as_a::<Node>() {
             let was_down = event.old_as::<Node>().is_some_and(task::is_down);
@@ -254,6 +263,23 @@ impl Reconcile for ReplicatedOrchestrator {
                     .into_iter()
                     .filter(|id| !dirty.contains(id))
                     .filter(|id| tx.peek::<Service>(id).is_none_or(update::starts_matter))
+                    .collect()
+            });
+            self.dirty.extend(matter);
+        }
+        let placed = std::mem::take(&mut self.placed);
+        if !placed.is_empty() {
+            let dirty = &self.dirty;
+            let matter: Vec<String> = store.view(|tx| {
+                placed
+                    .into_iter()
+                    .flat_map(|(node, services)| {
+                        let lost = tx.peek::<Node>(&node).is_none_or(task::is_down);
+                        services.into_iter().filter(move |id| {
+                            lost || tx.peek::<Service>(id).is_none_or(update::starts_matter)
+                        })
+                    })
+                    .filter(|id| !dirty.contains(id))
                     .collect()
             });
             self.dirty.extend(matter);

@@ -71,15 +71,33 @@ pub fn plan_changed(old: Option<&Task>, new: &Task) -> bool {
     let Some(old) = old else {
         return true;
     };
-    let phase = |t: &Task| {
-        let s = state(t);
-        (s == TaskState::Running, is_terminal(s))
-    };
     old.desired_state != new.desired_state
         || old.slot != new.slot
         || old.node_id != new.node_id
         || old.spec_version != new.spec_version
         || phase(old) != phase(new)
+}
+
+/// What planning sees of a task's status: whether it runs, and whether it has stopped.
+fn phase(task: &Task) -> (bool, bool) {
+    let s = state(task);
+    (s == TaskState::Running, is_terminal(s))
+}
+
+/// Whether all that changed for planning is that the scheduler placed the task: it had no node
+/// and has one now, with the same slot, spec version, desired state and phase. That matters to
+/// planning only if the node is lost by the time the orchestrator looks (placed on a node going
+/// down), or to a rolling update.
+pub fn only_placed(old: Option<&Task>, new: &Task) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    old.node_id.is_empty()
+        && !new.node_id.is_empty()
+        && old.desired_state == new.desired_state
+        && old.slot == new.slot
+        && old.spec_version == new.spec_version
+        && phase(old) == phase(new)
 }
 
 /// Whether all that changed for planning is that the task started running: the same slot, node,
@@ -321,6 +339,59 @@ mod tests {
         ];
         for (case, old, new, want) in cases {
             assert_eq!(only_started(old.as_ref(), &new), want, "{case}");
+        }
+
+        // Of the changes planning sees, which are a task that was only placed on a node.
+        let pending = at(TaskState::Pending);
+        let assigned = |f: &dyn Fn(&mut Task)| {
+            let mut t = at(TaskState::Assigned);
+            t.node_id = "n1".into();
+            f(&mut t);
+            t
+        };
+        // (case, old, new, only placed)
+        let cases: Vec<(&str, Option<Task>, Task, bool)> = vec![
+            ("placed", Some(pending.clone()), assigned(&|_| {}), true),
+            ("created placed", None, assigned(&|_| {}), false),
+            (
+                "moved",
+                Some(assigned(&|_| {})),
+                assigned(&|t| t.node_id = "n2".into()),
+                false,
+            ),
+            (
+                "unplaced",
+                Some(assigned(&|_| {})),
+                with(&|t| t.status.as_mut().expect("status").state = TaskState::Pending as i32),
+                false,
+            ),
+            (
+                "placed running",
+                Some(pending.clone()),
+                assigned(&|t| t.status.as_mut().expect("status").state = TaskState::Running as i32),
+                false,
+            ),
+            (
+                "asked to stop too",
+                Some(pending.clone()),
+                assigned(&|t| t.desired_state = TaskState::Shutdown as i32),
+                false,
+            ),
+            (
+                "another spec too",
+                Some(pending.clone()),
+                assigned(&|t| t.spec_version = 2),
+                false,
+            ),
+            (
+                "another slot too",
+                Some(pending),
+                assigned(&|t| t.slot = 2),
+                false,
+            ),
+        ];
+        for (case, old, new, want) in cases {
+            assert_eq!(only_placed(old.as_ref(), &new), want, "{case}");
         }
     }
 

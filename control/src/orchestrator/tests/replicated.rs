@@ -165,6 +165,44 @@ async fn lost_node_tasks_restart_elsewhere() {
     assert_eq!(task::desired(&lost), TaskState::Shutdown);
 }
 
+/// A placement alone does not plan the service again, but one on a node already down (the
+/// scheduler's view was behind) is a lost task: it is replaced.
+#[tokio::test]
+async fn a_task_placed_on_a_node_already_down_is_replaced() {
+    let (store, _stop) = start();
+    create(&store, node("n1", "east")).await;
+    let mut down = node("n2", "east");
+    down.status.get_or_insert_with(Default::default).state = NodeState::Down as i32;
+    create(&store, down).await;
+    let svc = replicated("web", 2, Some(policy(RestartCondition::Any, 0, 0)));
+    let id = svc.id.clone();
+    create(&store, svc).await;
+    wait_for(&store, "2 tasks", |tx| live(tx, &id).len() == 2).await;
+    let tasks = store.view(|tx| live(tx, &id));
+    let place = |node: &'static str| {
+        move |t: &mut Task| {
+            t.node_id = node.into();
+            t.status.get_or_insert_with(Default::default).state = TaskState::Assigned as i32;
+        }
+    };
+    modify::<Task>(&store, &tasks[0].id, place("n1")).await;
+    modify::<Task>(&store, &tasks[1].id, place("n2")).await;
+    wait_for(&store, "a replacement for the task placed on n2", |tx| {
+        let live = live(tx, &id);
+        live.len() == 2 && live.iter().all(|t| t.node_id != "n2")
+    })
+    .await;
+    let kept = store.view(|tx| live(tx, &id));
+    assert!(
+        kept.iter().any(|t| t.id == tasks[0].id),
+        "the task placed on a ready node is kept: {kept:#?}"
+    );
+    let lost = store
+        .view(|tx| tx.get::<Task>(&tasks[1].id))
+        .expect("lost task kept");
+    assert_eq!(task::desired(&lost), TaskState::Shutdown);
+}
+
 #[tokio::test]
 async fn rolling_update_replaces_one_slot_at_a_time() {
     let (store, _stop) = start();
