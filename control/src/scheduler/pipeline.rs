@@ -3,7 +3,8 @@
 
 use mesh_proto::{Task, TaskState};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use super::filter::{FILTERS, Rejection, TaskRequest};
 use super::node_info::NodeInfo;
@@ -41,11 +42,17 @@ pub fn schedule<'a>(
     tasks: &[Task],
 ) -> Vec<Decision> {
     let mut nodes: Vec<Cow<'a, NodeInfo>> = nodes.into_iter().map(Cow::Borrowed).collect();
-    let index: HashMap<String, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id().to_string(), i))
-        .collect();
+    // Only a task that names its node looks it up by id.
+    let index: HashMap<String, usize> = if tasks.iter().any(|t| !t.node_id.is_empty()) {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id().to_string(), i))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let mut ranks: Option<Vec<usize>> = None;
     let mut decisions = Vec::with_capacity(tasks.len());
     let mut rest = tasks;
     while let Some(first) = rest.first() {
@@ -59,7 +66,8 @@ pub fn schedule<'a>(
         };
         let (group, after) = rest.split_at(len);
         if len > 1 {
-            decide_group(&mut nodes, group, &mut decisions);
+            let ranks = ranks.get_or_insert_with(|| id_ranks(&nodes));
+            decide_group(&mut nodes, ranks, group, &mut decisions);
         } else {
             decisions.push(decide(&mut nodes, &index, first));
         }
@@ -86,14 +94,32 @@ fn same_group(first: &Task, task: &Task) -> bool {
         && task.spec == first.spec
 }
 
+/// Each node's place among the nodes ordered by id, computed once per pass: a group compares
+/// nodes by it instead of copying and comparing their ids.
+fn id_ranks(nodes: &[Cow<'_, NodeInfo>]) -> Vec<usize> {
+    let mut by_id: Vec<usize> = (0..nodes.len()).collect();
+    by_id.sort_by(|&a, &b| nodes[a].id().cmp(nodes[b].id()));
+    let mut ranks = vec![0; nodes.len()];
+    for (rank, i) in by_id.into_iter().enumerate() {
+        ranks[i] = rank;
+    }
+    ranks
+}
+
 /// The order in which a group's tasks take nodes, as [`spread::choose`] picks without
-/// preferences: fewest of the service's tasks, then fewest tasks, then the lowest id.
-type Candidate = (usize, usize, String, usize);
+/// preferences: fewest of the service's tasks, then fewest tasks, then the lowest id (its rank);
+/// then the node's index. Reversed: the heap yields the least first.
+type Candidate = Reverse<(usize, usize, usize, usize)>;
 
 /// Decides `group` (tasks of one spec, see [`same_group`]) as [`decide`] would task by task.
 /// Placing a task only ever makes a node less eligible (resources, ports, replicas per node), so
 /// eligibility is computed once and checked again only on the node about to be chosen.
-fn decide_group(nodes: &mut [Cow<'_, NodeInfo>], group: &[Task], decisions: &mut Vec<Decision>) {
+fn decide_group(
+    nodes: &mut [Cow<'_, NodeInfo>],
+    ranks: &[usize],
+    group: &[Task],
+    decisions: &mut Vec<Decision>,
+) {
     let first = &group[0];
     let no_index = HashMap::new();
     let Ok(request) = TaskRequest::new(first) else {
@@ -103,15 +129,11 @@ fn decide_group(nodes: &mut [Cow<'_, NodeInfo>], group: &[Task], decisions: &mut
     };
     let service = first.service_id.as_str();
     let key = |n: &NodeInfo, i: usize| -> Candidate {
-        (
-            n.service_tasks(service),
-            n.active_tasks(),
-            n.id().to_string(),
-            i,
-        )
+        Reverse((n.service_tasks(service), n.active_tasks(), ranks[i], i))
     };
     let passes = |n: &NodeInfo| FILTERS.iter().all(|f| f.check(&request, n));
-    let mut candidates: BTreeSet<Candidate> = nodes
+    // Built in linear time; each task then pops the least loaded node and pushes it back.
+    let mut candidates: BinaryHeap<Candidate> = nodes
         .iter()
         .enumerate()
         .filter(|(_, n)| passes(n))
@@ -119,7 +141,7 @@ fn decide_group(nodes: &mut [Cow<'_, NodeInfo>], group: &[Task], decisions: &mut
         .collect();
     for task in group {
         let chosen = loop {
-            let Some((_, _, _, i)) = candidates.pop_first() else {
+            let Some(Reverse((_, _, _, i))) = candidates.pop() else {
                 break None;
             };
             if passes(&nodes[i]) {
@@ -133,7 +155,7 @@ fn decide_group(nodes: &mut [Cow<'_, NodeInfo>], group: &[Task], decisions: &mut
             continue;
         };
         decisions.push(place(nodes[i].to_mut(), task));
-        candidates.insert(key(&nodes[i], i));
+        candidates.push(key(&nodes[i], i));
     }
 }
 

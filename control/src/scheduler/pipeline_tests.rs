@@ -406,9 +406,22 @@ fn groups_decide_as_one_task_at_a_time() {
             run("none", 0, 4, &|t| constrained(t, &["node.labels.zone==z"])),
         ),
     ];
+    // A group breaks ties by id whatever order the nodes come in.
+    let reversed: Vec<NodeInfo> = nodes.iter().rev().cloned().collect();
     for (name, batch) in cases {
         let grouped = schedule(&nodes, &batch);
         assert_eq!(grouped, one_by_one(&nodes, &batch), "{name}");
         assert_eq!(grouped.len(), batch.len(), "{name}");
+        let grouped = schedule(&reversed, &batch);
+        assert_eq!(
+            grouped,
+            one_by_one(&reversed, &batch),
+            "{name}, nodes reversed"
+        );
+        assert_eq!(
+            grouped,
+            one_by_one(&nodes, &batch),
+            "{name}, same as in id order"
+        );
     }
 }
