@@ -312,7 +312,7 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     );
 
     let lost = if plan.nodes >= phases::LOST_SHARE {
-        let loss = phases::lose_nodes(&mut client, &nodes, plan.tasks).await?;
+        let loss = phases::lose_nodes(&mut client, cluster.manager(), &nodes, plan.tasks).await?;
         println!(
             "  losing {} nodes at once: all marked down {:.2} s later, their tasks running on \
              the others {:.2} s after the loss",

@@ -9,7 +9,7 @@ use mesh_proto::control_client::ControlClient;
 use mesh_proto::{
     ListNodesRequest, ListServicesRequest, ListTasksRequest, NodeState, TaskState, gather,
 };
-use mesh_tests::Cluster;
+use mesh_tests::{Cluster, Node};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -21,6 +21,32 @@ pub const LOST_SHARE: u32 = 10;
 const RESCHEDULE_LIMIT: Duration = Duration::from_secs(180);
 /// How long a restarted manager may take to be back before the run fails.
 const RESTART_LIMIT: Duration = Duration::from_secs(300);
+
+/// The wait before the next poll: [`POLL`], or twice what the last poll took. At half a million
+/// tasks a `service ls` is a pass over every task; polled back to back, the benchmark's own reads
+/// would take most of the leader's time and slow what it measures.
+fn pause(took: Duration) -> Duration {
+    POLL.max(took * 2)
+}
+
+/// The leader's task counts by state (its `mesh_tasks` metric), to say where tasks stopped.
+async fn task_states(node: &Node) -> String {
+    match probe::body(node).await {
+        Ok(body) => states_of(&body),
+        Err(_) => "the leader's metrics did not answer".into(),
+    }
+}
+
+fn states_of(body: &str) -> String {
+    let states: Vec<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("mesh_tasks{state=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(_, count)| *count != "0")
+        .map(|(state, count)| format!("{state} {count}"))
+        .collect();
+    format!("tasks by state: {}", states.join(", "))
+}
 
 /// Tasks wanted running and reported running, over every service (`service ls`'s count).
 async fn running(client: &mut ControlClient<Channel>) -> anyhow::Result<u64> {
@@ -49,6 +75,7 @@ pub struct Loss {
 /// leader has marked them down and until their tasks run elsewhere.
 pub async fn lose_nodes(
     client: &mut ControlClient<Channel>,
+    leader: &Node,
     nodes: &[(String, JoinHandle<()>)],
     tasks: u64,
 ) -> anyhow::Result<Loss> {
@@ -91,7 +118,9 @@ pub async fn lose_nodes(
         node.abort();
     }
     let mut down = None;
+    let mut left = before.tasks.len();
     loop {
+        let polled = Instant::now();
         if down.is_none() {
             let listed = gather(client.list_nodes(ListNodesRequest {}).await?.into_inner()).await?;
             let gone = listed
@@ -104,20 +133,23 @@ pub async fn lose_nodes(
                 down = Some(started.elapsed());
             }
         }
-        let left = gather(client.list_tasks(on_lost.clone()).await?.into_inner()).await?;
-        if down.is_some() && left.tasks.is_empty() && running(client).await? >= tasks {
+        if left > 0 {
+            let listed = gather(client.list_tasks(on_lost.clone()).await?.into_inner()).await?;
+            left = listed.tasks.len();
+        }
+        if down.is_some() && left == 0 && running(client).await? >= tasks {
             break;
         }
         if started.elapsed() > RESCHEDULE_LIMIT {
             bail!(
-                "{} tasks still wanted on lost nodes and {} of {tasks} running {RESCHEDULE_LIMIT:?} \
-                 after losing {} nodes",
-                left.tasks.len(),
+                "{left} tasks still wanted on lost nodes and {} of {tasks} running \
+                 {RESCHEDULE_LIMIT:?} after losing {} nodes ({})",
                 running(client).await?,
-                lost.len()
+                lost.len(),
+                task_states(leader).await
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause(polled.elapsed())).await;
     }
     Ok(Loss {
         lost: lost.len(),
@@ -201,6 +233,7 @@ pub async fn restart_leader(
     let node = &cluster.nodes()[leader];
     let mut client = crate::api_load::connect(node.socket()).await?;
     loop {
+        let polled = Instant::now();
         // Ready in the store proves nothing here (the restart kept it): the sessions count.
         // A leader busy with thousands of reconnections may leave a scrape unanswered a while.
         let sessions = probe::scrape(node).await.map_or(0, |s| s.sessions as usize);
@@ -210,14 +243,37 @@ pub async fn restart_leader(
         if started.elapsed() > RESTART_LIMIT {
             bail!(
                 "{sessions} of {nodes} nodes with a session {RESTART_LIMIT:?} after the \
-                 manager's restart"
+                 manager's restart ({})",
+                task_states(node).await
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause(polled.elapsed())).await;
     }
     Ok(Restart {
         leading,
         back,
         ready: Some(started.elapsed()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_wait_twice_what_the_last_took() {
+        assert_eq!(pause(Duration::from_millis(10)), POLL);
+        assert_eq!(
+            pause(Duration::from_millis(400)),
+            Duration::from_millis(800)
+        );
+    }
+
+    #[test]
+    fn task_states_name_the_states_with_tasks() {
+        let body = "# TYPE mesh_tasks gauge\nmesh_tasks{state=\"new\"} 0\n\
+                    mesh_tasks{state=\"pending\"} 12\nmesh_tasks{state=\"running\"} 900\n\
+                    mesh_sessions 5\n";
+        assert_eq!(states_of(body), "tasks by state: pending 12, running 900");
+    }
 }
