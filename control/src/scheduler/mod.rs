@@ -10,6 +10,7 @@ pub mod constraint;
 pub mod filter;
 mod node_info;
 mod pipeline;
+mod queue;
 mod reconciler;
 mod spread;
 

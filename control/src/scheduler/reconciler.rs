@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::node_info::{NodeInfo, holds_resources};
 use super::pipeline::{Decision, schedule};
+use super::queue::Queue;
 use crate::store::{Event, Read, ReadTx, Store, StoreError, StoreObject, now_nanos};
 
 /// How long the store must stay quiet before a batch is decided.
@@ -45,7 +46,7 @@ pub struct Scheduler {
 #[derive(Debug, Default)]
 struct Work {
     /// Tasks to decide for: new or changed pending tasks.
-    queued: BTreeSet<String>,
+    queued: Queue,
     /// Pending tasks no node could take, retried when nodes or free capacity change.
     unschedulable: BTreeSet<String>,
     retry_unschedulable: bool,
@@ -76,7 +77,7 @@ impl Scheduler {
     async fn run_loop(self, mut shutdown: watch::Receiver<bool>) {
         let (pending, mut events) = self.store.memory().view_and_watch(pending_ids);
         let mut work = Work {
-            queued: pending,
+            queued: queue_of(pending),
             rebuild_all: true,
             ..Default::default()
         };
@@ -160,25 +161,25 @@ impl Scheduler {
                 }
             }
             if std::mem::take(&mut work.retry_unschedulable) {
-                work.queued.extend(work.unschedulable.iter().cloned());
+                let queued = &mut work.queued;
+                work.unschedulable.retain(|id| match tx.peek::<Task>(id) {
+                    Some(task) => {
+                        queued.insert(&task.service_id, id);
+                        true
+                    }
+                    None => false,
+                });
             }
             work.refresh_nodes(tx);
             let rescan = std::mem::take(&mut work.rescan);
             if rescan {
                 // Every pending task is queued again; whatever is no longer pending is forgotten.
-                let pending: BTreeSet<String> = tx
-                    .iter::<Task>()
-                    .filter(|t| is_schedulable(t))
-                    .map(|t| t.id.clone())
-                    .collect();
-                work.unschedulable.retain(|id| pending.contains(id));
-                work.queued = pending;
+                let pending = pending_ids(tx);
+                work.unschedulable.retain(|id| pending.contains_key(id));
+                work.queued = queue_of(pending);
             }
             let mut batch = Vec::new();
-            while batch.len() < SCHEDULE_BATCH {
-                let Some(id) = work.queued.pop_first() else {
-                    break;
-                };
+            for id in work.queued.take(SCHEDULE_BATCH) {
                 match tx.peek::<Task>(&id) {
                     Some(task) if is_schedulable(task) => batch.push(task.clone()),
                     _ => {
@@ -245,7 +246,15 @@ impl Scheduler {
                         }
                     }
                 }
-                work.queued.extend(outcome.changed);
+                let service_of: HashMap<&str, &str> = batch
+                    .iter()
+                    .map(|t| (t.id.as_str(), t.service_id.as_str()))
+                    .collect();
+                for id in &outcome.changed {
+                    if let Some(service_id) = service_of.get(id.as_str()) {
+                        work.queued.insert(service_id, id);
+                    }
+                }
             }
             Err(err) => {
                 let delay = if matches!(err, StoreError::Conflict { .. }) {
@@ -255,7 +264,9 @@ impl Scheduler {
                     warn!(error = %err, "scheduling decisions not committed; retrying");
                     ERROR_RETRY
                 };
-                work.queued.extend(batch.into_iter().map(|t| t.id));
+                for task in &batch {
+                    work.queued.insert(&task.service_id, &task.id);
+                }
                 work.not_before = Some(Instant::now() + delay);
             }
         }
@@ -303,11 +314,20 @@ fn node_info(tx: &ReadTx<'_>, node: &Node) -> NodeInfo {
     NodeInfo::new(node.clone(), tx.tasks_on_node(&node.id))
 }
 
-fn pending_ids(tx: &ReadTx<'_>) -> BTreeSet<String> {
+/// Every pending task's id, with its service's.
+fn pending_ids(tx: &ReadTx<'_>) -> HashMap<String, String> {
     tx.iter::<Task>()
         .filter(|t| is_schedulable(t))
-        .map(|t| t.id.clone())
+        .map(|t| (t.id.clone(), t.service_id.clone()))
         .collect()
+}
+
+fn queue_of(pending: HashMap<String, String>) -> Queue {
+    let mut queue = Queue::default();
+    for (task_id, service_id) in &pending {
+        queue.insert(service_id, task_id);
+    }
+    queue
 }
 
 /// A task waiting for a node: pending, and still meant to run.
@@ -415,7 +435,7 @@ impl Work {
                     || old.desired_state != task.desired_state
             });
             if relevant {
-                self.queued.insert(task.id.clone());
+                self.queued.insert(&task.service_id, &task.id);
             }
         } else {
             self.unschedulable.remove(&task.id);
