@@ -111,6 +111,16 @@ impl Sessions {
         expired.into_iter().map(|(node, _)| node).collect()
     }
 
+    /// Credits every session with `stalled`, time in which the monitor could not run: the
+    /// leader was held up (its store locked while a snapshot was taken, its runtime busy), so
+    /// the heartbeats sent meanwhile were not heard either, and the nodes are not to blame.
+    fn forgive(&self, stalled: Duration) {
+        let now = Instant::now();
+        for s in self.lock().by_id.values_mut() {
+            s.last_heartbeat = (s.last_heartbeat + stalled).min(now);
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
         self.lock().by_id.len()
     }
@@ -127,6 +137,12 @@ impl Sessions {
         }
     }
 }
+
+/// How often the heartbeat monitor looks for sessions gone silent.
+const MONITOR_TICK: Duration = Duration::from_millis(200);
+/// A gap between two looks longer than this is the leader's stall, not the nodes' silence: at
+/// 5,000 nodes a snapshot's 4 s pause expired thousands of live sessions at once.
+const MONITOR_STALL: Duration = Duration::from_secs(1);
 
 /// How long a node that was READY under the previous leader has, once this one starts, to find
 /// it: agents notice a silent manager within two heartbeat periods, then may try a manager that
@@ -151,8 +167,9 @@ pub(super) fn heartbeat_grace(period: Duration, multiplier: f64) -> Duration {
 /// session when this leader starts get [`takeover_grace`] to register.
 pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(MONITOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checked = Instant::now();
     loop {
         tick.tick().await;
         // The period follows the cluster's spec (`swarm init --dispatcher-heartbeat`, which a
@@ -174,6 +191,13 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         }
         let config = inner.config.borrow().clone();
         let grace = heartbeat_grace(config.heartbeat_period, config.grace_multiplier);
+        // Measured after the monitor's own read of the store, which a held-up store delays too.
+        let gap = checked.elapsed();
+        checked = Instant::now();
+        if gap > MONITOR_STALL {
+            tracing::info!(stalled = ?gap, "heartbeat monitor held up: sessions credited");
+            inner.sessions.forgive(gap - MONITOR_TICK);
+        }
         let mut down = inner.sessions.expire(grace);
         config.heartbeat_misses.inc_by(down.len() as u64);
         if started.elapsed() > takeover_grace(config.heartbeat_period, grace) {
@@ -281,6 +305,25 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(sessions.expire(Duration::from_millis(5)), ["n1"]);
         assert!(!sessions.has_node("n1"));
+    }
+
+    #[test]
+    fn a_stall_of_the_leader_is_not_held_against_the_nodes() {
+        let sessions = Sessions::default();
+        let _a = sessions.open("a", "n1", Duration::ZERO);
+        let _b = sessions.open("b", "n2", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(60));
+        // The monitor was held up 60 ms: nobody was heard meanwhile, nobody is blamed.
+        sessions.forgive(Duration::from_millis(60));
+        assert!(sessions.expire(Duration::from_millis(30)).is_empty());
+        // Silence after the stall counts again.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(sessions.heartbeat("a", Duration::ZERO));
+        assert_eq!(sessions.expire(Duration::from_millis(30)), ["n2"]);
+        // A credit never puts a heartbeat in the future.
+        sessions.forgive(Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(sessions.expire(Duration::from_millis(30)), ["n1"]);
     }
 
     #[test]
