@@ -15,6 +15,8 @@ struct Session {
     /// The grace in force when the agent last heard the period (at opening or its last
     /// heartbeat): an agent told 5 s is not held to a 1 s period before it has heard of it.
     allowance: Duration,
+    /// What the leader's stalls have been credited since the last heartbeat (at most a grace).
+    credited: Duration,
     /// Flipped to true when the session ends; every stream of the session watches it.
     closed: watch::Sender<bool>,
 }
@@ -58,6 +60,7 @@ impl Sessions {
             node_id: node_id.to_string(),
             last_heartbeat: Instant::now(),
             allowance: grace,
+            credited: Duration::ZERO,
             closed,
         };
         if let Some(replaced) = table.by_id.insert(session_id.to_string(), session) {
@@ -84,6 +87,7 @@ impl Sessions {
             Some(s) => {
                 s.last_heartbeat = Instant::now();
                 s.allowance = grace;
+                s.credited = Duration::ZERO;
                 true
             }
             None => false,
@@ -113,11 +117,15 @@ impl Sessions {
 
     /// Credits every session with `stalled`, time in which the monitor could not run: the
     /// leader was held up (its store locked while a snapshot was taken, its runtime busy), so
-    /// the heartbeats sent meanwhile were not heard either, and the nodes are not to blame.
-    fn forgive(&self, stalled: Duration) {
+    /// the heartbeats sent meanwhile were not heard either, and the nodes are not to blame. A
+    /// session is credited at most `cap` between two heartbeats: a node that is really gone is
+    /// still found out, at most `cap` later, however often the leader stalls.
+    fn forgive(&self, stalled: Duration, cap: Duration) {
         let now = Instant::now();
         for s in self.lock().by_id.values_mut() {
-            s.last_heartbeat = (s.last_heartbeat + stalled).min(now);
+            let credit = stalled.min(cap.saturating_sub(s.credited));
+            s.credited += credit;
+            s.last_heartbeat = (s.last_heartbeat + credit).min(now);
         }
     }
 
@@ -196,7 +204,7 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         checked = Instant::now();
         if gap > MONITOR_STALL {
             tracing::info!(stalled = ?gap, "heartbeat monitor held up: sessions credited");
-            inner.sessions.forgive(gap - MONITOR_TICK);
+            inner.sessions.forgive(gap - MONITOR_TICK, grace);
         }
         let mut down = inner.sessions.expire(grace);
         config.heartbeat_misses.inc_by(down.len() as u64);
@@ -309,21 +317,33 @@ mod tests {
 
     #[test]
     fn a_stall_of_the_leader_is_not_held_against_the_nodes() {
+        let ms = Duration::from_millis;
         let sessions = Sessions::default();
         let _a = sessions.open("a", "n1", Duration::ZERO);
         let _b = sessions.open("b", "n2", Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(60));
-        // The monitor was held up 60 ms: nobody was heard meanwhile, nobody is blamed.
-        sessions.forgive(Duration::from_millis(60));
-        assert!(sessions.expire(Duration::from_millis(30)).is_empty());
+        std::thread::sleep(ms(300));
+        // The monitor was held up 300 ms: nobody was heard meanwhile, nobody is blamed.
+        sessions.forgive(ms(300), Duration::from_secs(60));
+        assert!(sessions.expire(ms(150)).is_empty());
         // Silence after the stall counts again.
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(ms(300));
         assert!(sessions.heartbeat("a", Duration::ZERO));
-        assert_eq!(sessions.expire(Duration::from_millis(30)), ["n2"]);
+        assert_eq!(sessions.expire(ms(150)), ["n2"]);
         // A credit never puts a heartbeat in the future.
-        sessions.forgive(Duration::from_secs(3600));
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(sessions.expire(Duration::from_millis(30)), ["n1"]);
+        sessions.forgive(Duration::from_secs(3600), Duration::from_secs(7200));
+        std::thread::sleep(ms(300));
+        assert_eq!(sessions.expire(ms(150)), ["n1"]);
+
+        // Between two heartbeats the credits add up to the cap at most: stall after stall, a
+        // silent node is still found out.
+        let _c = sessions.open("c", "n3", Duration::ZERO);
+        let cap = ms(250);
+        std::thread::sleep(ms(300));
+        sessions.forgive(ms(200), cap);
+        assert!(sessions.expire(ms(150)).is_empty());
+        std::thread::sleep(ms(300));
+        sessions.forgive(ms(500), cap);
+        assert_eq!(sessions.expire(ms(150)), ["n3"]);
     }
 
     #[test]

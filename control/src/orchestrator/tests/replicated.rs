@@ -154,9 +154,12 @@ async fn lost_node_tasks_restart_elsewhere() {
         n.status.get_or_insert_with(Default::default).state = NodeState::Down as i32;
     })
     .await;
-    wait_for(&store, "a replacement for n1's task", |tx| {
+    wait_for(&store, "a replacement for n1's task, to run", |tx| {
         let live = live(tx, &id);
-        live.len() == 2 && live.iter().all(|t| t.node_id != "n1")
+        live.len() == 2
+            && live
+                .iter()
+                .all(|t| t.node_id != "n1" && task::desired(t) == TaskState::Running)
     })
     .await;
     let lost = store
