@@ -244,45 +244,31 @@ impl Reconcile for ReplicatedOrchestrator {
 
     async fn flush(&mut self, store: &Store) -> Option<Instant> {
         let nodes = std::mem::take(&mut self.dirty_nodes);
-        if !nodes.is_empty() {
-            let services: Vec<String> = store.view(|tx| {
-                nodes
+        let started = std::mem::take(&mut self.started);
+        let placed = std::mem::take(&mut self.placed);
+        if !(nodes.is_empty() && started.is_empty() && placed.is_empty()) {
+            let dirty = &self.dirty;
+            let more: Vec<String> = store.view(|tx| {
+                // A start or a placement matters only to an update, or to a service gone.
+                let matters = |id: &String| {
+                    !dirty.contains(id) && tx.peek::<Service>(id).is_none_or(update::starts_matter)
+                };
+                let on_changed_nodes = nodes
                     .iter()
                     .flat_map(|node| tx.tasks_on_node(node))
                     .filter(|t| t.slot != 0)
-                    .map(|t| t.service_id.clone())
+                    .map(|t| t.service_id.clone());
+                // A placement also matters when its node was lost by now.
+                let placed = placed.into_iter().flat_map(|(node, services)| {
+                    let lost = tx.peek::<Node>(&node).is_none_or(task::is_down);
+                    services.into_iter().filter(move |id| lost || matters(id))
+                });
+                on_changed_nodes
+                    .chain(started.into_iter().filter(matters))
+                    .chain(placed)
                     .collect()
             });
-            self.dirty.extend(services);
-        }
-        let started = std::mem::take(&mut self.started);
-        if !started.is_empty() {
-            let dirty = &self.dirty;
-            let matter: Vec<String> = store.view(|tx| {
-                started
-                    .into_iter()
-                    .filter(|id| !dirty.contains(id))
-                    .filter(|id| tx.peek::<Service>(id).is_none_or(update::starts_matter))
-                    .collect()
-            });
-            self.dirty.extend(matter);
-        }
-        let placed = std::mem::take(&mut self.placed);
-        if !placed.is_empty() {
-            let dirty = &self.dirty;
-            let matter: Vec<String> = store.view(|tx| {
-                placed
-                    .into_iter()
-                    .flat_map(|(node, services)| {
-                        let lost = tx.peek::<Node>(&node).is_none_or(task::is_down);
-                        services.into_iter().filter(move |id| {
-                            lost || tx.peek::<Service>(id).is_none_or(update::starts_matter)
-                        })
-                    })
-                    .filter(|id| !dirty.contains(id))
-                    .collect()
-            });
-            self.dirty.extend(matter);
+            self.dirty.extend(more);
         }
         self.timers.take_due(&mut self.dirty);
         if self.dirty.is_empty() {
