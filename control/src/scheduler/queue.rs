@@ -37,6 +37,10 @@ impl Queue {
         }
     }
 
+    pub fn contains(&self, task_id: &str) -> bool {
+        self.service_of.contains_key(task_id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.service_of.is_empty()
     }
@@ -117,7 +121,9 @@ mod tests {
     fn a_task_is_queued_once_and_removed_by_id() {
         let mut q = queue(&[("a", "1"), ("a", "1"), ("b", "2")]);
         assert_eq!(q.len(), 2);
+        assert!(q.contains("1") && q.contains("2") && !q.contains("3"));
         q.remove("1");
+        assert!(!q.contains("1"));
         q.remove("missing");
         assert_eq!(q.len(), 1);
         assert_eq!(q.take(10), ["2"]);

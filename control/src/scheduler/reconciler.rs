@@ -75,9 +75,9 @@ impl Scheduler {
     }
 
     async fn run_loop(self, mut shutdown: watch::Receiver<bool>) {
-        let (pending, mut events) = self.store.memory().view_and_watch(pending_ids);
+        let (queued, mut events) = self.store.memory().view_and_watch(pending);
         let mut work = Work {
-            queued: queue_of(pending),
+            queued,
             rebuild_all: true,
             ..Default::default()
         };
@@ -174,9 +174,9 @@ impl Scheduler {
             let rescan = std::mem::take(&mut work.rescan);
             if rescan {
                 // Every pending task is queued again; whatever is no longer pending is forgotten.
-                let pending = pending_ids(tx);
-                work.unschedulable.retain(|id| pending.contains_key(id));
-                work.queued = queue_of(pending);
+                work.queued = pending(tx);
+                let queued = &work.queued;
+                work.unschedulable.retain(|id| queued.contains(id));
             }
             let mut batch = Vec::new();
             for id in work.queued.take(SCHEDULE_BATCH) {
@@ -314,18 +314,11 @@ fn node_info(tx: &ReadTx<'_>, node: &Node) -> NodeInfo {
     NodeInfo::new(node.clone(), tx.tasks_on_node(&node.id))
 }
 
-/// Every pending task's id, with its service's.
-fn pending_ids(tx: &ReadTx<'_>) -> HashMap<String, String> {
-    tx.iter::<Task>()
-        .filter(|t| is_schedulable(t))
-        .map(|t| (t.id.clone(), t.service_id.clone()))
-        .collect()
-}
-
-fn queue_of(pending: HashMap<String, String>) -> Queue {
+/// Every pending task, queued.
+fn pending(tx: &ReadTx<'_>) -> Queue {
     let mut queue = Queue::default();
-    for (task_id, service_id) in &pending {
-        queue.insert(service_id, task_id);
+    for task in tx.iter::<Task>().filter(|t| is_schedulable(t)) {
+        queue.insert(&task.service_id, &task.id);
     }
     queue
 }
