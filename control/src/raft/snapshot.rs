@@ -54,7 +54,7 @@ impl SnapshotFile {
     }
 
     /// Makes `data` the current snapshot unless a newer one is already on disk.
-    pub async fn save(&self, meta: Meta, data: Vec<u8>) -> Result<()> {
+    pub async fn save(&self, meta: Meta, data: Arc<Vec<u8>>) -> Result<()> {
         let this = self.clone();
         let signature = meta.signature();
         let join = tokio::task::spawn_blocking(move || {
@@ -171,8 +171,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (file, loaded) = SnapshotFile::open(dir.path(), key())?;
         assert!(loaded.is_none());
-        file.save(meta(5), b"five".to_vec()).await?;
-        file.save(meta(3), b"three".to_vec()).await?;
+        file.save(meta(5), Arc::new(b"five".to_vec())).await?;
+        file.save(meta(3), Arc::new(b"three".to_vec())).await?;
         let (_, loaded) = SnapshotFile::open(dir.path(), key())?;
         let (got, data) = loaded.ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
         assert_eq!(got, meta(5));
@@ -205,7 +205,8 @@ mod tests {
     async fn seals_the_file_and_refuses_a_tampered_or_foreign_one() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let (file, _) = SnapshotFile::open(dir.path(), key())?;
-        file.save(meta(5), b"secret snapshot data".to_vec()).await?;
+        file.save(meta(5), Arc::new(b"secret snapshot data".to_vec()))
+            .await?;
         let path = dir.path().join(FILE_NAME);
         let sealed = fs::read(&path)?;
         assert!(!sealed.windows(6).any(|w| w == b"secret"));

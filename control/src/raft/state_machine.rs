@@ -25,7 +25,7 @@ use prost::Message;
 use super::seal::SealKey;
 use super::snapshot::SnapshotFile;
 use super::{ProposalResponse, TypeConfig};
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, TablesSnapshot};
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
 
@@ -83,10 +83,14 @@ impl StateMachine {
     fn restore(&mut self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<()> {
         let snapshot = StoreSnapshot::decode(data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.install(meta, snapshot);
+        Ok(())
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta<u64, BasicNode>, snapshot: StoreSnapshot) {
         self.memory.restore(snapshot);
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        Ok(())
     }
 }
 
@@ -149,10 +153,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<()> {
         let data = snapshot.into_inner();
         // Decode before anything is written, so that a bad snapshot changes nothing.
-        StoreSnapshot::decode(data.as_slice())
+        let decoded = StoreSnapshot::decode(data.as_slice())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.snapshots.save(meta.clone(), data.clone()).await?;
-        self.restore(meta, &data)?;
+        self.snapshots.save(meta.clone(), Arc::new(data)).await?;
+        self.install(meta, decoded);
         tracing::info!(
             snapshot.id = %meta.snapshot_id,
             last_applied = ?meta.last_log_id.map(|l| l.index),
@@ -175,12 +179,11 @@ pub struct SnapshotBuilder {
     snapshots: SnapshotFile,
     last_applied: Option<LogId<u64>>,
     last_membership: StoredMembership<u64, BasicNode>,
-    data: StoreSnapshot,
+    data: TablesSnapshot,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        let data = self.data.encode_to_vec();
         let snapshot_id = match self.last_applied {
             Some(id) => format!(
                 "{}-{}-{}",
@@ -195,7 +198,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
+        // A hundred megabytes at scale: encoded off the runtime's threads, which serve the
+        // dispatcher's sessions meanwhile.
+        let tables = std::mem::take(&mut self.data);
+        let data = tokio::task::spawn_blocking(move || tables.encode_to_vec())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let data = Arc::new(data);
         self.snapshots.save(meta.clone(), data.clone()).await?;
+        let data = Arc::unwrap_or_clone(data);
         self.snapshot_bytes
             .set(i64::try_from(data.len()).unwrap_or(i64::MAX));
         self.snapshot_latency

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::StoreError;
-use super::object::{Kind, Object};
+use super::object::{Kind, Object, StoreObject};
 use super::tx::{ReadTx, WriteTx};
 use super::watch::Event;
 
@@ -19,13 +19,15 @@ const WATCH_CAPACITY: usize = 1 << 16;
 
 #[derive(Debug, Default, Clone)]
 pub struct Tables {
-    pub(crate) nodes: BTreeMap<String, Node>,
-    pub(crate) services: BTreeMap<String, Service>,
-    pub(crate) tasks: BTreeMap<String, Task>,
-    pub(crate) clusters: BTreeMap<String, Cluster>,
-    pub(crate) networks: BTreeMap<String, Network>,
-    pub(crate) secrets: BTreeMap<String, Secret>,
-    pub(crate) configs: BTreeMap<String, Config>,
+    // Each object is shared: a snapshot takes the tables in the time it takes to count
+    // references, not to copy every task, and encodes them after the lock is released.
+    pub(crate) nodes: BTreeMap<String, Arc<Node>>,
+    pub(crate) services: BTreeMap<String, Arc<Service>>,
+    pub(crate) tasks: BTreeMap<String, Arc<Task>>,
+    pub(crate) clusters: BTreeMap<String, Arc<Cluster>>,
+    pub(crate) networks: BTreeMap<String, Arc<Network>>,
+    pub(crate) secrets: BTreeMap<String, Arc<Secret>>,
+    pub(crate) configs: BTreeMap<String, Arc<Config>>,
     /// Task ids by service and by node: what reads one service's or one node's tasks without
     /// scanning every task (a reconciler of one service, a node's assignments).
     pub(crate) tasks_by_service: HashMap<String, BTreeSet<String>>,
@@ -171,9 +173,10 @@ impl MemoryStore {
         results
     }
 
-    pub fn snapshot(&self) -> StoreSnapshot {
+    /// The tables as they are now, to encode as a [`StoreSnapshot`] once the lock is released.
+    pub fn snapshot(&self) -> TablesSnapshot {
         let tables = self.read();
-        StoreSnapshot {
+        TablesSnapshot {
             nodes: tables.nodes.values().cloned().collect(),
             services: tables.services.values().cloned().collect(),
             tasks: tables.tasks.values().cloned().collect(),
@@ -193,37 +196,37 @@ impl MemoryStore {
             nodes: snapshot
                 .nodes
                 .into_iter()
-                .map(|o| (o.id.clone(), o))
+                .map(|o| (o.id.clone(), Arc::new(o)))
                 .collect(),
             services: snapshot
                 .services
                 .into_iter()
-                .map(|o| (o.id.clone(), o))
+                .map(|o| (o.id.clone(), Arc::new(o)))
                 .collect(),
             tasks: snapshot
                 .tasks
                 .into_iter()
-                .map(|o| (o.id.clone(), o))
+                .map(|o| (o.id.clone(), Arc::new(o)))
                 .collect(),
             clusters: snapshot
                 .clusters
                 .into_iter()
-                .map(|o| (o.id.clone(), o))
+                .map(|o| (o.id.clone(), Arc::new(o)))
                 .collect(),
             networks: snapshot
                 .networks
                 .into_iter()
-                .map(|o| (o.id.clone(), o))
+                .map(|o| (o.id.clone(), Arc::new(o)))
                 .collect(),
             secrets: snapshot
                 .secrets
                 .into_iter()
-                .map(|o| (o.id.clone(), o))
+                .map(|o| (o.id.clone(), Arc::new(o)))
                 .collect(),
             configs: snapshot
                 .configs
                 .into_iter()
-                .map(|o| (o.id.clone(), o))
+                .map(|o| (o.id.clone(), Arc::new(o)))
                 .collect(),
         };
         let Tables {
@@ -233,9 +236,60 @@ impl MemoryStore {
             ..
         } = &mut *tables;
         for task in tasks.values() {
-            reindex(tasks_by_service, tasks_by_node, None, Some(task));
+            reindex(tasks_by_service, tasks_by_node, None, Some(&**task));
         }
         let _ = self.events.send(Event::Reset);
+    }
+}
+
+/// The stored objects at one moment, shared with the tables that held them then: taking one
+/// costs a reference per object, under the lock; encoding it costs the copy, after.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TablesSnapshot {
+    nodes: Vec<Arc<Node>>,
+    services: Vec<Arc<Service>>,
+    tasks: Vec<Arc<Task>>,
+    clusters: Vec<Arc<Cluster>>,
+    networks: Vec<Arc<Network>>,
+    secrets: Vec<Arc<Secret>>,
+    configs: Vec<Arc<Config>>,
+}
+
+impl TablesSnapshot {
+    /// The length of [`encode_to_vec`](Self::encode_to_vec)'s bytes.
+    pub fn encoded_len(&self) -> usize {
+        fn len<T: prost::Message>(tag: u32, objects: &[Arc<T>]) -> usize {
+            objects
+                .iter()
+                .map(|o| prost::encoding::message::encoded_len(tag, &**o))
+                .sum()
+        }
+        len(1, &self.nodes)
+            + len(2, &self.services)
+            + len(3, &self.tasks)
+            + len(4, &self.clusters)
+            + len(5, &self.networks)
+            + len(6, &self.secrets)
+            + len(7, &self.configs)
+    }
+
+    /// The bytes of the [`StoreSnapshot`] holding these objects (its field numbers, in its
+    /// field order), as prost encodes it.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        fn put<T: prost::Message>(tag: u32, objects: &[Arc<T>], buf: &mut Vec<u8>) {
+            for object in objects {
+                prost::encoding::message::encode(tag, &**object, buf);
+            }
+        }
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        put(1, &self.nodes, &mut buf);
+        put(2, &self.services, &mut buf);
+        put(3, &self.tasks, &mut buf);
+        put(4, &self.clusters, &mut buf);
+        put(5, &self.networks, &mut buf);
+        put(6, &self.secrets, &mut buf);
+        put(7, &self.configs, &mut buf);
+        buf
     }
 }
 
@@ -278,32 +332,32 @@ fn validate(tables: &Tables, action: &StoreAction) -> Result<(), ApplyError> {
     let Some(target) = &action.target else {
         return Ok(());
     };
-    let object = Object::from_target(target.clone());
-    let (kind, id) = (object.kind(), object.id().to_string());
-    let current = get(tables, kind, &id);
+    let (kind, id, version) = target_key(target);
+    let current = stored_version(tables, kind, id);
+    let id = || id.to_string();
     match store_action::Kind::try_from(action.kind).unwrap_or(store_action::Kind::Create) {
         // The transaction saw no such object when it was built (WriteTx::create checks), so one
         // appearing since is a concurrent write it lost to, as a version mismatch is.
         store_action::Kind::Create => {
             if current.is_some() {
-                return Err(ApplyError::Conflict { kind, id });
+                return Err(ApplyError::Conflict { kind, id: id() });
             }
         }
         store_action::Kind::Update => {
             let Some(current) = current else {
-                return Err(ApplyError::NotFound { kind, id });
+                return Err(ApplyError::NotFound { kind, id: id() });
             };
-            if version_of(&current) != version_of(&object) {
-                return Err(ApplyError::Conflict { kind, id });
+            if current != version {
+                return Err(ApplyError::Conflict { kind, id: id() });
             }
         }
         store_action::Kind::Delete => {
             if current.is_none() {
-                return Err(ApplyError::NotFound { kind, id });
+                return Err(ApplyError::NotFound { kind, id: id() });
             }
         }
     }
-    if let Object::Service(service) = &object {
+    if let store_action::Target::Service(service) = target {
         let name = service
             .spec
             .as_ref()
@@ -328,40 +382,50 @@ fn validate(tables: &Tables, action: &StoreAction) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn version_of(object: &Object) -> u64 {
-    let meta = match object {
-        Object::Node(o) => &o.meta,
-        Object::Service(o) => &o.meta,
-        Object::Task(o) => &o.meta,
-        Object::Cluster(o) => &o.meta,
-        Object::Network(o) => &o.meta,
-        Object::Secret(o) => &o.meta,
-        Object::Config(o) => &o.meta,
-    };
-    meta.as_ref()
-        .and_then(|m| m.version.as_ref())
-        .map_or(0, |v| v.index)
-}
-
-fn get(tables: &Tables, kind: Kind, id: &str) -> Option<Object> {
-    match kind {
-        Kind::Node => tables.nodes.get(id).cloned().map(Object::Node),
-        Kind::Service => tables.services.get(id).cloned().map(Object::Service),
-        Kind::Task => tables.tasks.get(id).cloned().map(Object::Task),
-        Kind::Cluster => tables.clusters.get(id).cloned().map(Object::Cluster),
-        Kind::Network => tables.networks.get(id).cloned().map(Object::Network),
-        Kind::Secret => tables.secrets.get(id).cloned().map(Object::Secret),
-        Kind::Config => tables.configs.get(id).cloned().map(Object::Config),
+/// The kind, id and version of the object an action carries, read in place: checking a
+/// transaction copies none of its objects.
+fn target_key(target: &store_action::Target) -> (Kind, &str, u64) {
+    use store_action::Target;
+    match target {
+        Target::Node(o) => (Kind::Node, &o.id, o.version()),
+        Target::Service(o) => (Kind::Service, &o.id, o.version()),
+        Target::Task(o) => (Kind::Task, &o.id, o.version()),
+        Target::Cluster(o) => (Kind::Cluster, &o.id, o.version()),
+        Target::Network(o) => (Kind::Network, &o.id, o.version()),
+        Target::Secret(o) => (Kind::Secret, &o.id, o.version()),
+        Target::Config(o) => (Kind::Config, &o.id, o.version()),
     }
 }
 
+/// The version of the stored object `kind` `id`, if there is one.
+fn stored_version(tables: &Tables, kind: Kind, id: &str) -> Option<u64> {
+    fn of<T: StoreObject>(table: &BTreeMap<String, Arc<T>>, id: &str) -> Option<u64> {
+        table.get(id).map(|o| o.version())
+    }
+    match kind {
+        Kind::Node => of(&tables.nodes, id),
+        Kind::Service => of(&tables.services, id),
+        Kind::Task => of(&tables.tasks, id),
+        Kind::Cluster => of(&tables.clusters, id),
+        Kind::Network => of(&tables.networks, id),
+        Kind::Secret => of(&tables.secrets, id),
+        Kind::Config => of(&tables.configs, id),
+    }
+}
+
+/// Stores `object`; returns the one it replaced.
 fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
+    fn put<T: StoreObject>(table: &mut BTreeMap<String, Arc<T>>, object: T) -> Option<Object> {
+        table
+            .insert(object.id().to_string(), Arc::new(object))
+            .map(|old| Arc::unwrap_or_clone(old).into_object())
+    }
     match object {
-        Object::Node(o) => tables.nodes.insert(o.id.clone(), o).map(Object::Node),
-        Object::Service(o) => tables.services.insert(o.id.clone(), o).map(Object::Service),
+        Object::Node(o) => put(&mut tables.nodes, o),
+        Object::Service(o) => put(&mut tables.services, o),
         Object::Task(o) => {
             let id = o.id.clone();
-            let old = tables.tasks.insert(o.id.clone(), o);
+            let old = tables.tasks.insert(id.clone(), Arc::new(o));
             let Tables {
                 tasks,
                 tasks_by_service,
@@ -371,36 +435,42 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
             reindex(
                 tasks_by_service,
                 tasks_by_node,
-                old.as_ref(),
-                tasks.get(&id),
+                old.as_deref(),
+                tasks.get(&id).map(|t| &**t),
             );
-            old.map(Object::Task)
+            old.map(|o| Object::Task(Arc::unwrap_or_clone(o)))
         }
-        Object::Cluster(o) => tables.clusters.insert(o.id.clone(), o).map(Object::Cluster),
-        Object::Network(o) => tables.networks.insert(o.id.clone(), o).map(Object::Network),
-        Object::Secret(o) => tables.secrets.insert(o.id.clone(), o).map(Object::Secret),
-        Object::Config(o) => tables.configs.insert(o.id.clone(), o).map(Object::Config),
+        Object::Cluster(o) => put(&mut tables.clusters, o),
+        Object::Network(o) => put(&mut tables.networks, o),
+        Object::Secret(o) => put(&mut tables.secrets, o),
+        Object::Config(o) => put(&mut tables.configs, o),
     }
 }
 
+/// Removes the stored object `kind` `id`; returns it.
 fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
+    fn take<T: StoreObject>(table: &mut BTreeMap<String, Arc<T>>, id: &str) -> Option<Object> {
+        table
+            .remove(id)
+            .map(|old| Arc::unwrap_or_clone(old).into_object())
+    }
     match kind {
-        Kind::Node => tables.nodes.remove(id).map(Object::Node),
-        Kind::Service => tables.services.remove(id).map(Object::Service),
+        Kind::Node => take(&mut tables.nodes, id),
+        Kind::Service => take(&mut tables.services, id),
         Kind::Task => {
             let old = tables.tasks.remove(id);
             reindex(
                 &mut tables.tasks_by_service,
                 &mut tables.tasks_by_node,
-                old.as_ref(),
+                old.as_deref(),
                 None,
             );
-            old.map(Object::Task)
+            old.map(|o| Object::Task(Arc::unwrap_or_clone(o)))
         }
-        Kind::Cluster => tables.clusters.remove(id).map(Object::Cluster),
-        Kind::Network => tables.networks.remove(id).map(Object::Network),
-        Kind::Secret => tables.secrets.remove(id).map(Object::Secret),
-        Kind::Config => tables.configs.remove(id).map(Object::Config),
+        Kind::Cluster => take(&mut tables.clusters, id),
+        Kind::Network => take(&mut tables.networks, id),
+        Kind::Secret => take(&mut tables.secrets, id),
+        Kind::Config => take(&mut tables.configs, id),
     }
 }
 

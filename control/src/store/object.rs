@@ -3,6 +3,7 @@
 use mesh_proto::{Cluster, Config, Meta, Network, Node, Secret, Service, Task, store_action};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use super::memory::Tables;
 
@@ -130,8 +131,8 @@ pub trait StoreObject: Clone + Sized + Send + Sync + 'static {
     fn meta(&self) -> Option<&Meta>;
     fn into_object(self) -> Object;
     fn from_object(object: &Object) -> Option<&Self>;
-    fn table(tables: &Tables) -> &BTreeMap<String, Self>;
-    fn table_mut(tables: &mut Tables) -> &mut BTreeMap<String, Self>;
+    fn table(tables: &Tables) -> &BTreeMap<String, Arc<Self>>;
+    fn table_mut(tables: &mut Tables) -> &mut BTreeMap<String, Arc<Self>>;
 
     /// The version this object was read at (0 for an object not yet stored).
     fn version(&self) -> u64 {
@@ -160,10 +161,10 @@ macro_rules! store_object {
                     _ => None,
                 }
             }
-            fn table(tables: &Tables) -> &BTreeMap<String, Self> {
+            fn table(tables: &Tables) -> &BTreeMap<String, Arc<Self>> {
                 &tables.$field
             }
-            fn table_mut(tables: &mut Tables) -> &mut BTreeMap<String, Self> {
+            fn table_mut(tables: &mut Tables) -> &mut BTreeMap<String, Arc<Self>> {
                 &mut tables.$field
             }
         }

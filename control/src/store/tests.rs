@@ -222,7 +222,8 @@ async fn tasks_are_read_by_service_and_node_through_the_index() {
     });
     // A snapshot restored rebuilds the index.
     let restored = MemoryStore::new();
-    restored.restore(store.memory().snapshot());
+    let encoded = store.memory().snapshot().encode_to_vec();
+    restored.restore(mesh_proto::StoreSnapshot::decode(encoded.as_slice()).expect("decoded"));
     restored.view(|tx| {
         check(&|by, key| {
             let tasks = match by {
@@ -267,4 +268,64 @@ fn a_view_tells_the_index_of_the_last_entry_it_holds() {
         },
     );
     assert_eq!(memory.view_at(|tx| tx.tasks_on_node("n1").len()), (7, 1));
+}
+
+#[tokio::test]
+async fn a_snapshot_encodes_as_the_store_snapshot_message_and_keeps_its_moment() {
+    use mesh_proto::{Cluster, Config, Network, Secret, Service, StoreSnapshot};
+    let store = direct_store();
+    let named = |id: &str| id.to_string();
+    store
+        .update(|tx| {
+            tx.create(node("n1", "one"))?;
+            tx.create(node("n2", "two"))?;
+            tx.create(Service {
+                id: named("s1"),
+                ..Default::default()
+            })?;
+            tx.create(placed("t1", "s1", "n1"))?;
+            tx.create(placed("t2", "s1", "n2"))?;
+            tx.create(Cluster {
+                id: named("c1"),
+                ..Default::default()
+            })?;
+            tx.create(Network {
+                id: named("w1"),
+                ..Default::default()
+            })?;
+            tx.create(Secret {
+                id: named("x1"),
+                ..Default::default()
+            })?;
+            tx.create(Config {
+                id: named("g1"),
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("created");
+    let taken = store.memory().snapshot();
+    let whole = store.view(|tx| StoreSnapshot {
+        nodes: tx.list(),
+        services: tx.list(),
+        tasks: tx.list(),
+        clusters: tx.list(),
+        networks: tx.list(),
+        secrets: tx.list(),
+        configs: tx.list(),
+    });
+    assert_eq!(taken.encode_to_vec(), whole.encode_to_vec());
+    assert_eq!(taken.encoded_len(), whole.encoded_len());
+    // Writes after it leave it as it was taken.
+    store
+        .update(|tx| {
+            tx.delete::<Task>("t1")?;
+            let mut t2 = tx.get::<Task>("t2").expect("t2");
+            t2.node_id = named("n1");
+            tx.update(t2)
+        })
+        .await
+        .expect("changed");
+    let decoded = StoreSnapshot::decode(taken.encode_to_vec().as_slice()).expect("decoded");
+    assert_eq!(decoded, whole);
 }

@@ -50,7 +50,7 @@ fn indexed<'a>(
         .get(key)
         .into_iter()
         .flatten()
-        .filter_map(|id| tables.tasks.get(id))
+        .filter_map(|id| tables.tasks.get(id).map(|t| &**t))
         .collect()
 }
 
@@ -66,11 +66,11 @@ impl<'a> ReadTx<'a> {
 
 impl Read for ReadTx<'_> {
     fn peek<T: StoreObject>(&self, id: &str) -> Option<&T> {
-        T::table(self.tables).get(id)
+        T::table(self.tables).get(id).map(|o| &**o)
     }
 
     fn iter<T: StoreObject>(&self) -> impl Iterator<Item = &T> {
-        T::table(self.tables).values()
+        T::table(self.tables).values().map(|o| &**o)
     }
 
     fn tasks_of_service(&self, service_id: &str) -> Vec<&Task> {
@@ -113,7 +113,7 @@ impl<'a> WriteTx<'a> {
     }
 
     fn base<T: StoreObject>(&self, id: &str) -> Option<T> {
-        T::table(self.tables).get(id).cloned()
+        T::table(self.tables).get(id).map(|o| T::clone(o))
     }
 
     pub fn create<T: StoreObject>(&mut self, object: T) -> Result<(), StoreError> {
@@ -267,11 +267,11 @@ impl Read for WriteTx<'_> {
     fn peek<T: StoreObject>(&self, id: &str) -> Option<&T> {
         if self.changes.is_empty() {
             // Nothing written yet: the stored object, without building a key to look up.
-            return T::table(self.tables).get(id);
+            return T::table(self.tables).get(id).map(|o| &**o);
         }
         match self.changes.get(&(T::KIND, id.to_string())) {
             Some(change) => change.next.as_ref().and_then(T::from_object),
-            None => T::table(self.tables).get(id),
+            None => T::table(self.tables).get(id).map(|o| &**o),
         }
     }
 
@@ -294,7 +294,7 @@ impl Read for WriteTx<'_> {
                             base.next();
                         }
                     }
-                    (Some(_), _) => return base.next().map(|(_, o)| o),
+                    (Some(_), _) => return base.next().map(|(_, o)| &**o),
                     (None, Some(_)) => {}
                 }
                 // The change comes first: its object, or nothing for a delete.
