@@ -1,10 +1,12 @@
 //! Agent sessions and their heartbeats, held in memory on the leader.
 
 use mesh_proto::{Cluster, Node, NodeState};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::Inner;
 use crate::store::{Read, now_nanos};
@@ -173,11 +175,20 @@ pub(super) fn heartbeat_grace(period: Duration, multiplier: f64) -> Duration {
 
 /// Marks nodes down when their heartbeats stop. Nodes that are READY in the store but have no
 /// session when this leader starts get [`takeover_grace`] to register.
+///
+/// The monitor never waits for its own writes: marking nodes down commits through Raft, which
+/// took seconds while 500 nodes' tasks were being replaced at 5,000 nodes, and a monitor waiting
+/// on it took that wait for a stall of its own, credited every session with it, and found the
+/// nodes lost meanwhile only after. One write is in flight at a time; the nodes found while it
+/// is go in the next.
 pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(MONITOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checked = Instant::now();
+    let mut to_mark: BTreeSet<String> = BTreeSet::new();
+    // Dropped with the monitor: a write still in flight when leadership ends is abandoned.
+    let mut marking: JoinSet<BTreeSet<String>> = JoinSet::new();
     loop {
         tick.tick().await;
         // The period follows the cluster's spec (`swarm init --dispatcher-heartbeat`, which a
@@ -206,8 +217,9 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
             tracing::info!(stalled = ?gap, "heartbeat monitor held up: sessions credited");
             inner.sessions.forgive(gap - MONITOR_TICK, grace);
         }
-        let mut down = inner.sessions.expire(grace);
-        config.heartbeat_misses.inc_by(down.len() as u64);
+        let expired = inner.sessions.expire(grace);
+        config.heartbeat_misses.inc_by(expired.len() as u64);
+        to_mark.extend(expired);
         if started.elapsed() > takeover_grace(config.heartbeat_period, grace) {
             // Read in place, every tick: no copy of every node, one lookup per node.
             let unregistered = inner.store.view(|tx| {
@@ -217,34 +229,49 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
                     .map(|n| n.id.clone())
                     .collect::<Vec<_>>()
             });
-            down.extend(unregistered);
+            to_mark.extend(unregistered);
         }
-        if down.is_empty() {
+        while let Some(done) = marking.try_join_next() {
+            to_mark.extend(done.unwrap_or_default());
+        }
+        if to_mark.is_empty() || !marking.is_empty() {
             continue;
         }
-        let result = inner
-            .store
-            .update(|tx| {
-                for id in &down {
-                    let Some(mut node) = tx.get::<Node>(id) else {
-                        continue;
-                    };
-                    if inner.sessions.has_node(id) || node_state(&node) == NodeState::Down {
-                        continue;
-                    }
-                    let status = node.status.get_or_insert_with(Default::default);
-                    status.state = NodeState::Down as i32;
-                    status.message = "heartbeat failure".into();
-                    tracing::info!(node.id = %id, at = now_nanos(), "node marked down");
-                    tx.update(node)?;
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "could not mark nodes down");
-        }
+        marking.spawn(mark_down(inner.clone(), std::mem::take(&mut to_mark)));
     }
+}
+
+/// Marks `nodes` down, but those that are down already or have opened a session again, in one
+/// transaction up to a reconciler's batch; returns those it did not get to, or all of them when
+/// the write failed, to be tried in the next.
+async fn mark_down(inner: Arc<Inner>, nodes: BTreeSet<String>) -> BTreeSet<String> {
+    let result = inner
+        .store
+        .update(|tx| {
+            let mut left = nodes.iter();
+            for id in left.by_ref() {
+                let Some(mut node) = tx.get::<Node>(id) else {
+                    continue;
+                };
+                if inner.sessions.has_node(id) || node_state(&node) == NodeState::Down {
+                    continue;
+                }
+                let status = node.status.get_or_insert_with(Default::default);
+                status.state = NodeState::Down as i32;
+                status.message = "heartbeat failure".into();
+                tracing::info!(node.id = %id, at = now_nanos(), "node marked down");
+                tx.update(node)?;
+                if tx.is_full() {
+                    break;
+                }
+            }
+            Ok(left.cloned().collect())
+        })
+        .await;
+    result.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "could not mark nodes down");
+        nodes
+    })
 }
 
 pub(super) fn node_state(node: &Node) -> NodeState {
@@ -344,6 +371,127 @@ mod tests {
         std::thread::sleep(ms(300));
         sessions.forgive(ms(500), cap);
         assert_eq!(sessions.expire(ms(150)), ["n3"]);
+    }
+
+    /// Proposals wait until the gate opens, as behind a Raft log full of large entries.
+    struct Gated {
+        memory: Arc<crate::store::MemoryStore>,
+        open: watch::Receiver<bool>,
+        index: std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::store::Proposer for Gated {
+        fn propose(
+            &self,
+            tx: mesh_proto::Transaction,
+        ) -> futures::future::BoxFuture<'_, Result<(), crate::store::StoreError>> {
+            let mut open = self.open.clone();
+            Box::pin(async move {
+                let _ = open.wait_for(|o| *o).await;
+                let index = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let proposal = mesh_proto::Proposal {
+                    transactions: vec![tx],
+                };
+                let applied = self.memory.apply(index, &proposal).into_iter().next();
+                applied.expect("one result").map_err(Into::into)
+            })
+        }
+    }
+
+    fn down(store: &crate::store::Store, id: &str) -> bool {
+        store.view(|tx| tx.peek::<Node>(id).map(node_state)) == Some(NodeState::Down)
+    }
+
+    /// A store whose writes wait while `gate` is false, holding `nodes` READY, and a
+    /// dispatcher over it (not serving: its sessions are opened directly).
+    async fn gated_dispatcher(
+        nodes: impl Iterator<Item = String>,
+    ) -> (watch::Sender<bool>, crate::store::Store, Arc<Inner>) {
+        let (gate, open) = watch::channel(true);
+        let memory = Arc::new(crate::store::MemoryStore::new());
+        let store = crate::store::Store::new(
+            memory.clone(),
+            Arc::new(Gated {
+                memory,
+                open,
+                index: Default::default(),
+            }),
+        );
+        store
+            .update(|tx| {
+                for id in nodes {
+                    tx.create(Node {
+                        id,
+                        status: Some(mesh_proto::NodeStatus {
+                            state: NodeState::Ready as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("nodes");
+        let (_, leadership) = watch::channel(Default::default());
+        let dispatcher =
+            super::super::Dispatcher::new(store.clone(), Default::default(), leadership);
+        (gate, store, dispatcher.inner)
+    }
+
+    /// While the write marking one node down waits on Raft, the monitor goes on looking: a
+    /// second node that falls silent meanwhile loses its session on time, and no stall is
+    /// credited for the wait (which would have kept it open).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_write_does_not_hold_up_the_monitor() {
+        let nodes = ["n1", "n2"].map(String::from);
+        let (gate, store, inner) = gated_dispatcher(nodes.into_iter()).await;
+        gate.send_replace(false);
+        // The default 5 s period: 7.5 s of grace, 20 s before unregistered nodes count.
+        let grace = Duration::from_millis(7500);
+        let _n1 = inner.sessions.open("s1", "n1", grace);
+        let _n2 = inner.sessions.open("s2", "n2", grace);
+        let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        // n2 heartbeats for 9 s, then falls silent; n1 never does.
+        for _ in 0..9 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(inner.sessions.heartbeat("s2", grace));
+        }
+        assert!(!inner.sessions.has_node("n1"), "n1 expired at 7.5 s");
+        assert!(!down(&store, "n1"), "its write waits at the gate");
+        // n2's grace ends at 16.5 s; the takeover grace at 20 s.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(
+            !inner.sessions.has_node("n2"),
+            "n2 expired while n1's write waited"
+        );
+        gate.send_replace(true);
+        for _ in 0..10 {
+            tokio::time::sleep(MONITOR_TICK).await;
+        }
+        assert!(down(&store, "n1") && down(&store, "n2"));
+        monitor.abort();
+    }
+
+    /// Many nodes lost at once are marked down in batches a transaction can hold, every one.
+    #[tokio::test(start_paused = true)]
+    async fn many_nodes_lost_at_once_are_marked_down_in_batches() {
+        let count = crate::limits::BATCH_WRITES * 2 + 7;
+        let ids = (0..count).map(|i| format!("n{i:04}"));
+        let (_gate, store, inner) = gated_dispatcher(ids.clone()).await;
+        let grace = Duration::from_millis(7500);
+        let _sessions: Vec<_> = ids
+            .clone()
+            .map(|id| inner.sessions.open(&format!("s-{id}"), &id, grace))
+            .collect();
+        let entries = crate::store::writes_per_entry(&store);
+        let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(ids.clone().all(|id| down(&store, &id)), "every node down");
+        let written = entries.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let batch = crate::limits::BATCH_WRITES;
+        assert_eq!(written, [batch, batch, 7], "{written:?}");
+        monitor.abort();
     }
 
     #[test]
