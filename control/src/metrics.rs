@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use mesh_proto::{Task, TaskState};
+use mesh_proto::TaskState;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -16,7 +16,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::events::task_state_name;
 use crate::manager::Manager;
-use crate::store::{MemoryStore, Read as _};
+use crate::store::MemoryStore;
 
 /// Latency buckets from 100 µs to about 13 s, doubling.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -125,8 +125,9 @@ pub struct ManagerSample {
 }
 
 /// Counts tasks by their observed state.
-pub fn tasks_by_state<'a>(tasks: impl Iterator<Item = &'a Task>) -> BTreeMap<String, u64> {
-    let mut by_number: BTreeMap<i32, u64> = [
+/// Task counts by state number, by state name, with every state there (at 0 if none).
+fn named_states(by_number: &BTreeMap<i32, u64>) -> BTreeMap<String, u64> {
+    let mut counts: BTreeMap<String, u64> = [
         TaskState::New,
         TaskState::Pending,
         TaskState::Assigned,
@@ -143,24 +144,17 @@ pub fn tasks_by_state<'a>(tasks: impl Iterator<Item = &'a Task>) -> BTreeMap<Str
         TaskState::Orphaned,
     ]
     .into_iter()
-    .map(|s| (s as i32, 0))
+    .map(|s| (task_state_name(s as i32), 0))
     .collect();
-    // Counted by number, named once per state: no allocation per task.
-    for task in tasks {
-        *by_number
-            .entry(task.status.as_ref().map_or(0, |s| s.state))
-            .or_default() += 1;
-    }
-    let mut counts = BTreeMap::new();
     for (state, count) in by_number {
-        *counts.entry(task_state_name(state)).or_default() += count;
+        *counts.entry(task_state_name(*state)).or_default() += count;
     }
     counts
 }
 
-/// The store's tasks by state, read briefly without copying a task.
+/// The store's tasks by state, from the counts it keeps: no task is read.
 pub fn count_tasks(memory: &MemoryStore) -> BTreeMap<String, u64> {
-    memory.view_promptly(|tx| tasks_by_state(tx.iter::<Task>()))
+    memory.view_promptly(|tx| named_states(&tx.task_counts().by_state))
 }
 
 impl ManagerSample {
@@ -181,7 +175,7 @@ impl ManagerSample {
 
 #[cfg(test)]
 mod tests {
-    use mesh_proto::TaskStatus;
+    use mesh_proto::{Task, TaskStatus};
 
     use super::*;
 
@@ -200,7 +194,7 @@ mod tests {
             task(TaskState::Failed),
             Task::default(),
         ];
-        let counts = tasks_by_state(tasks.iter());
+        let counts = named_states(&crate::store::TaskCounts::of(&tasks).by_state);
         assert_eq!(counts.len(), 14, "{counts:?}");
         assert_eq!(counts["running"], 2);
         assert_eq!(counts["failed"], 1);

@@ -234,35 +234,19 @@ pub(super) async fn remove(store: &Store, req: RemoveServiceRequest) -> Result<(
 }
 
 /// The services with, for each, its tasks running and wanted, from one read, in chunks of at
-/// most [`LIST_CHUNK_BYTES`]. One pass over the tasks, reading them in place: the view stays
-/// short however many tasks there are.
+/// most [`LIST_CHUNK_BYTES`]. The counts are the store's own, kept as it applies: the view
+/// costs the services, not their tasks.
 pub(super) fn list(store: &Store) -> Vec<ListServicesResponse> {
     let counted = store.view_promptly(|tx| {
-        // Per service: (tasks wanted running, of which running).
-        let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
-        for task in tx.iter::<Task>() {
-            if task.desired_state != TaskState::Running as i32 {
-                continue;
-            }
-            let running = task
-                .status
-                .as_ref()
-                .is_some_and(|s| s.state == TaskState::Running as i32);
-            let entry = counts.entry(task.service_id.as_str()).or_default();
-            entry.0 += 1;
-            entry.1 += u64::from(running);
-        }
-        let services = tx.list::<Service>();
-        services
-            .into_iter()
+        let counts = &tx.task_counts().by_service;
+        tx.iter::<Service>()
             .map(|service| {
-                let (wanted, running) =
-                    counts.get(service.id.as_str()).copied().unwrap_or_default();
+                let tasks = counts.get(service.id.as_str()).copied().unwrap_or_default();
                 let desired = match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
                     Some(Mode::Replicated(r)) => r.replicas,
-                    _ => wanted,
+                    _ => tasks.wanted,
                 };
-                (service, running, desired)
+                (service.clone(), tasks.running, desired)
             })
             .collect::<Vec<_>>()
     });

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::StoreError;
+use super::counts::TaskCounts;
 use super::object::{Kind, Object, StoreObject};
 use super::tx::{ReadTx, WriteTx};
 use super::watch::Event;
@@ -32,6 +33,7 @@ pub struct Tables {
     /// scanning every task (a reconciler of one service, a node's assignments).
     pub(crate) tasks_by_service: HashMap<String, BTreeSet<String>>,
     pub(crate) tasks_by_node: HashMap<String, BTreeSet<String>>,
+    pub(crate) task_counts: TaskCounts,
     /// The log index of the last entry applied (0 after a snapshot is restored, until the next).
     pub(crate) applied: u64,
 }
@@ -192,6 +194,7 @@ impl MemoryStore {
         *tables = Tables {
             tasks_by_service: HashMap::new(),
             tasks_by_node: HashMap::new(),
+            task_counts: TaskCounts::default(),
             applied: 0,
             nodes: snapshot
                 .nodes
@@ -233,11 +236,13 @@ impl MemoryStore {
             tasks,
             tasks_by_service,
             tasks_by_node,
+            task_counts,
             ..
         } = &mut *tables;
         for task in tasks.values() {
             reindex(tasks_by_service, tasks_by_node, None, Some(&**task));
         }
+        *task_counts = TaskCounts::of(tasks.values().map(|t| &**t));
         let _ = self.events.send(Event::Reset);
     }
 }
@@ -430,14 +435,12 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
                 tasks,
                 tasks_by_service,
                 tasks_by_node,
+                task_counts,
                 ..
             } = tables;
-            reindex(
-                tasks_by_service,
-                tasks_by_node,
-                old.as_deref(),
-                tasks.get(&id).map(|t| &**t),
-            );
+            let new = tasks.get(&id).map(|t| &**t);
+            reindex(tasks_by_service, tasks_by_node, old.as_deref(), new);
+            task_counts.change(old.as_deref(), new);
             old.map(|o| Object::Task(Arc::unwrap_or_clone(o)))
         }
         Object::Cluster(o) => put(&mut tables.clusters, o),
@@ -465,6 +468,7 @@ fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
                 old.as_deref(),
                 None,
             );
+            tables.task_counts.change(old.as_deref(), None);
             old.map(|o| Object::Task(Arc::unwrap_or_clone(o)))
         }
         Kind::Cluster => take(&mut tables.clusters, id),

@@ -18,6 +18,7 @@
 //!   [`Event::Commit`] per entry. [`MemoryStore::view_and_watch`] reads and subscribes atomically, so a
 //!   reconciler that starts from a view misses no change made after it.
 
+mod counts;
 #[cfg(any(test, feature = "fuzzing"))]
 mod direct;
 mod memory;
@@ -25,6 +26,7 @@ mod object;
 mod tx;
 mod watch;
 
+pub use counts::{ServiceTasks, TaskCounts};
 #[cfg(any(test, feature = "fuzzing"))]
 pub use direct::direct_store;
 #[cfg(test)]

@@ -329,3 +329,85 @@ async fn a_snapshot_encodes_as_the_store_snapshot_message_and_keeps_its_moment()
     let decoded = StoreSnapshot::decode(taken.encode_to_vec().as_slice()).expect("decoded");
     assert_eq!(decoded, whole);
 }
+
+/// The counts the store keeps match a count of every task after creates, state changes,
+/// moves between services, desired-state changes, deletes and a restore.
+#[tokio::test]
+async fn the_task_counts_follow_every_write() {
+    use mesh_proto::{StoreSnapshot, TaskState, TaskStatus};
+    let store = direct_store();
+    let recount = |store: &Store| store.view(|tx| TaskCounts::of(tx.iter::<Task>()));
+    let kept = |store: &Store| store.view(|tx| tx.task_counts().clone());
+    let with = |id: &str, service: &str, desired: TaskState, state: TaskState| Task {
+        id: id.into(),
+        service_id: service.into(),
+        desired_state: desired as i32,
+        status: Some(TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    use TaskState::{Assigned, New, Running, Shutdown};
+    store
+        .update(|tx| {
+            tx.create(with("t1", "s1", Running, Running))?;
+            tx.create(with("t2", "s1", Running, Assigned))?;
+            tx.create(with("t3", "s2", Running, Running))?;
+            tx.create(with("t4", "s2", Shutdown, Running))?;
+            tx.create(Task {
+                id: "t5".into(),
+                service_id: "s2".into(),
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("created");
+    let counts = kept(&store);
+    assert_eq!(counts, recount(&store));
+    assert_eq!(
+        counts.by_service["s1"],
+        ServiceTasks {
+            wanted: 2,
+            running: 1
+        }
+    );
+    assert_eq!(counts.by_state[&(New as i32)], 1, "no status is new");
+    // Replaces the stored task of the same id.
+    fn put(tx: &mut WriteTx<'_>, mut task: Task) -> Result<(), StoreError> {
+        task.meta = tx.peek::<Task>(&task.id).and_then(|t| t.meta);
+        tx.update(task)
+    }
+    type Step<'a> = dyn Fn(&mut WriteTx<'_>) -> Result<(), StoreError> + 'a;
+    let steps: [&Step<'_>; 4] = [
+        // t2 runs; t1 is told to stop.
+        &|tx| {
+            put(tx, with("t2", "s1", Running, Running))?;
+            put(tx, with("t1", "s1", Shutdown, Running))
+        },
+        // t3 moves to another service (as no writer does, but the counts must not care).
+        &|tx| put(tx, with("t3", "s3", Running, Running)),
+        // Deletes, of one wanted running and of one not.
+        &|tx| {
+            tx.delete::<Task>("t2")?;
+            tx.delete::<Task>("t4")
+        },
+        &|tx| tx.delete::<Task>("t1"),
+    ];
+    for step in steps {
+        store.update(step).await.expect("written");
+        assert_eq!(kept(&store), recount(&store));
+    }
+    let counts = kept(&store);
+    assert!(!counts.by_service.contains_key("s1"), "{counts:?}");
+    assert_eq!(
+        counts.by_state.get(&(Assigned as i32)),
+        None,
+        "no zero left"
+    );
+    // A restored store counts what it restored.
+    let restored = MemoryStore::new();
+    let encoded = store.memory().snapshot().encode_to_vec();
+    restored.restore(StoreSnapshot::decode(encoded.as_slice()).expect("decoded"));
+    assert_eq!(restored.view(|tx| tx.task_counts().clone()), counts);
+}

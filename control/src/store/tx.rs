@@ -62,6 +62,11 @@ impl<'a> ReadTx<'a> {
     pub(crate) fn new(tables: &'a Tables) -> Self {
         Self { tables }
     }
+
+    /// The tasks counted by state and by service, as kept up to date by every apply.
+    pub fn task_counts(&self) -> &'a super::TaskCounts {
+        &self.tables.task_counts
+    }
 }
 
 impl Read for ReadTx<'_> {
