@@ -258,15 +258,17 @@ impl Gate {
             None => Err(Refusal::UnknownMethod),
             Some(Need::Anyone) => Ok(()),
             Some(_) if untrusted => Err(Refusal::Untrusted),
-            Some(need) => self.store.view(|tx| {
-                let cluster = tx.list::<Cluster>().into_iter().next();
-                let node = caller.and_then(|c| tx.get::<Node>(&c.node_id));
+            // Every call of every agent passes here, heartbeats included: two lookups, read in
+            // place and without queueing behind a writer that waits for a long read. Queued, each
+            // call held a runtime thread until both were done, and at 5,000 nodes the leader
+            // stalled for seconds with every thread parked here.
+            Some(need) => self.store.view_promptly(|tx| {
                 judge(
                     need,
                     caller,
                     Standing {
-                        cluster: cluster.as_ref(),
-                        node: node.as_ref(),
+                        cluster: tx.iter::<Cluster>().next(),
+                        node: caller.and_then(|c| tx.peek::<Node>(&c.node_id)),
                     },
                 )
             }),

@@ -199,9 +199,8 @@ impl Dispatcher for DispatcherService {
         }
         self.check_active()?;
         req.node_id = identity.node_id.clone();
-        let removed = self.inner.store.view(|tx| {
-            tx.list::<Cluster>()
-                .iter()
+        let removed = self.inner.store.view_promptly(|tx| {
+            tx.iter::<Cluster>()
                 .any(|c| c.removed_nodes.contains(&req.node_id))
         });
         if removed {

@@ -197,11 +197,10 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         tick.tick().await;
         // The period follows the cluster's spec (`swarm init --dispatcher-heartbeat`, which a
         // first leader starts before it has written).
-        let wanted = inner.store.view(|tx| {
-            tx.list::<Cluster>()
-                .into_iter()
+        let wanted = inner.store.view_promptly(|tx| {
+            tx.iter::<Cluster>()
                 .next()
-                .and_then(|c| c.spec)
+                .and_then(|c| c.spec.as_ref())
                 .map(|s| s.dispatcher_heartbeat_period_ns)
                 .filter(|ns| *ns > 0)
         });
@@ -214,7 +213,8 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         }
         let config = inner.config.borrow().clone();
         let grace = heartbeat_grace(config.heartbeat_period, config.grace_multiplier);
-        // Measured after the monitor's own read of the store, which a held-up store delays too.
+        // Measured after the monitor's own read of the store (a prompt one: only a held-up
+        // runtime delays it, as it delays the heartbeats).
         let gap = checked.elapsed();
         checked = Instant::now();
         if gap > MONITOR_STALL {

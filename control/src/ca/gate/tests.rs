@@ -184,3 +184,52 @@ fn refusals_are_unauthenticated_or_permission_denied_in_one_line() {
         assert!(!status.message().contains('\n'), "{refusal:?}");
     }
 }
+
+/// A call is judged at once even while a write waits for a long read to end: every call of
+/// every agent passes the gate, heartbeats included, and one queued behind the write held a
+/// runtime thread until both were done.
+#[test]
+fn a_call_is_not_queued_behind_a_waiting_write() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let memory = Arc::new(MemoryStore::new());
+    let gate = Gate {
+        store: memory.clone(),
+        log: RefusalLog::default(),
+    };
+    let (release, held) = mpsc::channel::<()>();
+    let (reading, read_started) = mpsc::channel();
+    // A long read (a reconciler's pass over every task)...
+    let reader = std::thread::spawn({
+        let memory = memory.clone();
+        move || {
+            memory.view(|_| {
+                reading.send(()).expect("reading");
+                let _ = held.recv_timeout(Duration::from_secs(10));
+            })
+        }
+    });
+    read_started.recv().expect("read started");
+    // ...and a commit waiting to apply behind it.
+    let writer = std::thread::spawn({
+        let memory = memory.clone();
+        move || memory.apply(1, &mesh_proto::Proposal::default())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (judged, answer) = mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        let refused = gate.check("/mesh.v1.Dispatcher/Heartbeat", None).is_err();
+        judged.send(refused).expect("judged");
+    });
+    let answer = answer.recv_timeout(Duration::from_secs(5));
+    release.send(()).expect("released");
+    for thread in [reader, caller] {
+        thread.join().expect("joined");
+    }
+    writer.join().expect("applied");
+    assert_eq!(
+        answer,
+        Ok(true),
+        "judged (no certificate: refused) while the write waited"
+    );
+}
