@@ -19,6 +19,7 @@ pub mod limits;
 pub mod manager;
 pub mod membership;
 pub mod metrics;
+pub mod offload;
 pub mod orchestrator;
 pub mod raft;
 pub mod rolemanager;

@@ -2,6 +2,8 @@
 //! scheduler and dispatcher. They are started together when this manager becomes the leader and
 //! stopped together when it stops leading.
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use mesh_proto::{Cluster, ManagerStatus, Node, Reachability};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use crate::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::events::EventLog;
 use crate::keymanager::KeyManager;
 use crate::membership::{MembershipService, leave_refusal};
+use crate::offload::OffWorker;
 use crate::orchestrator::{
     ConstraintEnforcer, GlobalOrchestrator, ReplicatedOrchestrator, RestartSupervisor, TaskReaper,
 };
@@ -308,17 +311,84 @@ fn start_leader_components(
         dispatcher.set_heartbeat_period(Duration::from_nanos(period as u64));
     }
     let mut set = JoinSet::new();
-    set.spawn(Allocator::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(Scheduler::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(ReplicatedOrchestrator::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(GlobalOrchestrator::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(RestartSupervisor::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(TaskReaper::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(ConstraintEnforcer::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(RoleManager::new(store.clone(), raft.clone()).run(stop_rx.clone()));
-    set.spawn(KeyManager::new(store.clone()).run(stop_rx.clone()));
-    set.spawn(dispatcher.clone().run(stop_rx));
+    // The reconcilers' passes read and plan over every task: they run off the runtime's
+    // workers, which stay free for heartbeats, calls and Raft. The dispatcher's monitor is short.
+    let mut offload = |name: &'static str, run: BoxFuture<'static, ()>| {
+        set.spawn(timed_polls(name, OffWorker::new(run).boxed()))
+    };
+    offload(
+        "allocator",
+        Allocator::new(store.clone()).run(stop_rx.clone()).boxed(),
+    );
+    offload(
+        "scheduler",
+        Scheduler::new(store.clone()).run(stop_rx.clone()).boxed(),
+    );
+    offload(
+        "replicated",
+        ReplicatedOrchestrator::new(store.clone())
+            .run(stop_rx.clone())
+            .boxed(),
+    );
+    offload(
+        "global",
+        GlobalOrchestrator::new(store.clone())
+            .run(stop_rx.clone())
+            .boxed(),
+    );
+    offload(
+        "restart",
+        RestartSupervisor::new(store.clone())
+            .run(stop_rx.clone())
+            .boxed(),
+    );
+    offload(
+        "taskreaper",
+        TaskReaper::new(store.clone()).run(stop_rx.clone()).boxed(),
+    );
+    offload(
+        "constraint",
+        ConstraintEnforcer::new(store.clone())
+            .run(stop_rx.clone())
+            .boxed(),
+    );
+    offload(
+        "rolemanager",
+        RoleManager::new(store.clone(), raft.clone())
+            .run(stop_rx.clone())
+            .boxed(),
+    );
+    offload(
+        "keymanager",
+        KeyManager::new(store.clone()).run(stop_rx.clone()).boxed(),
+    );
+    set.spawn(timed_polls(
+        "dispatcher",
+        dispatcher.clone().run(stop_rx).boxed(),
+    ));
     (stop_tx, set)
+}
+
+/// A poll that runs this long holds one of the runtime's threads: heartbeats and calls wait.
+const SLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Runs `component`, logging every poll of it that held its thread for [`SLOW_POLL`] or more.
+async fn timed_polls(component: &'static str, run: BoxFuture<'static, ()>) {
+    let mut run = run;
+    std::future::poll_fn(|cx| {
+        let start = std::time::Instant::now();
+        let poll = run.as_mut().poll(cx);
+        let took = start.elapsed();
+        if took >= SLOW_POLL {
+            tracing::info!(
+                component,
+                took_ms = took.as_millis() as u64,
+                "leader component poll slow"
+            );
+        }
+        poll
+    })
+    .await
 }
 
 async fn stop(running: Option<(watch::Sender<bool>, JoinSet<()>)>) {

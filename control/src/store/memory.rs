@@ -5,8 +5,10 @@ use mesh_proto::{
     Transaction, Version, store_action,
 };
 use parking_lot::{RwLock, RwLockReadGuard};
+use std::any::type_name_of_val;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::StoreError;
@@ -14,6 +16,7 @@ use super::counts::TaskCounts;
 use super::object::{Kind, Object, StoreObject};
 use super::tx::{ReadTx, WriteTx};
 use super::watch::Event;
+use crate::offload::off_worker;
 
 /// How many events a watcher may fall behind before it is told to resynchronise.
 const WATCH_CAPACITY: usize = 1 << 16;
@@ -108,14 +111,28 @@ impl MemoryStore {
         }
     }
 
+    /// The fair read lock. While a writer waits behind a long read, the wait happens off the
+    /// runtime's worker ([`off_worker`]): a worker blocked here would serve nothing else.
     fn read(&self) -> RwLockReadGuard<'_, Tables> {
-        self.tables.read()
+        self.tables
+            .try_read()
+            .unwrap_or_else(|| off_worker(|| self.tables.read()))
+    }
+
+    /// Runs `f` under the fair read lock and logs a long wait or a long hold by `by`.
+    fn timed_read<T>(&self, by: &str, f: impl FnOnce(&Tables) -> T) -> T {
+        let start = Instant::now();
+        let tables = self.read();
+        let locked = Instant::now();
+        let out = f(&tables);
+        drop(tables);
+        note_slow_lock(by, start, locked);
+        out
     }
 
     /// Reads under the lock, queued fairly with writers.
     pub fn view<T>(&self, f: impl FnOnce(&ReadTx<'_>) -> T) -> T {
-        let tables = self.read();
-        f(&ReadTx::new(&tables))
+        self.timed_read(type_name_of_val(&f), |tables| f(&ReadTx::new(tables)))
     }
 
     /// Reads without queueing behind a writer that waits for other reads to end: while a
@@ -129,8 +146,9 @@ impl MemoryStore {
 
     /// Reads under the lock, with the log index of the last entry the view holds.
     pub fn view_at<T>(&self, f: impl FnOnce(&ReadTx<'_>) -> T) -> (u64, T) {
-        let tables = self.read();
-        (tables.applied, f(&ReadTx::new(&tables)))
+        self.timed_read(type_name_of_val(&f), |tables| {
+            (tables.applied, f(&ReadTx::new(tables)))
+        })
     }
 
     /// Reads and subscribes under one lock: no event after the view is missed.
@@ -138,9 +156,10 @@ impl MemoryStore {
         &self,
         f: impl FnOnce(&ReadTx<'_>) -> T,
     ) -> (T, broadcast::Receiver<Event>) {
-        let tables = self.read();
-        let rx = self.events.subscribe();
-        (f(&ReadTx::new(&tables)), rx)
+        self.timed_read(type_name_of_val(&f), |tables| {
+            let rx = self.events.subscribe();
+            (f(&ReadTx::new(tables)), rx)
+        })
     }
 
     pub fn watch(&self) -> broadcast::Receiver<Event> {
@@ -151,15 +170,21 @@ impl MemoryStore {
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<(Transaction, T), StoreError> {
-        let tables = self.read();
-        let mut tx = WriteTx::new(&tables);
-        let out = f(&mut tx)?;
-        Ok((tx.into_transaction(), out))
+        self.timed_read(type_name_of_val(&f), |tables| {
+            let mut tx = WriteTx::new(tables);
+            let out = f(&mut tx)?;
+            Ok((tx.into_transaction(), out))
+        })
     }
 
     /// Applies one committed entry at log `index`; one result per transaction, in order.
     pub fn apply(&self, index: u64, proposal: &Proposal) -> Vec<Result<(), ApplyError>> {
-        let mut tables = self.tables.write();
+        let start = Instant::now();
+        let mut tables = self
+            .tables
+            .try_write()
+            .unwrap_or_else(|| off_worker(|| self.tables.write()));
+        let locked = Instant::now();
         let mut events = Vec::new();
         let results = proposal
             .transactions
@@ -172,6 +197,8 @@ impl MemoryStore {
             let _ = self.events.send(event);
         }
         let _ = self.events.send(Event::Commit { index });
+        drop(tables);
+        note_slow_lock("apply", start, locked);
         results
     }
 
@@ -244,6 +271,24 @@ impl MemoryStore {
         }
         *task_counts = TaskCounts::of(tasks.values().map(|t| &**t));
         let _ = self.events.send(Event::Reset);
+    }
+}
+
+/// A lock waited for or held longer than this is logged: on a leader, every other reader and
+/// writer (an apply, a heartbeat's read) may be queued behind it meanwhile.
+const SLOW_LOCK: Duration = Duration::from_millis(250);
+
+/// Logs a lock on the tables asked for at `start`, taken at `locked` and released now.
+fn note_slow_lock(by: &str, start: Instant, locked: Instant) {
+    let waited = locked - start;
+    let held = locked.elapsed();
+    if waited >= SLOW_LOCK || held >= SLOW_LOCK {
+        tracing::info!(
+            by = by.trim_end_matches("::{{closure}}"),
+            waited_ms = waited.as_millis() as u64,
+            held_ms = held.as_millis() as u64,
+            "store lock slow"
+        );
     }
 }
 
