@@ -51,12 +51,13 @@ fn pool_config(tx: &ReadTx<'_>) -> PoolConfig {
     })
 }
 
+/// Read in place: at half a million tasks a copy of each held the store's lock for seconds.
 fn rebuild(tx: &ReadTx<'_>, config: PoolConfig) -> Pools {
     let (pools, errors) = Pools::rebuild(
         config,
-        &tx.list::<Network>(),
-        &tx.list::<Task>(),
-        &tx.list::<Service>(),
+        tx.iter::<Network>(),
+        tx.iter::<Task>(),
+        tx.iter::<Service>(),
     );
     for error in errors {
         tracing::error!(error = %error, "allocation in the store not marked");
@@ -83,7 +84,7 @@ impl State {
                 }
                 queue
             },
-            services: tx.list::<Service>().into_iter().map(|s| s.id).collect(),
+            services: tx.iter::<Service>().map(|s| s.id.clone()).collect(),
         }
     }
 

@@ -58,15 +58,15 @@ impl Pools {
 
     /// Pools holding what the given networks and tasks already hold. What cannot be marked (a
     /// corrupt or conflicting allocation) is returned so the caller can report it.
-    pub fn rebuild(
+    pub fn rebuild<'a>(
         config: PoolConfig,
-        networks: &[Network],
-        tasks: &[Task],
-        services: &[Service],
+        networks: impl IntoIterator<Item = &'a Network>,
+        tasks: impl IntoIterator<Item = &'a Task>,
+        services: impl IntoIterator<Item = &'a Service>,
     ) -> (Self, Vec<String>) {
         let mut pools = Self::new(config);
         let mut errors = Vec::new();
-        for network in networks.iter().filter(|n| n.allocation.is_some()) {
+        for network in networks.into_iter().filter(|n| n.allocation.is_some()) {
             if let Err(err) = pools.mark_network(network) {
                 errors.push(format!("network {}: {err}", network.id));
             }
@@ -285,7 +285,7 @@ mod tests {
             task("t2", "n1", "10.0.0.2/24"),
             task("t3", "gone", "10.9.0.2/24"),
         ];
-        let (mut pools, errors) = Pools::rebuild(PoolConfig::default(), &networks, &tasks, &[]);
+        let (mut pools, errors) = Pools::rebuild(PoolConfig::default(), &networks, &tasks, []);
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("network n2: VXLAN id 4096 is already held by n1"));
         assert!(pools.is_allocated("n1") && !pools.is_allocated("pending"));

@@ -80,6 +80,36 @@ async fn deleted_service_tasks_are_removed_then_reaped() {
 }
 
 #[tokio::test]
+async fn a_removed_task_is_reaped_once_its_node_is_down() {
+    let (store, _stop) = start();
+    create(&store, node("n1", "east")).await;
+    let svc = replicated("web", 1, None);
+    let id = svc.id.clone();
+    create(&store, svc).await;
+    wait_for(&store, "a task", |tx| live(tx, &id).len() == 1).await;
+    let task = store.view(|tx| live(tx, &id)).remove(0);
+    report(&store, &task.id, TaskState::Running, 0, Some("n1")).await;
+    store
+        .update(|tx| tx.delete::<Service>(&id))
+        .await
+        .expect("delete service");
+    wait_for(&store, "the running task marked REMOVE", |tx| {
+        tx.peek::<Task>(&task.id)
+            .is_some_and(|t| task::desired(t) == TaskState::Remove)
+    })
+    .await;
+    // Nothing will report it stopped: its node is lost.
+    modify::<Node>(&store, "n1", |n| {
+        n.status.get_or_insert_with(Default::default).state = NodeState::Down as i32;
+    })
+    .await;
+    wait_for(&store, "the task reaped", |tx| {
+        tx.peek::<Task>(&task.id).is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn history_is_limited_per_slot() {
     let (store, _stop) = start();
     create(
