@@ -67,6 +67,12 @@ impl<'a> ReadTx<'a> {
     pub fn task_counts(&self) -> &'a super::TaskCounts {
         &self.tables.task_counts
     }
+
+    /// The service id of every task, each once (services deleted since included), from the
+    /// store's index.
+    pub fn task_service_ids(&self) -> impl Iterator<Item = &'a str> {
+        self.tables.tasks_by_service.keys().map(String::as_str)
+    }
 }
 
 impl Read for ReadTx<'_> {
