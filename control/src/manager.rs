@@ -2,9 +2,8 @@
 //! scheduler and dispatcher. They are started together when this manager becomes the leader and
 //! stopped together when it stops leading.
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use mesh_proto::{Cluster, ManagerStatus, Node, Reachability};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,68 +312,61 @@ fn start_leader_components(
     let mut set = JoinSet::new();
     // The reconcilers' passes read and plan over every task: they run off the runtime's
     // workers, which stay free for heartbeats, calls and Raft. The dispatcher's monitor is short.
-    let mut offload = |name: &'static str, run: BoxFuture<'static, ()>| {
-        set.spawn(timed_polls(name, OffWorker::new(run).boxed()))
-    };
-    offload(
+    let stop = || stop_rx.clone();
+    set.spawn(offloaded(
         "allocator",
-        Allocator::new(store.clone()).run(stop_rx.clone()).boxed(),
-    );
-    offload(
-        "scheduler",
-        Scheduler::new(store.clone()).run(stop_rx.clone()).boxed(),
-    );
-    offload(
-        "replicated",
-        ReplicatedOrchestrator::new(store.clone())
-            .run(stop_rx.clone())
-            .boxed(),
-    );
-    offload(
-        "global",
-        GlobalOrchestrator::new(store.clone())
-            .run(stop_rx.clone())
-            .boxed(),
-    );
-    offload(
-        "restart",
-        RestartSupervisor::new(store.clone())
-            .run(stop_rx.clone())
-            .boxed(),
-    );
-    offload(
-        "taskreaper",
-        TaskReaper::new(store.clone()).run(stop_rx.clone()).boxed(),
-    );
-    offload(
-        "constraint",
-        ConstraintEnforcer::new(store.clone())
-            .run(stop_rx.clone())
-            .boxed(),
-    );
-    offload(
-        "rolemanager",
-        RoleManager::new(store.clone(), raft.clone())
-            .run(stop_rx.clone())
-            .boxed(),
-    );
-    offload(
-        "keymanager",
-        KeyManager::new(store.clone()).run(stop_rx.clone()).boxed(),
-    );
-    set.spawn(timed_polls(
-        "dispatcher",
-        dispatcher.clone().run(stop_rx).boxed(),
+        Allocator::new(store.clone()).run(stop()),
     ));
+    set.spawn(offloaded(
+        "scheduler",
+        Scheduler::new(store.clone()).run(stop()),
+    ));
+    set.spawn(offloaded(
+        "replicated",
+        ReplicatedOrchestrator::new(store.clone()).run(stop()),
+    ));
+    set.spawn(offloaded(
+        "global",
+        GlobalOrchestrator::new(store.clone()).run(stop()),
+    ));
+    set.spawn(offloaded(
+        "restart",
+        RestartSupervisor::new(store.clone()).run(stop()),
+    ));
+    set.spawn(offloaded(
+        "taskreaper",
+        TaskReaper::new(store.clone()).run(stop()),
+    ));
+    set.spawn(offloaded(
+        "constraint",
+        ConstraintEnforcer::new(store.clone()).run(stop()),
+    ));
+    set.spawn(offloaded(
+        "rolemanager",
+        RoleManager::new(store.clone(), raft.clone()).run(stop()),
+    ));
+    set.spawn(offloaded(
+        "keymanager",
+        KeyManager::new(store.clone()).run(stop()),
+    ));
+    set.spawn(timed_polls("dispatcher", dispatcher.clone().run(stop_rx)));
     (stop_tx, set)
 }
 
 /// A poll that runs this long holds one of the runtime's threads: heartbeats and calls wait.
 const SLOW_POLL: Duration = Duration::from_millis(250);
 
+/// Runs `component` off the runtime's workers ([`OffWorker`]), its slow polls logged.
+fn offloaded(
+    component: &'static str,
+    run: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    timed_polls(component, OffWorker::new(run))
+}
+
 /// Runs `component`, logging every poll of it that held its thread for [`SLOW_POLL`] or more.
-async fn timed_polls(component: &'static str, run: BoxFuture<'static, ()>) {
-    let mut run = run;
+async fn timed_polls(component: &'static str, run: impl Future<Output = ()>) {
+    let mut run = std::pin::pin!(run);
     std::future::poll_fn(|cx| {
         let start = std::time::Instant::now();
         let poll = run.as_mut().poll(cx);

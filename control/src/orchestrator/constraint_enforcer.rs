@@ -14,10 +14,10 @@ use crate::limits::BATCH_WRITES;
 use crate::scheduler::constraint::{Constraint, matches_all};
 use crate::store::{Event, Read, ReadTx, Store};
 
-/// The status message of a task the enforcer shut down.
 /// Nodes looked at in one pass (one read of the store).
 const NODES_PER_PASS: usize = 500;
 
+/// The status message of a task the enforcer shut down.
 pub const REJECTED_MESSAGE: &str = "task rejected by constraint enforcer";
 
 /// Whether `task` may no longer run on `node`: the node is drained or the task's own placement
@@ -90,13 +90,7 @@ impl Reconcile for ConstraintEnforcer {
         // A bounded share of the nodes per pass, the rest at once after: a leader that starts
         // marks every node, and one pass over 5,000 nodes' 500,000 tasks held the store's lock
         // for 2.8 s, with every write (agents registering again) queued behind it.
-        let rest = self
-            .dirty
-            .iter()
-            .nth(NODES_PER_PASS)
-            .cloned()
-            .map(|first| self.dirty.split_off(&first));
-        let nodes = std::mem::replace(&mut self.dirty, rest.unwrap_or_default());
+        let nodes = driver::take_share(&mut self.dirty, NODES_PER_PASS);
         // A batch per transaction: a node left half done is looked at again at once.
         let result = store
             .update(|tx| {

@@ -1,5 +1,6 @@
 //! The event loop every reconciler runs: full pass from a view, then store events batched per commit.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -111,6 +112,16 @@ pub(crate) fn log_write_error(reconciler: &'static str, err: &StoreError) {
         }
         _ => warn!(reconciler, error = %err, "write failed, retrying"),
     }
+}
+
+/// Takes the first `n` of `set` out of it, for a pass that looks at a bounded share of a long
+/// list and leaves the rest to the next.
+pub(crate) fn take_share<T: Ord + Clone>(set: &mut BTreeSet<T>, n: usize) -> BTreeSet<T> {
+    let rest = match set.iter().nth(n).cloned() {
+        Some(first_left) => set.split_off(&first_left),
+        None => BTreeSet::new(),
+    };
+    std::mem::replace(set, rest)
 }
 
 /// The earlier of two optional wake-up times.

@@ -177,13 +177,7 @@ impl Reconcile for TaskReaper {
         if self.whole.is_empty() && self.dirty.is_empty() {
             return None;
         }
-        let rest = self
-            .whole
-            .iter()
-            .nth(SERVICES_PER_PASS)
-            .cloned()
-            .map(|first| self.whole.split_off(&first));
-        let share = std::mem::replace(&mut self.whole, rest.unwrap_or_default());
+        let share = driver::take_share(&mut self.whole, SERVICES_PER_PASS);
         let delete = store.view(|tx| self.plan(tx, &share));
         if !delete.is_empty() {
             // A batch per transaction; with more left the same slots are planned again at once.
