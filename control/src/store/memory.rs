@@ -6,7 +6,7 @@ use mesh_proto::{
 };
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::any::type_name_of_val;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -32,51 +32,67 @@ pub struct Tables {
     pub(crate) networks: BTreeMap<String, Arc<Network>>,
     pub(crate) secrets: BTreeMap<String, Arc<Secret>>,
     pub(crate) configs: BTreeMap<String, Arc<Config>>,
-    /// Task ids by service and by node: what reads one service's or one node's tasks without
-    /// scanning every task (a reconciler of one service, a node's assignments).
-    pub(crate) tasks_by_service: HashMap<String, BTreeSet<String>>,
-    pub(crate) tasks_by_node: HashMap<String, BTreeSet<String>>,
+    /// Tasks by service and by node, by id: what reads one service's or one node's tasks without
+    /// scanning every task (a reconciler of one service, a node's assignments). Each holds the
+    /// same shared task as `tasks`, so such a read looks nothing up in the table of every task.
+    pub(crate) tasks_by_service: TaskIndex,
+    pub(crate) tasks_by_node: TaskIndex,
     pub(crate) task_counts: TaskCounts,
     /// The log index of the last entry applied (0 after a snapshot is restored, until the next).
     pub(crate) applied: u64,
 }
 
-/// Moves a task's ids in the indexes from where `old` had them to where `new` has them.
+/// Tasks grouped under a key (a service id, a node id), by task id.
+pub(crate) type TaskIndex = HashMap<String, BTreeMap<String, Arc<Task>>>;
+
+/// Moves a task in the indexes from where `old` had it to where `new` has it, and points them at
+/// `new` (the task as now stored) even where it stays.
 fn reindex(
-    by_service: &mut HashMap<String, BTreeSet<String>>,
-    by_node: &mut HashMap<String, BTreeSet<String>>,
+    by_service: &mut TaskIndex,
+    by_node: &mut TaskIndex,
     old: Option<&Task>,
-    new: Option<&Task>,
+    new: Option<&Arc<Task>>,
 ) {
-    fn keys(t: &Task) -> (&str, &str) {
-        (&t.service_id, &t.node_id)
-    }
-    if old.map(keys) == new.map(keys) {
-        return;
-    }
-    for (index, key) in [
-        (&mut *by_service, old.map(|t| &t.service_id)),
-        (&mut *by_node, old.map(|t| &t.node_id)),
+    for (index, old_key, new_key) in [
+        (
+            &mut *by_service,
+            old.map(|t| &t.service_id),
+            new.map(|t| &t.service_id),
+        ),
+        (
+            &mut *by_node,
+            old.map(|t| &t.node_id),
+            new.map(|t| &t.node_id),
+        ),
     ] {
-        let (Some(key), Some(task)) = (key, old) else {
-            continue;
-        };
-        if let Some(ids) = index.get_mut(key.as_str()) {
-            ids.remove(&task.id);
-            if ids.is_empty() {
+        if let (Some(key), Some(task)) = (old_key, old)
+            && old_key != new_key
+            && let Some(tasks) = index.get_mut(key.as_str())
+        {
+            tasks.remove(&task.id);
+            if tasks.is_empty() {
                 index.remove(key.as_str());
             }
         }
-    }
-    let Some(task) = new else {
-        return;
-    };
-    for (index, key) in [(by_service, &task.service_id), (by_node, &task.node_id)] {
-        if !key.is_empty() {
-            index
-                .entry(key.clone())
-                .or_default()
-                .insert(task.id.clone());
+        let (Some(key), Some(task)) = (new_key, new) else {
+            continue;
+        };
+        if key.is_empty() {
+            continue;
+        }
+        match index.get_mut(key.as_str()) {
+            Some(tasks) => match tasks.get_mut(&task.id) {
+                Some(held) => *held = Arc::clone(task),
+                None => {
+                    tasks.insert(task.id.clone(), Arc::clone(task));
+                }
+            },
+            None => {
+                index.insert(
+                    key.clone(),
+                    BTreeMap::from([(task.id.clone(), Arc::clone(task))]),
+                );
+            }
         }
     }
 }
@@ -267,7 +283,7 @@ impl MemoryStore {
             ..
         } = &mut *tables;
         for task in tasks.values() {
-            reindex(tasks_by_service, tasks_by_node, None, Some(&**task));
+            reindex(tasks_by_service, tasks_by_node, None, Some(task));
         }
         *task_counts = TaskCounts::of(tasks.values().map(|t| &**t));
         let _ = self.events.send(Event::Reset);
@@ -474,18 +490,16 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
         Object::Node(o) => put(&mut tables.nodes, o),
         Object::Service(o) => put(&mut tables.services, o),
         Object::Task(o) => {
-            let id = o.id.clone();
-            let old = tables.tasks.insert(id.clone(), Arc::new(o));
-            let Tables {
-                tasks,
-                tasks_by_service,
-                tasks_by_node,
-                task_counts,
-                ..
-            } = tables;
-            let new = tasks.get(&id).map(|t| &**t);
-            reindex(tasks_by_service, tasks_by_node, old.as_deref(), new);
-            task_counts.change(old.as_deref(), new);
+            let new = Arc::new(o);
+            let old = tables.tasks.insert(new.id.clone(), Arc::clone(&new));
+            // The indexes let go of the old task first, so that it is moved out, not copied.
+            reindex(
+                &mut tables.tasks_by_service,
+                &mut tables.tasks_by_node,
+                old.as_deref(),
+                Some(&new),
+            );
+            tables.task_counts.change(old.as_deref(), Some(&new));
             old.map(|o| Object::Task(Arc::unwrap_or_clone(o)))
         }
         Object::Cluster(o) => put(&mut tables.clusters, o),

@@ -1,6 +1,6 @@
 //! The store's read merging, its batch measure and its transaction size backstop.
 
-use mesh_proto::{ContainerSpec, Node, Task, TaskSpec};
+use mesh_proto::{ContainerSpec, Node, Task, TaskSpec, TaskState};
 use prost::Message;
 
 use super::*;
@@ -186,7 +186,7 @@ async fn tasks_are_read_by_service_and_node_through_the_index() {
         })
         .await
         .expect("create");
-    // Moved to another node, and deleted: the index follows.
+    // Moved to another node, changed in place, and deleted: the index follows.
     store
         .update(|tx| {
             let t1 = tx.get::<Task>("t1").expect("t1");
@@ -194,10 +194,34 @@ async fn tasks_are_read_by_service_and_node_through_the_index() {
                 node_id: "n2".into(),
                 ..t1
             })?;
+            let t3 = tx.get::<Task>("t3").expect("t3");
+            tx.update(Task {
+                desired_state: TaskState::Shutdown as i32,
+                ..t3
+            })?;
             tx.delete::<Task>("t4")
         })
         .await
         .expect("update");
+    // The index hands out each task as it is now, not as it was when first indexed.
+    store.view(|tx| {
+        let desired = |tasks: Vec<&Task>| -> Vec<(String, i32)> {
+            tasks
+                .into_iter()
+                .map(|t| (t.id.clone(), t.desired_state))
+                .collect()
+        };
+        let shutdown = TaskState::Shutdown as i32;
+        assert_eq!(
+            desired(tx.tasks_of_service("s1")),
+            [("t1".to_string(), 0), ("t3".to_string(), shutdown)]
+        );
+        assert_eq!(
+            desired(tx.tasks_on_node("n1")),
+            [("t2".to_string(), 0), ("t3".to_string(), shutdown)]
+        );
+        assert_eq!(desired(tx.tasks_on_node("n2")), [("t1".to_string(), 0)]);
+    });
     let check = |tx: &dyn Fn(&str, &str) -> Vec<String>| {
         let cases: [(&str, &str, &[&str]); 6] = [
             ("service", "s1", &["t1", "t3"]),

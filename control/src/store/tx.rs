@@ -3,7 +3,7 @@
 use mesh_proto::{Meta, StoreAction, Task, Transaction, store_action};
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::memory::Tables;
+use super::memory::{Tables, TaskIndex};
 use super::object::{Kind, Object, StoreObject};
 use super::{StoreError, now_nanos};
 use crate::limits::{BATCH_BYTES, BATCH_WRITES};
@@ -40,17 +40,13 @@ pub trait Read {
     fn tasks_on_node(&self, node_id: &str) -> Vec<&Task>;
 }
 
-/// The tasks whose ids `index` holds under `key`, as `tables` has them.
-fn indexed<'a>(
-    tables: &'a Tables,
-    index: &'a std::collections::HashMap<String, BTreeSet<String>>,
-    key: &str,
-) -> Vec<&'a Task> {
+/// The tasks `index` holds under `key`, in id order.
+fn indexed<'a>(index: &'a TaskIndex, key: &str) -> Vec<&'a Task> {
     index
         .get(key)
         .into_iter()
-        .flatten()
-        .filter_map(|id| tables.tasks.get(id).map(|t| &**t))
+        .flat_map(|tasks| tasks.values())
+        .map(|t| &**t)
         .collect()
 }
 
@@ -85,11 +81,11 @@ impl Read for ReadTx<'_> {
     }
 
     fn tasks_of_service(&self, service_id: &str) -> Vec<&Task> {
-        indexed(self.tables, &self.tables.tasks_by_service, service_id)
+        indexed(&self.tables.tasks_by_service, service_id)
     }
 
     fn tasks_on_node(&self, node_id: &str) -> Vec<&Task> {
-        indexed(self.tables, &self.tables.tasks_by_node, node_id)
+        indexed(&self.tables.tasks_by_node, node_id)
     }
 }
 
@@ -234,7 +230,7 @@ impl WriteTx<'_> {
     /// those of them for which `keep` holds, in id order.
     fn indexed_with_changes<'s>(
         &'s self,
-        index: &'s std::collections::HashMap<String, BTreeSet<String>>,
+        index: &'s TaskIndex,
         key: &str,
         keep: impl Fn(&Task) -> bool,
     ) -> Vec<&'s Task> {
@@ -246,12 +242,12 @@ impl WriteTx<'_> {
             .peekable();
         if changed.peek().is_none() {
             // No task written yet (a reconciler planning from a fresh transaction): the index.
-            return indexed(self.tables, index, key);
+            return indexed(index, key);
         }
         let ids: BTreeSet<&str> = index
             .get(key)
             .into_iter()
-            .flatten()
+            .flat_map(|tasks| tasks.keys())
             .map(String::as_str)
             .chain(changed)
             .collect();
