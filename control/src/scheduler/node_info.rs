@@ -9,7 +9,7 @@ pub type HostPort = (i32, u32);
 /// One node's snapshot: what its tasks hold and its resources still free for reservations. It
 /// keeps counts, not the tasks: building it reads them in place, and a task's change is
 /// accounted for by removing its old state and adding its new one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeInfo {
     node: Node,
     /// Tasks holding resources here, including those placed by the current batch.

@@ -2,7 +2,6 @@
 //! of tasks of one spec decided as a group, with the same outcome.
 
 use mesh_proto::{Task, TaskState};
-use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
@@ -35,13 +34,15 @@ impl Decision {
 
 /// Decides a node for each task, in order. Each placement is accounted for (resources, spread
 /// counts, replicas per node) before the next task is decided. A task that already names a node
-/// (a global service's) is checked against that node only. The snapshots are borrowed: a node is
-/// copied when a task is placed on it, the others are read in place.
+/// (a global service's) is checked against that node only. The snapshots are worked on in place,
+/// not copied (a pass over thousands of nodes would copy each one it places a task on), and are
+/// as they were again when the pass returns: every placement is taken back.
 pub fn schedule<'a>(
-    nodes: impl IntoIterator<Item = &'a NodeInfo>,
+    nodes: impl IntoIterator<Item = &'a mut NodeInfo>,
     tasks: &[Task],
 ) -> Vec<Decision> {
-    let mut nodes: Vec<Cow<'a, NodeInfo>> = nodes.into_iter().map(Cow::Borrowed).collect();
+    let mut nodes: Vec<&'a mut NodeInfo> = nodes.into_iter().collect();
+    let mut placed = Vec::new();
     // Only a task that names its node looks it up by id.
     let index: HashMap<String, usize> = if tasks.iter().any(|t| !t.node_id.is_empty()) {
         nodes
@@ -67,11 +68,14 @@ pub fn schedule<'a>(
         let (group, after) = rest.split_at(len);
         if len > 1 {
             let ranks = ranks.get_or_insert_with(|| id_ranks(&nodes));
-            decide_group(&mut nodes, ranks, group, &mut decisions);
+            decide_group(&mut nodes, ranks, group, &mut decisions, &mut placed);
         } else {
-            decisions.push(decide(&mut nodes, &index, first));
+            decisions.push(decide(&mut nodes, &index, first, &mut placed));
         }
         rest = after;
+    }
+    for (i, task) in placed.iter().rev() {
+        nodes[*i].remove_task(task);
     }
     decisions
 }
@@ -96,7 +100,7 @@ fn same_group(first: &Task, task: &Task) -> bool {
 
 /// Each node's place among the nodes ordered by id, computed once per pass: a group compares
 /// nodes by it instead of copying and comparing their ids.
-fn id_ranks(nodes: &[Cow<'_, NodeInfo>]) -> Vec<usize> {
+fn id_ranks(nodes: &[&mut NodeInfo]) -> Vec<usize> {
     let mut by_id: Vec<usize> = (0..nodes.len()).collect();
     by_id.sort_by(|&a, &b| nodes[a].id().cmp(nodes[b].id()));
     let mut ranks = vec![0; nodes.len()];
@@ -115,16 +119,17 @@ type Candidate = Reverse<(usize, usize, usize, usize)>;
 /// Placing a task only ever makes a node less eligible (resources, ports, replicas per node), so
 /// eligibility is computed once and checked again only on the node about to be chosen.
 fn decide_group(
-    nodes: &mut [Cow<'_, NodeInfo>],
+    nodes: &mut [&mut NodeInfo],
     ranks: &[usize],
     group: &[Task],
     decisions: &mut Vec<Decision>,
+    placed: &mut Vec<(usize, Task)>,
 ) {
     let first = &group[0];
     let no_index = HashMap::new();
     let Ok(request) = TaskRequest::new(first) else {
         // Every task of the group fails alike: the per-task path words the reason.
-        decisions.extend(group.iter().map(|t| decide(nodes, &no_index, t)));
+        decisions.extend(group.iter().map(|t| decide(nodes, &no_index, t, placed)));
         return;
     };
     let service = first.service_id.as_str();
@@ -144,25 +149,26 @@ fn decide_group(
             let Some(Reverse((_, _, _, i))) = candidates.pop() else {
                 break None;
             };
-            if passes(&nodes[i]) {
+            if passes(nodes[i]) {
                 break Some(i);
             }
         };
         let Some(i) = chosen else {
             // No node is left for this task (nor, the nodes unchanged, for the rest): the
             // per-task path gives each its explanation over every node.
-            decisions.push(decide(nodes, &no_index, task));
+            decisions.push(decide(nodes, &no_index, task, placed));
             continue;
         };
-        decisions.push(place(nodes[i].to_mut(), task));
-        candidates.push(key(&nodes[i], i));
+        decisions.push(place(nodes, i, task, placed));
+        candidates.push(key(nodes[i], i));
     }
 }
 
 fn decide(
-    nodes: &mut [Cow<'_, NodeInfo>],
+    nodes: &mut [&mut NodeInfo],
     index: &HashMap<String, usize>,
     task: &Task,
+    placed: &mut Vec<(usize, Task)>,
 ) -> Decision {
     let no_suitable_node = |explanation: String| Decision::NoSuitableNode {
         task_id: task.id.clone(),
@@ -185,7 +191,7 @@ fn decide(
     let mut eligible = vec![false; nodes.len()];
     let mut rejected: BTreeMap<Rejection, usize> = BTreeMap::new();
     for i in scope {
-        match FILTERS.iter().find(|f| !f.check(&request, &nodes[i])) {
+        match FILTERS.iter().find(|f| !f.check(&request, nodes[i])) {
             Some(filter) => *rejected.entry(filter.rejection()).or_default() += 1,
             None => eligible[i] = true,
         }
@@ -210,19 +216,28 @@ fn decide(
         return no_suitable_node(explanation.join("; "));
     };
 
-    place(nodes[chosen].to_mut(), task)
+    place(nodes, chosen, task, placed)
 }
 
-/// Places `task` on `node`: accounted for there before the next task is decided.
-fn place(node: &mut NodeInfo, task: &Task) -> Decision {
-    let mut placed = task.clone();
-    placed.node_id = node.id().to_string();
-    placed.status.get_or_insert_with(Default::default).state = TaskState::Assigned as i32;
-    node.add_task(&placed);
-    Decision::Assign {
+/// Places `task` on node `i`: accounted for there before the next task is decided, and recorded
+/// in `placed` so that the pass can take it back at its end.
+fn place(
+    nodes: &mut [&mut NodeInfo],
+    i: usize,
+    task: &Task,
+    placed: &mut Vec<(usize, Task)>,
+) -> Decision {
+    let node = &mut *nodes[i];
+    let mut assigned = task.clone();
+    assigned.node_id = node.id().to_string();
+    assigned.status.get_or_insert_with(Default::default).state = TaskState::Assigned as i32;
+    node.add_task(&assigned);
+    let decision = Decision::Assign {
         task_id: task.id.clone(),
-        node_id: node.id().to_string(),
-    }
+        node_id: assigned.node_id.clone(),
+    };
+    placed.push((i, assigned));
+    decision
 }
 
 #[cfg(test)]

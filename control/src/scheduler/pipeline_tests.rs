@@ -27,8 +27,8 @@ fn tasks(service: &str, count: usize) -> Vec<Task> {
 
 #[test]
 fn spreads_evenly_and_accounts_for_the_batch() {
-    let nodes = infos(vec![node("a"), node("b"), node("c")], &[]);
-    let decisions = schedule(&nodes, &tasks("s", 6));
+    let mut nodes = infos(vec![node("a"), node("b"), node("c")], &[]);
+    let decisions = schedule(&mut nodes, &tasks("s", 6));
     assert_eq!(outcomes(&decisions), ["a", "b", "c", "a", "b", "c"]);
     assert_eq!(decisions[0].task_id(), "s-0");
 }
@@ -41,14 +41,17 @@ fn spreads_around_existing_tasks() {
         running_on(task("x3", "s"), "b"),
         running_on(task("o1", "other"), "c"),
     ];
-    let nodes = infos(vec![node("a"), node("b"), node("c")], &existing);
+    let mut nodes = infos(vec![node("a"), node("b"), node("c")], &existing);
     // c has none of s; then b and c tie on s and on totals (2 each): b by id; then c.
-    assert_eq!(outcomes(&schedule(&nodes, &tasks("s", 3))), ["c", "b", "c"]);
+    assert_eq!(
+        outcomes(&schedule(&mut nodes, &tasks("s", 3))),
+        ["c", "b", "c"]
+    );
 }
 
 #[test]
 fn placement_preference_spreads_over_zones() {
-    let nodes = infos(
+    let mut nodes = infos(
         vec![
             with_label(node("e1"), "zone", "east"),
             with_label(node("e2"), "zone", "east"),
@@ -68,14 +71,14 @@ fn placement_preference_spreads_over_zones() {
         .collect();
     // Half per zone, even though east has three nodes and west one.
     assert_eq!(
-        outcomes(&schedule(&nodes, &batch)),
+        outcomes(&schedule(&mut nodes, &batch)),
         ["e1", "w1", "e2", "w1"]
     );
 }
 
 #[test]
 fn max_replicas_per_node() {
-    let nodes = infos(vec![node("a"), node("b")], &[]);
+    let mut nodes = infos(vec![node("a"), node("b")], &[]);
     let batch: Vec<Task> = tasks("s", 3)
         .into_iter()
         .map(|mut t| {
@@ -84,7 +87,7 @@ fn max_replicas_per_node() {
         })
         .collect();
     assert_eq!(
-        outcomes(&schedule(&nodes, &batch)),
+        outcomes(&schedule(&mut nodes, &batch)),
         [
             "a",
             "b",
@@ -96,13 +99,13 @@ fn max_replicas_per_node() {
 #[test]
 fn a_host_mode_port_takes_one_task_per_node() {
     // Two replicas publishing 8080 in host mode on one node: the second waits.
-    let nodes = infos(vec![node("a")], &[]);
+    let mut nodes = infos(vec![node("a")], &[]);
     let batch: Vec<Task> = tasks("s", 2)
         .into_iter()
         .map(|t| host_port(t, 8080))
         .collect();
     assert_eq!(
-        outcomes(&schedule(&nodes, &batch)),
+        outcomes(&schedule(&mut nodes, &batch)),
         [
             "a",
             "no suitable node (host-mode port already in use on 1 node)"
@@ -117,7 +120,7 @@ fn services_sharing_a_host_port_go_to_different_nodes() {
         running_on(task("o1", "other"), "b"),
         running_on(task("o2", "other"), "b"),
     ];
-    let nodes = infos(vec![node("a"), node("b")], &existing);
+    let mut nodes = infos(vec![node("a"), node("b")], &existing);
     let batch = vec![
         host_port(task("s1-0", "s1"), 8080),
         host_port(task("s2-0", "s2"), 8080),
@@ -125,7 +128,7 @@ fn services_sharing_a_host_port_go_to_different_nodes() {
         host_port(task("s4-0", "s4"), 9090),
     ];
     assert_eq!(
-        outcomes(&schedule(&nodes, &batch)),
+        outcomes(&schedule(&mut nodes, &batch)),
         [
             "a",
             "b",
@@ -137,12 +140,12 @@ fn services_sharing_a_host_port_go_to_different_nodes() {
 
 #[test]
 fn host_ports_without_a_number_never_collide() {
-    let nodes = infos(
+    let mut nodes = infos(
         vec![node("a")],
         &[running_on(host_port(task("x", "s"), 0), "a")],
     );
     let batch: Vec<Task> = tasks("s", 2).into_iter().map(|t| host_port(t, 0)).collect();
-    assert_eq!(outcomes(&schedule(&nodes, &batch)), ["a", "a"]);
+    assert_eq!(outcomes(&schedule(&mut nodes, &batch)), ["a", "a"]);
 }
 
 #[test]
@@ -154,7 +157,7 @@ fn an_ended_task_frees_its_host_port_and_a_stopping_one_does_not() {
     ended.status.get_or_insert_with(Default::default).state = TaskState::Shutdown as i32;
     let mut failed = running_on(host_port(task("z", "old"), 8080), "c");
     failed.status.get_or_insert_with(Default::default).state = TaskState::Failed as i32;
-    let nodes = infos(
+    let mut nodes = infos(
         vec![node("a"), node("b"), node("c")],
         &[stopping, ended, failed],
     );
@@ -163,7 +166,7 @@ fn an_ended_task_frees_its_host_port_and_a_stopping_one_does_not() {
         .map(|t| host_port(t, 8080))
         .collect();
     assert_eq!(
-        outcomes(&schedule(&nodes, &batch)),
+        outcomes(&schedule(&mut nodes, &batch)),
         [
             "b",
             "c",
@@ -178,7 +181,7 @@ fn host_port_reasons_come_between_platform_and_replicas_per_node() {
         running_on(host_port(task("x", "other"), 8080), "b"),
         running_on(task("y", "s"), "c"),
     ];
-    let nodes = infos(
+    let mut nodes = infos(
         vec![
             with_availability(node("a"), NodeAvailability::Drain),
             node("b"),
@@ -189,7 +192,7 @@ fn host_port_reasons_come_between_platform_and_replicas_per_node() {
     let mut t = host_port(task("t", "s"), 8080);
     placement(&mut t).max_replicas = 1;
     assert_eq!(
-        outcomes(&schedule(&nodes, &[t])),
+        outcomes(&schedule(&mut nodes, &[t])),
         [
             "no suitable node (1 node not available for new tasks; host-mode port already in use on 1 node; max replicas per node limit exceed)"
         ]
@@ -199,13 +202,13 @@ fn host_port_reasons_come_between_platform_and_replicas_per_node() {
 #[test]
 fn reservations_add_up_within_a_batch() {
     let existing = vec![running_on(reserving(task("x", "other"), 0, 6 * GIB), "b")];
-    let nodes = infos(vec![node("a"), node("b")], &existing);
+    let mut nodes = infos(vec![node("a"), node("b")], &existing);
     let batch: Vec<Task> = tasks("s", 4)
         .into_iter()
         .map(|t| reserving(t, CPU, 3 * GIB))
         .collect();
     assert_eq!(
-        outcomes(&schedule(&nodes, &batch)),
+        outcomes(&schedule(&mut nodes, &batch)),
         [
             "a",
             "a",
@@ -218,7 +221,7 @@ fn reservations_add_up_within_a_batch() {
 #[test]
 fn pre_assigned_tasks_are_checked_against_their_node_only() {
     let existing = vec![running_on(task("x", "s"), "b")];
-    let nodes = infos(
+    let mut nodes = infos(
         vec![
             node("a"),
             node("b"),
@@ -242,7 +245,7 @@ fn pre_assigned_tasks_are_checked_against_their_node_only() {
         big(on("4", "a")),
     ];
     assert_eq!(
-        outcomes(&schedule(&nodes, &batch)),
+        outcomes(&schedule(&mut nodes, &batch)),
         [
             "b",
             "no suitable node (1 node not available for new tasks)",
@@ -303,7 +306,7 @@ fn reasons_count_each_node_once_in_swarm_words() {
         ),
     ];
     for (name, nodes, task, expected) in cases {
-        let decisions = schedule(&infos(nodes, &[]), &[task]);
+        let decisions = schedule(&mut infos(nodes, &[]), &[task]);
         let got = &outcomes(&decisions)[0];
         assert!(got.starts_with(expected), "{name}: {got}");
         if !name.starts_with("bad") {
@@ -314,7 +317,7 @@ fn reasons_count_each_node_once_in_swarm_words() {
 
 #[test]
 fn constrained_tasks_land_on_matching_nodes() {
-    let nodes = infos(
+    let mut nodes = infos(
         vec![
             with_label(node("a"), "zone", "east"),
             with_label(node("b"), "zone", "west"),
@@ -326,20 +329,56 @@ fn constrained_tasks_land_on_matching_nodes() {
         .into_iter()
         .map(|t| constrained(t, &["node.labels.zone == east"]))
         .collect();
-    assert_eq!(outcomes(&schedule(&nodes, &batch)), ["a", "c", "a", "c"]);
+    assert_eq!(
+        outcomes(&schedule(&mut nodes, &batch)),
+        ["a", "c", "a", "c"]
+    );
+}
+
+/// A pass works on the snapshots in place and takes every placement back when it ends: the
+/// snapshots stay those of the store until its writes come back as events.
+#[test]
+fn a_pass_leaves_the_snapshots_as_they_were() {
+    let existing = vec![
+        running_on(task("x1", "web"), "a"),
+        running_on(host_port(task("x2", "edge"), 8080), "b"),
+    ];
+    let mut nodes = infos(vec![node("a"), node("b"), node("c")], &existing);
+    let before = nodes.clone();
+    let mut spread = task("spread-0", "spread");
+    placement(&mut spread).preferences = vec![PlacementPreference {
+        spread_descriptor: "node.labels.zone".into(),
+    }];
+    let batch: Vec<Task> = [
+        tasks("web", 4),
+        (0..3)
+            .map(|i| reserving(task(&format!("big-{i}"), "big"), CPU, GIB))
+            .collect(),
+        vec![host_port(task("edge-1", "edge"), 8080), spread],
+    ]
+    .concat();
+    let decisions = schedule(&mut nodes, &batch);
+    let placed = decisions
+        .iter()
+        .filter(|d| matches!(d, Decision::Assign { .. }))
+        .count();
+    assert_eq!(placed, batch.len(), "{}", outcomes(&decisions).join(", "));
+    assert_eq!(nodes, before);
 }
 
 /// The tasks decided one by one, each against every node: what [`schedule`] did before groups.
 fn one_by_one(nodes: &[NodeInfo], tasks: &[Task]) -> Vec<Decision> {
-    let mut nodes: Vec<Cow<'_, NodeInfo>> = nodes.iter().map(Cow::Borrowed).collect();
+    let mut copies = nodes.to_vec();
+    let mut nodes: Vec<&mut NodeInfo> = copies.iter_mut().collect();
     let index: HashMap<String, usize> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.id().to_string(), i))
         .collect();
+    let mut placed = Vec::new();
     tasks
         .iter()
-        .map(|task| decide(&mut nodes, &index, task))
+        .map(|task| decide(&mut nodes, &index, task, &mut placed))
         .collect()
 }
 
@@ -364,7 +403,7 @@ fn groups_decide_as_one_task_at_a_time() {
         running_on(task("x2", "web"), "n00"),
         running_on(task("x3", "db"), "n05"),
     ];
-    let nodes = infos(all, &existing);
+    let mut nodes = infos(all, &existing);
     let run =
         |service: &str, from: usize, count: usize, shape: &dyn Fn(Task) -> Task| -> Vec<Task> {
             (from..from + count)
@@ -407,12 +446,12 @@ fn groups_decide_as_one_task_at_a_time() {
         ),
     ];
     // A group breaks ties by id whatever order the nodes come in.
-    let reversed: Vec<NodeInfo> = nodes.iter().rev().cloned().collect();
+    let mut reversed: Vec<NodeInfo> = nodes.iter().rev().cloned().collect();
     for (name, batch) in cases {
-        let grouped = schedule(&nodes, &batch);
+        let grouped = schedule(&mut nodes, &batch);
         assert_eq!(grouped, one_by_one(&nodes, &batch), "{name}");
         assert_eq!(grouped.len(), batch.len(), "{name}");
-        let grouped = schedule(&reversed, &batch);
+        let grouped = schedule(&mut reversed, &batch);
         assert_eq!(
             grouped,
             one_by_one(&reversed, &batch),

@@ -199,7 +199,7 @@ impl Scheduler {
             return true;
         }
 
-        let decisions = schedule(work.nodes.values(), &batch);
+        let decisions = schedule(work.nodes.values_mut(), &batch);
         let read_at: HashMap<&str, u64> =
             batch.iter().map(|t| (t.id.as_str(), t.version())).collect();
         let committed = self
