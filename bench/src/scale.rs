@@ -308,6 +308,14 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
         load(&counters.reconnects),
     );
     println!(
+        "  heartbeats: sent up to {} ms after their tick ({} of them {} s late or more, this \
+         process's own delay), answered within {} ms",
+        load(&counters.heartbeat_late_ms),
+        load(&counters.heartbeats_late),
+        agent::LATE.as_secs_f64(),
+        load(&counters.heartbeat_call_ms),
+    );
+    println!(
         "  at the end: `service ls` {:.0} ms, `node ls` {:.0} ms (slowest of 3, meshctl included)",
         ms(service_ls),
         ms(node_ls)

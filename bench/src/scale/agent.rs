@@ -39,7 +39,19 @@ pub struct Counters {
     pub reports: AtomicU64,
     /// Sessions that failed and were opened again.
     pub reconnects: AtomicU64,
+    /// How late a heartbeat was sent after its tick at most, in ms: this process's own delay (its
+    /// runtime busy, or the session's loop held by another call), not the manager's.
+    pub heartbeat_late_ms: AtomicU64,
+    /// Heartbeats sent a whole period late or more: with the 5 s period and its 7.5 s grace, one
+    /// 2.5 s late can already cost its node its session.
+    pub heartbeats_late: AtomicU64,
+    /// The longest a heartbeat call took to be answered, in ms.
+    pub heartbeat_call_ms: AtomicU64,
 }
+
+/// How late counts as late in [`Counters::heartbeats_late`]: half the default 5 s period, the
+/// room its 7.5 s grace leaves.
+pub const LATE: Duration = Duration::from_millis(2500);
 
 /// A node that has joined: its id, certificate and the address it advertises.
 pub struct Joined {
@@ -207,9 +219,17 @@ async fn session(
             counters.reports.fetch_add(count, Ordering::Relaxed);
         }
         tokio::select! {
-            _ = heartbeat.tick() => {
+            due = heartbeat.tick() => {
+                let late = due.elapsed();
+                counters.heartbeat_late_ms.fetch_max(late.as_millis() as u64, Ordering::Relaxed);
+                if late >= LATE {
+                    counters.heartbeats_late.fetch_add(1, Ordering::Relaxed);
+                }
                 let request = HeartbeatRequest { session_id: session_id.clone() };
+                let sent = tokio::time::Instant::now();
                 let answer = within(client.heartbeat(request)).await?.into_inner();
+                let call = sent.elapsed().as_millis() as u64;
+                counters.heartbeat_call_ms.fetch_max(call, Ordering::Relaxed);
                 let now = Duration::from_nanos(u64::try_from(answer.period_ns).unwrap_or(0).max(100_000_000));
                 if now != period {
                     period = now;
