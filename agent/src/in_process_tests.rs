@@ -434,3 +434,43 @@ async fn a_hundred_million_replicas_are_refused_and_change_nothing() {
     .await;
     daemon.shutdown().await;
 }
+
+/// The heartbeats do not wait for the worker. Here the executor takes 9 s to list its containers
+/// when the worker takes its first assignments; the node's heartbeats go on meanwhile, every 5 s,
+/// and the manager never ends its session (its grace is 7.5 s). Before, the session's own loop
+/// sent them, and a worker slow to take an assignment held them past the grace: at 5,000
+/// simulated nodes, healthy nodes were marked down and their tasks replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_the_worker_is_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeExecutor::new());
+    let hold = Duration::from_secs(9);
+    fake.slow_list(hold);
+    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
+    daemon
+        .init(InitRequest {
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("swarm init");
+    eventually("the worker lists its containers", || async {
+        fake.calls("list") >= 1
+    })
+    .await;
+    // Through the listing, and past the grace after it.
+    tokio::time::sleep(hold + Duration::from_secs(1)).await;
+    let values =
+        crate::metrics::tests::parse(&daemon.metrics().render(daemon.metrics_sample().await));
+    assert_eq!(
+        values.get("mesh_dispatcher_heartbeat_misses_total"),
+        Some(&0.0),
+        "{values:?}"
+    );
+    assert_eq!(
+        values.get("mesh_dispatcher_sessions"),
+        Some(&1.0),
+        "{values:?}"
+    );
+    daemon.shutdown().await;
+}

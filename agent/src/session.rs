@@ -201,7 +201,7 @@ async fn session(
         .ok_or(SessionError::Ended)?;
     let session_id = first.session_id.clone();
     learn_managers(config, &first);
-    let mut period = heartbeat_period(first.heartbeat_period_ns);
+    let period = heartbeat_period(first.heartbeat_period_ns);
     // The session id is a per-node secret: never logged.
     tracing::info!(manager = %addr, heartbeat = ?period, "session established");
 
@@ -221,8 +221,18 @@ async fn session(
     unsent.extend(worker.statuses());
 
     let mut complete = PartialSet::default();
-    let mut heartbeat = tokio::time::interval(period);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The heartbeats go on in a task of their own, as Swarm's agent beats from a goroutine of its
+    // own: this loop waits for its status reports to be taken and for the worker to take each
+    // assignment, and a heartbeat queued behind either came late enough, on a loaded node, for
+    // the manager to mark a healthy node down.
+    let mut beats = AbortOnDrop(tokio::spawn(heartbeats(
+        client.clone(),
+        session_id.clone(),
+        period,
+    )));
+    // A renewed certificate ends the session: looked for at the heartbeat period.
+    let mut renewal = tokio::time::interval(period);
+    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut log_tasks: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     let result = loop {
         if !unsent.is_empty() {
@@ -238,29 +248,13 @@ async fn session(
             }
         }
         tokio::select! {
-            _ = heartbeat.tick() => {
+            beat = &mut beats.0 => match beat {
+                Ok(failed) => break Err(failed.into()),
+                Err(join) => break Err(tonic::Status::internal(join.to_string()).into()),
+            },
+            _ = renewal.tick() => {
                 if config.transport.generation() != generation {
                     break Err(SessionError::Renewed);
-                }
-                // A manager that goes silent fails the heartbeat after one period: the session
-                // ends and the next one tries another manager.
-                let request = HeartbeatRequest { session_id: session_id.clone() };
-                match within(period, client.heartbeat(request)).await {
-                    // The managers may have changed the period since the session opened.
-                    Ok(answer) => {
-                        let now = heartbeat_period(answer.into_inner().period_ns);
-                        if now != period {
-                            period = now;
-                            heartbeat = tokio::time::interval_at(
-                                tokio::time::Instant::now() + period,
-                                period,
-                            );
-                            heartbeat.set_missed_tick_behavior(
-                                tokio::time::MissedTickBehavior::Delay,
-                            );
-                        }
-                    }
-                    Err(status) => break Err(status.into()),
                 }
             }
             message = session_stream.message() => match message {
@@ -295,6 +289,44 @@ async fn session(
         task.abort();
     }
     result
+}
+
+/// Aborts its task when dropped: a session's heartbeats end with the session.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends the session's heartbeats until one fails, and returns why. A manager that goes silent
+/// fails the heartbeat after one period: the session ends and the next one tries another manager.
+/// The managers may change the period while the session lasts; each answer names it.
+async fn heartbeats(
+    mut client: DispatcherClient<Channel>,
+    session_id: String,
+    mut period: Duration,
+) -> tonic::Status {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let request = HeartbeatRequest {
+            session_id: session_id.clone(),
+        };
+        match within(period, client.heartbeat(request)).await {
+            Ok(answer) => {
+                let now = heartbeat_period(answer.into_inner().period_ns);
+                if now != period {
+                    period = now;
+                    tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+            }
+            Err(status) => return status,
+        }
+    }
 }
 
 /// Remembers the managers a session message names, so that the next reconnection can fail over.

@@ -43,6 +43,8 @@ struct State {
     /// Tasks whose containers have a health check: they start in [`Health::Starting`].
     health_checked: HashSet<String>,
     calls: HashMap<&'static str, usize>,
+    /// How long each `list` takes to answer (an engine slow under load).
+    list_delay: std::time::Duration,
 }
 
 /// An executor whose containers live in memory.
@@ -64,6 +66,11 @@ impl FakeExecutor {
             description,
             ..Self::default()
         }
+    }
+
+    /// Makes every later `list` take `delay` to answer.
+    pub fn slow_list(&self, delay: std::time::Duration) {
+        self.lock().list_delay = delay;
     }
 
     /// Makes every later `prepare` of `task_id` fail with `message`.
@@ -376,7 +383,15 @@ impl Executor for FakeExecutor {
                 sandbox: c.sandbox,
             })
             .collect();
-        futures::future::ready(Ok(listing)).boxed()
+        let delay = state.list_delay;
+        if delay.is_zero() {
+            return futures::future::ready(Ok(listing)).boxed();
+        }
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok(listing)
+        }
+        .boxed()
     }
 
     fn logs(

@@ -22,6 +22,7 @@ use mesh_proto::{
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
 
 use super::executor::SimExecutor;
 
@@ -162,6 +163,59 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
 }
 
+/// Aborts its task when dropped: a session's heartbeats end with the session.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends a session's heartbeats until one fails, and returns why; records how late each was sent
+/// after its tick and how long its answer took.
+async fn heartbeats(
+    mut client: DispatcherClient<Channel>,
+    session_id: String,
+    mut period: Duration,
+    counters: Arc<Counters>,
+) -> tonic::Status {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let due = tick.tick().await;
+        let late = due.elapsed();
+        counters
+            .heartbeat_late_ms
+            .fetch_max(late.as_millis() as u64, Ordering::Relaxed);
+        if late >= LATE {
+            counters.heartbeats_late.fetch_add(1, Ordering::Relaxed);
+        }
+        let request = HeartbeatRequest {
+            session_id: session_id.clone(),
+        };
+        let sent = tokio::time::Instant::now();
+        let answer = match within(client.heartbeat(request)).await {
+            Ok(answer) => answer.into_inner(),
+            Err(status) => return status,
+        };
+        let call = sent.elapsed().as_millis() as u64;
+        counters
+            .heartbeat_call_ms
+            .fetch_max(call, Ordering::Relaxed);
+        let now = Duration::from_nanos(
+            u64::try_from(answer.period_ns)
+                .unwrap_or(0)
+                .max(100_000_000),
+        );
+        if now != period {
+            period = now;
+            tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+    }
+}
+
 /// One session, until it fails.
 async fn session(
     node: &Joined,
@@ -169,7 +223,7 @@ async fn session(
     worker: &Worker,
     statuses: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
     unsent: &mut Vec<TaskStatusUpdate>,
-    counters: &Counters,
+    counters: &Arc<Counters>,
 ) -> Result<(), tonic::Status> {
     let channel = connect(addr, &node.identity)
         .await
@@ -185,7 +239,7 @@ async fn session(
         .await?
         .ok_or_else(|| tonic::Status::unavailable("the session ended"))?;
     let session_id = first.session_id;
-    let mut period = Duration::from_nanos(
+    let period = Duration::from_nanos(
         u64::try_from(first.heartbeat_period_ns)
             .unwrap_or(0)
             .max(100_000_000),
@@ -202,8 +256,13 @@ async fn session(
         .into_inner();
     unsent.extend(worker.statuses());
     let mut partial = PartialSet::default();
-    let mut heartbeat = tokio::time::interval(period);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // In a task of its own, as the agent's: this loop waits on its status reports and the worker.
+    let mut beats = AbortOnDrop(tokio::spawn(heartbeats(
+        client.clone(),
+        session_id.clone(),
+        period,
+        counters.clone(),
+    )));
     loop {
         if !unsent.is_empty() {
             let updates = std::mem::take(unsent);
@@ -219,23 +278,8 @@ async fn session(
             counters.reports.fetch_add(count, Ordering::Relaxed);
         }
         tokio::select! {
-            due = heartbeat.tick() => {
-                let late = due.elapsed();
-                counters.heartbeat_late_ms.fetch_max(late.as_millis() as u64, Ordering::Relaxed);
-                if late >= LATE {
-                    counters.heartbeats_late.fetch_add(1, Ordering::Relaxed);
-                }
-                let request = HeartbeatRequest { session_id: session_id.clone() };
-                let sent = tokio::time::Instant::now();
-                let answer = within(client.heartbeat(request)).await?.into_inner();
-                let call = sent.elapsed().as_millis() as u64;
-                counters.heartbeat_call_ms.fetch_max(call, Ordering::Relaxed);
-                let now = Duration::from_nanos(u64::try_from(answer.period_ns).unwrap_or(0).max(100_000_000));
-                if now != period {
-                    period = now;
-                    heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                }
+            beat = &mut beats.0 => {
+                return Err(beat.unwrap_or_else(|join| tonic::Status::internal(join.to_string())));
             }
             message = session_stream.message() => {
                 if message?.is_none() {
