@@ -229,6 +229,8 @@ async fn session(
         client.clone(),
         session_id.clone(),
         period,
+        None,
+        |_| {},
     )));
     // A renewed certificate ends the session: looked for at the heartbeat period.
     let mut renewal = tokio::time::interval(period);
@@ -292,7 +294,7 @@ async fn session(
 }
 
 /// Aborts its task when dropped: a session's heartbeats end with the session.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -300,23 +302,38 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Sends the session's heartbeats until one fails, and returns why. A manager that goes silent
-/// fails the heartbeat after one period: the session ends and the next one tries another manager.
-/// The managers may change the period while the session lasts; each answer names it.
-async fn heartbeats(
+/// One heartbeat as it went: how long after its tick it was sent, and how long its answer took.
+#[derive(Debug, Clone, Copy)]
+pub struct Beat {
+    pub late: Duration,
+    pub answered_in: Duration,
+}
+
+/// Sends the session's heartbeats until one fails, and returns why; `observe` sees each one
+/// answered. A call may take `limit`, by default one period: a manager that goes silent fails the
+/// heartbeat after one period, the session ends and the next one tries another manager. The
+/// managers may change the period while the session lasts; each answer names it.
+pub async fn heartbeats(
     mut client: DispatcherClient<Channel>,
     session_id: String,
     mut period: Duration,
+    limit: Option<Duration>,
+    mut observe: impl FnMut(Beat),
 ) -> tonic::Status {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let due = tick.tick().await;
         let request = HeartbeatRequest {
             session_id: session_id.clone(),
         };
-        match within(period, client.heartbeat(request)).await {
+        let sent = tokio::time::Instant::now();
+        match within(limit.unwrap_or(period), client.heartbeat(request)).await {
             Ok(answer) => {
+                observe(Beat {
+                    late: sent - due,
+                    answered_in: sent.elapsed(),
+                });
                 let now = heartbeat_period(answer.into_inner().period_ns);
                 if now != period {
                     period = now;
@@ -354,9 +371,8 @@ fn learn_managers(config: &mut SessionConfig, message: &mesh_proto::SessionMessa
     });
 }
 
-/// The leader's address, when a manager that does not lead says where it is.
 /// The heartbeat period a manager names, in nanoseconds; at least 100 ms.
-fn heartbeat_period(nanos: i64) -> Duration {
+pub fn heartbeat_period(nanos: i64) -> Duration {
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(0).max(100_000_000))
 }
 
@@ -371,6 +387,7 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
 }
 
+/// The leader's address, when a manager that does not lead says where it is.
 fn leader_hint(err: &SessionError) -> Option<String> {
     match err {
         SessionError::Rpc(status) => status

@@ -10,19 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_agent::session::{Backoff, PartialSet};
+use mesh_agent::session::{AbortOnDrop, Backoff, Beat, PartialSet, heartbeat_period, heartbeats};
 use mesh_agent::worker::Worker;
 use mesh_control::ca::{NodeKey, TlsIdentity, connect, connect_with_roots, fetch_root_ca, token};
 use mesh_proto::dispatcher_client::DispatcherClient;
 use mesh_proto::node_ca_client::NodeCaClient;
 use mesh_proto::{
-    AssignmentsRequest, EngineDescription, HeartbeatRequest, IssueNodeCertificateRequest,
-    LogSubscriptionsRequest, NodeDescription, Platform, Resources, SessionRequest,
-    TaskStatusUpdate, UpdateTaskStatusRequest,
+    AssignmentsRequest, EngineDescription, IssueNodeCertificateRequest, LogSubscriptionsRequest,
+    NodeDescription, Platform, Resources, SessionRequest, TaskStatusUpdate,
+    UpdateTaskStatusRequest,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 
 use super::executor::SimExecutor;
 
@@ -163,57 +162,18 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
 }
 
-/// Aborts its task when dropped: a session's heartbeats end with the session.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Records how late a heartbeat was sent after its tick and how long its answer took.
+fn record(counters: &Counters, beat: Beat) {
+    let late = beat.late;
+    counters
+        .heartbeat_late_ms
+        .fetch_max(late.as_millis() as u64, Ordering::Relaxed);
+    if late >= LATE {
+        counters.heartbeats_late.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Sends a session's heartbeats until one fails, and returns why; records how late each was sent
-/// after its tick and how long its answer took.
-async fn heartbeats(
-    mut client: DispatcherClient<Channel>,
-    session_id: String,
-    mut period: Duration,
-    counters: Arc<Counters>,
-) -> tonic::Status {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let due = tick.tick().await;
-        let late = due.elapsed();
-        counters
-            .heartbeat_late_ms
-            .fetch_max(late.as_millis() as u64, Ordering::Relaxed);
-        if late >= LATE {
-            counters.heartbeats_late.fetch_add(1, Ordering::Relaxed);
-        }
-        let request = HeartbeatRequest {
-            session_id: session_id.clone(),
-        };
-        let sent = tokio::time::Instant::now();
-        let answer = match within(client.heartbeat(request)).await {
-            Ok(answer) => answer.into_inner(),
-            Err(status) => return status,
-        };
-        let call = sent.elapsed().as_millis() as u64;
-        counters
-            .heartbeat_call_ms
-            .fetch_max(call, Ordering::Relaxed);
-        let now = Duration::from_nanos(
-            u64::try_from(answer.period_ns)
-                .unwrap_or(0)
-                .max(100_000_000),
-        );
-        if now != period {
-            period = now;
-            tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        }
-    }
+    counters
+        .heartbeat_call_ms
+        .fetch_max(beat.answered_in.as_millis() as u64, Ordering::Relaxed);
 }
 
 /// One session, until it fails.
@@ -239,11 +199,7 @@ async fn session(
         .await?
         .ok_or_else(|| tonic::Status::unavailable("the session ended"))?;
     let session_id = first.session_id;
-    let period = Duration::from_nanos(
-        u64::try_from(first.heartbeat_period_ns)
-            .unwrap_or(0)
-            .max(100_000_000),
-    );
+    let period = heartbeat_period(first.heartbeat_period_ns);
     let request = AssignmentsRequest {
         session_id: session_id.clone(),
     };
@@ -257,11 +213,13 @@ async fn session(
     unsent.extend(worker.statuses());
     let mut partial = PartialSet::default();
     // In a task of its own, as the agent's: this loop waits on its status reports and the worker.
+    let beating = counters.clone();
     let mut beats = AbortOnDrop(tokio::spawn(heartbeats(
         client.clone(),
         session_id.clone(),
         period,
-        counters.clone(),
+        Some(CALL_LIMIT),
+        move |beat| record(&beating, beat),
     )));
     loop {
         if !unsent.is_empty() {
