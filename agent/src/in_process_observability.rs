@@ -7,13 +7,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use mesh_proto::control_server::Control;
 use mesh_proto::{
-    ClusterEvent, CreateServiceRequest, EventsRequest, GetServiceRequest, InitRequest,
-    RemoveServiceRequest, UpdateServiceRequest,
+    ClusterEvent, CreateServiceRequest, EventsRequest, GetServiceRequest, RemoveServiceRequest,
+    UpdateServiceRequest,
 };
 
-use crate::daemon::Daemon;
 use crate::exec::fake::FakeExecutor;
-use crate::in_process_tests::{config, eventually, free_port, local, running, spec};
+use crate::in_process_tests::{eventually, free_port, initialized, local, running, spec};
 use crate::metrics::tests::parse;
 
 /// The next event of `stream`, within 10 s.
@@ -46,14 +45,7 @@ fn summary(event: &ClusterEvent) -> String {
 async fn a_scrape_and_the_events_follow_a_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeExecutor::new());
-    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
-    daemon
-        .init(InitRequest {
-            advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("swarm init");
+    let daemon = initialized(dir.path(), free_port(), fake.clone()).await;
     let api = daemon.api().clone();
     let mut services = api
         .events(local(EventsRequest {

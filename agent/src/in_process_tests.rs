@@ -56,6 +56,19 @@ pub(crate) fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A one-node cluster: a daemon over `fake`, listening on `port`, that has run `swarm init`.
+pub(crate) async fn initialized(dir: &Path, port: u16, fake: Arc<FakeExecutor>) -> Arc<Daemon> {
+    let daemon = Daemon::new(config(dir, port), fake, None);
+    daemon
+        .init(InitRequest {
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("swarm init");
+    daemon
+}
+
 pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
     ServiceSpec {
         annotations: Some(Annotations {
@@ -130,14 +143,7 @@ async fn service_lifecycle_survives_a_daemon_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeExecutor::new());
     let port = free_port();
-    let daemon = Daemon::new(config(dir.path(), port), fake.clone(), None);
-    daemon
-        .init(InitRequest {
-            advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("swarm init");
+    let daemon = initialized(dir.path(), port, fake.clone()).await;
     let api = daemon.api().clone();
 
     api.create_service(local(CreateServiceRequest {
@@ -367,14 +373,7 @@ async fn everything(api: &Api) -> String {
 async fn a_hundred_million_replicas_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = Arc::new(FakeExecutor::new());
-    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
-    daemon
-        .init(InitRequest {
-            advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("swarm init");
+    let daemon = initialized(dir.path(), free_port(), fake.clone()).await;
     let api = daemon.api().clone();
     api.create_service(local(CreateServiceRequest {
         spec: Some(spec("web", 1)),
@@ -446,14 +445,7 @@ async fn heartbeats_go_on_while_the_worker_is_busy() {
     let fake = Arc::new(FakeExecutor::new());
     let hold = Duration::from_secs(9);
     fake.slow_list(hold);
-    let daemon = Daemon::new(config(dir.path(), free_port()), fake.clone(), None);
-    daemon
-        .init(InitRequest {
-            advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("swarm init");
+    let daemon = initialized(dir.path(), free_port(), fake.clone()).await;
     eventually("the worker lists its containers", || async {
         fake.calls("list") >= 1
     })
