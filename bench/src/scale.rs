@@ -251,7 +251,9 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     };
     let running = started.elapsed();
     let cpu = figures::process_cpu_seconds(pid)? - cpu_before;
-    let raft = figures::RaftPhase::between(&body_before, &probe::body(leader).await?);
+    let body_after = probe::body(leader).await?;
+    let raft = figures::RaftPhase::between(&body_before, &body_after);
+    let monitor = figures::MonitorPhase::between(&body_before, &body_after);
     let rss = crate::api_load::memory_kib(pid, "VmRSS")? as f64 / 1024.0;
     let peak = crate::api_load::memory_kib(pid, "VmHWM")? as f64 / 1024.0;
     let service_ls = probe::time_cli(first, &["service", "ls"], 3).await?;
@@ -309,11 +311,15 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     );
     println!(
         "  heartbeats: sent up to {} ms after their tick ({} of them {} s late or more, this \
-         process's own delay), answered within {} ms",
+         process's own delay), answered within {} ms; the leader's monitor held up {:.0} times \
+         ({:.1} s in all), {:.0} sessions ended for missed heartbeats",
         load(&counters.heartbeat_late_ms),
         load(&counters.heartbeats_late),
         agent::LATE.as_secs_f64(),
         load(&counters.heartbeat_call_ms),
+        monitor.stalls,
+        monitor.stalled_s,
+        monitor.misses,
     );
     println!(
         "  at the end: `service ls` {:.0} ms, `node ls` {:.0} ms (slowest of 3, meshctl included)",

@@ -95,6 +95,7 @@ impl Manager {
             store.clone(),
             DispatcherConfig {
                 heartbeat_misses: config.metrics.heartbeat_misses.clone(),
+                monitor_stalls: config.metrics.monitor_stalls.clone(),
                 ..DispatcherConfig::default()
             },
             raft.leadership(),

@@ -35,6 +35,9 @@ pub struct ControlMetrics {
     pub leader_changes: Counter,
     /// Agent sessions ended for missed heartbeats (their node is then marked down).
     pub heartbeat_misses: Counter,
+    /// Times the heartbeat monitor looked for silent agents a second or more late (the leader
+    /// held up), by how long it had not looked.
+    pub monitor_stalls: Histogram,
     /// Entries appended to this manager's Raft log, and their bytes as written (sealed).
     pub log_entries: Counter,
     pub log_bytes: Counter,
@@ -51,6 +54,7 @@ impl Default for ControlMetrics {
             apply_latency: Histogram::new(latency_buckets()),
             leader_changes: Counter::default(),
             heartbeat_misses: Counter::default(),
+            monitor_stalls: Histogram::new(latency_buckets()),
             log_entries: Counter::default(),
             log_bytes: Counter::default(),
             snapshot_bytes: Gauge::default(),
@@ -82,6 +86,12 @@ impl ControlMetrics {
             "dispatcher_heartbeat_misses",
             "Agent sessions this manager ended because their heartbeats stopped",
             self.heartbeat_misses.clone(),
+        );
+        registry.register_with_unit(
+            "dispatcher_monitor_stalls",
+            "Times the leader's heartbeat monitor looked for silent agents over a second late (the leader held up), by how long it had not looked",
+            Unit::Seconds,
+            self.monitor_stalls.clone(),
         );
         registry.register(
             "raft_log_entries",

@@ -77,6 +77,7 @@ fn a_render_parses_and_says_what_the_node_is() {
     metrics.control.leader_changes.inc();
     metrics.control.commit_latency.observe(0.002);
     metrics.control.apply_latency.observe(0.0003);
+    metrics.control.monitor_stalls.observe(1.5);
     metrics.kernel.lb_update("ebpf", "set_vip", Instant::now());
     let text = metrics.render(sample());
     let values = parse(&text);
@@ -115,6 +116,7 @@ fn a_render_parses_and_says_what_the_node_is() {
     for histogram in [
         "mesh_raft_commit_latency_seconds",
         "mesh_raft_apply_latency_seconds",
+        "mesh_dispatcher_monitor_stalls_seconds",
     ] {
         assert!(
             text.contains(&format!("{histogram}_count 1")),

@@ -163,6 +163,31 @@ impl RaftPhase {
     }
 }
 
+/// The leader's heartbeat monitor over a phase: how often it was held up a second or more, for
+/// how long in all, and how many sessions it ended for missed heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MonitorPhase {
+    pub stalls: f64,
+    pub stalled_s: f64,
+    pub misses: f64,
+}
+
+const MONITOR_STALLS: &str = "mesh_dispatcher_monitor_stalls_seconds";
+const HEARTBEAT_MISSES: &str = "mesh_dispatcher_heartbeat_misses_total";
+
+impl MonitorPhase {
+    pub fn between(before: &str, after: &str) -> Self {
+        let stalls = Histogram::parse(after, MONITOR_STALLS)
+            .since(&Histogram::parse(before, MONITOR_STALLS));
+        let misses = |body: &str| super::probe::metric(body, HEARTBEAT_MISSES).unwrap_or(0.0);
+        MonitorPhase {
+            stalls: stalls.count(),
+            stalled_s: stalls.sum,
+            misses: misses(after) - misses(before),
+        }
+    }
+}
+
 /// `value` formatted with `decimals`, or `none` when there is no figure.
 pub fn or_none(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "none".to_string(), |v| format!("{v:.decimals$}"))
@@ -268,6 +293,30 @@ mod tests {
         let idle = RaftPhase::between(BODY, BODY);
         assert_eq!(idle, RaftPhase::default());
         assert_eq!(or_none(idle.commit_p50_s, 1), "none");
+    }
+
+    #[test]
+    fn the_monitor_figures_cover_the_phase() {
+        let body = |stalls: u32, sum: f64, misses: u32| {
+            format!(
+                "mesh_dispatcher_monitor_stalls_seconds_sum {sum}\n\
+                 mesh_dispatcher_monitor_stalls_seconds_count {stalls}\n\
+                 mesh_dispatcher_monitor_stalls_seconds_bucket{{le=\"2.0\"}} {stalls}\n\
+                 mesh_dispatcher_monitor_stalls_seconds_bucket{{le=\"+Inf\"}} {stalls}\n\
+                 mesh_dispatcher_heartbeat_misses_total {misses}\n"
+            )
+        };
+        let phase = MonitorPhase::between(&body(2, 2.5, 1), &body(5, 6.25, 4));
+        assert_eq!(
+            phase,
+            MonitorPhase {
+                stalls: 3.0,
+                stalled_s: 3.75,
+                misses: 3.0
+            }
+        );
+        // A manager that never stalled has no samples yet in older builds: nothing, not an error.
+        assert_eq!(MonitorPhase::between("", ""), MonitorPhase::default());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct DispatcherConfig {
     pub grace_multiplier: f64,
     /// Counts sessions ended for missed heartbeats.
     pub heartbeat_misses: prometheus_client::metrics::counter::Counter,
+    /// Records the heartbeat monitor's stalls (the leader held up).
+    pub monitor_stalls: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Default for DispatcherConfig {
@@ -44,6 +46,9 @@ impl Default for DispatcherConfig {
             heartbeat_period: DEFAULT_HEARTBEAT_PERIOD,
             grace_multiplier: 1.5,
             heartbeat_misses: Default::default(),
+            monitor_stalls: prometheus_client::metrics::histogram::Histogram::new(
+                crate::metrics::latency_buckets(),
+            ),
         }
     }
 }

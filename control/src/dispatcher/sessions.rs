@@ -219,6 +219,7 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         checked = Instant::now();
         if gap > MONITOR_STALL {
             tracing::info!(stalled = ?gap, "heartbeat monitor held up: sessions credited");
+            config.monitor_stalls.observe(gap.as_secs_f64());
             inner.sessions.forgive(gap - MONITOR_TICK, grace);
             held_up += gap - MONITOR_TICK;
         }
@@ -514,6 +515,10 @@ mod tests {
             !down(&store, "n1"),
             "27 s after the start, 19 s of it unstalled"
         );
+        // The stall is recorded once, with the tick it fell in.
+        let stalls = inner.config.borrow().monitor_stalls.clone();
+        assert_eq!(stalls.count(), 1);
+        assert!((8.0..=8.2).contains(&stalls.sum()), "{}", stalls.sum());
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(down(&store, "n1"), "never registered");
         monitor.abort();
