@@ -59,6 +59,12 @@ pub(crate) fn free_port() -> u16 {
 /// A one-node cluster: a daemon over `fake`, listening on `port`, that has run `swarm init`.
 pub(crate) async fn initialized(dir: &Path, port: u16, fake: Arc<FakeExecutor>) -> Arc<Daemon> {
     let daemon = Daemon::new(config(dir, port), fake, None);
+    init(&daemon).await;
+    daemon
+}
+
+/// Runs `swarm init` on `daemon`, advertising loopback.
+async fn init(daemon: &Daemon) {
     daemon
         .init(InitRequest {
             advertise_addr: "127.0.0.1".into(),
@@ -66,7 +72,6 @@ pub(crate) async fn initialized(dir: &Path, port: u16, fake: Arc<FakeExecutor>) 
         })
         .await
         .expect("swarm init");
-    daemon
 }
 
 pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
@@ -282,13 +287,7 @@ async fn bad_input_changes_nothing() {
         panic!("listing services before init: not a manager yet, yet it answered");
     };
     assert!(err.message().contains("not a manager"), "{}", err.message());
-    daemon
-        .init(InitRequest {
-            advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("swarm init");
+    init(&daemon).await;
     assert!(
         daemon.init(InitRequest::default()).await.is_err(),
         "a second init is refused"
