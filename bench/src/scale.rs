@@ -303,11 +303,13 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     );
     println!(
         "  assignments: {} messages, {:.1} MiB in all, the largest {largest:.1} KiB; {} status \
-         reports sent; {} sessions re-opened ({reopened_joining} of them while joining)",
+         reports sent; {} sessions re-opened ({reopened_joining} of them while joining; failed at: \
+         {})",
         load(&counters.assignments_messages),
         load(&counters.assignments_bytes) as f64 / (1024.0 * 1024.0),
         load(&counters.reports),
         load(&counters.reconnects),
+        counters.take_failures(),
     );
     println!(
         "  heartbeats: sent up to {} ms after their tick ({} of them {} s late or more, this \
@@ -345,16 +347,22 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
         None
     };
     let still = everyone - lost.as_ref().map_or(0, |l| l.lost);
-    let restart = phases::restart_leader(cluster, leader_index, still, plan.tasks).await?;
+    counters.take_failures();
+    let reopened = load(&counters.reconnects);
+    let restart =
+        phases::restart_leader(cluster, leader_index, still, plan.tasks, &counters).await?;
     println!(
         "  the leader killed and started again: leading {} s after its start, back (snapshot \
-         loaded, log replayed, `node ls` answering) in {:.2} s{}",
+         loaded, log replayed, `node ls` answering) in {:.2} s{}; {} sessions re-opened (failed \
+         at: {})",
         figures::or_none(restart.leading.map(|d| d.as_secs_f64()), 2),
         restart.back.as_secs_f64(),
         restart.ready.map_or(String::new(), |r| format!(
             "; all {still} nodes Ready again and every task running {:.2} s after its start",
             r.as_secs_f64()
-        ))
+        )),
+        load(&counters.reconnects) - reopened,
+        counters.take_failures(),
     );
 
     stop.send_replace(true);

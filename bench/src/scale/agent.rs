@@ -5,8 +5,9 @@
 //! worker on [`SimExecutor`]. The session loop is the agent's (`mesh_agent::session`), measured:
 //! it records the largest assignments message any node received.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,6 +48,49 @@ pub struct Counters {
     pub heartbeats_late: AtomicU64,
     /// The longest a heartbeat call took to be answered, in ms.
     pub heartbeat_call_ms: AtomicU64,
+    /// Failed sessions by the step that failed and the status code it failed with.
+    failures: Mutex<BTreeMap<(&'static str, i32), u64>>,
+}
+
+impl Counters {
+    fn failed(&self, failure: &Failure) {
+        let key = (failure.step, failure.status.code() as i32);
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    /// The sessions failed since the last call, by step and code, the most frequent first:
+    /// `"heartbeat: DeadlineExceeded 7000, assignments: Unavailable 12"`, or `"none"`.
+    pub fn take_failures(&self) -> String {
+        let failures =
+            std::mem::take(&mut *self.failures.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut counted: Vec<_> = failures.iter().collect();
+        counted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        if counted.is_empty() {
+            return "none".into();
+        }
+        counted
+            .iter()
+            .map(|((step, code), count)| format!("{step}: {:?} {count}", tonic::Code::from(*code)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why a session ended: the step of it that failed, and how.
+#[derive(Debug)]
+struct Failure {
+    step: &'static str,
+    status: tonic::Status,
+}
+
+/// Tags a failed call with the session's step it was.
+fn at(step: &'static str) -> impl FnOnce(tonic::Status) -> Failure {
+    move |status| Failure { step, status }
 }
 
 /// How late counts as late in [`Counters::heartbeats_late`]: half the default 5 s period, the
@@ -115,7 +159,11 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         };
         match outcome {
-            Err(status) => {
+            Err(Failure { step, status }) => {
+                counters.failed(&Failure {
+                    step,
+                    status: status.clone(),
+                });
                 leader = status
                     .metadata()
                     .get(mesh_control::api::LEADER_METADATA)
@@ -124,7 +172,7 @@ pub async fn run(
                 if leader.is_some() {
                     backoff.hinted();
                 }
-                tracing::debug!(node = %node.hostname, error = %status.message(), "session failed");
+                tracing::debug!(node = %node.hostname, step, error = %status.message(), "session failed");
             }
             Ok(()) => backoff.reset(),
         }
@@ -184,31 +232,40 @@ async fn session(
     statuses: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
     unsent: &mut Vec<TaskStatusUpdate>,
     counters: &Arc<Counters>,
-) -> Result<(), tonic::Status> {
+) -> Result<(), Failure> {
     let channel = connect(addr, &node.identity)
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+        .map_err(at("connect"))?;
     let mut client = DispatcherClient::new(channel).max_decoding_message_size(usize::MAX);
     let request = SessionRequest {
         node_id: node.node_id.clone(),
         description: Some(description(&node.hostname)),
         addr: node.addr.clone(),
     };
-    let mut session_stream = within(client.session(request)).await?.into_inner();
+    let mut session_stream = within(client.session(request))
+        .await
+        .map_err(at("session"))?
+        .into_inner();
     let first = within(session_stream.message())
-        .await?
-        .ok_or_else(|| tonic::Status::unavailable("the session ended"))?;
+        .await
+        .and_then(|m| m.ok_or_else(|| tonic::Status::unavailable("the session ended")))
+        .map_err(at("first session message"))?;
     let session_id = first.session_id;
     let period = heartbeat_period(first.heartbeat_period_ns);
     let request = AssignmentsRequest {
         session_id: session_id.clone(),
     };
-    let mut assignments = within(client.assignments(request)).await?.into_inner();
+    let mut assignments = within(client.assignments(request))
+        .await
+        .map_err(at("assignments"))?
+        .into_inner();
     let request = LogSubscriptionsRequest {
         session_id: session_id.clone(),
     };
     let mut subscriptions = within(client.log_subscriptions(request))
-        .await?
+        .await
+        .map_err(at("log subscriptions"))?
         .into_inner();
     unsent.extend(worker.statuses());
     let mut partial = PartialSet::default();
@@ -231,21 +288,26 @@ async fn session(
             };
             if let Err(status) = within(client.update_task_status(request)).await {
                 *unsent = updates;
-                return Err(status);
+                return Err(at("status report")(status));
             }
             counters.reports.fetch_add(count, Ordering::Relaxed);
         }
         tokio::select! {
             beat = &mut beats.0 => {
-                return Err(beat.unwrap_or_else(|join| tonic::Status::internal(join.to_string())));
+                let status = beat.unwrap_or_else(|join| tonic::Status::internal(join.to_string()));
+                return Err(at("heartbeat")(status));
             }
             message = session_stream.message() => {
-                if message?.is_none() {
-                    return Err(tonic::Status::unavailable("the session ended"));
+                match message {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(at("session stream")(tonic::Status::unavailable("the session ended"))),
+                    Err(status) => return Err(at("session stream")(status)),
                 }
             }
             message = assignments.message() => {
-                let message = message?.ok_or_else(|| tonic::Status::unavailable("the assignments ended"))?;
+                let message = message
+                    .and_then(|m| m.ok_or_else(|| tonic::Status::unavailable("the assignments ended")))
+                    .map_err(at("assignments stream"))?;
                 let size = message.encoded_len() as u64;
                 counters.largest_assignments.fetch_max(size, Ordering::Relaxed);
                 counters.assignments_messages.fetch_add(1, Ordering::Relaxed);
@@ -263,8 +325,10 @@ async fn session(
             }
             // No task here writes logs: a subscription is read and left unanswered.
             subscription = subscriptions.message() => {
-                if subscription?.is_none() {
-                    return Err(tonic::Status::unavailable("the log subscriptions ended"));
+                match subscription {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(at("log subscriptions stream")(tonic::Status::unavailable("the log subscriptions ended"))),
+                    Err(status) => return Err(at("log subscriptions stream")(status)),
                 }
             }
         }
@@ -288,6 +352,23 @@ mod tests {
             partial,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn failed_sessions_are_told_by_step_and_code_most_frequent_first() {
+        let counters = Counters::default();
+        assert_eq!(counters.take_failures(), "none");
+        let fail = |step, status: tonic::Status| counters.failed(&Failure { step, status });
+        fail("heartbeat", tonic::Status::not_found("session invalid"));
+        fail("session", tonic::Status::deadline_exceeded("late"));
+        fail("heartbeat", tonic::Status::not_found("session invalid"));
+        fail("heartbeat", tonic::Status::unavailable("gone"));
+        assert_eq!(
+            counters.take_failures(),
+            "heartbeat: NotFound 2, heartbeat: Unavailable 1, session: DeadlineExceeded 1"
+        );
+        // Taken: the next phase counts its own.
+        assert_eq!(counters.take_failures(), "none");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use mesh_tests::{Cluster, Node};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use super::agent::Counters;
 use super::{POLL, probe};
 
 /// The share of the nodes lost at once.
@@ -177,6 +178,7 @@ pub async fn restart_leader(
     leader: usize,
     nodes: usize,
     tasks: u64,
+    counters: &Counters,
 ) -> anyhow::Result<Restart> {
     let applied = probe::scrape(&cluster.nodes()[leader]).await?.commit_index;
     let node = &mut cluster.nodes_mut()[leader];
@@ -243,8 +245,9 @@ pub async fn restart_leader(
         if started.elapsed() > RESTART_LIMIT {
             bail!(
                 "{sessions} of {nodes} nodes with a session {RESTART_LIMIT:?} after the \
-                 manager's restart ({})",
-                task_states(node).await
+                 manager's restart ({}; sessions failed at: {})",
+                task_states(node).await,
+                counters.take_failures()
             );
         }
         tokio::time::sleep(pause(polled.elapsed())).await;
