@@ -9,9 +9,7 @@ mod keys;
 mod standing;
 
 use mesh_control::api::{Api, NodeCaService};
-use mesh_control::ca::{
-    CaError, GateLayer, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, TlsIdentity, TlsServer,
-};
+use mesh_control::ca::{CaError, GateLayer, TlsIdentity, TlsServer};
 use mesh_control::manager::{Manager, ManagerConfig};
 use mesh_control::transport::Transport;
 use mesh_proto::{GossipInfo, InfoResponse};
@@ -30,6 +28,16 @@ use crate::worker::Worker;
 const DEFAULT_PORT: u16 = 2377;
 /// How long the manager port lets one call run before it answers (a stream, once opened, runs on).
 const SERVER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the manager port pings each client, and how long the answer may take before the
+/// connection is closed: a node that is gone is found out by the heartbeat monitor, which ends
+/// its session; this only frees its connection. With a ping every 2 s answered within 3 s,
+/// 10,000 agents meant 5,000 pings a second, and a restarted leader busy with their
+/// reconnections closed live connections, whose agents came back for more.
+const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Connections the kernel holds for the manager port until they are accepted (capped by
+/// `net.core.somaxconn`): thousands of agents reconnect at once to a restarted leader.
+const LISTEN_BACKLOG: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -338,12 +346,10 @@ impl Daemon {
         manager: &Manager,
         certs: &Certificates,
     ) -> Result<Listener, DaemonError> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: addr.to_string(),
-                source,
-            })?;
+        let listener = bind(addr).await.map_err(|source| DaemonError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
         let tls = Arc::new(TlsServer::new(&identity(certs)?)?);
         let (stop, mut stop_rx) = watch::channel(false);
         // Every call passes the gate first: the method's rule, judged against the caller's
@@ -353,8 +359,8 @@ impl Daemon {
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .tcp_keepalive(Some(Duration::from_secs(10)))
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
             .timeout(SERVER_CALL_TIMEOUT)
             .layer(gate.clone())
             .add_service(self.api.grpc_service())
@@ -457,4 +463,32 @@ enum Stop {
 
 fn identity(certs: &Certificates) -> Result<TlsIdentity, CaError> {
     TlsIdentity::from_pem(&certs.cert_pem, &certs.key_pem, &certs.roots_pem)
+}
+
+/// Listens on `addr` (`host:port`) with a [`LISTEN_BACKLOG`] of its own, for every address it
+/// names until one binds.
+async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind`: a restarted manager binds while its old connections linger.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address names no host to listen on",
+        )
+    }))
 }

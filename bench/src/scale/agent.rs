@@ -48,37 +48,56 @@ pub struct Counters {
     pub heartbeats_late: AtomicU64,
     /// The longest a heartbeat call took to be answered, in ms.
     pub heartbeat_call_ms: AtomicU64,
-    /// Failed sessions by the step that failed and the status code it failed with.
-    failures: Mutex<BTreeMap<(&'static str, i32), u64>>,
+    /// Failed sessions by the step that failed and the status code it failed with: how many,
+    /// and the first one's message.
+    failures: Mutex<BTreeMap<FailureKind, (u64, String)>>,
 }
 
 impl Counters {
     fn failed(&self, failure: &Failure) {
         let key = (failure.step, failure.status.code() as i32);
-        *self
-            .failures
+        self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key)
-            .or_default() += 1;
+            .or_insert_with(|| (0, explain(&failure.status)))
+            .0 += 1;
     }
 
-    /// The sessions failed since the last call, by step and code, the most frequent first:
-    /// `"heartbeat: DeadlineExceeded 7000, assignments: Unavailable 12"`, or `"none"`.
+    /// The sessions failed since the last call, by step and code, the most frequent first, with
+    /// the first one's message: `"heartbeat: DeadlineExceeded 7000 (no answer in time),
+    /// assignments: Unavailable 12 (…)"`, or `"none"`.
     pub fn take_failures(&self) -> String {
         let failures =
             std::mem::take(&mut *self.failures.lock().unwrap_or_else(|e| e.into_inner()));
         let mut counted: Vec<_> = failures.iter().collect();
-        counted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        counted.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
         if counted.is_empty() {
             return "none".into();
         }
         counted
             .iter()
-            .map(|((step, code), count)| format!("{step}: {:?} {count}", tonic::Code::from(*code)))
+            .map(|((step, code), (count, message))| {
+                format!("{step}: {:?} {count} ({message})", tonic::Code::from(*code))
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// A session step and a status code, as an `i32` (`tonic::Code` has no order).
+type FailureKind = (&'static str, i32);
+
+/// A status's message and the chain of errors under it (a transport error's cause is there).
+fn explain(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
 }
 
 /// Why a session ended: the step of it that failed, and how.
@@ -361,11 +380,12 @@ mod tests {
         let fail = |step, status: tonic::Status| counters.failed(&Failure { step, status });
         fail("heartbeat", tonic::Status::not_found("session invalid"));
         fail("session", tonic::Status::deadline_exceeded("late"));
-        fail("heartbeat", tonic::Status::not_found("session invalid"));
+        fail("heartbeat", tonic::Status::not_found("session expired"));
         fail("heartbeat", tonic::Status::unavailable("gone"));
         assert_eq!(
             counters.take_failures(),
-            "heartbeat: NotFound 2, heartbeat: Unavailable 1, session: DeadlineExceeded 1"
+            "heartbeat: NotFound 2 (session invalid), heartbeat: Unavailable 1 (gone), session: \
+             DeadlineExceeded 1 (late)"
         );
         // Taken: the next phase counts its own.
         assert_eq!(counters.take_failures(), "none");

@@ -21,13 +21,22 @@ use super::tls::{
 };
 use super::token::ParsedToken;
 
-/// Bound on TCP connect plus TLS handshake.
+/// Bound on the TCP connect: a manager whose packets are dropped is given up on this soon.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on the TLS handshake once connected, on both sides: a manager that answered the connection is alive, and
+/// one busy with thousands of agents reconnecting at once (a restarted leader at 10,000 nodes)
+/// finishes the handshakes it has started. Given up after 3 s, they were all done for nothing
+/// and tried again, and the retries kept the manager as busy as before.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an HTTP/2 ping checks a channel, also while idle, and how long its answer may
 /// take: a peer whose packets are dropped (not refused) is found out within their sum, and every
-/// call and stream on the channel fails then instead of waiting for TCP to give up.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// call and stream on the channel fails then instead of waiting for TCP to give up. An agent
+/// finds a silent manager sooner, by its heartbeats (bounded by the period); the ping's answer
+/// may take long, for a manager busy with thousands of agents answers late but is alive: with
+/// 3 s, a restarted leader at 10,000 nodes lost tens of thousands of live connections, each
+/// one's agent came back for another handshake and session, and the manager never caught up.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The deadline of a call that sets none of its own (a stream's deadline covers its opening).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -105,7 +114,7 @@ fn pem_blocks(bundle: &str) -> Vec<&str> {
 fn endpoint(addr: &str) -> Result<Endpoint, CaError> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| CaError::connect(addr, &e))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT + TLS_HANDSHAKE_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -139,7 +148,11 @@ fn connector(
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(MANAGER_SERVER_NAME)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let stream = connector.connect(name, tcp).await?;
+            let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out")
+                })??;
             Ok(TokioIo::new(stream))
         }
     })

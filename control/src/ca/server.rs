@@ -22,12 +22,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
+use super::client::TLS_HANDSHAKE_TIMEOUT;
 use super::error::CaError;
 use super::identity::NodeIdentity;
 use super::tls::{TlsIdentity, server_config};
 
-/// How long a client may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Handshaken connections waiting for the gRPC server to pick them up.
@@ -132,7 +131,7 @@ async fn handshake(current: Current, tcp: TcpStream, remote: SocketAddr) -> Opti
     if let Err(error) = tcp.set_nodelay(true) {
         debug!(%remote, %error, "cannot set TCP_NODELAY");
     }
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             debug!(%remote, %error, "tls handshake failed");

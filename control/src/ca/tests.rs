@@ -338,6 +338,39 @@ async fn a_worker_certificate_cannot_serve_as_a_manager() {
     assert!(connect(&addr.to_string(), &client).await.is_err());
 }
 
+/// A manager that accepts the connection but is slow to handshake (busy with thousands of
+/// agents reconnecting) is waited for beyond the TCP connect's bound: a client that gave up
+/// after 3 s threw away the manager's work and came back for more.
+#[tokio::test]
+async fn a_slow_handshake_is_waited_for_beyond_the_connect_bound() {
+    let ca = RootCa::generate("cluster-1").expect("ca");
+    let server = TlsServer::new(&issue(&ca, "m0", Role::Manager)).expect("server");
+    let (manager, _stop) = serve(&server, ca.cert_pem()).await;
+    // In front of the manager: connections are taken at once and forwarded only after a delay
+    // past the TCP connect's bound, as a manager that accepts and handshakes later.
+    let delay = CONNECT_TIMEOUT + Duration::from_millis(500);
+    let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = front.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = front.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut upstream = tokio::net::TcpStream::connect(manager)
+                    .await
+                    .expect("connect");
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    let started = std::time::Instant::now();
+    let channel = connect(&addr, &issue(&ca, "w1", Role::Worker))
+        .await
+        .expect("a slow handshake completes");
+    assert!(started.elapsed() >= delay);
+    let seen = whoami(channel, "").await.expect("answered");
+    assert_eq!(seen.node_id, "w1");
+}
+
 #[tokio::test]
 async fn join_bootstrap_pins_the_root_ca() {
     let ca = RootCa::generate("cluster-1").expect("ca");
