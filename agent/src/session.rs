@@ -10,7 +10,7 @@ use mesh_proto::{
     LogSubscriptionsRequest, PublishLogsMessage, SessionRequest, TaskStatusUpdate,
     UpdateTaskStatusRequest,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -238,7 +238,8 @@ async fn session(
     let mut log_tasks: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     let result = loop {
         if !unsent.is_empty() {
-            let updates = std::mem::take(unsent);
+            let mut updates = std::mem::take(unsent);
+            coalesce(&mut updates);
             let request = UpdateTaskStatusRequest {
                 session_id: session_id.clone(),
                 updates: updates.clone(),
@@ -371,6 +372,22 @@ fn learn_managers(config: &mut SessionConfig, message: &mesh_proto::SessionMessa
     });
 }
 
+/// Keeps each task's latest status update only, where it came in `updates`: a task that went
+/// through several states while the last report was on its way is reported once, in the state
+/// it is in now, as Swarm's agent reports. A task's state only moves forward and the managers
+/// keep only its latest, so nothing they act on is lost; every state reported costs the leader
+/// a store write, a Raft entry's share and an event to every reconciler.
+pub fn coalesce(updates: &mut Vec<TaskStatusUpdate>) {
+    let mut seen = HashSet::with_capacity(updates.len());
+    let latest: Vec<bool> = updates
+        .iter()
+        .rev()
+        .map(|u| seen.insert(u.task_id.as_str()))
+        .collect();
+    let mut latest = latest.into_iter().rev();
+    updates.retain(|_| latest.next().unwrap_or(true));
+}
+
 /// The heartbeat period a manager names, in nanoseconds; at least 100 ms.
 pub fn heartbeat_period(nanos: i64) -> Duration {
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(0).max(100_000_000))
@@ -485,6 +502,43 @@ fn serve_logs(
 mod tests {
     use super::*;
     use mesh_proto::{Secret, Task, assignments_message::Type};
+
+    /// Of each task's updates only the latest goes, where it came; other tasks' are untouched.
+    #[test]
+    fn a_report_holds_each_tasks_latest_state_only() {
+        use mesh_proto::{TaskState, TaskStatus};
+        let update = |task: &str, state: TaskState| TaskStatusUpdate {
+            task_id: task.into(),
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+        };
+        let mut updates = vec![
+            update("a", TaskState::Accepted),
+            update("b", TaskState::Accepted),
+            update("a", TaskState::Preparing),
+            update("c", TaskState::Running),
+            update("a", TaskState::Running),
+            update("b", TaskState::Failed),
+        ];
+        coalesce(&mut updates);
+        let left: Vec<(&str, i32)> = updates
+            .iter()
+            .map(|u| (u.task_id.as_str(), u.status.as_ref().map_or(0, |s| s.state)))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("c", TaskState::Running as i32),
+                ("a", TaskState::Running as i32),
+                ("b", TaskState::Failed as i32),
+            ]
+        );
+        let mut none = Vec::new();
+        coalesce(&mut none);
+        assert!(none.is_empty());
+    }
 
     /// Waits double up to the maximum, each drawn between half its ceiling and all of it, and
     /// spread: many nodes failing together do not all wait the same time.

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_agent::session::{AbortOnDrop, Backoff, Beat, PartialSet, heartbeat_period, heartbeats};
+use mesh_agent::session::{
+    AbortOnDrop, Backoff, Beat, PartialSet, coalesce, heartbeat_period, heartbeats,
+};
 use mesh_agent::worker::Worker;
 use mesh_control::ca::{NodeKey, TlsIdentity, connect, connect_with_roots, fetch_root_ca, token};
 use mesh_proto::dispatcher_client::DispatcherClient;
@@ -299,7 +301,8 @@ async fn session(
     )));
     loop {
         if !unsent.is_empty() {
-            let updates = std::mem::take(unsent);
+            let mut updates = std::mem::take(unsent);
+            coalesce(&mut updates);
             let count = updates.len() as u64;
             let request = UpdateTaskStatusRequest {
                 session_id: session_id.clone(),
