@@ -347,6 +347,8 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
         None
     };
     let still = everyone - lost.as_ref().map_or(0, |l| l.lost);
+    // The loss phase's failures (its lost nodes' sessions cut) are not printed: the restart's
+    // count starts from nothing.
     counters.take_failures();
     let reopened = load(&counters.reconnects);
     let restart =

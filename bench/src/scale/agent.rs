@@ -180,11 +180,9 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         };
         match outcome {
-            Err(Failure { step, status }) => {
-                counters.failed(&Failure {
-                    step,
-                    status: status.clone(),
-                });
+            Err(failure) => {
+                counters.failed(&failure);
+                let Failure { step, status } = failure;
                 leader = status
                     .metadata()
                     .get(mesh_control::api::LEADER_METADATA)
@@ -320,11 +318,9 @@ async fn session(
                 return Err(at("heartbeat")(status));
             }
             message = session_stream.message() => {
-                match message {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Err(at("session stream")(tonic::Status::unavailable("the session ended"))),
-                    Err(status) => return Err(at("session stream")(status)),
-                }
+                message
+                    .and_then(|m| m.ok_or_else(|| tonic::Status::unavailable("the session ended")))
+                    .map_err(at("session stream"))?;
             }
             message = assignments.message() => {
                 let message = message
@@ -347,11 +343,9 @@ async fn session(
             }
             // No task here writes logs: a subscription is read and left unanswered.
             subscription = subscriptions.message() => {
-                match subscription {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Err(at("log subscriptions stream")(tonic::Status::unavailable("the log subscriptions ended"))),
-                    Err(status) => return Err(at("log subscriptions stream")(status)),
-                }
+                subscription
+                    .and_then(|s| s.ok_or_else(|| tonic::Status::unavailable("the log subscriptions ended")))
+                    .map_err(at("log subscriptions stream"))?;
             }
         }
     }

@@ -23,10 +23,10 @@ use super::token::ParsedToken;
 
 /// Bound on the TCP connect: a manager whose packets are dropped is given up on this soon.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Bound on the TLS handshake once connected, on both sides: a manager that answered the connection is alive, and
-/// one busy with thousands of agents reconnecting at once (a restarted leader at 10,000 nodes)
-/// finishes the handshakes it has started. Given up after 3 s, they were all done for nothing
-/// and tried again, and the retries kept the manager as busy as before.
+/// Bound on the TLS handshake once connected, on both sides: a manager that answered the
+/// connection is alive, and one busy with thousands of agents reconnecting at once (a restarted
+/// leader at 10,000 nodes) finishes the handshakes it has started. Given up after 3 s, they were
+/// all done for nothing and tried again, and the retries kept the manager as busy as before.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an HTTP/2 ping checks a channel, also while idle, and how long its answer may
 /// take: a peer whose packets are dropped (not refused) is found out within their sum, and every
