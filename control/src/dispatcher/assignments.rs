@@ -19,21 +19,42 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
-    pub fn of<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Self {
+    fn of<'a>(tasks: impl IntoIterator<Item = &'a Sent>) -> Self {
         let mut deps = Dependencies::default();
         for task in tasks {
             if task.desired_state > TaskState::Running as i32 {
                 continue;
             }
-            let Some(container) = task.spec.as_ref().and_then(|s| s.container.as_ref()) else {
-                continue;
-            };
-            deps.secrets
-                .extend(container.secrets.iter().map(|r| r.secret_id.clone()));
-            deps.configs
-                .extend(container.configs.iter().map(|r| r.config_id.clone()));
+            deps.secrets.extend(task.secrets.iter().cloned());
+            deps.configs.extend(task.configs.iter().cloned());
         }
         deps
+    }
+}
+
+/// What a stream remembers of a task it told its node about: the desired state it sent, and the
+/// secrets and configs the task uses. Not the task itself: a node's stream lives as long as its
+/// session, and a copy of each of a leader's million tasks would double its memory. Almost no
+/// task uses a secret or a config, and an empty list allocates nothing.
+#[derive(Debug)]
+struct Sent {
+    desired_state: i32,
+    secrets: Box<[String]>,
+    configs: Box<[String]>,
+}
+
+impl Sent {
+    fn of(task: &Task) -> Self {
+        let container = task.spec.as_ref().and_then(|s| s.container.as_ref());
+        Sent {
+            desired_state: task.desired_state,
+            secrets: container
+                .map(|c| c.secrets.iter().map(|r| r.secret_id.clone()).collect())
+                .unwrap_or_default(),
+            configs: container
+                .map(|c| c.configs.iter().map(|r| r.config_id.clone()).collect())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -167,7 +188,8 @@ pub(super) async fn stream(
         };
         // What the node was last told of: the secrets and configs it holds.
         let mut deps = Dependencies::default();
-        let (seen, (tasks, first)) = store.memory().view_at(|tx| {
+        // What the node was last told about each task it holds.
+        let (seen, (tasks, first, mut sent)) = store.memory().view_at(|tx| {
             let tasks: Vec<Task> = tx
                 .tasks_on_node(&node_id)
                 .into_iter()
@@ -175,17 +197,11 @@ pub(super) async fn stream(
                 .cloned()
                 .collect();
             let mut first = AssignmentsMessage::default();
-            add_dependencies(tx, &mut deps, Dependencies::of(&tasks), &mut first);
-            (tasks, first)
+            let sent: HashMap<String, Sent> =
+                tasks.iter().map(|t| (t.id.clone(), Sent::of(t))).collect();
+            add_dependencies(tx, &mut deps, Dependencies::of(sent.values()), &mut first);
+            (tasks, first, sent)
         });
-        // What the node was last told about each task: its desired state.
-        let mut sent: HashMap<String, i32> = tasks
-            .iter()
-            .map(|t| (t.id.clone(), t.desired_state))
-            .collect();
-        // The held tasks' dependencies, kept up to date for the incremental messages.
-        let mut holding: HashMap<String, Task> =
-            tasks.iter().map(|t| (t.id.clone(), t.clone())).collect();
         for complete in complete_set(first, tasks) {
             if out.send(Ok(complete)).await.is_err() {
                 return;
@@ -213,17 +229,15 @@ pub(super) async fn stream(
                 };
                 let held = !event.is_delete() && assigned_to(task, &node_id);
                 match (held, sent.get(&task.id)) {
-                    (true, Some(desired)) if *desired == task.desired_state => {}
+                    (true, Some(told)) if told.desired_state == task.desired_state => {}
                     (true, _) => {
-                        sent.insert(task.id.clone(), task.desired_state);
-                        holding.insert(task.id.clone(), task.clone());
+                        sent.insert(task.id.clone(), Sent::of(task));
                         pending.remove_tasks.retain(|id| id != &task.id);
                         pending.update_tasks.retain(|t| t.id != task.id);
                         pending.update_tasks.push(task.clone());
                     }
                     (false, Some(_)) => {
                         sent.remove(&task.id);
-                        holding.remove(&task.id);
                         pending.update_tasks.retain(|t| t.id != task.id);
                         pending.remove_tasks.push(task.id.clone());
                     }
@@ -233,7 +247,7 @@ pub(super) async fn stream(
             if pending.update_tasks.is_empty() && pending.remove_tasks.is_empty() {
                 continue;
             }
-            let needed = Dependencies::of(holding.values());
+            let needed = Dependencies::of(sent.values());
             if needed != deps {
                 store.view(|tx| add_dependencies(tx, &mut deps, needed, &mut pending));
             }
@@ -318,6 +332,11 @@ mod tests {
         }
     }
 
+    /// What a node holding `tasks` needs.
+    fn needs(tasks: &[Task]) -> Dependencies {
+        Dependencies::of(&tasks.iter().map(Sent::of).collect::<Vec<_>>())
+    }
+
     fn ids(ids: &[&str]) -> BTreeSet<String> {
         ids.iter().map(|s| s.to_string()).collect()
     }
@@ -346,7 +365,7 @@ mod tests {
             (vec![task("t1", TaskState::Remove, &["s1"], &[])], &[], &[]),
         ];
         for (tasks, secrets, configs) in cases {
-            let deps = Dependencies::of(&tasks);
+            let deps = needs(&tasks);
             assert_eq!(deps.secrets, ids(secrets), "{tasks:?}");
             assert_eq!(deps.configs, ids(configs));
         }
@@ -377,7 +396,7 @@ mod tests {
         let mut sent = Dependencies::default();
         let mut first = AssignmentsMessage::default();
         let tasks = [task("t1", TaskState::Running, &["s1", "gone"], &["c1"])];
-        store.view(|tx| add_dependencies(tx, &mut sent, Dependencies::of(&tasks), &mut first));
+        store.view(|tx| add_dependencies(tx, &mut sent, needs(&tasks), &mut first));
         let sent_ids: Vec<&str> = first.update_secrets.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(sent_ids, ["s1"], "a removed secret is not sent");
         assert_eq!(first.update_configs.len(), 1);
@@ -385,11 +404,80 @@ mod tests {
 
         let mut next = AssignmentsMessage::default();
         let tasks = [task("t2", TaskState::Running, &["s1", "s2"], &[])];
-        store.view(|tx| add_dependencies(tx, &mut sent, Dependencies::of(&tasks), &mut next));
+        store.view(|tx| add_dependencies(tx, &mut sent, needs(&tasks), &mut next));
         let sent_ids: Vec<&str> = next.update_secrets.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(sent_ids, ["s2"], "s1 is held already");
         assert!(next.remove_secrets.is_empty());
         assert_eq!(next.remove_configs, ["c1"]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_sends_a_secret_while_a_task_may_use_it_and_then_forgets_it() {
+        use super::super::fanout::route;
+        use mesh_proto::TaskStatus;
+        use std::time::Duration;
+
+        let store = crate::store::direct_store();
+        let on_node = |id: &str, desired: TaskState| Task {
+            node_id: "n1".into(),
+            status: Some(TaskStatus {
+                state: TaskState::Assigned as i32,
+                ..Default::default()
+            }),
+            ..task(id, desired, &["s1"], &[])
+        };
+        store
+            .update(|tx| {
+                tx.create(Secret {
+                    id: "s1".into(),
+                    ..Default::default()
+                })?;
+                tx.create(on_node("t1", TaskState::Running))
+            })
+            .await
+            .expect("stored");
+        let fanout = Arc::new(Fanout::default());
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(route(store.clone(), fanout.clone(), shutdown));
+        fanout.wait_routing().await;
+        let (_close, closed) = watch::channel(false);
+        let (out, mut messages) = mpsc::channel(8);
+        tokio::spawn(stream(store.clone(), fanout, "n1".into(), closed, out));
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), messages.recv())
+                .await
+                .expect("a message in time")
+                .expect("the stream is open")
+                .expect("not an error")
+        };
+        let secret_ids =
+            |secrets: &[Secret]| secrets.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+
+        let complete = next().await;
+        assert_eq!(complete.r#type, Type::Complete as i32);
+        assert_eq!(secret_ids(&complete.update_secrets), ["s1"]);
+
+        // Shut down, the task needs its secret no longer.
+        store
+            .update(|tx| {
+                let mut t1 = tx.get::<Task>("t1").expect("t1");
+                t1.desired_state = TaskState::Shutdown as i32;
+                tx.update(t1)
+            })
+            .await
+            .expect("stored");
+        let shutdown = next().await;
+        assert_eq!(shutdown.update_tasks.len(), 1);
+        assert_eq!(shutdown.remove_secrets, ["s1"]);
+
+        // A new task using it has it sent again.
+        store
+            .update(|tx| tx.create(on_node("t2", TaskState::Running)))
+            .await
+            .expect("stored");
+        let again = next().await;
+        assert_eq!(secret_ids(&again.update_secrets), ["s1"]);
+        assert!(again.remove_secrets.is_empty());
     }
 
     #[test]
