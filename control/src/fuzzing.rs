@@ -193,7 +193,7 @@ pub fn raft_payload(data: &[u8]) {
         let store = seeded_store();
         for entry in &rpc.entries {
             if let EntryPayload::Normal(proposal) = &entry.payload {
-                let _ = store.memory().apply(entry.log_id.index, proposal);
+                let _ = store.memory().apply(entry.log_id.index, proposal.clone());
             }
         }
     }

@@ -418,7 +418,7 @@ mod tests {
                 let proposal = mesh_proto::Proposal {
                     transactions: vec![tx],
                 };
-                let applied = self.memory.apply(index, &proposal).into_iter().next();
+                let applied = self.memory.apply(index, proposal).into_iter().next();
                 applied.expect("one result").map_err(Into::into)
             })
         }

@@ -1,18 +1,17 @@
 //! The event mapping, the filters, the history bound and how slow subscribers are dropped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use mesh_proto::{
-    Annotations, ClusterEvent, ContainerSpec, EventsRequest, Network, NetworkSpec,
+    Annotations, Cluster, ClusterEvent, ContainerSpec, EventsRequest, Network, NetworkSpec,
     ReplicatedService, Service, ServiceSpec, Task, TaskSpec, TaskState, TaskStatus,
     service_spec::Mode,
 };
 use tokio::sync::watch;
 
 use super::*;
-use crate::store::{Event, Object, Read as _, direct_store};
+use crate::store::{Event, Read as _, StoreObject, direct_store};
 
 fn service(id: &str, name: &str, replicas: u64, image: &str) -> Service {
     Service {
@@ -57,14 +56,14 @@ fn task(state: TaskState, desired: TaskState) -> Task {
     }
 }
 
-fn created(object: Object) -> Event {
-    Event::Created(Arc::new(object))
+fn created(object: impl StoreObject) -> Event {
+    Event::Created(object.into_object())
 }
 
-fn updated(old: Object, new: Object) -> Event {
+fn updated<T: StoreObject>(old: T, new: T) -> Event {
     Event::Updated {
-        old: Arc::new(old),
-        new: Arc::new(new),
+        old: old.into_object(),
+        new: new.into_object(),
     }
 }
 
@@ -86,10 +85,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn service_changes_map_to_docker_shaped_events_without_secrets() {
-    let create = event(&created(Object::Service(service(
-        "s1", "web", 2, "busybox",
-    ))))
-    .unwrap();
+    let create = event(&created(service("s1", "web", 2, "busybox"))).unwrap();
     assert_eq!(
         (
             create.r#type.as_str(),
@@ -101,8 +97,8 @@ fn service_changes_map_to_docker_shaped_events_without_secrets() {
     assert_eq!(attrs(&create), pairs(&[("name", "web")]));
 
     let scaled = event(&updated(
-        Object::Service(service("s1", "web", 2, "busybox")),
-        Object::Service(service("s1", "web", 3, "busybox:2")),
+        service("s1", "web", 2, "busybox"),
+        service("s1", "web", 3, "busybox:2"),
     ))
     .unwrap();
     assert_eq!(scaled.action, "update");
@@ -123,10 +119,7 @@ fn service_changes_map_to_docker_shaped_events_without_secrets() {
     let mut allocated = service("s1", "web", 2, "busybox");
     allocated.endpoint = Some(Default::default());
     assert_eq!(
-        event(&updated(
-            Object::Service(service("s1", "web", 2, "busybox")),
-            Object::Service(allocated),
-        )),
+        event(&updated(service("s1", "web", 2, "busybox"), allocated,)),
         None
     );
     // An update's state moving is an update event, as docker's `updatestate.old/new`.
@@ -139,11 +132,7 @@ fn service_changes_map_to_docker_shaped_events_without_secrets() {
     if let Some(status) = updating.update_status.as_mut() {
         status.state = mesh_proto::UpdateState::Updating as i32;
     }
-    let moved = event(&updated(
-        Object::Service(updating.clone()),
-        Object::Service(paused),
-    ))
-    .unwrap();
+    let moved = event(&updated(updating.clone(), paused)).unwrap();
     assert_eq!(
         attrs(&moved),
         pairs(&[
@@ -156,17 +145,10 @@ fn service_changes_map_to_docker_shaped_events_without_secrets() {
     if let Some(status) = reworded.update_status.as_mut() {
         status.message = "another message".into();
     }
-    assert_eq!(
-        event(&updated(
-            Object::Service(updating),
-            Object::Service(reworded)
-        )),
-        None,
-        "the same state"
-    );
-    let removed = event(&Event::Deleted(Arc::new(Object::Service(service(
-        "s1", "web", 2, "busybox",
-    )))))
+    assert_eq!(event(&updated(updating, reworded)), None, "the same state");
+    let removed = event(&Event::Deleted(
+        service("s1", "web", 2, "busybox").into_object(),
+    ))
     .unwrap();
     assert_eq!(
         (removed.action.as_str(), attrs(&removed)),
@@ -178,7 +160,7 @@ fn service_changes_map_to_docker_shaped_events_without_secrets() {
 fn task_updates_count_only_when_a_state_moves() {
     let old = task(TaskState::Starting, TaskState::Running);
     let running = task(TaskState::Running, TaskState::Running);
-    let event = event(&updated(Object::Task(old.clone()), Object::Task(running))).unwrap();
+    let event = event(&updated(old.clone(), running)).unwrap();
     assert_eq!(
         (event.r#type.as_str(), event.action.as_str()),
         ("task", "update")
@@ -198,17 +180,14 @@ fn task_updates_count_only_when_a_state_moves() {
     );
     let mut reworded = old.clone();
     reworded.status.as_mut().unwrap().message = "still starting".into();
-    assert_eq!(
-        super::event(&updated(Object::Task(old), Object::Task(reworded))),
-        None
-    );
+    assert_eq!(super::event(&updated(old, reworded)), None);
 }
 
 #[test]
 fn commits_resets_and_the_cluster_object_are_not_events() {
     assert_eq!(event(&Event::Commit { index: 3 }), None);
     assert_eq!(event(&Event::Reset), None);
-    assert_eq!(event(&created(Object::Cluster(Default::default()))), None);
+    assert_eq!(event(&created(Cluster::default())), None);
     let network = Network {
         id: "n1".into(),
         spec: Some(NetworkSpec {
@@ -221,7 +200,7 @@ fn commits_resets_and_the_cluster_object_are_not_events() {
         }),
         ..Default::default()
     };
-    let create = event(&created(Object::Network(network))).unwrap();
+    let create = event(&created(network)).unwrap();
     assert_eq!(
         attrs(&create),
         pairs(&[("name", "back"), ("type", "overlay")])
@@ -241,7 +220,7 @@ fn secrets_and_configs_show_their_name_and_never_their_data() {
         }),
         ..Default::default()
     };
-    let create = event(&created(Object::Secret(secret))).unwrap();
+    let create = event(&created(secret)).unwrap();
     assert_eq!(
         (create.r#type.as_str(), create.actor_id.as_str()),
         ("secret", "sec1")
@@ -259,7 +238,7 @@ fn secrets_and_configs_show_their_name_and_never_their_data() {
         }),
         ..Default::default()
     };
-    let create = event(&created(Object::Config(config))).unwrap();
+    let create = event(&created(config)).unwrap();
     assert_eq!(create.r#type, "config");
     assert_eq!(attrs(&create), pairs(&[("name", "app")]));
 }

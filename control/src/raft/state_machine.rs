@@ -115,7 +115,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(proposal) => {
                     let started = std::time::Instant::now();
-                    let results = self.memory.apply(entry.log_id.index, &proposal);
+                    let results = self.memory.apply(entry.log_id.index, proposal);
                     self.apply_latency.observe(started.elapsed().as_secs_f64());
                     results
                 }

@@ -22,7 +22,7 @@ impl Proposer for DirectProposer {
             let proposal = Proposal {
                 transactions: vec![tx],
             };
-            self.memory.apply(*index, &proposal).into_iter().next()
+            self.memory.apply(*index, proposal).into_iter().next()
         };
         Box::pin(async move {
             match result {

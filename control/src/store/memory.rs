@@ -193,8 +193,9 @@ impl MemoryStore {
         })
     }
 
-    /// Applies one committed entry at log `index`; one result per transaction, in order.
-    pub fn apply(&self, index: u64, proposal: &Proposal) -> Vec<Result<(), ApplyError>> {
+    /// Applies one committed entry at log `index`; one result per transaction, in order. The
+    /// entry's objects are moved into the tables, not copied.
+    pub fn apply(&self, index: u64, proposal: Proposal) -> Vec<Result<(), ApplyError>> {
         let start = Instant::now();
         let mut tables = self
             .tables
@@ -204,7 +205,7 @@ impl MemoryStore {
         let mut events = Vec::new();
         let results = proposal
             .transactions
-            .iter()
+            .into_iter()
             .map(|tx| apply_transaction(&mut tables, index, tx, &mut events))
             .collect();
         tables.applied = index;
@@ -362,33 +363,30 @@ impl TablesSnapshot {
 fn apply_transaction(
     tables: &mut Tables,
     index: u64,
-    tx: &Transaction,
+    tx: Transaction,
     events: &mut Vec<Event>,
 ) -> Result<(), ApplyError> {
     // Validate every action first so that a refused transaction changes nothing.
     for action in &tx.actions {
         validate(tables, action)?;
     }
-    for action in &tx.actions {
-        let Some(target) = action.target.clone() else {
+    for action in tx.actions {
+        let Some(target) = action.target else {
             continue;
         };
         let mut object = Object::from_target(target);
         let kind = store_action::Kind::try_from(action.kind).unwrap_or(store_action::Kind::Create);
         if kind == store_action::Kind::Delete {
             if let Some(old) = remove(tables, object.kind(), object.id()) {
-                events.push(Event::Deleted(Arc::new(old)));
+                events.push(Event::Deleted(old));
             }
             continue;
         }
         let meta = object.meta_mut().get_or_insert_with(Default::default);
         meta.version = Some(Version { index });
         match insert(tables, object.clone()) {
-            Some(old) => events.push(Event::Updated {
-                old: Arc::new(old),
-                new: Arc::new(object),
-            }),
-            None => events.push(Event::Created(Arc::new(object))),
+            Some(old) => events.push(Event::Updated { old, new: object }),
+            None => events.push(Event::Created(object)),
         }
     }
     Ok(())
@@ -481,18 +479,14 @@ fn stored_version(tables: &Tables, kind: Kind, id: &str) -> Option<u64> {
 
 /// Stores `object`; returns the one it replaced.
 fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
-    fn put<T: StoreObject>(table: &mut BTreeMap<String, Arc<T>>, object: T) -> Option<Object> {
-        table
-            .insert(object.id().to_string(), Arc::new(object))
-            .map(|old| Arc::unwrap_or_clone(old).into_object())
+    fn put<T: StoreObject>(table: &mut BTreeMap<String, Arc<T>>, object: Arc<T>) -> Option<Object> {
+        table.insert(object.id().to_string(), object).map(T::shared)
     }
     match object {
         Object::Node(o) => put(&mut tables.nodes, o),
         Object::Service(o) => put(&mut tables.services, o),
-        Object::Task(o) => {
-            let new = Arc::new(o);
+        Object::Task(new) => {
             let old = tables.tasks.insert(new.id.clone(), Arc::clone(&new));
-            // The indexes let go of the old task first, so that it is moved out, not copied.
             reindex(
                 &mut tables.tasks_by_service,
                 &mut tables.tasks_by_node,
@@ -500,7 +494,7 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
                 Some(&new),
             );
             tables.task_counts.change(old.as_deref(), Some(&new));
-            old.map(|o| Object::Task(Arc::unwrap_or_clone(o)))
+            old.map(Object::Task)
         }
         Object::Cluster(o) => put(&mut tables.clusters, o),
         Object::Network(o) => put(&mut tables.networks, o),
@@ -512,9 +506,7 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
 /// Removes the stored object `kind` `id`; returns it.
 fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
     fn take<T: StoreObject>(table: &mut BTreeMap<String, Arc<T>>, id: &str) -> Option<Object> {
-        table
-            .remove(id)
-            .map(|old| Arc::unwrap_or_clone(old).into_object())
+        table.remove(id).map(T::shared)
     }
     match kind {
         Kind::Node => take(&mut tables.nodes, id),
@@ -528,7 +520,7 @@ fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
                 None,
             );
             tables.task_counts.change(old.as_deref(), None);
-            old.map(|o| Object::Task(Arc::unwrap_or_clone(o)))
+            old.map(Object::Task)
         }
         Kind::Cluster => take(&mut tables.clusters, id),
         Kind::Network => take(&mut tables.networks, id),
@@ -558,7 +550,7 @@ mod tests {
         let second = create(&store, "n1");
         let results = store.apply(
             1,
-            &Proposal {
+            Proposal {
                 transactions: vec![first, second],
             },
         );

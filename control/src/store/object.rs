@@ -34,18 +34,18 @@ impl fmt::Display for Kind {
     }
 }
 
-/// Any stored object, as carried by events and store actions.
-// Objects are moved whole and briefly; boxing the large ones would only add allocations.
-#[allow(clippy::large_enum_variant)]
+/// Any stored object, as carried by events and store actions. Shared: an event holds the very
+/// object the tables hold, so a write copies no object and a watcher's queue of events holds
+/// only the states the tables have let go of.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
-    Node(Node),
-    Service(Service),
-    Task(Task),
-    Cluster(Cluster),
-    Network(Network),
-    Secret(Secret),
-    Config(Config),
+    Node(Arc<Node>),
+    Service(Arc<Service>),
+    Task(Arc<Task>),
+    Cluster(Arc<Cluster>),
+    Network(Arc<Network>),
+    Secret(Arc<Secret>),
+    Config(Arc<Config>),
 }
 
 impl Object {
@@ -73,27 +73,28 @@ impl Object {
         }
     }
 
+    /// The object as a store action carries it: moved out when no one else holds it.
     pub(crate) fn into_target(self) -> store_action::Target {
         match self {
-            Object::Node(o) => store_action::Target::Node(o),
-            Object::Service(o) => store_action::Target::Service(o),
-            Object::Task(o) => store_action::Target::Task(o),
-            Object::Cluster(o) => store_action::Target::Cluster(o),
-            Object::Network(o) => store_action::Target::Network(o),
-            Object::Secret(o) => store_action::Target::Secret(o),
-            Object::Config(o) => store_action::Target::Config(o),
+            Object::Node(o) => store_action::Target::Node(Arc::unwrap_or_clone(o)),
+            Object::Service(o) => store_action::Target::Service(Arc::unwrap_or_clone(o)),
+            Object::Task(o) => store_action::Target::Task(Arc::unwrap_or_clone(o)),
+            Object::Cluster(o) => store_action::Target::Cluster(Arc::unwrap_or_clone(o)),
+            Object::Network(o) => store_action::Target::Network(Arc::unwrap_or_clone(o)),
+            Object::Secret(o) => store_action::Target::Secret(Arc::unwrap_or_clone(o)),
+            Object::Config(o) => store_action::Target::Config(Arc::unwrap_or_clone(o)),
         }
     }
 
     pub(crate) fn from_target(target: store_action::Target) -> Self {
         match target {
-            store_action::Target::Node(o) => Object::Node(o),
-            store_action::Target::Service(o) => Object::Service(o),
-            store_action::Target::Task(o) => Object::Task(o),
-            store_action::Target::Cluster(o) => Object::Cluster(o),
-            store_action::Target::Network(o) => Object::Network(o),
-            store_action::Target::Secret(o) => Object::Secret(o),
-            store_action::Target::Config(o) => Object::Config(o),
+            store_action::Target::Node(o) => o.into_object(),
+            store_action::Target::Service(o) => o.into_object(),
+            store_action::Target::Task(o) => o.into_object(),
+            store_action::Target::Cluster(o) => o.into_object(),
+            store_action::Target::Network(o) => o.into_object(),
+            store_action::Target::Secret(o) => o.into_object(),
+            store_action::Target::Config(o) => o.into_object(),
         }
     }
 
@@ -111,15 +112,16 @@ impl Object {
         }
     }
 
+    /// The object's metadata, to change: copies the object first if anyone else holds it.
     pub(crate) fn meta_mut(&mut self) -> &mut Option<Meta> {
         match self {
-            Object::Node(o) => &mut o.meta,
-            Object::Service(o) => &mut o.meta,
-            Object::Task(o) => &mut o.meta,
-            Object::Cluster(o) => &mut o.meta,
-            Object::Network(o) => &mut o.meta,
-            Object::Secret(o) => &mut o.meta,
-            Object::Config(o) => &mut o.meta,
+            Object::Node(o) => &mut Arc::make_mut(o).meta,
+            Object::Service(o) => &mut Arc::make_mut(o).meta,
+            Object::Task(o) => &mut Arc::make_mut(o).meta,
+            Object::Cluster(o) => &mut Arc::make_mut(o).meta,
+            Object::Network(o) => &mut Arc::make_mut(o).meta,
+            Object::Secret(o) => &mut Arc::make_mut(o).meta,
+            Object::Config(o) => &mut Arc::make_mut(o).meta,
         }
     }
 }
@@ -129,7 +131,11 @@ pub trait StoreObject: Clone + Sized + Send + Sync + 'static {
     const KIND: Kind;
     fn id(&self) -> &str;
     fn meta(&self) -> Option<&Meta>;
-    fn into_object(self) -> Object;
+    fn into_object(self) -> Object {
+        Self::shared(Arc::new(self))
+    }
+    /// The object, held by others too.
+    fn shared(object: Arc<Self>) -> Object;
     fn from_object(object: &Object) -> Option<&Self>;
     fn table(tables: &Tables) -> &BTreeMap<String, Arc<Self>>;
     fn table_mut(tables: &mut Tables) -> &mut BTreeMap<String, Arc<Self>>;
@@ -152,12 +158,12 @@ macro_rules! store_object {
             fn meta(&self) -> Option<&Meta> {
                 self.meta.as_ref()
             }
-            fn into_object(self) -> Object {
-                Object::$ty(self)
+            fn shared(object: Arc<Self>) -> Object {
+                Object::$ty(object)
             }
             fn from_object(object: &Object) -> Option<&Self> {
                 match object {
-                    Object::$ty(o) => Some(o),
+                    Object::$ty(o) => Some(&**o),
                     _ => None,
                 }
             }

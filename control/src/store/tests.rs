@@ -287,11 +287,62 @@ fn a_view_tells_the_index_of_the_last_entry_it_holds() {
         .0;
     memory.apply(
         7,
-        &mesh_proto::Proposal {
+        mesh_proto::Proposal {
             transactions: vec![tx],
         },
     );
     assert_eq!(memory.view_at(|tx| tx.tasks_on_node("n1").len()), (7, 1));
+}
+
+#[test]
+fn an_event_holds_the_stored_task_itself_and_the_one_it_replaced() {
+    let memory = MemoryStore::new();
+    let mut events = memory.watch();
+    let apply = |index, tx| {
+        memory.apply(
+            index,
+            mesh_proto::Proposal {
+                transactions: vec![tx],
+            },
+        )
+    };
+    let stored = || memory.view(|tx| tx.peek::<Task>("t1").map(|t| t as *const Task));
+    let mut next_change = || loop {
+        match events.try_recv().expect("an event") {
+            Event::Commit { .. } => continue,
+            event => return event,
+        }
+    };
+
+    let create = memory.write_tx(|tx| tx.create(placed("t1", "s1", "n1")));
+    apply(1, create.expect("create").0);
+    let created = next_change();
+    let first = stored().expect("stored");
+    assert!(std::ptr::eq(created.as_a::<Task>().expect("a task"), first));
+
+    let update = memory.write_tx(|tx| {
+        let task = tx.get::<Task>("t1").expect("t1");
+        tx.update(Task {
+            node_id: "n2".into(),
+            ..task
+        })
+    });
+    apply(2, update.expect("update").0);
+    let updated = next_change();
+    let (old, new) = (
+        updated.old_as::<Task>().expect("old"),
+        updated.as_a::<Task>().expect("new"),
+    );
+    assert!(std::ptr::eq(new, stored().expect("stored")));
+    assert!(std::ptr::eq(old, first));
+    assert_eq!((old.node_id.as_str(), new.node_id.as_str()), ("n1", "n2"));
+
+    let delete = memory.write_tx(|tx| tx.delete::<Task>("t1"));
+    apply(3, delete.expect("delete").0);
+    let deleted = next_change();
+    assert!(deleted.is_delete());
+    assert!(std::ptr::eq(deleted.as_a::<Task>().expect("a task"), new));
+    assert_eq!(stored(), None);
 }
 
 #[tokio::test]

@@ -119,8 +119,9 @@ impl<'a> WriteTx<'a> {
         self.changes.len() >= BATCH_WRITES || self.bytes >= BATCH_BYTES
     }
 
-    fn base<T: StoreObject>(&self, id: &str) -> Option<T> {
-        T::table(self.tables).get(id).map(|o| T::clone(o))
+    /// The stored object, shared with the tables.
+    fn base<T: StoreObject>(&self, id: &str) -> Option<Object> {
+        T::table(self.tables).get(id).cloned().map(T::shared)
     }
 
     pub fn create<T: StoreObject>(&mut self, object: T) -> Result<(), StoreError> {
@@ -145,7 +146,7 @@ impl<'a> WriteTx<'a> {
             created_at: now,
             updated_at: now,
         });
-        let base = self.base::<T>(&id).map(T::into_object);
+        let base = self.base::<T>(&id);
         self.changes.insert(
             (T::KIND, id),
             Change {
@@ -172,7 +173,7 @@ impl<'a> WriteTx<'a> {
         match self.changes.get_mut(&key) {
             Some(change) => change.next = Some(object),
             None => {
-                let base = self.base::<T>(&key.1).map(T::into_object);
+                let base = self.base::<T>(&key.1);
                 self.changes.insert(
                     key,
                     Change {
@@ -193,7 +194,7 @@ impl<'a> WriteTx<'a> {
             });
         }
         let key = (T::KIND, id.to_string());
-        let base = self.base::<T>(id).map(T::into_object);
+        let base = self.base::<T>(id);
         self.bytes += base.as_ref().map_or(0, Object::encoded_len);
         if base.is_none() {
             // Created in this transaction: forget it.

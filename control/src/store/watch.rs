@@ -1,19 +1,18 @@
-//! Typed change events delivered to watchers after each applied write. Objects are shared, so
-//! handing an event to many watchers copies no object.
+//! Typed change events delivered to watchers after each applied write. Objects are shared with
+//! the tables, so neither writing an event nor handing it to many watchers copies an object.
 
-use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::object::{Object, StoreObject};
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    Created(Arc<Object>),
+    Created(Object),
     Updated {
-        old: Arc<Object>,
-        new: Arc<Object>,
+        old: Object,
+        new: Object,
     },
-    Deleted(Arc<Object>),
+    Deleted(Object),
     /// Every change of one Raft entry has been delivered.
     Commit {
         index: u64,

@@ -213,7 +213,7 @@ fn a_call_is_not_queued_behind_a_waiting_write() {
     // ...and a commit waiting to apply behind it.
     let writer = std::thread::spawn({
         let memory = memory.clone();
-        move || memory.apply(1, &mesh_proto::Proposal::default())
+        move || memory.apply(1, mesh_proto::Proposal::default())
     });
     std::thread::sleep(Duration::from_millis(100));
     let (judged, answer) = mpsc::channel();
