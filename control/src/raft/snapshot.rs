@@ -131,14 +131,10 @@ fn read(path: &Path, key: &SealKey) -> Result<Option<Loaded>> {
 
 fn write(dir: &Path, key: &SealKey, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
     let meta_bytes = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
-    let mut plain = Vec::with_capacity(8 + meta_bytes.len() + data.len());
-    plain.extend_from_slice(&(meta_bytes.len() as u64).to_be_bytes());
-    plain.extend_from_slice(&meta_bytes);
-    plain.extend_from_slice(data);
+    let header = (meta_bytes.len() as u64).to_be_bytes();
     let sealed = key
-        .seal(Record::Snapshot, &plain)
+        .seal_parts(Record::Snapshot, &[&header, &meta_bytes, data])
         .map_err(std::io::Error::other)?;
-    drop(plain);
     let tmp = dir.join(TMP_NAME);
     let mut file = File::create(&tmp)?;
     file.write_all(MAGIC)?;
