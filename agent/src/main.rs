@@ -7,13 +7,6 @@ use std::process::ExitCode;
 use mesh_agent::config::file::{self, LoadError};
 use mesh_agent::logging;
 
-/// jemalloc, not glibc's allocator. A manager holding a million tasks allocates and frees on
-/// many threads at once, where glibc's per-thread arenas keep freed memory apart: at 1,000
-/// nodes and 100,000 tasks the leader's peak RSS was 569 MiB with glibc's and 495 MiB with
-/// jemalloc, and its CPU 22.2 s against 18.6 s (BENCHMARKS.md, the scale benchmark).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut config = match file::load() {

@@ -26,8 +26,6 @@ pub const PACKAGES: &[&str] = &[
     "iperf3",
     // The fuzz targets (CI runs them): libfuzzer-sys compiles libFuzzer, which is C++.
     "g++",
-    // meshd's allocator, jemalloc, is built from its C sources with their configure and make.
-    "make",
     // `cargo xtask test` checks packaging/meshd.service with `systemd-analyze verify` (which
     // needs no systemd running).
     "systemd",
