@@ -6,7 +6,7 @@
 //! together). A transaction takes steps until it holds a batch ([`WriteTx::is_full`]); a service
 //! with steps left is reconciled again after the commit, from the store as it then is.
 
-use futures::future::join_all;
+use futures::StreamExt;
 use mesh_proto::{Service, Task, TaskState};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -267,8 +267,13 @@ impl Timers {
     }
 }
 
+/// How many services' writes are built and proposed at once. Enough to keep the proposer's
+/// entries full while others commit; few enough that a reconciler of a thousand services does
+/// not hold a thousand batches of new tasks in memory at once, each waiting for its turn.
+const CONCURRENT_WRITES: usize = 32;
+
 /// Reconciles each of `services`, planning with `planner` against the store as it is at write
-/// time. Restarts made are recorded in `history`.
+/// time, [`CONCURRENT_WRITES`] at a time. Restarts made are recorded in `history`.
 pub(crate) async fn reconcile_services<P>(
     store: &Store,
     reconciler: &'static str,
@@ -281,16 +286,21 @@ where
 {
     let now = now_nanos();
     let shared: &RestartHistory = history;
-    let writes = services.iter().map(|id| {
-        let planner = &planner;
-        async move {
+    let planner = &planner;
+    // Collected first: a stream over the lazy map would not be provably `Send`.
+    let writes: Vec<_> = services
+        .iter()
+        .map(|id| async move {
             let result = store
                 .update(|tx| planner(tx, id, shared, now).apply(tx))
                 .await;
             (id, result)
-        }
-    });
-    let results = join_all(writes).await;
+        })
+        .collect();
+    let results: Vec<_> = futures::stream::iter(writes)
+        .buffer_unordered(CONCURRENT_WRITES)
+        .collect()
+        .await;
     let mut reconciled = Reconciled::default();
     let mut made = Vec::new();
     for (id, result) in results {
@@ -314,4 +324,76 @@ where
         history.record(&id, key, version, now);
     }
     reconciled
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+    use mesh_proto::{Proposal, Transaction};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{MemoryStore, Proposer, Read as _};
+
+    /// Commits each transaction after a moment, counting how many wait at once.
+    struct Counting {
+        memory: Arc<MemoryStore>,
+        index: AtomicU64,
+        waiting: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl Proposer for Counting {
+        fn propose(&self, tx: Transaction) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async move {
+                let waiting = self.waiting.fetch_add(1, SeqCst) + 1;
+                self.most.fetch_max(waiting, SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.waiting.fetch_sub(1, SeqCst);
+                let index = self.index.fetch_add(1, SeqCst) + 1;
+                let proposal = Proposal {
+                    transactions: vec![tx],
+                };
+                let applied = self.memory.apply(index, proposal).into_iter().next();
+                applied.expect("one result").map_err(Into::into)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn services_are_written_a_bounded_number_at_a_time() {
+        let memory = Arc::new(MemoryStore::new());
+        let proposer = Arc::new(Counting {
+            memory: Arc::clone(&memory),
+            index: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        let store = Store::new(memory, proposer.clone());
+        let services: BTreeSet<String> = (0..CONCURRENT_WRITES * 3)
+            .map(|i| format!("s{i}"))
+            .collect();
+        let reconciled = reconcile_services(
+            &store,
+            "test",
+            services.clone(),
+            &mut RestartHistory::default(),
+            |_, id, _, _| {
+                let mut plan = Plan::default();
+                plan.create(Task {
+                    id: format!("{id}-task"),
+                    service_id: id.to_string(),
+                    ..Default::default()
+                });
+                plan
+            },
+        )
+        .await;
+
+        assert!(reconciled.failed.is_empty(), "{:?}", reconciled.failed);
+        assert_eq!(store.view(|tx| tx.iter::<Task>().count()), services.len());
+        assert_eq!(proposer.most.load(SeqCst), CONCURRENT_WRITES);
+    }
 }
