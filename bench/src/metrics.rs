@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use mesh_agent::gossip::GossipStats;
 use mesh_agent::metrics::{GossipSample, Metrics, Sample};
 use mesh_control::metrics::{ManagerSample, count_tasks};
-use mesh_control::store::MemoryStore;
+use mesh_control::store::{MemoryStore, Tables};
 use mesh_proto::{StoreSnapshot, Task, TaskState, TaskStatus};
 use prometheus_client::registry::Registry;
+use prost::Message;
 
 /// Renders timed per case.
 const ROUNDS: usize = 1000;
@@ -34,8 +35,7 @@ fn store_with(tasks: usize) -> MemoryStore {
         TaskState::Failed,
         TaskState::Pending,
     ];
-    let memory = MemoryStore::new();
-    memory.restore(StoreSnapshot {
+    let snapshot = StoreSnapshot {
         tasks: (0..tasks)
             .map(|i| Task {
                 id: format!("task{i:021}"),
@@ -49,7 +49,9 @@ fn store_with(tasks: usize) -> MemoryStore {
             })
             .collect(),
         ..Default::default()
-    });
+    };
+    let memory = MemoryStore::new();
+    memory.restore(Tables::decode(&snapshot.encode_to_vec()).expect("a snapshot we encoded"));
     memory
 }
 

@@ -14,8 +14,8 @@ use mesh_proto::{
     Annotations, Cluster, ContainerSpec, CreateNetworkRequest, CreateServiceRequest, Endpoint,
     EndpointSpec, ManagerStatus, Network, NetworkSpec, Node, NodeRole, NodeSpec, NodeState,
     NodeStatus, PortConfig, Proposal, RemoveNetworkRequest, RemoveNodeRequest,
-    RemoveServiceRequest, ReplicatedService, Service, ServiceSpec, StoreSnapshot, TaskSpec,
-    UpdateNodeRequest, UpdateServiceRequest,
+    RemoveServiceRequest, ReplicatedService, Service, ServiceSpec, TaskSpec, UpdateNodeRequest,
+    UpdateServiceRequest,
 };
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -33,7 +33,7 @@ use crate::ca::{NodeIdentity, Role};
 use crate::cli::service::ServiceCommand;
 use crate::cli::{Cli, Command, flags, network::NetworkCommand, node::NodeCommand};
 use crate::raft::{TypeConfig, check_raft_sender, decode_payload};
-use crate::store::{MemoryStore, Store, direct_store};
+use crate::store::{MemoryStore, Store, Tables, direct_store};
 
 /// The Raft group of the seeded cluster, and the member whose certificate the caller holds.
 const MEMBERS: [u64; 3] = [1, 2, 3];
@@ -202,8 +202,8 @@ pub fn raft_payload(data: &[u8]) {
     }
     if let Ok(rpc) = decode_payload::<InstallSnapshotRequest<TypeConfig>>(data) {
         let _ = check_raft_sender(&caller(), sender(&rpc.vote), &members);
-        if let Ok(snapshot) = StoreSnapshot::decode(rpc.data.as_slice()) {
-            MemoryStore::new().restore(snapshot);
+        if let Ok(tables) = Tables::decode(&rpc.data) {
+            MemoryStore::new().restore(tables);
         }
     }
     let _ = serde_json::from_slice::<Result<AppendEntriesResponse<u64>, RaftError<u64>>>(data);

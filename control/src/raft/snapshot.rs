@@ -125,8 +125,9 @@ fn read(path: &Path, key: &SealKey) -> Result<Option<Loaded>> {
         return Err(corrupt("truncated metadata"));
     }
     let meta: Meta = serde_json::from_slice(&rest[..len]).map_err(|_| corrupt("bad metadata"))?;
-    let data = plain.split_off(8 + len);
-    Ok(Some((meta, data)))
+    // Moved down in place: a split would copy the hundreds of megabytes after the header.
+    plain.drain(..8 + len);
+    Ok(Some((meta, plain)))
 }
 
 fn write(dir: &Path, key: &SealKey, meta: &Meta, data: &[u8]) -> std::io::Result<()> {

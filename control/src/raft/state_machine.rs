@@ -14,18 +14,16 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
-use mesh_proto::StoreSnapshot;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use prost::Message;
 
 use super::seal::SealKey;
 use super::snapshot::SnapshotFile;
 use super::{ProposalResponse, TypeConfig};
-use crate::store::{MemoryStore, TablesSnapshot};
+use crate::store::{MemoryStore, Tables, TablesSnapshot};
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
 
@@ -81,14 +79,14 @@ impl StateMachine {
     }
 
     fn restore(&mut self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<()> {
-        let snapshot = StoreSnapshot::decode(data)
+        let tables = Tables::decode(data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.install(meta, snapshot);
+        self.install(meta, tables);
         Ok(())
     }
 
-    fn install(&mut self, meta: &SnapshotMeta<u64, BasicNode>, snapshot: StoreSnapshot) {
-        self.memory.restore(snapshot);
+    fn install(&mut self, meta: &SnapshotMeta<u64, BasicNode>, tables: Tables) {
+        self.memory.restore(tables);
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
     }
@@ -153,7 +151,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<()> {
         let data = snapshot.into_inner();
         // Decode before anything is written, so that a bad snapshot changes nothing.
-        let decoded = StoreSnapshot::decode(data.as_slice())
+        let decoded = Tables::decode(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.snapshots.save(meta.clone(), Arc::new(data)).await?;
         self.install(meta, decoded);

@@ -1,8 +1,8 @@
 //! The in-memory tables every manager holds, changed only by applying committed entries.
 
 use mesh_proto::{
-    Cluster, Config, Network, Node, Proposal, Secret, Service, StoreAction, StoreSnapshot, Task,
-    Transaction, Version, store_action,
+    Cluster, Config, Network, Node, Proposal, Secret, Service, StoreAction, Task, Transaction,
+    Version, store_action,
 };
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::any::type_name_of_val;
@@ -219,7 +219,8 @@ impl MemoryStore {
         results
     }
 
-    /// The tables as they are now, to encode as a [`StoreSnapshot`] once the lock is released.
+    /// The tables as they are now, to encode as a [`StoreSnapshot`](mesh_proto::StoreSnapshot)
+    /// once the lock is released.
     pub fn snapshot(&self) -> TablesSnapshot {
         let tables = self.read();
         TablesSnapshot {
@@ -233,61 +234,61 @@ impl MemoryStore {
         }
     }
 
-    pub fn restore(&self, snapshot: StoreSnapshot) {
-        let mut tables = self.tables.write();
-        *tables = Tables {
-            tasks_by_service: HashMap::new(),
-            tasks_by_node: HashMap::new(),
-            task_counts: TaskCounts::default(),
-            applied: 0,
-            nodes: snapshot
-                .nodes
-                .into_iter()
-                .map(|o| (o.id.clone(), Arc::new(o)))
-                .collect(),
-            services: snapshot
-                .services
-                .into_iter()
-                .map(|o| (o.id.clone(), Arc::new(o)))
-                .collect(),
-            tasks: snapshot
-                .tasks
-                .into_iter()
-                .map(|o| (o.id.clone(), Arc::new(o)))
-                .collect(),
-            clusters: snapshot
-                .clusters
-                .into_iter()
-                .map(|o| (o.id.clone(), Arc::new(o)))
-                .collect(),
-            networks: snapshot
-                .networks
-                .into_iter()
-                .map(|o| (o.id.clone(), Arc::new(o)))
-                .collect(),
-            secrets: snapshot
-                .secrets
-                .into_iter()
-                .map(|o| (o.id.clone(), Arc::new(o)))
-                .collect(),
-            configs: snapshot
-                .configs
-                .into_iter()
-                .map(|o| (o.id.clone(), Arc::new(o)))
-                .collect(),
-        };
+    /// Replaces every table with `tables` (decoded from a snapshot by [`Tables::decode`]);
+    /// watchers are told to re-read everything.
+    pub fn restore(&self, tables: Tables) {
+        *self.tables.write() = tables;
+        let _ = self.events.send(Event::Reset);
+    }
+}
+
+impl Tables {
+    /// The tables holding the objects of an encoded
+    /// [`StoreSnapshot`](mesh_proto::StoreSnapshot), indexed. Each object is decoded straight
+    /// into the table that keeps it: a snapshot of a million tasks is never held twice, as a
+    /// decoded message and as the tables. Fields it does not know are skipped, as prost skips
+    /// them; a later object with the same id replaces an earlier one.
+    pub fn decode(mut data: &[u8]) -> Result<Self, prost::DecodeError> {
+        use prost::encoding::{DecodeContext, WireType, decode_key, message, skip_field};
+
+        fn put<T: StoreObject + prost::Message + Default>(
+            table: &mut BTreeMap<String, Arc<T>>,
+            wire_type: WireType,
+            data: &mut &[u8],
+        ) -> Result<(), prost::DecodeError> {
+            let mut object = T::default();
+            message::merge(wire_type, &mut object, data, DecodeContext::default())?;
+            table.insert(object.id().to_string(), Arc::new(object));
+            Ok(())
+        }
+
+        let mut tables = Tables::default();
+        while !data.is_empty() {
+            let (tag, wire_type) = decode_key(&mut data)?;
+            // The field numbers of StoreSnapshot, as TablesSnapshot::encode_to_vec writes them.
+            match tag {
+                1 => put(&mut tables.nodes, wire_type, &mut data)?,
+                2 => put(&mut tables.services, wire_type, &mut data)?,
+                3 => put(&mut tables.tasks, wire_type, &mut data)?,
+                4 => put(&mut tables.clusters, wire_type, &mut data)?,
+                5 => put(&mut tables.networks, wire_type, &mut data)?,
+                6 => put(&mut tables.secrets, wire_type, &mut data)?,
+                7 => put(&mut tables.configs, wire_type, &mut data)?,
+                _ => skip_field(wire_type, tag, &mut data, DecodeContext::default())?,
+            }
+        }
         let Tables {
             tasks,
             tasks_by_service,
             tasks_by_node,
             task_counts,
             ..
-        } = &mut *tables;
+        } = &mut tables;
         for task in tasks.values() {
             reindex(tasks_by_service, tasks_by_node, None, Some(task));
         }
         *task_counts = TaskCounts::of(tasks.values().map(|t| &**t));
-        let _ = self.events.send(Event::Reset);
+        Ok(tables)
     }
 }
 
@@ -340,8 +341,8 @@ impl TablesSnapshot {
             + len(7, &self.configs)
     }
 
-    /// The bytes of the [`StoreSnapshot`] holding these objects (its field numbers, in its
-    /// field order), as prost encodes it.
+    /// The bytes of the [`StoreSnapshot`](mesh_proto::StoreSnapshot) holding these objects (its
+    /// field numbers, in its field order), as prost encodes it.
     pub fn encode_to_vec(&self) -> Vec<u8> {
         fn put<T: prost::Message>(tag: u32, objects: &[Arc<T>], buf: &mut Vec<u8>) {
             for object in objects {

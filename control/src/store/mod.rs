@@ -31,7 +31,7 @@ pub use counts::{ServiceTasks, TaskCounts};
 pub use direct::direct_store;
 #[cfg(test)]
 pub use direct::writes_per_entry;
-pub use memory::{ApplyError, MemoryStore, TablesSnapshot};
+pub use memory::{ApplyError, MemoryStore, Tables, TablesSnapshot};
 pub use object::{Kind, Object, StoreObject};
 pub use tx::{Read, ReadTx, WriteTx};
 pub use watch::{Event, try_next};

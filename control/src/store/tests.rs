@@ -247,7 +247,7 @@ async fn tasks_are_read_by_service_and_node_through_the_index() {
     // A snapshot restored rebuilds the index.
     let restored = MemoryStore::new();
     let encoded = store.memory().snapshot().encode_to_vec();
-    restored.restore(mesh_proto::StoreSnapshot::decode(encoded.as_slice()).expect("decoded"));
+    restored.restore(Tables::decode(&encoded).expect("decoded"));
     restored.view(|tx| {
         check(&|by, key| {
             let tasks = match by {
@@ -345,6 +345,19 @@ fn an_event_holds_the_stored_task_itself_and_the_one_it_replaced() {
     assert_eq!(stored(), None);
 }
 
+/// Everything `memory` holds, as one snapshot message.
+fn whole(memory: &MemoryStore) -> mesh_proto::StoreSnapshot {
+    memory.view(|tx| mesh_proto::StoreSnapshot {
+        nodes: tx.list(),
+        services: tx.list(),
+        tasks: tx.list(),
+        clusters: tx.list(),
+        networks: tx.list(),
+        secrets: tx.list(),
+        configs: tx.list(),
+    })
+}
+
 #[tokio::test]
 async fn a_snapshot_encodes_as_the_store_snapshot_message_and_keeps_its_moment() {
     use mesh_proto::{Cluster, Config, Network, Secret, Service, StoreSnapshot};
@@ -380,15 +393,7 @@ async fn a_snapshot_encodes_as_the_store_snapshot_message_and_keeps_its_moment()
         .await
         .expect("created");
     let taken = store.memory().snapshot();
-    let whole = store.view(|tx| StoreSnapshot {
-        nodes: tx.list(),
-        services: tx.list(),
-        tasks: tx.list(),
-        clusters: tx.list(),
-        networks: tx.list(),
-        secrets: tx.list(),
-        configs: tx.list(),
-    });
+    let whole = whole(store.memory());
     assert_eq!(taken.encode_to_vec(), whole.encode_to_vec());
     assert_eq!(taken.encoded_len(), whole.encoded_len());
     // Writes after it leave it as it was taken.
@@ -405,11 +410,46 @@ async fn a_snapshot_encodes_as_the_store_snapshot_message_and_keeps_its_moment()
     assert_eq!(decoded, whole);
 }
 
+#[tokio::test]
+async fn tables_decode_a_snapshot_as_prost_decodes_the_message() {
+    use mesh_proto::{Service, StoreSnapshot};
+    let store = direct_store();
+    store
+        .update(|tx| {
+            tx.create(node("n1", "one"))?;
+            tx.create(Service {
+                id: "s1".into(),
+                ..Default::default()
+            })?;
+            tx.create(placed("t1", "s1", "n1"))?;
+            tx.create(placed("t2", "s1", "n2"))
+        })
+        .await
+        .expect("created");
+    let encoded = store.memory().snapshot().encode_to_vec();
+    // A field a later version might add is skipped.
+    let mut later = encoded.clone();
+    prost::encoding::string::encode(99, &"later".to_string(), &mut later);
+
+    let restored = MemoryStore::new();
+    restored.restore(Tables::decode(&later).expect("decoded"));
+    assert_eq!(whole(&restored), whole(store.memory()));
+    assert_eq!(
+        whole(&restored),
+        StoreSnapshot::decode(later.as_slice()).expect("prost decodes it")
+    );
+    assert_eq!(restored.view(|tx| tx.tasks_on_node("n2").len()), 1);
+    // Cut inside its last object: refused, as prost refuses it.
+    let cut = &encoded[..encoded.len() - 1];
+    assert!(StoreSnapshot::decode(cut).is_err());
+    assert!(Tables::decode(cut).is_err());
+}
+
 /// The counts the store keeps match a count of every task after creates, state changes,
 /// moves between services, desired-state changes, deletes and a restore.
 #[tokio::test]
 async fn the_task_counts_follow_every_write() {
-    use mesh_proto::{StoreSnapshot, TaskState, TaskStatus};
+    use mesh_proto::{TaskState, TaskStatus};
     let store = direct_store();
     let recount = |store: &Store| store.view(|tx| TaskCounts::of(tx.iter::<Task>()));
     let kept = |store: &Store| store.view(|tx| tx.task_counts().clone());
@@ -483,6 +523,6 @@ async fn the_task_counts_follow_every_write() {
     // A restored store counts what it restored.
     let restored = MemoryStore::new();
     let encoded = store.memory().snapshot().encode_to_vec();
-    restored.restore(StoreSnapshot::decode(encoded.as_slice()).expect("decoded"));
+    restored.restore(Tables::decode(&encoded).expect("decoded"));
     assert_eq!(restored.view(|tx| tx.task_counts().clone()), counts);
 }
