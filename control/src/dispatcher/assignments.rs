@@ -413,7 +413,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_sends_a_secret_while_a_task_may_use_it_and_then_forgets_it() {
-        use super::super::fanout::route;
         use mesh_proto::TaskStatus;
         use std::time::Duration;
 
@@ -436,10 +435,7 @@ mod tests {
             })
             .await
             .expect("stored");
-        let fanout = Arc::new(Fanout::default());
-        let (_stop, shutdown) = watch::channel(false);
-        tokio::spawn(route(store.clone(), fanout.clone(), shutdown));
-        fanout.wait_routing().await;
+        let (fanout, _stop) = super::super::fanout::tests::started(&store).await;
         let (_close, closed) = watch::channel(false);
         let (out, mut messages) = mpsc::channel(8);
         tokio::spawn(stream(store.clone(), fanout, "n1".into(), closed, out));

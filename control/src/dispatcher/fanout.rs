@@ -229,4 +229,4 @@ pub(super) async fn route(store: Store, fanout: Arc<Fanout>, mut shutdown: watch
 
 #[cfg(test)]
 #[path = "fanout_tests.rs"]
-mod tests;
+pub(super) mod tests;

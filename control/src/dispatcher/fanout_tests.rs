@@ -7,7 +7,8 @@ use crate::store::direct_store;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn started(store: &Store) -> (Arc<Fanout>, watch::Sender<bool>) {
+/// A fanout with its router running over `store`; the router stops when the sender drops.
+pub(in crate::dispatcher) async fn started(store: &Store) -> (Arc<Fanout>, watch::Sender<bool>) {
     let fanout = Arc::new(Fanout::default());
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(route(store.clone(), fanout.clone(), shutdown));
