@@ -42,13 +42,13 @@ pub fn prune<'a>(slot_tasks: &[&'a Task], limit: usize) -> Vec<&'a Task> {
     done
 }
 
-/// Whether a task marked REMOVE may be deleted: it stopped, was never assigned, or its node is
-/// down or gone (nothing will report it stopping).
-pub fn removable(task: &Task, node: Option<&Node>) -> bool {
+/// Whether a task marked REMOVE may be deleted: it stopped, was never assigned, or its node (read
+/// with `node`, only for such a task) is down or gone (nothing will report it stopping).
+pub fn removable<'n>(task: &Task, node: impl FnOnce() -> Option<&'n Node>) -> bool {
     task::desired(task) >= TaskState::Remove
         && (task::is_terminal(task::state(task))
             || task.node_id.is_empty()
-            || node.is_none_or(task::is_down))
+            || node().is_none_or(task::is_down))
 }
 
 /// Deletes tasks nobody needs any more (see the module doc).
@@ -87,7 +87,6 @@ impl TaskReaper {
     /// `whole`, as the store is now.
     fn plan(&self, tx: &impl Read, whole: &BTreeSet<String>) -> Vec<String> {
         let limit = retention(tx.list::<Cluster>().first());
-        let nodes: HashMap<&str, &Node> = tx.iter::<Node>().map(|n| (n.id.as_str(), n)).collect();
         // Read in place through the store's index: only what is deleted is copied (its id).
         let mut slots: HashMap<(&str, SlotKey), Vec<&Task>> = HashMap::new();
         let services = whole
@@ -112,7 +111,7 @@ impl TaskReaper {
             delete.extend(
                 tasks
                     .iter()
-                    .filter(|t| removable(t, nodes.get(t.node_id.as_str()).copied()))
+                    .filter(|t| removable(t, || tx.peek::<Node>(&t.node_id)))
                     .map(|t| t.id.clone()),
             );
         }
@@ -303,8 +302,30 @@ mod tests {
             (on_node(Shutdown, Shutdown), Some(&ready), false),
         ];
         for (i, (task, node, want)) in cases.iter().enumerate() {
-            assert_eq!(removable(task, *node), *want, "case {i}");
+            assert_eq!(removable(task, || *node), *want, "case {i}");
         }
+    }
+
+    /// Only a task marked REMOVE has its node read: the reaper's passes over a service's slots
+    /// look up no node for the rest (building a map of every node per pass was 6% of a leader
+    /// creating a million tasks on 10,000 nodes).
+    #[test]
+    fn a_wanted_task_has_no_node_read() {
+        use TaskState::{Remove, Running, Shutdown};
+        let read = std::cell::Cell::new(0);
+        let node = || {
+            read.set(read.get() + 1);
+            None
+        };
+        let mut on_node = task("t", 1, Running, Running);
+        on_node.node_id = "n1".into();
+        assert!(!removable(&on_node, node));
+        on_node.desired_state = Shutdown as i32;
+        assert!(!removable(&on_node, node));
+        assert_eq!(read.get(), 0, "no node read for a task not marked REMOVE");
+        on_node.desired_state = Remove as i32;
+        assert!(removable(&on_node, node), "its node is gone");
+        assert_eq!(read.get(), 1);
     }
 
     /// A start looks at every slot, a share of the services per pass, each pass asking to run
