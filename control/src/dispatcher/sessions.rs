@@ -150,6 +150,16 @@ impl Sessions {
         self.lock().by_node.contains_key(node_id)
     }
 
+    /// The ids of `nodes` that have no session, under one lock (the heartbeat monitor asks it of
+    /// every READY node five times a second: a lock per node was 2% of a leader at 10,000).
+    pub(super) fn without_session<'n>(&self, nodes: impl Iterator<Item = &'n str>) -> Vec<String> {
+        let table = self.lock();
+        nodes
+            .filter(|id| !table.by_node.contains_key(*id))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub(super) fn clear(&self) {
         let mut table = self.lock();
         table.by_node.clear();
@@ -240,11 +250,11 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         if started.elapsed() > takeover_grace(config.heartbeat_period, grace) + held_up {
             // Read in place, every tick: no copy of every node, one lookup per node.
             let unregistered = inner.store.view(|tx| {
-                tx.iter::<Node>()
-                    .filter(|n| node_state(n) == NodeState::Ready)
-                    .filter(|n| !inner.sessions.has_node(&n.id))
-                    .map(|n| n.id.clone())
-                    .collect::<Vec<_>>()
+                inner.sessions.without_session(
+                    tx.iter::<Node>()
+                        .filter(|n| node_state(n) == NodeState::Ready)
+                        .map(|n| n.id.as_str()),
+                )
             });
             to_mark.extend(unregistered);
         }
@@ -314,6 +324,10 @@ mod tests {
         assert!(sessions.has_node("n1") && sessions.has_node("n2"));
         assert!(!sessions.has_node("n3"));
         assert_eq!(sessions.len(), 2);
+        assert_eq!(
+            sessions.without_session(["n1", "n3", "n2", "n4"].into_iter()),
+            ["n3", "n4"]
+        );
 
         let second = sessions.open("s3", "n1", grace);
         assert!(*first.borrow(), "the node's earlier session ended");
