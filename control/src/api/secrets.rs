@@ -175,7 +175,7 @@ fn pick<T: Payload>(tx: &impl Read, reference: &str) -> Result<T, StoreError> {
     resolve::pick(
         T::KIND,
         reference,
-        tx.list::<T>(),
+        tx.iter::<T>(),
         <T as StoreObject>::id,
         <T as Payload>::name,
     )

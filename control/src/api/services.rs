@@ -316,7 +316,11 @@ pub(super) fn logs(
         .store
         .view_promptly(|tx| -> Result<Vec<Task>, StoreError> {
             match resolve::service(tx, &req.reference) {
-                Ok(service) => Ok(tx.find::<Task>(|t| t.service_id == service.id)),
+                Ok(service) => Ok(tx
+                    .tasks_of_service(&service.id)
+                    .into_iter()
+                    .cloned()
+                    .collect()),
                 Err(StoreError::NotFound { .. }) => resolve::task(tx, &req.reference)
                     .map(|t| vec![t])
                     .map_err(|_| StoreError::NotFound {
