@@ -22,8 +22,15 @@ pub fn accept_status(task: &Task, node_id: &str, new: &TaskStatus) -> bool {
     if new.state < current_state {
         return false;
     }
-    // Same state: accept only when something else changed (container details, message).
-    current.is_none_or(|c| c != new)
+    // Same state: accept only when what the agent tells changed (its message, error, container),
+    // not its time alone: after reconnecting, every agent sends each task's latest state again,
+    // and after a leader's restart at 10,000 nodes those were a million writes of nothing new.
+    current.is_none_or(|c| {
+        c.state != new.state
+            || c.message != new.message
+            || c.err != new.err
+            || c.container != new.container
+    })
 }
 
 /// Writes `first` and whatever else is already queued, in as few transactions as the reconciler
@@ -138,9 +145,12 @@ mod tests {
     fn task(node: &str, state: TaskState) -> Task {
         Task {
             node_id: node.into(),
+            // As the manager stores it: stamped when first running, the report's time kept.
             status: Some(TaskStatus {
                 state: state as i32,
                 message: "m".into(),
+                timestamp: 5,
+                started_at: 3,
                 ..Default::default()
             }),
             ..Default::default()
@@ -166,6 +176,37 @@ mod tests {
             ("n1", Running, "n2", status(Failed, "exit"), false),
             ("n1", Running, "n1", status(Running, "m"), false),
             ("n1", Running, "n1", status(Running, "other"), true),
+            // The same again, later (as sent after reconnecting): nothing to write.
+            (
+                "n1",
+                Running,
+                "n1",
+                TaskStatus {
+                    timestamp: 9,
+                    ..status(Running, "m")
+                },
+                false,
+            ),
+            (
+                "n1",
+                Running,
+                "n1",
+                TaskStatus {
+                    err: "e".into(),
+                    ..status(Running, "m")
+                },
+                true,
+            ),
+            (
+                "n1",
+                Running,
+                "n1",
+                TaskStatus {
+                    container: Some(Default::default()),
+                    ..status(Running, "m")
+                },
+                true,
+            ),
         ];
         for (assigned, current, reporter, new, want) in cases {
             let t = task(assigned, current);
