@@ -442,6 +442,19 @@ mod tests {
         store.view(|tx| tx.peek::<Node>(id).map(node_state)) == Some(NodeState::Down)
     }
 
+    /// The identity a worker `node_id`'s certificate proves.
+    fn worker_identity(node_id: &str) -> crate::ca::NodeIdentity {
+        crate::ca::NodeIdentity {
+            node_id: node_id.into(),
+            role: crate::ca::Role::Worker,
+            cluster_id: "c1".into(),
+            not_before: std::time::SystemTime::UNIX_EPOCH,
+            not_after: std::time::SystemTime::UNIX_EPOCH,
+            serial: vec![1],
+            raft_id: None,
+        }
+    }
+
     /// A store whose writes wait while `gate` is false, holding `nodes` READY, and a
     /// dispatcher over it (not serving: its sessions are opened directly).
     async fn gated_dispatcher(
@@ -571,15 +584,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(15)).await;
         gate.send_replace(false);
         let opening = tokio::spawn(async move {
-            let identity = crate::ca::NodeIdentity {
-                node_id: "n1".into(),
-                role: crate::ca::Role::Worker,
-                cluster_id: "c1".into(),
-                not_before: std::time::SystemTime::UNIX_EPOCH,
-                not_after: std::time::SystemTime::UNIX_EPOCH,
-                serial: vec![1],
-                raft_id: None,
-            };
+            let identity = worker_identity("n1");
             let request = mesh_proto::SessionRequest {
                 node_id: "n1".into(),
                 ..Default::default()
@@ -603,6 +608,55 @@ mod tests {
             "the registration only, nothing marking n1 down"
         );
         monitor.abort();
+    }
+
+    /// A node that registers again as it was (its agent taking its session back after the
+    /// leader's restart) is not written again; one that changed, or was down, is.
+    #[tokio::test(start_paused = true)]
+    async fn registering_again_unchanged_writes_nothing() {
+        let (_gate, store, inner) = gated_dispatcher(std::iter::empty()).await;
+        let service = super::super::service::DispatcherService::new(inner.clone());
+        let written = crate::store::writes_per_entry(&store);
+        let identity = worker_identity("n1");
+        let request = |hostname: &str| mesh_proto::SessionRequest {
+            node_id: "n1".into(),
+            addr: "10.0.0.1".into(),
+            description: Some(mesh_proto::NodeDescription {
+                hostname: hostname.into(),
+                ..Default::default()
+            }),
+        };
+        // The entries written so far, once the recorder has seen the last commit.
+        let writes = || async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            written.lock().unwrap_or_else(|e| e.into_inner()).len()
+        };
+        for (step, hostname, writes_after) in [
+            ("first registration", "a", 1),
+            ("the same again", "a", 1),
+            ("a new hostname", "b", 2),
+            ("the same again", "b", 2),
+        ] {
+            service
+                .open_session(&request(hostname), &identity)
+                .await
+                .expect(step);
+            assert_eq!(writes().await, writes_after, "{step} ({hostname})");
+        }
+        store
+            .update(|tx| {
+                let mut node = tx.get::<Node>("n1").expect("n1");
+                node.status.get_or_insert_with(Default::default).state = NodeState::Down as i32;
+                tx.update(node)
+            })
+            .await
+            .expect("marked down");
+        service
+            .open_session(&request("b"), &identity)
+            .await
+            .expect("back");
+        assert_eq!(writes().await, 4, "a node down is written READY again");
+        assert!(!down(&store, "n1"));
     }
 
     #[test]
