@@ -1,7 +1,7 @@
 //! Agent sessions and their heartbeats, held in memory on the leader.
 
 use mesh_proto::{Cluster, Node, NodeState};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -29,6 +29,8 @@ struct Session {
 struct Table {
     by_id: HashMap<String, Session>,
     by_node: HashMap<String, String>,
+    /// The silence each heartbeat heard lately ended, and when it was heard.
+    gaps: VecDeque<(Instant, Duration)>,
 }
 
 #[derive(Default)]
@@ -96,15 +98,46 @@ impl Sessions {
 
     /// Records a heartbeat; the answer tells the agent the period behind `grace`.
     pub(super) fn heartbeat(&self, session_id: &str, grace: Duration) -> bool {
-        match self.lock().by_id.get_mut(session_id) {
+        let mut table = self.lock();
+        let now = Instant::now();
+        match table.by_id.get_mut(session_id) {
             Some(s) => {
-                s.last_heartbeat = Instant::now();
+                let gap = now - s.last_heartbeat;
+                s.last_heartbeat = now;
                 s.allowance = grace;
                 s.credited = Duration::ZERO;
+                if table.gaps.len() == MAX_GAPS {
+                    table.gaps.pop_front();
+                }
+                table.gaps.push_back((now, gap));
                 true
             }
             None => false,
         }
+    }
+
+    /// How much later than every `period` the heartbeats heard within the last `window` came:
+    /// the 99th percentile of the silences they ended, past the period. Nodes that are gone send
+    /// none, so a tenth of the nodes lost at once stretch nothing; a leader too busy to read its
+    /// nodes' heartbeats on time (or nodes too busy to send them) hears every one late.
+    fn lateness(&self, period: Duration, window: Duration) -> Duration {
+        let mut table = self.lock();
+        let now = Instant::now();
+        while table
+            .gaps
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > window)
+        {
+            table.gaps.pop_front();
+        }
+        let mut gaps: Vec<Duration> = table.gaps.iter().map(|(_, gap)| *gap).collect();
+        drop(table);
+        if gaps.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = (gaps.len() - 1) * 99 / 100;
+        let (_, p99, _) = gaps.select_nth_unstable(rank);
+        p99.saturating_sub(period)
     }
 
     /// Ends and forgets the sessions whose last heartbeat is older than `grace` (or than the
@@ -182,6 +215,15 @@ pub(super) fn takeover_grace(period: Duration, grace: Duration) -> Duration {
     grace.max(period * 3 + Duration::from_secs(5))
 }
 
+/// How many graces late heartbeats may stretch the grace by: a node that is gone is found out
+/// within four graces (30 s at the default period) however late the others' heartbeats are.
+const MAX_STRETCH: u32 = 3;
+/// At most this many heartbeats' silences are remembered (the monitor forgets those older than
+/// a grace: 15,000 at 10,000 nodes).
+const MAX_GAPS: usize = 1 << 16;
+/// A stretch this long or longer is logged.
+const STRETCH_NOTED: Duration = Duration::from_secs(1);
+
 /// What a restart of an agent's meshd costs at most between two heartbeats: about a second for
 /// systemd to start it again, plus its reconnection, with room to spare.
 const RESTART_ALLOWANCE: Duration = Duration::from_millis(2500);
@@ -212,6 +254,8 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
     // The leader's own stalls since it started: nodes could not register during them either.
     let mut held_up = Duration::ZERO;
     let mut to_mark: BTreeSet<String> = BTreeSet::new();
+    // Whether the grace is stretched by a second or more (logged as it changes).
+    let mut stretched = false;
     // Dropped with the monitor: a write still in flight when leadership ends is abandoned.
     let mut marking: JoinSet<BTreeSet<String>> = JoinSet::new();
     loop {
@@ -244,7 +288,19 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
             inner.sessions.forgive(gap - MONITOR_TICK, grace);
             held_up += gap - MONITOR_TICK;
         }
-        let expired = inner.sessions.expire(grace);
+        // Heartbeats heard late stretch the grace by as much (up to [`MAX_STRETCH`] graces): a
+        // leader too busy to read them on time (or nodes too busy to send them) does not take
+        // its live nodes for dead. At 10,000 nodes and a million tasks, heartbeats were answered
+        // up to 8 s late, and thousands of live nodes were marked down, their tasks replaced.
+        let stretch = inner
+            .sessions
+            .lateness(config.heartbeat_period, grace)
+            .min(grace * MAX_STRETCH);
+        if (stretch >= STRETCH_NOTED) != stretched {
+            stretched = !stretched;
+            tracing::info!(stretch = ?stretch, "heartbeats heard late: grace stretched by");
+        }
+        let expired = inner.sessions.expire(grace + stretch);
         config.heartbeat_misses.inc_by(expired.len() as u64);
         to_mark.extend(expired);
         if started.elapsed() > takeover_grace(config.heartbeat_period, grace) + held_up {
@@ -657,6 +713,86 @@ mod tests {
             .expect("back");
         assert_eq!(writes().await, 4, "a node down is written READY again");
         assert!(!down(&store, "n1"));
+    }
+
+    /// Heartbeats heard later and later (a leader falling behind its nodes): the grace stretches
+    /// with them and no live node is marked down, though each goes up to 10 s unheard under a
+    /// 7.5 s grace; a node silent from the start is marked down on time.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_heard_late_stretch_the_grace() {
+        let live = 200;
+        let ids: Vec<String> = (0..=live).map(|i| format!("n{i:03}")).collect();
+        let (_gate, store, inner) = gated_dispatcher(ids.clone().into_iter()).await;
+        let (period, grace) = (Duration::from_secs(5), Duration::from_millis(7500));
+        let start = Instant::now();
+        // Each live node heartbeats every period from its own phase; a beat sent at `t` s is
+        // heard `delay(t)` s later: on time until 20 s, then 1 s later each second, up to 8 s.
+        let delay = |t: f64| (t - 20.0).clamp(0.0, 8.0);
+        let mut beats: Vec<(f64, usize)> = (0..live)
+            .flat_map(|i| {
+                let phase = 5.0 * i as f64 / live as f64;
+                (0..16).map(move |k| (phase + 5.0 * k as f64, i))
+            })
+            .map(|(sent, i)| (sent + delay(sent), i))
+            .collect();
+        beats.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let _sessions: Vec<_> = ids
+            .iter()
+            .map(|id| inner.sessions.open(&format!("s-{id}"), id, grace))
+            .collect();
+        let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        for (heard, i) in beats {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(heard)).await;
+            assert!(
+                inner.sessions.heartbeat(&format!("s-{}", ids[i]), grace),
+                "{} lost its session at {heard:.2} s",
+                ids[i]
+            );
+        }
+        assert!(down(&store, &ids[live]), "the silent node");
+        assert!(ids[..live].iter().all(|id| !down(&store, id)));
+        assert_eq!(
+            inner.sessions.lateness(period, grace),
+            Duration::ZERO,
+            "once the delay stops growing, heartbeats come a period apart again"
+        );
+        monitor.abort();
+    }
+
+    /// The stretch is how late the 99th percentile of the heartbeats heard within the window
+    /// came: a node or two late (one back from a pause) stretch nothing.
+    #[tokio::test(start_paused = true)]
+    async fn lateness_is_the_99th_percentile_past_the_period() {
+        let sessions = Sessions::default();
+        let period = Duration::from_secs(5);
+        let window = Duration::from_millis(7500);
+        let ids: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+        for id in &ids {
+            let _ = sessions.open(id, id, window);
+        }
+        assert_eq!(
+            sessions.lateness(period, window),
+            Duration::ZERO,
+            "none heard"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        for id in &ids[..198] {
+            assert!(sessions.heartbeat(id, window));
+        }
+        tokio::time::advance(Duration::from_secs(3)).await;
+        for id in &ids[198..] {
+            assert!(sessions.heartbeat(id, window));
+        }
+        assert_eq!(sessions.lateness(period, window), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        for id in &ids {
+            assert!(sessions.heartbeat(id, window));
+        }
+        assert_eq!(
+            sessions.lateness(period, window),
+            Duration::from_secs(7),
+            "12 s since the first 198 were heard; those heard before are out of the window"
+        );
     }
 
     #[test]
