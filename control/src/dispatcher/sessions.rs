@@ -298,7 +298,11 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
             .min(grace * MAX_STRETCH);
         if (stretch >= STRETCH_NOTED) != stretched {
             stretched = !stretched;
-            tracing::info!(stretch = ?stretch, "heartbeats heard late: grace stretched by");
+            if stretched {
+                tracing::info!(stretch = ?stretch, "heartbeats heard late: grace stretched");
+            } else {
+                tracing::info!("heartbeats heard on time again: grace back to normal");
+            }
         }
         let expired = inner.sessions.expire(grace + stretch);
         config.heartbeat_misses.inc_by(expired.len() as u64);
