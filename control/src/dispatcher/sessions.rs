@@ -119,7 +119,9 @@ impl Sessions {
     /// How much later than every `period` the heartbeats heard within the last `window` came:
     /// the 99th percentile of the silences they ended, past the period. Nodes that are gone send
     /// none, so a tenth of the nodes lost at once stretch nothing; a leader too busy to read its
-    /// nodes' heartbeats on time (or nodes too busy to send them) hears every one late.
+    /// nodes' heartbeats on time (or nodes too busy to send them) hears every one late. At least
+    /// the longest silence is left out: one node alone (slow, or hostile, heartbeating just
+    /// within its grace) ends at most one long silence in a window, and stretches nothing.
     fn lateness(&self, period: Duration, window: Duration) -> Duration {
         let mut table = self.lock();
         let now = Instant::now();
@@ -132,10 +134,11 @@ impl Sessions {
         }
         let mut gaps: Vec<Duration> = table.gaps.iter().map(|(_, gap)| *gap).collect();
         drop(table);
-        if gaps.is_empty() {
+        let left_out = (gaps.len() / 100).max(1);
+        if gaps.len() <= left_out {
             return Duration::ZERO;
         }
-        let rank = (gaps.len() - 1) * 99 / 100;
+        let rank = gaps.len() - 1 - left_out;
         let (_, p99, _) = gaps.select_nth_unstable(rank);
         p99.saturating_sub(period)
     }
@@ -796,6 +799,29 @@ mod tests {
             sessions.lateness(period, window),
             Duration::from_secs(7),
             "12 s since the first 198 were heard; those heard before are out of the window"
+        );
+    }
+
+    /// One node alone heartbeating late, however long it stays within its grace, stretches
+    /// nothing; two do.
+    #[tokio::test(start_paused = true)]
+    async fn one_late_node_alone_stretches_nothing() {
+        let sessions = Sessions::default();
+        let (period, window) = (Duration::from_secs(5), Duration::from_millis(7500));
+        for id in ["a", "b", "c"] {
+            let _ = sessions.open(id, id, window);
+        }
+        tokio::time::advance(period).await;
+        assert!(sessions.heartbeat("a", window) && sessions.heartbeat("b", window));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(sessions.heartbeat("c", window), "7 s after its last");
+        assert_eq!(sessions.lateness(period, window), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(sessions.heartbeat("a", window), "7 s after its last too");
+        assert_eq!(
+            sessions.lateness(period, window),
+            Duration::from_secs(2),
+            "two late: the shorter of their silences, past the period"
         );
     }
 
