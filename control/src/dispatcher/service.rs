@@ -114,7 +114,9 @@ impl DispatcherService {
 
     /// Creates or refreshes the node object of a registering agent and marks it READY; a node
     /// READY already, as it describes itself, is not written again (after a leader's restart,
-    /// 10,000 agents taking their sessions back each waited for a write of nothing new).
+    /// 10,000 agents taking their sessions back each waited for a write of nothing new), unless
+    /// a write marking it down may be on its way (its last session ran out): that write would
+    /// land after, and leave a live node down.
     async fn register(
         &self,
         req: &SessionRequest,
@@ -127,13 +129,15 @@ impl DispatcherService {
             message: String::new(),
             addr: req.addr.clone(),
         };
+        let marking_down = self.inner.sessions.being_marked_down(&req.node_id);
         // A manager joining the Raft group may create the same node concurrently: a lost race
         // is re-run against the node it made.
         self.inner
             .store
             .update_retrying(|tx| match tx.get::<Node>(&req.node_id) {
                 Some(node)
-                    if node.description.as_ref() == Some(&description)
+                    if !marking_down
+                        && node.description.as_ref() == Some(&description)
                         && node.status.as_ref() == Some(&status) =>
                 {
                     Ok(())

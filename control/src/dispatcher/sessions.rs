@@ -1,7 +1,7 @@
 //! Agent sessions and their heartbeats, held in memory on the leader.
 
 use mesh_proto::{Cluster, Node, NodeState};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -31,6 +31,8 @@ struct Table {
     by_node: HashMap<String, String>,
     /// The silence each heartbeat heard lately ended, and when it was heard.
     gaps: VecDeque<(Instant, Duration)>,
+    /// Nodes whose write marking them down is being built or committed.
+    marking_down: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -196,6 +198,12 @@ impl Sessions {
             .collect()
     }
 
+    /// Whether a write marking `node_id` down may be on its way: a registration that finds the
+    /// node READY must write it READY again all the same, after that write.
+    pub(super) fn being_marked_down(&self, node_id: &str) -> bool {
+        self.lock().marking_down.contains(node_id)
+    }
+
     pub(super) fn clear(&self) {
         let mut table = self.lock();
         table.by_node.clear();
@@ -335,6 +343,22 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
 /// transaction up to a reconciler's batch; returns those it did not get to, or all of them when
 /// the write failed, to be tried in the next.
 async fn mark_down(inner: Arc<Inner>, nodes: BTreeSet<String>) -> BTreeSet<String> {
+    /// Takes the nodes out of the set being marked down once the write is done (or abandoned).
+    struct Marking<'a>(&'a Sessions, Vec<String>);
+    impl Drop for Marking<'_> {
+        fn drop(&mut self) {
+            let mut table = self.0.lock();
+            for id in &self.1 {
+                table.marking_down.remove(id);
+            }
+        }
+    }
+    inner
+        .sessions
+        .lock()
+        .marking_down
+        .extend(nodes.iter().cloned());
+    let _marking = Marking(&inner.sessions, nodes.iter().cloned().collect());
     let result = inner
         .store
         .update(|tx| {
@@ -720,6 +744,50 @@ mod tests {
             .expect("back");
         assert_eq!(writes().await, 4, "a node down is written READY again");
         assert!(!down(&store, "n1"));
+    }
+
+    /// A node whose session ran out, and whose write marking it down waits on Raft, registers
+    /// again unchanged meanwhile: it is written READY all the same, after that write, and is not
+    /// left down with a live session.
+    #[tokio::test(start_paused = true)]
+    async fn registering_while_being_marked_down_writes_the_node_ready_after() {
+        let (gate, store, inner) = gated_dispatcher(std::iter::empty()).await;
+        let service = Arc::new(super::super::service::DispatcherService::new(inner.clone()));
+        let request = mesh_proto::SessionRequest {
+            node_id: "n1".into(),
+            addr: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        let (session, _closed) = service
+            .open_session(&request, &worker_identity("n1"))
+            .await
+            .expect("registered");
+        inner.sessions.end(&session);
+        gate.send_replace(false);
+        let marking = tokio::spawn(mark_down(inner.clone(), BTreeSet::from(["n1".into()])));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            inner.sessions.being_marked_down("n1"),
+            "its write waits at the gate"
+        );
+        let reopening = tokio::spawn({
+            let service = service.clone();
+            async move { service.open_session(&request, &worker_identity("n1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gate.send_replace(true);
+        // Its write lands first, or after the registration's, and then fails on the node's
+        // version (to be tried again by the monitor, which finds the session): either way the
+        // node ends READY.
+        let _ = marking.await.unwrap();
+        let (session, _closed) = reopening.await.unwrap().expect("registered again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(inner.sessions.get(&session).is_some());
+        assert!(!inner.sessions.being_marked_down("n1"));
+        assert!(
+            !down(&store, "n1"),
+            "written READY after the write marking it down"
+        );
     }
 
     /// Heartbeats heard later and later (a leader falling behind its nodes): the grace stretches
