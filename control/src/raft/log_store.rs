@@ -129,36 +129,24 @@ impl LogStore {
 
     /// `entry` in its binary form, sealed as the entry at its index.
     fn encode_entry(&self, entry: &Entry<TypeConfig>) -> Result<Vec<u8>> {
-        let index = entry.log_id.index;
-        let write_error = |e: &dyn std::error::Error| {
-            StorageIOError::new(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                &AnyError(e.to_string()),
-            )
-        };
-        let bytes = entry_to_bytes(entry).map_err(|e| write_error(&e))?;
+        let (subject, verb) = (ErrorSubject::Logs, ErrorVerb::Write);
+        let bytes =
+            entry_to_bytes(entry).map_err(|e| StorageIOError::new(subject.clone(), verb, &e))?;
         let sealed = self
             .key
-            .seal(Record::LogEntry(index), &bytes)
-            .map_err(|e| write_error(&e))?;
+            .seal(Record::LogEntry(entry.log_id.index), &bytes)
+            .map_err(|e| StorageIOError::new(subject, verb, &e))?;
         Ok(sealed)
     }
 
     /// Opens the entry at `index` from its sealed `bytes`, binary or JSON.
     fn decode_entry(&self, index: u64, bytes: Vec<u8>) -> Result<Entry<TypeConfig>> {
-        let read_error = |e: &dyn std::error::Error| {
-            StorageIOError::new(
-                ErrorSubject::Logs,
-                ErrorVerb::Read,
-                &AnyError(e.to_string()),
-            )
-        };
+        let (subject, verb) = (ErrorSubject::Logs, ErrorVerb::Read);
         let plain = self
             .key
             .open(Record::LogEntry(index), bytes)
-            .map_err(|e| read_error(&e))?;
-        Ok(entry_from_bytes(&plain).map_err(|e| read_error(&e))?)
+            .map_err(|e| StorageIOError::new(subject.clone(), verb, &e))?;
+        Ok(entry_from_bytes(&plain).map_err(|e| StorageIOError::new(subject, verb, &e))?)
     }
 
     /// JSON of `value`, sealed as `record`.
@@ -328,18 +316,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 }
-
-/// An error carried as its text (the storage error takes any error by reference).
-#[derive(Debug)]
-struct AnyError(String);
-
-impl std::fmt::Display for AnyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for AnyError {}
 
 /// The first byte of an entry in its binary form; one written as JSON starts with `{`.
 const BINARY_ENTRY: u8 = 1;
