@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::ops::Bound;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
@@ -63,7 +64,11 @@ pub(crate) async fn drive<R: Reconcile>(
                 None => std::future::pending().await,
             }
         };
+        // Biased: events delivered are taken in before a timer's flush, so that a reconciler
+        // that flushes a share of its work at a time, again at once, still keeps up with the
+        // store instead of lagging behind it.
         tokio::select! {
+            biased;
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     break;
@@ -124,6 +129,32 @@ pub(crate) fn take_share<T: Ord + Clone>(set: &mut BTreeSet<T>, n: usize) -> BTr
     std::mem::replace(set, rest)
 }
 
+/// Takes up to `n` of `set` out of it, round-robin: the first ones after `cursor`, then from the
+/// start; `cursor` moves to the last one taken. A reconciler whose flushes each take a share of a
+/// long list this way comes to every member in turn, however often the first ones are marked again.
+pub(crate) fn take_round<T: Ord + Clone>(
+    set: &mut BTreeSet<T>,
+    cursor: &mut Option<T>,
+    n: usize,
+) -> Vec<T> {
+    let taken: Vec<T> = match cursor.as_ref() {
+        Some(c) => set
+            .range::<T, _>((Bound::Excluded(c), Bound::Unbounded))
+            .chain(set.range::<T, _>(..=c))
+            .take(n)
+            .cloned()
+            .collect(),
+        None => set.iter().take(n).cloned().collect(),
+    };
+    for member in &taken {
+        set.remove(member);
+    }
+    if let Some(last) = taken.last() {
+        *cursor = Some(last.clone());
+    }
+    taken
+}
+
 /// The earlier of two optional wake-up times.
 pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -163,6 +194,22 @@ mod tests {
             let _permit = self.gate.acquire().await.expect("gate open");
             None
         }
+    }
+
+    /// Shares go round: members marked again after their turn wait for the others'.
+    #[test]
+    fn shares_go_round() {
+        let mut set: BTreeSet<u32> = (1..=5).collect();
+        let mut cursor = None;
+        assert_eq!(take_round(&mut set, &mut cursor, 2), vec![1, 2]);
+        set.insert(1);
+        assert_eq!(take_round(&mut set, &mut cursor, 2), vec![3, 4]);
+        assert_eq!(take_round(&mut set, &mut cursor, 2), vec![5, 1]);
+        assert!(set.is_empty());
+        assert!(take_round(&mut set, &mut cursor, 2).is_empty());
+        assert_eq!(cursor, Some(1), "an empty share leaves the cursor");
+        set.extend([1, 2, 9]);
+        assert_eq!(take_round(&mut set, &mut cursor, 5), vec![2, 9, 1]);
     }
 
     async fn until(what: &str, done: impl Fn() -> bool) {

@@ -127,6 +127,8 @@ pub struct GlobalOrchestrator {
     timers: plan::Timers,
     /// A node changed: every global service must be looked at.
     nodes_changed: bool,
+    /// The last service of the last flush's share ([`plan::next_share`]).
+    cursor: Option<String>,
 }
 
 impl GlobalOrchestrator {
@@ -137,6 +139,7 @@ impl GlobalOrchestrator {
             dirty: BTreeSet::new(),
             timers: plan::Timers::default(),
             nodes_changed: false,
+            cursor: None,
         }
     }
 
@@ -188,15 +191,16 @@ impl Reconcile for GlobalOrchestrator {
         if self.dirty.is_empty() {
             return self.timers.next_wake();
         }
-        let services = std::mem::take(&mut self.dirty);
-        plan::reconcile_services(
+        let (services, left) = plan::next_share(&mut self.dirty, &mut self.cursor);
+        let wake = plan::reconcile_services(
             store,
             Self::NAME,
-            services,
+            &services,
             &mut self.history,
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
         .await
-        .requeue(&mut self.dirty, &mut self.timers)
+        .requeue(&mut self.dirty, &mut self.timers);
+        driver::earliest(wake, left.then(Instant::now))
     }
 }

@@ -272,12 +272,28 @@ impl Timers {
 /// not hold a thousand batches of new tasks in memory at once, each waiting for its turn.
 const CONCURRENT_WRITES: usize = 32;
 
+/// Services one flush of a service orchestrator reconciles; the rest go in the next flush, at once.
+/// A flush takes in no store events, and one over a thousand services, waiting for thirty rounds
+/// of commits, let 65,536 events pass by: the orchestrator lagged and started over from a full
+/// reconcile, again and again, while a tenth of the nodes' tasks waited for their replacements.
+pub(crate) const SERVICES_PER_FLUSH: usize = 4 * CONCURRENT_WRITES;
+
+/// Takes the share of `dirty` the next flush reconciles (see [`SERVICES_PER_FLUSH`]), going round
+/// from `cursor`; also says whether services are left for a flush at once after.
+pub(crate) fn next_share(
+    dirty: &mut BTreeSet<String>,
+    cursor: &mut Option<String>,
+) -> (Vec<String>, bool) {
+    let share = super::driver::take_round(dirty, cursor, SERVICES_PER_FLUSH);
+    (share, !dirty.is_empty())
+}
+
 /// Reconciles each of `services`, planning with `planner` against the store as it is at write
 /// time, [`CONCURRENT_WRITES`] at a time. Restarts made are recorded in `history`.
 pub(crate) async fn reconcile_services<P>(
     store: &Store,
     reconciler: &'static str,
-    services: BTreeSet<String>,
+    services: &[String],
     history: &mut RestartHistory,
     planner: P,
 ) -> Reconciled
@@ -378,7 +394,7 @@ mod tests {
         let reconciled = reconcile_services(
             &store,
             "test",
-            services.clone(),
+            &services.iter().cloned().collect::<Vec<_>>(),
             &mut RestartHistory::default(),
             |_, id, _, _| {
                 let mut plan = Plan::default();

@@ -168,6 +168,8 @@ pub struct ReplicatedOrchestrator {
     /// Services some of whose tasks were only placed, by the node they were placed on: planned
     /// only if that node is lost by then, or the placement matters to the service's update.
     placed: BTreeMap<String, BTreeSet<String>>,
+    /// The last service of the last flush's share ([`plan::next_share`]).
+    cursor: Option<String>,
 }
 
 impl ReplicatedOrchestrator {
@@ -180,6 +182,7 @@ impl ReplicatedOrchestrator {
             dirty_nodes: BTreeSet::new(),
             started: BTreeSet::new(),
             placed: BTreeMap::new(),
+            cursor: None,
         }
     }
 
@@ -274,16 +277,17 @@ impl Reconcile for ReplicatedOrchestrator {
         if self.dirty.is_empty() {
             return self.timers.next_wake();
         }
-        let services = std::mem::take(&mut self.dirty);
+        let (services, left) = plan::next_share(&mut self.dirty, &mut self.cursor);
         let reconciled = plan::reconcile_services(
             store,
             Self::NAME,
-            services,
+            &services,
             &mut self.history,
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
         .await;
-        reconciled.requeue(&mut self.dirty, &mut self.timers)
+        let wake = reconciled.requeue(&mut self.dirty, &mut self.timers);
+        driver::earliest(wake, left.then(Instant::now))
     }
 }
 

@@ -283,3 +283,50 @@ async fn a_large_scale_is_written_a_batch_per_transaction() {
         "each task created once and stopped once (and the service written twice)"
     );
 }
+
+/// A flush reconciles a share of the dirty services and asks to run again at once for the rest:
+/// between flushes the driver takes in the store's events, where one flush over a thousand
+/// services (a tenth of the nodes lost) waited so long for its commits that the orchestrator's
+/// watch lagged and it started over from a full reconcile.
+#[tokio::test]
+async fn a_flush_reconciles_a_share_of_the_services() {
+    use super::super::driver::Reconcile;
+    use super::super::plan::SERVICES_PER_FLUSH;
+    let store = new_store();
+    let count = SERVICES_PER_FLUSH * 2 + 1;
+    store
+        .update(|tx| {
+            for i in 0..count {
+                tx.create(replicated(&format!("s{i:03}"), 1, None))?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut orchestrator = ReplicatedOrchestrator::new(store.clone());
+    store
+        .memory()
+        .view_and_watch(|tx| orchestrator.mark_all(tx));
+    let with_tasks = || {
+        store.view(|tx| {
+            tx.list::<Service>()
+                .iter()
+                .filter(|s| !tx.tasks_of_service(&s.id).is_empty())
+                .count()
+        })
+    };
+    let mut after_each = Vec::new();
+    loop {
+        let wake = orchestrator.flush(&store).await;
+        after_each.push(with_tasks());
+        if wake.is_none() {
+            break;
+        }
+        assert!(after_each.len() < 10, "the flushes do not end");
+    }
+    assert_eq!(
+        after_each,
+        vec![SERVICES_PER_FLUSH, 2 * SERVICES_PER_FLUSH, count],
+        "services given their task after each flush"
+    );
+}
