@@ -114,14 +114,18 @@ async fn write_once(
                     break;
                 }
                 taken += 1;
-                let (Some(mut task), Some(status)) =
-                    (tx.get::<Task>(&update.task_id), update.status.as_ref())
+                let (Some(stored), Some(status)) =
+                    (tx.peek::<Task>(&update.task_id), update.status.as_ref())
                 else {
                     continue;
                 };
-                if !accept_status(&task, node_id, status) {
+                // Looked at in place, copied only if taken: agents re-send every task's latest
+                // state after reconnecting (a million at once after a leader's restart at this
+                // size), nearly all of it nothing new.
+                if !accept_status(stored, node_id, status) {
                     continue;
                 }
+                let mut task = stored.clone();
                 // Keep the scheduler's reason out of an agent's report; the manager
                 // stamps when the task first ran (the update monitor counts from it).
                 let started_at = started_at(task.status.as_ref(), status, now_nanos());

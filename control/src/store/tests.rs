@@ -97,6 +97,33 @@ async fn a_write_is_full_after_a_batch_of_objects_or_bytes() {
         .expect("bytes");
 }
 
+/// The batch counts objects, not writes: one written twice counts once, one created and deleted
+/// in the same transaction not at all.
+#[tokio::test]
+async fn a_batch_counts_the_objects_written() {
+    let store = direct_store();
+    let (tx, ()) = store
+        .memory()
+        .write_tx(|tx| {
+            for i in 0..BATCH_WRITES - 1 {
+                tx.create(node(&format!("n{i}"), "h"))?;
+            }
+            let first = tx.get::<Node>("n0").expect("n0");
+            tx.update(Node {
+                description: node("n0", "again").description,
+                ..first
+            })?;
+            tx.create(node("gone", "h"))?;
+            tx.delete::<Node>("gone")?;
+            assert!(!tx.is_full(), "{} objects", BATCH_WRITES - 1);
+            tx.create(node("last", "h"))?;
+            assert!(tx.is_full());
+            Ok(())
+        })
+        .expect("write");
+    assert_eq!(tx.actions.len(), BATCH_WRITES);
+}
+
 fn task_of(id: usize, env_bytes: usize) -> Task {
     Task {
         id: format!("t{id}"),

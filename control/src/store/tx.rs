@@ -99,7 +99,11 @@ struct Change {
 /// Reads the store plus its own pending changes, and records writes to propose.
 pub struct WriteTx<'a> {
     tables: &'a Tables,
-    changes: BTreeMap<(Kind, String), Change>,
+    /// By kind, then by id: a read looks its id up without building a key (a status report
+    /// looks up each of its tasks, and after a leader's restart they come a million at once).
+    changes: BTreeMap<Kind, BTreeMap<String, Change>>,
+    /// How many objects `changes` holds.
+    written: usize,
     /// Encoded bytes written so far (an object written twice counts twice).
     bytes: usize,
 }
@@ -109,6 +113,7 @@ impl<'a> WriteTx<'a> {
         Self {
             tables,
             changes: BTreeMap::new(),
+            written: 0,
             bytes: 0,
         }
     }
@@ -116,7 +121,25 @@ impl<'a> WriteTx<'a> {
     /// Whether this transaction holds a reconciler's batch ([`BATCH_WRITES`] objects or
     /// [`BATCH_BYTES`]): a reconciler stops writing here, commits, and goes on in the next one.
     pub fn is_full(&self) -> bool {
-        self.changes.len() >= BATCH_WRITES || self.bytes >= BATCH_BYTES
+        self.written >= BATCH_WRITES || self.bytes >= BATCH_BYTES
+    }
+
+    /// This transaction's changes to objects of kind `kind`, by id.
+    fn changes_of(&self, kind: Kind) -> Option<&BTreeMap<String, Change>> {
+        self.changes.get(&kind)
+    }
+
+    /// Records `change` for the object `id` of kind `kind`, in place of any earlier one.
+    fn record(&mut self, kind: Kind, id: String, change: Change) {
+        if self
+            .changes
+            .entry(kind)
+            .or_default()
+            .insert(id, change)
+            .is_none()
+        {
+            self.written += 1;
+        }
     }
 
     /// The stored object, shared with the tables.
@@ -132,7 +155,7 @@ impl<'a> WriteTx<'a> {
                 T::KIND
             )));
         }
-        if self.get::<T>(&id).is_some() {
+        if self.peek::<T>(&id).is_some() {
             return Err(StoreError::AlreadyExists {
                 kind: T::KIND,
                 name: id,
@@ -147,8 +170,9 @@ impl<'a> WriteTx<'a> {
             updated_at: now,
         });
         let base = self.base::<T>(&id);
-        self.changes.insert(
-            (T::KIND, id),
+        self.record(
+            T::KIND,
+            id,
             Change {
                 base,
                 next: Some(object),
@@ -160,7 +184,7 @@ impl<'a> WriteTx<'a> {
     /// Records `object` as the new state; it must carry the version it was read at.
     pub fn update<T: StoreObject>(&mut self, object: T) -> Result<(), StoreError> {
         let id = object.id().to_string();
-        if self.get::<T>(&id).is_none() {
+        if self.peek::<T>(&id).is_none() {
             return Err(StoreError::NotFound { kind: T::KIND, id });
         }
         let mut object = object.into_object();
@@ -169,13 +193,17 @@ impl<'a> WriteTx<'a> {
             .meta_mut()
             .get_or_insert_with(Default::default)
             .updated_at = now_nanos();
-        let key = (T::KIND, id);
-        match self.changes.get_mut(&key) {
+        match self
+            .changes
+            .get_mut(&T::KIND)
+            .and_then(|changes| changes.get_mut(&id))
+        {
             Some(change) => change.next = Some(object),
             None => {
-                let base = self.base::<T>(&key.1);
-                self.changes.insert(
-                    key,
+                let base = self.base::<T>(&id);
+                self.record(
+                    T::KIND,
+                    id,
                     Change {
                         base,
                         next: Some(object),
@@ -187,20 +215,25 @@ impl<'a> WriteTx<'a> {
     }
 
     pub fn delete<T: StoreObject>(&mut self, id: &str) -> Result<(), StoreError> {
-        if self.get::<T>(id).is_none() {
+        if self.peek::<T>(id).is_none() {
             return Err(StoreError::NotFound {
                 kind: T::KIND,
                 id: id.to_string(),
             });
         }
-        let key = (T::KIND, id.to_string());
         let base = self.base::<T>(id);
         self.bytes += base.as_ref().map_or(0, Object::encoded_len);
         if base.is_none() {
             // Created in this transaction: forget it.
-            self.changes.remove(&key);
+            let forgotten = self
+                .changes
+                .get_mut(&T::KIND)
+                .and_then(|changes| changes.remove(id));
+            if forgotten.is_some() {
+                self.written -= 1;
+            }
         } else {
-            self.changes.insert(key, Change { base, next: None });
+            self.record(T::KIND, id.to_string(), Change { base, next: None });
         }
         Ok(())
     }
@@ -209,6 +242,7 @@ impl<'a> WriteTx<'a> {
         let actions = self
             .changes
             .into_values()
+            .flat_map(BTreeMap::into_values)
             .filter_map(|change| {
                 let (kind, object) = match (change.base, change.next) {
                     (None, Some(next)) => (store_action::Kind::Create, next),
@@ -236,10 +270,10 @@ impl WriteTx<'_> {
         keep: impl Fn(&Task) -> bool,
     ) -> Vec<&'s Task> {
         let mut changed = self
-            .changes
-            .range((Kind::Task, String::new())..)
-            .take_while(|((kind, _), _)| *kind == Kind::Task)
-            .map(|((_, id), _)| id.as_str())
+            .changes_of(Kind::Task)
+            .into_iter()
+            .flat_map(BTreeMap::keys)
+            .map(String::as_str)
             .peekable();
         if changed.peek().is_none() {
             // No task written yet (a reconciler planning from a fresh transaction): the index.
@@ -273,11 +307,7 @@ impl Read for WriteTx<'_> {
     }
 
     fn peek<T: StoreObject>(&self, id: &str) -> Option<&T> {
-        if self.changes.is_empty() {
-            // Nothing written yet: the stored object, without building a key to look up.
-            return T::table(self.tables).get(id).map(|o| &**o);
-        }
-        match self.changes.get(&(T::KIND, id.to_string())) {
+        match self.changes_of(T::KIND).and_then(|changes| changes.get(id)) {
             Some(change) => change.next.as_ref().and_then(T::from_object),
             None => T::table(self.tables).get(id).map(|o| &**o),
         }
@@ -286,15 +316,11 @@ impl Read for WriteTx<'_> {
     /// The stored table merged with this transaction's changes, still in id order.
     fn iter<T: StoreObject>(&self) -> impl Iterator<Item = &T> {
         let mut base = T::table(self.tables).iter().peekable();
-        let mut changed = self
-            .changes
-            .range((T::KIND, String::new())..)
-            .take_while(|((kind, _), _)| *kind == T::KIND)
-            .peekable();
+        let mut changed = self.changes_of(T::KIND).into_iter().flatten().peekable();
         std::iter::from_fn(move || {
             loop {
                 let next_base = base.peek().map(|&(id, _)| id.as_str());
-                let next_change = changed.peek().map(|&(key, _)| key.1.as_str());
+                let next_change = changed.peek().map(|&(id, _)| id.as_str());
                 match (next_base, next_change) {
                     (None, None) => return None,
                     (Some(b), Some(c)) if c <= b => {
