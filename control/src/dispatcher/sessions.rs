@@ -19,6 +19,9 @@ struct Session {
     allowance: Duration,
     /// What the leader's stalls have been credited since the last heartbeat (at most a grace).
     credited: Duration,
+    /// The last time the monitor held the session while its leader took over: its silence counts
+    /// from the later of this and its last heartbeat.
+    held: Instant,
     /// Flipped to true when the session ends; every stream of the session watches it.
     closed: watch::Sender<bool>,
 }
@@ -67,6 +70,7 @@ impl Sessions {
             last_heartbeat: Instant::now(),
             allowance: grace,
             credited: Duration::ZERO,
+            held: Instant::now(),
             closed,
         };
         if let Some(replaced) = table.by_id.insert(session_id.to_string(), session) {
@@ -151,7 +155,8 @@ impl Sessions {
         let mut table = self.lock();
         let mut expired = Vec::new();
         table.by_id.retain(|id, s| {
-            let alive = s.last_heartbeat.elapsed() <= grace.max(s.allowance);
+            let silent = s.last_heartbeat.max(s.held).elapsed();
+            let alive = silent <= grace.max(s.allowance);
             if !alive {
                 s.closed.send_replace(true);
                 expired.push((s.node_id.clone(), id.clone()));
@@ -164,6 +169,17 @@ impl Sessions {
             }
         }
         expired.into_iter().map(|(node, _)| node).collect()
+    }
+
+    /// Holds the sessions of `nodes` as if heard from now, for their silence only: the silences
+    /// their heartbeats end (the lateness) are still measured from the last one heard.
+    fn hold(&self, nodes: &HashSet<String>) {
+        let now = Instant::now();
+        for s in self.lock().by_id.values_mut() {
+            if nodes.contains(&s.node_id) {
+                s.held = now;
+            }
+        }
     }
 
     /// Credits every session with `stalled`, time in which the monitor could not run: the
@@ -259,6 +275,13 @@ pub(super) fn heartbeat_grace(period: Duration, multiplier: f64) -> Duration {
 /// is go in the next.
 pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
     let started = Instant::now();
+    // The nodes READY under the last leader: those this one takes over.
+    let taken_over: HashSet<String> = inner.store.view(|tx| {
+        tx.iter::<Node>()
+            .filter(|n| node_state(n) == NodeState::Ready)
+            .map(|n| n.id.clone())
+            .collect()
+    });
     let mut tick = tokio::time::interval(MONITOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checked = Instant::now();
@@ -315,10 +338,20 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
                 tracing::info!("heartbeats heard on time again: grace back to normal");
             }
         }
+        let taking_over =
+            started.elapsed() <= takeover_grace(config.heartbeat_period, grace) + held_up;
+        if taking_over {
+            // No session of a node it takes over expires while this leader takes over, and each
+            // has a grace after: a node that found the leader is given no less than one still on
+            // its way. A restarted leader at 5,000 nodes, busy with all of them coming back at
+            // once, heard the second heartbeat of about 200 of them late and marked them down
+            // within its takeover grace. Nodes that join meanwhile are held to the grace.
+            inner.sessions.hold(&taken_over);
+        }
         let expired = inner.sessions.expire(grace + stretch);
         config.heartbeat_misses.inc_by(expired.len() as u64);
         to_mark.extend(expired);
-        if started.elapsed() > takeover_grace(config.heartbeat_period, grace) + held_up {
+        if !taking_over {
             // Read in place, every tick: no copy of every node, one lookup per node.
             let unregistered = inner.store.view(|tx| {
                 inner.sessions.without_session(
@@ -579,6 +612,57 @@ mod tests {
         (gate, store, dispatcher.inner)
     }
 
+    /// Heartbeats `sessions` every second until the takeover grace at the default period (20 s
+    /// from the monitor's start) has passed: from then on, their silences count.
+    async fn past_takeover(inner: &Inner, sessions: &[&str]) {
+        let grace = Duration::from_millis(7500);
+        for _ in 0..21 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for s in sessions {
+                assert!(
+                    inner.sessions.heartbeat(s, grace),
+                    "{s} during the takeover"
+                );
+            }
+        }
+    }
+
+    /// No session of a node READY under the last leader expires while this one takes over, and
+    /// each has a grace after it: a node that found the leader is given no less than one still
+    /// on its way. A node that joins meanwhile is held to the grace; the lateness is still
+    /// measured from the heartbeats heard.
+    #[tokio::test(start_paused = true)]
+    async fn no_session_expires_while_the_leader_takes_over() {
+        let ids = ["n1", "n2"].map(String::from);
+        let (_gate, store, inner) = gated_dispatcher(ids.into_iter()).await;
+        let (period, grace) = (Duration::from_secs(5), Duration::from_millis(7500));
+        let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // n1 is heard once, at 2 s, then falls silent; n2 beats every period; n3, joining now,
+        // is heard once too.
+        let _sessions = ["n1", "n2", "n3"].map(|id| inner.sessions.open(id, id, grace));
+        assert!(inner.sessions.heartbeat("n1", grace) && inner.sessions.heartbeat("n3", grace));
+        for second in 3..=29 {
+            if second == 11 {
+                assert!(!inner.sessions.has_node("n3"), "n3 silent 9 s, not held");
+            }
+            if second % 5 == 2 {
+                assert!(inner.sessions.heartbeat("n2", grace), "n2 at {second} s");
+            }
+            if second == 26 {
+                assert!(
+                    inner.sessions.has_node("n1"),
+                    "n1 is held until 20 s, and has a grace after"
+                );
+                assert_eq!(inner.sessions.lateness(period, grace), Duration::ZERO);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(down(&store, "n1"), "n1 not heard from by 27.5 s");
+        assert!(!down(&store, "n2"));
+        monitor.abort();
+    }
+
     /// While the write marking one node down waits on Raft, the monitor goes on looking: a
     /// second node that falls silent meanwhile loses its session on time, and no stall is
     /// credited for the wait (which would have kept it open).
@@ -586,20 +670,21 @@ mod tests {
     async fn a_slow_write_does_not_hold_up_the_monitor() {
         let nodes = ["n1", "n2"].map(String::from);
         let (gate, store, inner) = gated_dispatcher(nodes.into_iter()).await;
-        gate.send_replace(false);
-        // The default 5 s period: 7.5 s of grace, 20 s before unregistered nodes count.
+        // The default 5 s period: 7.5 s of grace, 20 s of takeover.
         let grace = Duration::from_millis(7500);
         let _n1 = inner.sessions.open("s1", "n1", grace);
         let _n2 = inner.sessions.open("s2", "n2", grace);
         let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
-        // n2 heartbeats for 9 s, then falls silent; n1 never does.
+        past_takeover(&inner, &["s1", "s2"]).await;
+        gate.send_replace(false);
+        // n2 heartbeats for 9 s more, then falls silent; n1 does not again.
         for _ in 0..9 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             assert!(inner.sessions.heartbeat("s2", grace));
         }
         assert!(!inner.sessions.has_node("n1"), "n1 expired at 7.5 s");
         assert!(!down(&store, "n1"), "its write waits at the gate");
-        // n2's grace ends at 16.5 s; the takeover grace at 20 s.
+        // n2's grace ends 16.5 s after the takeover.
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert!(
             !inner.sessions.has_node("n2"),
@@ -626,6 +711,9 @@ mod tests {
             .collect();
         let entries = crate::store::writes_per_entry(&store);
         let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        let sessions: Vec<String> = ids.clone().map(|id| format!("s-{id}")).collect();
+        let sessions: Vec<&str> = sessions.iter().map(String::as_str).collect();
+        past_takeover(&inner, &sessions).await;
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert!(ids.clone().all(|id| down(&store, &id)), "every node down");
         let written = entries.lock().unwrap_or_else(|e| e.into_inner()).clone();
