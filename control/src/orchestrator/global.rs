@@ -191,8 +191,8 @@ impl Reconcile for GlobalOrchestrator {
         if self.dirty.is_empty() {
             return self.timers.next_wake();
         }
-        let (services, left) = plan::next_share(&mut self.dirty, &mut self.cursor);
-        let wake = plan::reconcile_services(
+        let services = plan::next_share(&mut self.dirty, &mut self.cursor);
+        plan::reconcile_services(
             store,
             Self::NAME,
             &services,
@@ -200,7 +200,6 @@ impl Reconcile for GlobalOrchestrator {
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
         .await
-        .requeue(&mut self.dirty, &mut self.timers);
-        driver::earliest(wake, left.then(Instant::now))
+        .requeue(&mut self.dirty, &mut self.timers)
     }
 }

@@ -214,14 +214,15 @@ pub(crate) struct Reconciled {
 
 impl Reconciled {
     /// Marks the services left in `dirty` again, keeps the update timers in `timers`, and says
-    /// when to run next: at once when a batch was full, after [`RETRY_DELAY`] when only writes
-    /// failed, or when the first timer is due.
+    /// when to run next: at once when a batch was full or services were left out of the share,
+    /// after [`RETRY_DELAY`] when only writes failed, or when the first timer is due.
     pub(crate) fn requeue(
         self,
         dirty: &mut BTreeSet<String>,
         timers: &mut Timers,
     ) -> Option<Instant> {
-        let wake = if !self.more.is_empty() {
+        // Services still in `dirty` were left out of this flush's share: at once too.
+        let wake = if !self.more.is_empty() || !dirty.is_empty() {
             Some(Instant::now())
         } else if !self.failed.is_empty() {
             Some(Instant::now() + RETRY_DELAY)
@@ -279,13 +280,9 @@ const CONCURRENT_WRITES: usize = 32;
 pub(crate) const SERVICES_PER_FLUSH: usize = 4 * CONCURRENT_WRITES;
 
 /// Takes the share of `dirty` the next flush reconciles (see [`SERVICES_PER_FLUSH`]), going round
-/// from `cursor`; also says whether services are left for a flush at once after.
-pub(crate) fn next_share(
-    dirty: &mut BTreeSet<String>,
-    cursor: &mut Option<String>,
-) -> (Vec<String>, bool) {
-    let share = super::driver::take_round(dirty, cursor, SERVICES_PER_FLUSH);
-    (share, !dirty.is_empty())
+/// from `cursor`; [`Reconciled::requeue`] has the flush run again at once for the rest.
+pub(crate) fn next_share(dirty: &mut BTreeSet<String>, cursor: &mut Option<String>) -> Vec<String> {
+    super::driver::take_round(dirty, cursor, SERVICES_PER_FLUSH)
 }
 
 /// Reconciles each of `services`, planning with `planner` against the store as it is at write

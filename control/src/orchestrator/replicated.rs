@@ -277,7 +277,7 @@ impl Reconcile for ReplicatedOrchestrator {
         if self.dirty.is_empty() {
             return self.timers.next_wake();
         }
-        let (services, left) = plan::next_share(&mut self.dirty, &mut self.cursor);
+        let services = plan::next_share(&mut self.dirty, &mut self.cursor);
         let reconciled = plan::reconcile_services(
             store,
             Self::NAME,
@@ -286,8 +286,7 @@ impl Reconcile for ReplicatedOrchestrator {
             |tx, id, history, now| plan_from_store(tx, id, history, now),
         )
         .await;
-        let wake = reconciled.requeue(&mut self.dirty, &mut self.timers);
-        driver::earliest(wake, left.then(Instant::now))
+        reconciled.requeue(&mut self.dirty, &mut self.timers)
     }
 }
 

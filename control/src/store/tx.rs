@@ -102,8 +102,6 @@ pub struct WriteTx<'a> {
     /// By kind, then by id: a read looks its id up without building a key (a status report
     /// looks up each of its tasks, and after a leader's restart they come a million at once).
     changes: BTreeMap<Kind, BTreeMap<String, Change>>,
-    /// How many objects `changes` holds.
-    written: usize,
     /// Encoded bytes written so far (an object written twice counts twice).
     bytes: usize,
 }
@@ -113,7 +111,6 @@ impl<'a> WriteTx<'a> {
         Self {
             tables,
             changes: BTreeMap::new(),
-            written: 0,
             bytes: 0,
         }
     }
@@ -121,7 +118,8 @@ impl<'a> WriteTx<'a> {
     /// Whether this transaction holds a reconciler's batch ([`BATCH_WRITES`] objects or
     /// [`BATCH_BYTES`]): a reconciler stops writing here, commits, and goes on in the next one.
     pub fn is_full(&self) -> bool {
-        self.written >= BATCH_WRITES || self.bytes >= BATCH_BYTES
+        let written: usize = self.changes.values().map(BTreeMap::len).sum();
+        written >= BATCH_WRITES || self.bytes >= BATCH_BYTES
     }
 
     /// This transaction's changes to objects of kind `kind`, by id.
@@ -131,15 +129,7 @@ impl<'a> WriteTx<'a> {
 
     /// Records `change` for the object `id` of kind `kind`, in place of any earlier one.
     fn record(&mut self, kind: Kind, id: String, change: Change) {
-        if self
-            .changes
-            .entry(kind)
-            .or_default()
-            .insert(id, change)
-            .is_none()
-        {
-            self.written += 1;
-        }
+        self.changes.entry(kind).or_default().insert(id, change);
     }
 
     /// The stored object, shared with the tables.
@@ -225,12 +215,8 @@ impl<'a> WriteTx<'a> {
         self.bytes += base.as_ref().map_or(0, Object::encoded_len);
         if base.is_none() {
             // Created in this transaction: forget it.
-            let forgotten = self
-                .changes
-                .get_mut(&T::KIND)
-                .and_then(|changes| changes.remove(id));
-            if forgotten.is_some() {
-                self.written -= 1;
+            if let Some(changes) = self.changes.get_mut(&T::KIND) {
+                changes.remove(id);
             }
         } else {
             self.record(T::KIND, id.to_string(), Change { base, next: None });
