@@ -98,11 +98,15 @@ impl Filter for ReadyFilter {
     }
 
     fn check(&self, _task: &TaskRequest<'_>, node: &NodeInfo) -> bool {
-        node.node()
-            .status
-            .as_ref()
-            .is_some_and(|s| s.state == NodeState::Ready as i32)
+        is_ready(node)
     }
+}
+
+fn is_ready(node: &NodeInfo) -> bool {
+    node.node()
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state == NodeState::Ready as i32)
 }
 
 /// Only active nodes take new tasks; paused and drained ones do not.
@@ -114,9 +118,19 @@ impl Filter for AvailabilityFilter {
     }
 
     fn check(&self, _task: &TaskRequest<'_>, node: &NodeInfo) -> bool {
-        let availability = node.node().spec.as_ref().map_or(0, |s| s.availability);
-        availability == NodeAvailability::Active as i32
+        is_active(node)
     }
+}
+
+fn is_active(node: &NodeInfo) -> bool {
+    let availability = node.node().spec.as_ref().map_or(0, |s| s.availability);
+    availability == NodeAvailability::Active as i32
+}
+
+/// Whether the node takes new tasks at all, whatever the task: the two filters above, which ask
+/// nothing of the task.
+pub fn open_to_new_tasks(node: &NodeInfo) -> bool {
+    is_ready(node) && is_active(node)
 }
 
 /// The task's CPU and memory reservations fit in what the node has left.

@@ -464,3 +464,76 @@ fn groups_decide_as_one_task_at_a_time() {
         );
     }
 }
+
+/// Groups walking the nodes from the least loaded decide what task-by-task decisions do on nodes
+/// of uneven loads: groups of several services in one pass (each moving the nodes it placed on
+/// further down the order the next one walks), groups larger than the nodes (the rest ranked by
+/// how many of the service's tasks each node holds), constraints, reservations, a drained and a
+/// down node.
+#[test]
+fn groups_walking_uneven_nodes_decide_as_one_task_at_a_time() {
+    let mut all = Vec::new();
+    let mut existing = Vec::new();
+    for i in 0..30 {
+        let id = format!("n{i:02}");
+        let mut n = with_label(node(&id), "zone", ["a", "b", "c"][i % 3]);
+        if i == 11 {
+            n = with_availability(n, NodeAvailability::Drain);
+        }
+        if i == 17 {
+            n = with_state(n, NodeState::Down);
+        }
+        all.push(n);
+        for k in 0..(i * 7) % 5 {
+            existing.push(running_on(task(&format!("bulk-{i}-{k}"), "bulk"), &id));
+        }
+        if i % 4 == 1 {
+            existing.push(running_on(task(&format!("web-old-{i}"), "web"), &id));
+        }
+    }
+    let mut nodes = infos(all, &existing);
+    let run =
+        |service: &str, from: usize, count: usize, shape: &dyn Fn(Task) -> Task| -> Vec<Task> {
+            (from..from + count)
+                .map(|i| shape(task(&format!("{service}-{i}"), service)))
+                .collect()
+        };
+    let cases: Vec<(&str, Vec<Task>)> = vec![
+        ("more tasks than nodes", run("web", 0, 75, &|t| t)),
+        (
+            "services in turn",
+            [
+                run("web", 0, 9, &|t| t),
+                run("db", 0, 12, &|t| t),
+                run("web", 9, 9, &|t| t),
+                run("api", 0, 40, &|t| t),
+                run("db", 12, 4, &|t| t),
+            ]
+            .concat(),
+        ),
+        (
+            "constrained past its nodes",
+            run("zoned", 0, 23, &|t| {
+                constrained(t, &["node.labels.zone==b"])
+            }),
+        ),
+        (
+            "reserving until full",
+            run("big", 0, 70, &|t| reserving(t, CPU, 2 * GIB)),
+        ),
+        (
+            "a host port past the nodes",
+            run("edge", 0, 31, &|t| host_port(t, 9090)),
+        ),
+    ];
+    let mut reversed: Vec<NodeInfo> = nodes.iter().rev().cloned().collect();
+    for (name, batch) in cases {
+        let expected = one_by_one(&nodes, &batch);
+        assert_eq!(schedule(&mut nodes, &batch), expected, "{name}");
+        assert_eq!(
+            schedule(&mut reversed, &batch),
+            expected,
+            "{name}, nodes reversed"
+        );
+    }
+}
