@@ -8,6 +8,7 @@ use parking_lot::{RwLock, RwLockReadGuard};
 use std::any::type_name_of_val;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
@@ -38,8 +39,17 @@ pub struct Tables {
     pub(crate) tasks_by_service: TaskIndex,
     pub(crate) tasks_by_node: TaskIndex,
     pub(crate) task_counts: TaskCounts,
+    /// Changes whenever a node is created, changed or removed, and differs between any two
+    /// tables of this process with different nodes (see [`Read::nodes_stamp`](super::Read)).
+    pub(crate) nodes_stamp: u64,
     /// The log index of the last entry applied (0 after a snapshot is restored, until the next).
     pub(crate) applied: u64,
+}
+
+/// A stamp no tables of this process had before: 0 is left to tables that never held a node.
+fn new_stamp() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Tasks grouped under a key (a service id, a node id), by task id.
@@ -288,6 +298,7 @@ impl Tables {
             reindex(tasks_by_service, tasks_by_node, None, Some(task));
         }
         *task_counts = TaskCounts::of(tasks.values().map(|t| &**t));
+        tables.nodes_stamp = new_stamp();
         Ok(tables)
     }
 }
@@ -484,7 +495,10 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
         table.insert(object.id().to_string(), object).map(T::shared)
     }
     match object {
-        Object::Node(o) => put(&mut tables.nodes, o),
+        Object::Node(o) => {
+            tables.nodes_stamp = new_stamp();
+            put(&mut tables.nodes, o)
+        }
         Object::Service(o) => put(&mut tables.services, o),
         Object::Task(new) => {
             let old = tables.tasks.insert(new.id.clone(), Arc::clone(&new));
@@ -510,7 +524,10 @@ fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
         table.remove(id).map(T::shared)
     }
     match kind {
-        Kind::Node => take(&mut tables.nodes, id),
+        Kind::Node => {
+            tables.nodes_stamp = new_stamp();
+            take(&mut tables.nodes, id)
+        }
         Kind::Service => take(&mut tables.services, id),
         Kind::Task => {
             let old = tables.tasks.remove(id);

@@ -553,3 +553,61 @@ async fn the_task_counts_follow_every_write() {
     restored.restore(Tables::decode(&encoded).expect("decoded"));
     assert_eq!(restored.view(|tx| tx.task_counts().clone()), counts);
 }
+
+/// The nodes' stamp moves with every write of a node (created, changed, deleted) and with a
+/// restore, and stays through writes of other objects; a write changing nodes has none.
+#[tokio::test]
+async fn the_nodes_stamp_moves_only_with_the_nodes() {
+    let store = direct_store();
+    let stamp = |memory: &MemoryStore| memory.view(|tx| tx.nodes_stamp()).expect("a read has one");
+    let mut seen = vec![stamp(store.memory())];
+    let mut moved = |now: u64, what: &str| {
+        assert!(!seen.contains(&now), "{what}: {now} seen before ({seen:?})");
+        seen.push(now);
+    };
+    store
+        .update(|tx| tx.create(node("n1", "a")))
+        .await
+        .expect("create");
+    moved(stamp(store.memory()), "created");
+    let before = stamp(store.memory());
+    store
+        .update(|tx| tx.create(placed("t1", "s1", "n1")))
+        .await
+        .expect("task");
+    assert_eq!(
+        stamp(store.memory()),
+        before,
+        "a task's write leaves the nodes' stamp"
+    );
+    store
+        .update(|tx| {
+            let n1 = tx.get::<Node>("n1").expect("n1");
+            tx.update(Node {
+                description: node("n1", "b").description,
+                ..n1
+            })
+        })
+        .await
+        .expect("update");
+    moved(stamp(store.memory()), "changed");
+    let restored = MemoryStore::new();
+    let encoded = store.memory().snapshot().encode_to_vec();
+    restored.restore(Tables::decode(&encoded).expect("decoded"));
+    moved(stamp(&restored), "restored");
+    let current = stamp(store.memory());
+    store
+        .memory()
+        .write_tx(|tx| {
+            assert_eq!(tx.nodes_stamp(), Some(current), "nothing written yet");
+            tx.delete::<Node>("n1")?;
+            assert_eq!(tx.nodes_stamp(), None, "a write changing nodes");
+            Ok(())
+        })
+        .expect("delete");
+    store
+        .update(|tx| tx.delete::<Node>("n1"))
+        .await
+        .expect("delete");
+    moved(stamp(store.memory()), "deleted");
+}

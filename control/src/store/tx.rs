@@ -38,6 +38,11 @@ pub trait Read {
 
     /// The tasks on node `node_id`, in id order, borrowed (through the index too).
     fn tasks_on_node(&self, node_id: &str) -> Vec<&Task>;
+
+    /// A stamp of the nodes as this transaction reads them: two reads with the same stamp read
+    /// the same nodes, so what was worked out from one node table holds for the other. `None`
+    /// when the transaction changes nodes itself.
+    fn nodes_stamp(&self) -> Option<u64>;
 }
 
 /// The tasks `index` holds under `key`, in id order.
@@ -86,6 +91,10 @@ impl Read for ReadTx<'_> {
 
     fn tasks_on_node(&self, node_id: &str) -> Vec<&Task> {
         indexed(&self.tables.tasks_by_node, node_id)
+    }
+
+    fn nodes_stamp(&self) -> Option<u64> {
+        Some(self.tables.nodes_stamp)
     }
 }
 
@@ -297,6 +306,12 @@ impl Read for WriteTx<'_> {
             Some(change) => change.next.as_ref().and_then(T::from_object),
             None => T::table(self.tables).get(id).map(|o| &**o),
         }
+    }
+
+    fn nodes_stamp(&self) -> Option<u64> {
+        self.changes_of(Kind::Node)
+            .is_none_or(BTreeMap::is_empty)
+            .then_some(self.tables.nodes_stamp)
     }
 
     /// The stored table merged with this transaction's changes, still in id order.
