@@ -20,6 +20,21 @@ pub const TYPES: [&str; 6] = ["service", "node", "task", "network", "secret", "c
 
 type Attributes = HashMap<String, String>;
 
+/// Whether a store change is an event ([`event`] gives one), worked out without building it for
+/// a task: a leader applies several changes of each of a million tasks.
+pub fn is_event(change: &Event) -> bool {
+    match change {
+        Event::Created(o) | Event::Deleted(o) if o.kind() == Kind::Task => true,
+        Event::Updated { new, .. } if new.kind() == Kind::Task => {
+            match (change.old_as::<Task>(), change.as_a::<Task>()) {
+                (Some(old), Some(new)) => task_moved(old, new),
+                _ => event(change).is_some(),
+            }
+        }
+        _ => event(change).is_some(),
+    }
+}
+
 /// The event for a store change, without its time; `None` for a change no one watches.
 pub fn event(change: &Event) -> Option<ClusterEvent> {
     let action = match change {
@@ -217,6 +232,9 @@ fn node(old: Option<&Node>, new: &Node) -> Option<Attributes> {
 
 /// A task's service, slot and node; an update counts when its state or desired state changed.
 fn task(old: Option<&Task>, new: &Task) -> Option<Attributes> {
+    if old.is_some_and(|old| !task_moved(old, new)) {
+        return None;
+    }
     let state = |t: &Task| task_state_name(t.status.as_ref().map_or(0, |s| s.state));
     let mut attributes = Attributes::from([
         (
@@ -233,18 +251,23 @@ fn task(old: Option<&Task>, new: &Task) -> Option<Attributes> {
         ("desired".to_owned(), task_state_name(new.desired_state)),
     ]);
     if let Some(old) = old {
-        let moved = changed(&mut attributes, "state", Some(state(old)), state(new));
-        let desired = changed(
+        changed(&mut attributes, "state", Some(state(old)), state(new));
+        changed(
             &mut attributes,
             "desired",
             Some(task_state_name(old.desired_state)),
             task_state_name(new.desired_state),
         );
-        if !(moved || desired) {
-            return None;
-        }
     }
     Some(attributes)
+}
+
+/// Whether a task's update moves its state or its desired state, as their names tell (every
+/// number no state has is "unknown").
+fn task_moved(old: &Task, new: &Task) -> bool {
+    let named = |state: i32| TaskState::try_from(state).ok();
+    let state = |t: &Task| named(t.status.as_ref().map_or(0, |s| s.state));
+    state(old) != state(new) || named(old.desired_state) != named(new.desired_state)
 }
 
 /// A network's name and driver; an update counts when its spec changed.

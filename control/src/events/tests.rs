@@ -435,3 +435,76 @@ async fn entries_replayed_at_a_restart_are_not_news_and_times_are_the_changes_ow
     assert_eq!(first.time_nano, written, "the time is the change's own");
     follower.abort();
 }
+
+/// Whether a change is an event is told without building it, and agrees with building it: task
+/// creations, moves of either state (to a number no state has, too), rewordings, removals, and
+/// the other kinds' changes.
+#[test]
+fn an_event_is_told_apart_as_building_it_would() {
+    use TaskState::{Running, Shutdown, Starting};
+    let starting = task(Starting, Running);
+    let mut reworded = starting.clone();
+    reworded.status.as_mut().unwrap().message = "still starting".into();
+    let mut unknown = starting.clone();
+    unknown.status.as_mut().unwrap().state = 4242;
+    let mut other_unknown = starting.clone();
+    other_unknown.status.as_mut().unwrap().state = 4343;
+    let renamed = {
+        let mut s = service("s1", "web", 1, "busybox");
+        s.spec.as_mut().unwrap().annotations.as_mut().unwrap().name = "api".into();
+        s
+    };
+    let cases: Vec<(&str, Event, bool)> = vec![
+        ("task created", created(starting.clone()), true),
+        (
+            "task running",
+            updated(starting.clone(), task(Running, Running)),
+            true,
+        ),
+        (
+            "task told to stop",
+            updated(starting.clone(), task(Starting, Shutdown)),
+            true,
+        ),
+        ("task reworded", updated(starting.clone(), reworded), false),
+        (
+            "task to an unknown state",
+            updated(starting.clone(), unknown.clone()),
+            true,
+        ),
+        (
+            "task between unknown states",
+            updated(unknown, other_unknown),
+            false,
+        ),
+        (
+            "task removed",
+            Event::Deleted(starting.clone().into_object()),
+            true,
+        ),
+        (
+            "service created",
+            created(service("s1", "web", 1, "busybox")),
+            true,
+        ),
+        (
+            "service renamed",
+            updated(service("s1", "web", 1, "busybox"), renamed),
+            true,
+        ),
+        (
+            "service unchanged",
+            updated(
+                service("s1", "web", 1, "busybox"),
+                service("s1", "web", 1, "busybox"),
+            ),
+            false,
+        ),
+        ("cluster", created(Cluster::default()), false),
+        ("commit", Event::Commit { index: 1 }, false),
+    ];
+    for (name, change, expected) in cases {
+        assert_eq!(event(&change).is_some(), expected, "{name}: built");
+        assert_eq!(is_event(&change), expected, "{name}: told");
+    }
+}

@@ -20,9 +20,10 @@ pub enum Kind {
     Config,
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Kind {
+    /// The kind's name, as messages and `meshctl events --filter type=` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
             Kind::Node => "node",
             Kind::Service => "service",
             Kind::Task => "task",
@@ -30,7 +31,13 @@ impl fmt::Display for Kind {
             Kind::Network => "network",
             Kind::Secret => "secret",
             Kind::Config => "config",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
