@@ -250,15 +250,18 @@ pub(super) async fn allocate_tasks(
                     done.push(id.to_string());
                     continue;
                 };
-                let service = tx.get::<Service>(&task.service_id);
-                match attach(pools, &networks, service.as_ref(), &task) {
+                // The service read in place: a copy per task was a million copies of 1,000
+                // services' specs while a million tasks were created.
+                let service = tx.peek::<Service>(&task.service_id);
+                let outcome = attach(pools, &networks, service, &task);
+                let ports = service
+                    .and_then(|s| s.endpoint.as_ref())
+                    .map(|e| e.ports.clone())
+                    .unwrap_or_default();
+                match outcome {
                     Outcome::Attached(attachments) => {
                         task.networks = attachments;
-                        task.ports = service
-                            .as_ref()
-                            .and_then(|s| s.endpoint.as_ref())
-                            .map(|e| e.ports.clone())
-                            .unwrap_or_default();
+                        task.ports = ports;
                         set_status(tx, task, TaskState::Pending, "pending task scheduling", "")?;
                         done.push(id.to_string());
                     }

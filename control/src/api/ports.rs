@@ -3,6 +3,7 @@
 //! a port the spec leaves at 0 is picked from 30000–32767, and keeps its number across updates.
 
 use mesh_proto::{EndpointMode, EndpointSpec, PortConfig, PortProtocol, PublishMode, Service};
+use std::borrow::Borrow;
 
 use super::validate::Invalid;
 
@@ -74,20 +75,23 @@ pub fn assign(
     id: &str,
     spec: &EndpointSpec,
     previous: &[PortConfig],
-    services: &[Service],
+    services: &[impl Borrow<Service>],
 ) -> Result<Vec<PortConfig>, Invalid> {
     let others = || {
-        services.iter().filter(move |s| s.id != id).flat_map(|s| {
-            let name = s
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.annotations.as_ref())
-                .map_or(s.id.as_str(), |a| a.name.as_str());
-            s.endpoint
-                .iter()
-                .flat_map(|e| e.ports.iter())
-                .map(move |p| (name, p))
-        })
+        let services = services.iter().map(Borrow::borrow);
+        services
+            .filter(move |s: &&Service| s.id != id)
+            .flat_map(|s| {
+                let name = s
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.annotations.as_ref())
+                    .map_or(s.id.as_str(), |a| a.name.as_str());
+                s.endpoint
+                    .iter()
+                    .flat_map(|e| e.ports.iter())
+                    .map(move |p| (name, p))
+            })
     };
     let mut assigned: Vec<PortConfig> = Vec::new();
     for port in &spec.ports {
