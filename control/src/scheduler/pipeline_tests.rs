@@ -366,6 +366,13 @@ fn a_pass_leaves_the_snapshots_as_they_were() {
     assert_eq!(nodes, before);
 }
 
+/// Tasks `from`..`from + count` of `service`, each shaped by `shape`.
+fn run(service: &str, from: usize, count: usize, shape: &dyn Fn(Task) -> Task) -> Vec<Task> {
+    (from..from + count)
+        .map(|i| shape(task(&format!("{service}-{i}"), service)))
+        .collect()
+}
+
 /// The tasks decided one by one, each against every node: what [`schedule`] did before groups.
 fn one_by_one(nodes: &[NodeInfo], tasks: &[Task]) -> Vec<Decision> {
     let mut copies = nodes.to_vec();
@@ -404,12 +411,6 @@ fn groups_decide_as_one_task_at_a_time() {
         running_on(task("x3", "db"), "n05"),
     ];
     let mut nodes = infos(all, &existing);
-    let run =
-        |service: &str, from: usize, count: usize, shape: &dyn Fn(Task) -> Task| -> Vec<Task> {
-            (from..from + count)
-                .map(|i| shape(task(&format!("{service}-{i}"), service)))
-                .collect()
-        };
     let max_two = |t: Task| {
         let mut t = t;
         placement(&mut t).max_replicas = 2;
@@ -492,12 +493,6 @@ fn groups_walking_uneven_nodes_decide_as_one_task_at_a_time() {
         }
     }
     let mut nodes = infos(all, &existing);
-    let run =
-        |service: &str, from: usize, count: usize, shape: &dyn Fn(Task) -> Task| -> Vec<Task> {
-            (from..from + count)
-                .map(|i| shape(task(&format!("{service}-{i}"), service)))
-                .collect()
-        };
     let cases: Vec<(&str, Vec<Task>)> = vec![
         ("more tasks than nodes", run("web", 0, 75, &|t| t)),
         (
