@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Inner;
-use crate::store::{Read, now_nanos};
+use crate::store::{Read, ReadTx, now_nanos};
 
 struct Session {
     node_id: String,
@@ -279,12 +279,9 @@ pub(super) fn heartbeat_grace(period: Duration, multiplier: f64) -> Duration {
 pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
     let started = Instant::now();
     // The nodes READY under the last leader: those this one takes over.
-    let taken_over: HashSet<String> = inner.store.view(|tx| {
-        tx.iter::<Node>()
-            .filter(|n| node_state(n) == NodeState::Ready)
-            .map(|n| n.id.clone())
-            .collect()
-    });
+    let taken_over: HashSet<String> = inner
+        .store
+        .view(|tx| ready_nodes(tx).map(str::to_owned).collect());
     let mut tick = tokio::time::interval(MONITOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checked = Instant::now();
@@ -358,13 +355,9 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
         if !taking_over && unregistered_checked.elapsed() >= UNREGISTERED_TICK {
             unregistered_checked = Instant::now();
             // Read in place: no copy of every node, one lookup per node.
-            let unregistered = inner.store.view(|tx| {
-                inner.sessions.without_session(
-                    tx.iter::<Node>()
-                        .filter(|n| node_state(n) == NodeState::Ready)
-                        .map(|n| n.id.as_str()),
-                )
-            });
+            let unregistered = inner
+                .store
+                .view(|tx| inner.sessions.without_session(ready_nodes(tx)));
             to_mark.extend(unregistered);
         }
         while let Some(done) = marking.try_join_next() {
@@ -424,6 +417,13 @@ async fn mark_down(inner: Arc<Inner>, nodes: BTreeSet<String>) -> BTreeSet<Strin
         tracing::warn!(error = %err, "could not mark nodes down");
         nodes
     })
+}
+
+/// The ids of the nodes the store has READY, read in place.
+fn ready_nodes<'t>(tx: &'t ReadTx<'_>) -> impl Iterator<Item = &'t str> {
+    tx.iter::<Node>()
+        .filter(|n| node_state(n) == NodeState::Ready)
+        .map(|n| n.id.as_str())
 }
 
 pub(super) fn node_state(node: &Node) -> NodeState {

@@ -23,14 +23,11 @@ type Attributes = HashMap<String, String>;
 /// Whether a store change is an event ([`event`] gives one), worked out without building it for
 /// a task: a leader applies several changes of each of a million tasks.
 pub fn is_event(change: &Event) -> bool {
-    match change {
-        Event::Created(o) | Event::Deleted(o) if o.kind() == Kind::Task => true,
-        Event::Updated { new, .. } if new.kind() == Kind::Task => {
-            match (change.old_as::<Task>(), change.as_a::<Task>()) {
-                (Some(old), Some(new)) => task_moved(old, new),
-                _ => event(change).is_some(),
-            }
-        }
+    match (change, change.as_a::<Task>()) {
+        (Event::Created(_) | Event::Deleted(_), Some(_)) => true,
+        (Event::Updated { .. }, Some(new)) => change
+            .old_as::<Task>()
+            .is_none_or(|old| task_moved(old, new)),
         _ => event(change).is_some(),
     }
 }

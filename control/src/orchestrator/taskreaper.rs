@@ -122,23 +122,20 @@ impl TaskReaper {
                 }
             }
         }
+        let removed = |tasks: &[&'_ Task]| -> Vec<String> {
+            tasks
+                .iter()
+                .filter(|t| removable(t, || tx.peek::<Node>(&t.node_id)))
+                .map(|t| t.id.clone())
+                .collect()
+        };
         let mut delete = BTreeSet::new();
         for tasks in slots.values() {
             delete.extend(prune(tasks, limit).into_iter().map(|t| t.id.clone()));
-            delete.extend(
-                tasks
-                    .iter()
-                    .filter(|t| removable(t, || tx.peek::<Node>(&t.node_id)))
-                    .map(|t| t.id.clone()),
-            );
+            delete.extend(removed(tasks));
         }
         for node in nodes {
-            delete.extend(
-                tx.tasks_on_node(node)
-                    .into_iter()
-                    .filter(|t| removable(t, || tx.peek::<Node>(node)))
-                    .map(|t| t.id.clone()),
-            );
+            delete.extend(removed(&tx.tasks_on_node(node)));
         }
         delete.into_iter().collect()
     }
