@@ -51,6 +51,8 @@ pub(crate) struct Applied {
     /// Steps were left for the next transaction.
     more: bool,
     wake_at: Option<i64>,
+    /// Each task written (updated or created), by id, as planning reads it.
+    written: Vec<(String, task::Written)>,
 }
 
 impl Plan {
@@ -86,6 +88,12 @@ impl Plan {
             create: Some(task),
             restart: None,
         });
+    }
+
+    /// Marks writes the service needs as left out of this plan (beyond its batch): it is planned
+    /// again once this plan's writes are committed.
+    pub fn leave_more(&mut self) {
+        self.truncated = true;
     }
 
     /// Every task of a deleted service selected by `mine`, set to desired REMOVE for the reaper.
@@ -177,26 +185,28 @@ impl Plan {
             tx.update(service)?;
         }
         let mut restarts = Vec::new();
+        let mut written = Vec::new();
+        let mut more = self.truncated;
         for step in self.steps {
             if tx.is_full() {
-                return Ok(Applied {
-                    restarts,
-                    more: true,
-                    wake_at: self.wake_at,
-                });
+                more = true;
+                break;
             }
             if let Some(task) = step.update {
+                written.push((task.id.clone(), task::Written::of(&task)));
                 tx.update(task)?;
             }
             if let Some(task) = step.create {
+                written.push((task.id.clone(), task::Written::of(&task)));
                 tx.create(task)?;
             }
             restarts.extend(step.restart);
         }
         Ok(Applied {
             restarts,
-            more: self.truncated,
+            more,
             wake_at: self.wake_at,
+            written,
         })
     }
 }
@@ -210,6 +220,8 @@ pub(crate) struct Reconciled {
     pub more: BTreeSet<String>,
     /// Whose update wants another look at a given time (Unix ns).
     pub timers: Vec<(String, i64)>,
+    /// The tasks the committed writes wrote, by id, as planning reads them.
+    pub written: Vec<(String, task::Written)>,
 }
 
 impl Reconciled {
@@ -326,6 +338,7 @@ where
                 if applied.more {
                     reconciled.more.insert(id.clone());
                 }
+                reconciled.written.extend(applied.written);
             }
             Err(err) => {
                 super::driver::log_write_error(reconciler, &err);

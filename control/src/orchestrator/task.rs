@@ -78,6 +78,38 @@ pub fn plan_changed(old: Option<&Task>, new: &Task) -> bool {
         || phase(old) != phase(new)
 }
 
+/// What a service orchestrator's planning reads of one task it wrote (see [`plan_changed`]): kept
+/// so that the change its own write makes, once committed, is told from anyone else's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    desired_state: i32,
+    slot: u64,
+    node_id: String,
+    spec_version: u64,
+    phase: (bool, bool),
+}
+
+impl Written {
+    pub fn of(task: &Task) -> Self {
+        Self {
+            desired_state: task.desired_state,
+            slot: task.slot,
+            node_id: task.node_id.clone(),
+            spec_version: task.spec_version,
+            phase: phase(task),
+        }
+    }
+
+    /// Whether `task` is, for planning, as it was written.
+    pub fn matches(&self, task: &Task) -> bool {
+        self.desired_state == task.desired_state
+            && self.slot == task.slot
+            && self.node_id == task.node_id
+            && self.spec_version == task.spec_version
+            && self.phase == phase(task)
+    }
+}
+
 /// What planning sees of a task's status: whether it runs, and whether it has stopped.
 fn phase(task: &Task) -> (bool, bool) {
     let s = state(task);
