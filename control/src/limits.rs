@@ -52,6 +52,12 @@ pub const MAX_TX_BYTES: usize = 4 * 1024 * 1024;
 pub const BATCH_WRITES: usize = 500;
 /// Bytes one reconciler transaction writes before it commits and continues in the next.
 pub const BATCH_BYTES: usize = 1024 * 1024;
+/// Transactions of a batch each that one writer of the leader's task pipeline (the allocator,
+/// the scheduler, the dispatcher's status writer) proposes together: they share the Raft round
+/// trips (the proposer puts them in the same entries). With one in flight, each stage moved a
+/// batch per commit: in the loss of a tenth of 10,000 nodes, 2,500 status reports a second while
+/// a hundred thousand replacements waited.
+pub const WRITES_IN_FLIGHT: usize = 4;
 
 /// A request beyond a limit: one line naming what, how much, and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,9 +5,11 @@
 use mesh_proto::{
     Meta, Network, NetworkAttachment, NetworkAttachmentConfig, Service, Task, TaskState, TaskStatus,
 };
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 
 use super::pools::Pools;
+use crate::limits::{BATCH_WRITES, WRITES_IN_FLIGHT};
 use crate::store::{Read, Store, StoreError, WriteTx, now_nanos};
 
 /// A task that can leave NEW: not yet allocated, and still wanted.
@@ -228,61 +230,94 @@ fn set_status(
     tx.update(task)
 }
 
-/// Attaches queued NEW tasks to their networks and moves them to PENDING, oldest first, until the
-/// transaction holds a batch. Tasks waiting for a network stay queued, and so do those left for
-/// the next pass (which this pass's commit triggers); everything else leaves the queue once
-/// written.
+/// Attaches queued NEW tasks to their networks and moves them to PENDING, oldest first: up to
+/// [`WRITES_IN_FLIGHT`] transactions of a batch of the queue each, proposed together (they share
+/// the Raft round trips; the pools, changed in memory as each is built, already hold the
+/// addresses of the ones before). Tasks waiting for a network stay queued, and so do those left
+/// for the next pass (which this pass's commits trigger); everything else leaves the queue once
+/// written. When a write fails, what the others wrote still leaves the queue, and the failure is
+/// returned (the caller rebuilds the pools from the store).
 pub(super) async fn allocate_tasks(
     store: &Store,
     pools: &mut Pools,
     queue: &mut TaskQueue,
 ) -> Result<(), StoreError> {
-    let queued = &*queue;
-    let done = store
-        .update(|tx| {
-            let networks = tx.list::<Network>();
-            let mut done = Vec::new();
-            for id in queued.oldest_first() {
-                if tx.is_full() {
-                    break;
-                }
-                let Some(mut task) = tx.get::<Task>(id).filter(is_new) else {
-                    done.push(id.to_string());
-                    continue;
-                };
-                // The service read in place: a copy per task was a million copies of 1,000
-                // services' specs while a million tasks were created.
-                let service = tx.peek::<Service>(&task.service_id);
-                let outcome = attach(pools, &networks, service, &task);
-                let ports = service
-                    .and_then(|s| s.endpoint.as_ref())
-                    .map(|e| e.ports.clone())
-                    .unwrap_or_default();
-                match outcome {
-                    Outcome::Attached(attachments) => {
-                        task.networks = attachments;
-                        task.ports = ports;
-                        set_status(tx, task, TaskState::Pending, "pending task scheduling", "")?;
-                        done.push(id.to_string());
-                    }
-                    Outcome::Wait(reason) => {
-                        tracing::debug!(task.id = %id, reason = %reason, "task allocation waits");
-                        set_status(tx, task, TaskState::New, &reason, "")?;
-                    }
-                    Outcome::Reject(err) => {
-                        tracing::info!(task.id = %id, error = %err, "task rejected by the allocator");
-                        set_status(tx, task, TaskState::Rejected, "network attachment failed", &err)?;
-                        done.push(id.to_string());
-                    }
-                }
-            }
-            Ok(done)
-        })
-        .await?;
+    let ids: Vec<&str> = queue
+        .oldest_first()
+        .take(BATCH_WRITES * WRITES_IN_FLIGHT)
+        .collect();
+    // Each transaction is built whole before the next starts (in `update`, before it proposes):
+    // the lock is never contended, it only lets the writes share the pools.
+    let pools = Mutex::new(pools);
+    let writes: Vec<_> = ids
+        .chunks(BATCH_WRITES)
+        .map(|ids| store.update(|tx| allocate_some(tx, &mut pools.lock(), ids)))
+        .collect();
+    let results = futures::future::join_all(writes).await;
+    let mut done = Vec::new();
+    let mut failed = Ok(());
+    for result in results {
+        match result {
+            Ok(written) => done.extend(written),
+            Err(err) => failed = Err(err),
+        }
+    }
     for id in done {
         queue.remove(&id);
     }
-    Ok(())
+    failed
+}
+
+/// Allocates the tasks `ids` (queued NEW tasks) until `tx` holds a batch; returns the ids that
+/// leave the queue.
+fn allocate_some(
+    tx: &mut WriteTx<'_>,
+    pools: &mut Pools,
+    ids: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    let networks = tx.list::<Network>();
+    let mut done = Vec::new();
+    for &id in ids {
+        if tx.is_full() {
+            break;
+        }
+        let Some(mut task) = tx.get::<Task>(id).filter(is_new) else {
+            done.push(id.to_string());
+            continue;
+        };
+        // The service read in place: a copy per task was a million copies of 1,000 services'
+        // specs while a million tasks were created.
+        let service = tx.peek::<Service>(&task.service_id);
+        let outcome = attach(pools, &networks, service, &task);
+        let ports = service
+            .and_then(|s| s.endpoint.as_ref())
+            .map(|e| e.ports.clone())
+            .unwrap_or_default();
+        match outcome {
+            Outcome::Attached(attachments) => {
+                task.networks = attachments;
+                task.ports = ports;
+                set_status(tx, task, TaskState::Pending, "pending task scheduling", "")?;
+                done.push(id.to_string());
+            }
+            Outcome::Wait(reason) => {
+                tracing::debug!(task.id = %id, reason = %reason, "task allocation waits");
+                set_status(tx, task, TaskState::New, &reason, "")?;
+            }
+            Outcome::Reject(err) => {
+                tracing::info!(task.id = %id, error = %err, "task rejected by the allocator");
+                set_status(
+                    tx,
+                    task,
+                    TaskState::Rejected,
+                    "network attachment failed",
+                    &err,
+                )?;
+                done.push(id.to_string());
+            }
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -16,8 +16,11 @@ struct Harness {
 
 impl Harness {
     fn start() -> Harness {
+        Self::on(crate::store::direct_store())
+    }
+
+    fn on(store: Store) -> Harness {
         let (stop, rx) = watch::channel(false);
-        let store = crate::store::direct_store();
         let running = Some(tokio::spawn(Allocator::new(store.clone()).run(rx)));
         Harness {
             store,
@@ -197,6 +200,22 @@ async fn more_tasks_than_a_batch_are_all_attached_over_several_passes() {
     let addresses = h.addresses(&ids).await;
     let distinct: HashSet<_> = addresses.iter().collect();
     assert_eq!(distinct.len(), 1350);
+}
+
+/// A pass writes batches of the queue in transactions proposed together; they share the pools,
+/// so no address is handed out twice.
+#[tokio::test]
+async fn batches_are_proposed_together_and_share_the_pools() {
+    use crate::limits::{BATCH_WRITES, WRITES_IN_FLIGHT};
+    let (store, in_flight) = crate::store::slow_store();
+    let h = Harness::on(store);
+    let network = h.network("wide", "10.8.0.0/20").await;
+    h.allocation(&network).await;
+    let ids = h.tasks(BATCH_WRITES * WRITES_IN_FLIGHT, &["wide"]).await;
+    let addresses = h.addresses(&ids).await;
+    let distinct: HashSet<_> = addresses.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    assert_eq!(in_flight.most(), WRITES_IN_FLIGHT);
 }
 
 #[tokio::test]

@@ -1,8 +1,10 @@
 //! Task status reports from agents, checked and written in batches.
 
+use futures::StreamExt;
 use mesh_proto::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use tokio::sync::mpsc;
 
+use crate::limits::{BATCH_WRITES, WRITES_IN_FLIGHT};
 use crate::store::{Read, Store, now_nanos};
 
 /// The status reports of one `UpdateTaskStatus` call, with the node that sent them.
@@ -33,18 +35,25 @@ pub fn accept_status(task: &Task, node_id: &str, new: &TaskStatus) -> bool {
     })
 }
 
-/// Writes `first` and whatever else is already queued, in as few transactions as the reconciler
-/// batch size allows ([`WriteTx::is_full`](crate::store::WriteTx::is_full)): an agent's report
-/// of a thousand tasks, or many agents' at once, never make one transaction over the limit.
+/// Writes `first` and whatever else is already queued, up to [`WRITES_IN_FLIGHT`] batches of
+/// reports ([`BATCH_WRITES`]), in transactions proposed together, a batch of reports each, each
+/// within the reconciler batch size ([`WriteTx::is_full`](crate::store::WriteTx::is_full)): an
+/// agent's report of a thousand tasks, or many agents' at once, never make one transaction over
+/// the limit. Two reports of one task in two transactions conflict in the later one applied,
+/// which reads the task again and writes only what is still news ([`accept_status`]).
 pub(super) async fn write_batch(
     store: &Store,
     first: StatusBatch,
     queue: &mut mpsc::UnboundedReceiver<StatusBatch>,
 ) {
+    let mut taken = first.updates.len();
     let mut batches = vec![first];
-    while batches.len() < 256 {
+    while taken < BATCH_WRITES * WRITES_IN_FLIGHT {
         match queue.try_recv() {
-            Ok(batch) => batches.push(batch),
+            Ok(batch) => {
+                taken += batch.updates.len();
+                batches.push(batch);
+            }
             Err(_) => break,
         }
     }
@@ -52,13 +61,23 @@ pub(super) async fn write_batch(
         .iter()
         .flat_map(|b| b.updates.iter().map(move |u| (b.node_id.as_str(), u)))
         .collect();
-    let mut written = 0;
-    while written < reports.len() {
-        match write_chunk(store, &reports[written..]).await {
-            Some(count) => written += count,
-            None => return,
-        }
-    }
+    // Collected first: a stream over the lazy map would not be provably `Send`.
+    let writes: Vec<_> = reports
+        .chunks(BATCH_WRITES)
+        .map(|reports| async move {
+            let mut written = 0;
+            while written < reports.len() {
+                match write_chunk(store, &reports[written..]).await {
+                    Some(count) => written += count,
+                    None => return,
+                }
+            }
+        })
+        .collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<()>()
+        .await;
 }
 
 /// Writes the reports from the start of `reports` that fit one transaction; how many it took,
@@ -328,5 +347,56 @@ mod tests {
         }
         let written = recorded();
         assert_eq!(written, [BATCH_WRITES, BATCH_WRITES, 7], "{written:?}");
+    }
+
+    /// Reports queued from many agents are written in several transactions proposed together,
+    /// and a task reported twice (in two of them) ends in its later state.
+    #[tokio::test]
+    async fn queued_reports_are_written_in_transactions_proposed_together() {
+        let (store, in_flight) = crate::store::slow_store();
+        // Ten tasks a node, and node 0 reports twice: as many reports as one write takes.
+        let nodes = BATCH_WRITES * WRITES_IN_FLIGHT / 10 - 1;
+        let id = |node: usize, i: usize| format!("t{node:04}-{i}");
+        store
+            .update_retrying(|tx| {
+                for node in 0..nodes {
+                    for i in 0..10 {
+                        tx.create(Task {
+                            id: id(node, i),
+                            ..task(&format!("n{node}"), TaskState::Assigned)
+                        })?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .expect("created");
+        let (queue, mut rx) = mpsc::unbounded_channel();
+        let report = |node: usize, state: TaskState| StatusBatch {
+            node_id: format!("n{node}"),
+            updates: (0..10)
+                .map(|i| TaskStatusUpdate {
+                    task_id: id(node, i),
+                    status: Some(status(state, "m")),
+                })
+                .collect(),
+        };
+        for node in 1..nodes {
+            queue
+                .send(report(node, TaskState::Running))
+                .expect("queued");
+        }
+        // Node 0 reports STARTING first and RUNNING last: in the first and the last transaction.
+        queue.send(report(0, TaskState::Running)).expect("queued");
+        write_batch(&store, report(0, TaskState::Starting), &mut rx).await;
+
+        let running = store.view(|tx| {
+            tx.iter::<Task>()
+                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32))
+                .count()
+        });
+        assert_eq!(running, nodes * 10, "every task running");
+        assert!(rx.try_recv().is_err(), "everything queued taken");
+        assert_eq!(in_flight.most(), WRITES_IN_FLIGHT);
     }
 }

@@ -354,50 +354,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use futures::future::BoxFuture;
-    use mesh_proto::{Proposal, Transaction};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
-    use std::time::Duration;
-
     use super::*;
-    use crate::store::{MemoryStore, Proposer, Read as _};
-
-    /// Commits each transaction after a moment, counting how many wait at once.
-    struct Counting {
-        memory: Arc<MemoryStore>,
-        index: AtomicU64,
-        waiting: AtomicUsize,
-        most: AtomicUsize,
-    }
-
-    impl Proposer for Counting {
-        fn propose(&self, tx: Transaction) -> BoxFuture<'_, Result<(), StoreError>> {
-            Box::pin(async move {
-                let waiting = self.waiting.fetch_add(1, SeqCst) + 1;
-                self.most.fetch_max(waiting, SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                self.waiting.fetch_sub(1, SeqCst);
-                let index = self.index.fetch_add(1, SeqCst) + 1;
-                let proposal = Proposal {
-                    transactions: vec![tx],
-                };
-                let applied = self.memory.apply(index, proposal).into_iter().next();
-                applied.expect("one result").map_err(Into::into)
-            })
-        }
-    }
+    use crate::store::Read as _;
 
     #[tokio::test]
     async fn services_are_written_a_bounded_number_at_a_time() {
-        let memory = Arc::new(MemoryStore::new());
-        let proposer = Arc::new(Counting {
-            memory: Arc::clone(&memory),
-            index: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
-            most: AtomicUsize::new(0),
-        });
-        let store = Store::new(memory, proposer.clone());
+        let (store, in_flight) = crate::store::slow_store();
         let services: BTreeSet<String> = (0..CONCURRENT_WRITES * 3)
             .map(|i| format!("s{i}"))
             .collect();
@@ -420,6 +382,6 @@ mod tests {
 
         assert!(reconciled.failed.is_empty(), "{:?}", reconciled.failed);
         assert_eq!(store.view(|tx| tx.iter::<Task>().count()), services.len());
-        assert_eq!(proposer.most.load(SeqCst), CONCURRENT_WRITES);
+        assert_eq!(in_flight.most(), CONCURRENT_WRITES);
     }
 }

@@ -1,8 +1,9 @@
 //! The leader's scheduling loop: watches the store, batches what changed, commits the decisions.
 //!
-//! A pass decides at most [`SCHEDULE_BATCH`] tasks and commits them in one transaction; with more
-//! waiting, the loop yields and goes on with the next batch, so that a hundred thousand pending
-//! tasks never make one giant write nor keep the store's lock for long. Reads are in place: a
+//! A pass decides at most [`WRITES_IN_FLIGHT`] batches of [`SCHEDULE_BATCH`] tasks and commits
+//! them in a transaction per batch, proposed together (they share the Raft round trips); with
+//! more waiting, the loop yields and goes on with the next batches, so that a hundred thousand
+//! pending tasks never make one giant write nor keep the store's lock for long. Reads are in place: a
 //! pass copies only the tasks it decides. The nodes' snapshots ([`NodeInfo`]) are kept between
 //! passes and brought up to date from the store's events, so a pass costs its batch times the
 //! nodes, not every task in the store: a node's is rebuilt (from the store's index of the tasks
@@ -20,7 +21,8 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::node_info::{NodeInfo, holds_resources};
 use super::pipeline::{Decision, schedule};
 use super::queue::Queue;
-use crate::store::{Event, Read, ReadTx, Store, StoreError, StoreObject, now_nanos};
+use crate::limits::WRITES_IN_FLIGHT;
+use crate::store::{Event, Read, ReadTx, Store, StoreError, StoreObject, WriteTx, now_nanos};
 
 /// How long the store must stay quiet before a batch is decided.
 const QUIET: Duration = Duration::from_millis(20);
@@ -179,7 +181,7 @@ impl Scheduler {
                 work.unschedulable.retain(|id| queued.contains(id));
             }
             let mut batch = Vec::new();
-            for id in work.queued.take(SCHEDULE_BATCH) {
+            for id in work.queued.take(SCHEDULE_BATCH * WRITES_IN_FLIGHT) {
                 match tx.peek::<Task>(&id) {
                     Some(task) if is_schedulable(task) => batch.push(task.clone()),
                     _ => {
@@ -202,76 +204,100 @@ impl Scheduler {
         let decisions = schedule(work.nodes.values_mut(), &batch);
         let read_at: HashMap<&str, u64> =
             batch.iter().map(|t| (t.id.as_str(), t.version())).collect();
-        let committed = self
-            .store
-            .update(|tx| {
-                let mut outcome = Outcome::default();
-                for decision in &decisions {
-                    let id = decision.task_id();
-                    if tx.is_full() {
-                        // Decided, but not written in this batch: decide again in the next.
-                        outcome.changed.push(id.to_string());
-                        continue;
-                    }
-                    let Some(current) = tx.get::<Task>(id) else {
-                        continue;
-                    };
-                    if read_at.get(id) != Some(&current.version()) || !is_schedulable(&current) {
-                        // Changed since the view: decide again on the next pass.
-                        if is_schedulable(&current) {
-                            outcome.changed.push(id.to_string());
-                        }
-                        continue;
-                    }
-                    if let Some(task) = apply_decision(current, decision) {
-                        tx.update(task)?;
-                    }
-                    outcome.decided.push(decision);
-                }
-                Ok(outcome)
+        let read_at = &read_at;
+        // A transaction per batch of decisions, proposed together: they share the Raft round
+        // trips. Collected first: a stream over the lazy map would not be provably `Send`.
+        let writes: Vec<_> = decisions
+            .chunks(SCHEDULE_BATCH)
+            .map(|decisions| async move {
+                let committed = self
+                    .store
+                    .update(|tx| write_decisions(tx, decisions, read_at))
+                    .await;
+                (decisions, committed)
             })
-            .await;
+            .collect();
+        let results = futures::future::join_all(writes).await;
 
-        match committed {
-            Ok(outcome) => {
-                for decision in outcome.decided {
-                    match decision {
-                        Decision::Assign { task_id, node_id } => {
-                            debug!(task.id = %task_id, node.id = %node_id, "task assigned");
-                            work.unschedulable.remove(task_id);
+        let service_of: HashMap<&str, &str> = batch
+            .iter()
+            .map(|t| (t.id.as_str(), t.service_id.as_str()))
+            .collect();
+        for (decisions, committed) in results {
+            match committed {
+                Ok(outcome) => {
+                    for decision in outcome.decided {
+                        match decision {
+                            Decision::Assign { task_id, node_id } => {
+                                debug!(task.id = %task_id, node.id = %node_id, "task assigned");
+                                work.unschedulable.remove(task_id);
+                            }
+                            Decision::NoSuitableNode { task_id, reason } => {
+                                debug!(task.id = %task_id, %reason, "no suitable node");
+                                work.unschedulable.insert(task_id.clone());
+                            }
                         }
-                        Decision::NoSuitableNode { task_id, reason } => {
-                            debug!(task.id = %task_id, %reason, "no suitable node");
-                            work.unschedulable.insert(task_id.clone());
+                    }
+                    for id in &outcome.changed {
+                        if let Some(service_id) = service_of.get(id.as_str()) {
+                            work.queued.insert(service_id, id);
                         }
                     }
                 }
-                let service_of: HashMap<&str, &str> = batch
-                    .iter()
-                    .map(|t| (t.id.as_str(), t.service_id.as_str()))
-                    .collect();
-                for id in &outcome.changed {
-                    if let Some(service_id) = service_of.get(id.as_str()) {
-                        work.queued.insert(service_id, id);
+                Err(err) => {
+                    let delay = if matches!(err, StoreError::Conflict { .. }) {
+                        debug!(error = %err, "scheduling decisions conflicted; retrying");
+                        CONFLICT_RETRY
+                    } else {
+                        warn!(error = %err, "scheduling decisions not committed; retrying");
+                        ERROR_RETRY
+                    };
+                    for decision in decisions {
+                        let id = decision.task_id();
+                        if let Some(service_id) = service_of.get(id) {
+                            work.queued.insert(service_id, id);
+                        }
                     }
+                    let at = Instant::now() + delay;
+                    work.not_before = Some(work.not_before.map_or(at, |t| t.max(at)));
                 }
-            }
-            Err(err) => {
-                let delay = if matches!(err, StoreError::Conflict { .. }) {
-                    debug!(error = %err, "scheduling decisions conflicted; retrying");
-                    CONFLICT_RETRY
-                } else {
-                    warn!(error = %err, "scheduling decisions not committed; retrying");
-                    ERROR_RETRY
-                };
-                for task in &batch {
-                    work.queued.insert(&task.service_id, &task.id);
-                }
-                work.not_before = Some(Instant::now() + delay);
             }
         }
         true
     }
+}
+
+/// Writes `decisions` (made against the tasks as they were at `read_at`, by id) until `tx`
+/// holds a batch; what is left, or changed since, is decided again on the next pass.
+fn write_decisions<'d>(
+    tx: &mut WriteTx<'_>,
+    decisions: &'d [Decision],
+    read_at: &HashMap<&str, u64>,
+) -> Result<Outcome<'d>, StoreError> {
+    let mut outcome = Outcome::default();
+    for decision in decisions {
+        let id = decision.task_id();
+        if tx.is_full() {
+            // Decided, but not written in this batch: decide again in the next.
+            outcome.changed.push(id.to_string());
+            continue;
+        }
+        let Some(current) = tx.get::<Task>(id) else {
+            continue;
+        };
+        if read_at.get(id) != Some(&current.version()) || !is_schedulable(&current) {
+            // Changed since the view: decide again on the next pass.
+            if is_schedulable(&current) {
+                outcome.changed.push(id.to_string());
+            }
+            continue;
+        }
+        if let Some(task) = apply_decision(current, decision) {
+            tx.update(task)?;
+        }
+        outcome.decided.push(decision);
+    }
+    Ok(outcome)
 }
 
 /// What one commit did, reported once it is applied.

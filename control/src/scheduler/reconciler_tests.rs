@@ -16,7 +16,10 @@ struct Harness {
 
 impl Harness {
     fn start() -> Harness {
-        let store = crate::store::direct_store();
+        Self::on(crate::store::direct_store())
+    }
+
+    fn on(store: Store) -> Harness {
         let (stop, stop_rx) = watch::channel(false);
         let handle = tokio::spawn(Scheduler::new(store.clone()).run(stop_rx));
         Harness {
@@ -275,5 +278,30 @@ async fn many_pending_tasks_are_decided_a_batch_per_transaction() {
     );
     assert!(decided.len() >= 3, "{entries:?}");
     assert_eq!(decided.iter().sum::<usize>(), count);
+    h.stop().await;
+}
+
+/// A pass decides several batches and writes them in transactions proposed together.
+#[tokio::test]
+async fn batches_of_decisions_are_proposed_together() {
+    let (store, in_flight) = crate::store::slow_store();
+    let h = Harness::on(store);
+    let count = SCHEDULE_BATCH * WRITES_IN_FLIGHT;
+    let tasks: Vec<Task> = (0..count).map(|i| task(&format!("t{i:05}"), "s")).collect();
+    h.create(vec![node("a"), node("b")], tasks).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let assigned = h.store.view(|tx| {
+            tx.iter::<Task>()
+                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Assigned as i32))
+                .count()
+        });
+        if assigned == count {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{assigned} of {count} assigned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(in_flight.most(), WRITES_IN_FLIGHT);
     h.stop().await;
 }

@@ -69,3 +69,63 @@ pub fn writes_per_entry(store: &Store) -> Arc<Mutex<Vec<usize>>> {
     });
     recorded
 }
+
+/// How many proposals a [`slow_store`] held waiting at once, at most.
+#[cfg(test)]
+#[derive(Default)]
+pub struct InFlight {
+    waiting: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl InFlight {
+    pub fn most(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+struct SlowProposer {
+    memory: Arc<MemoryStore>,
+    index: Mutex<u64>,
+    in_flight: Arc<InFlight>,
+}
+
+#[cfg(test)]
+impl Proposer for SlowProposer {
+    fn propose(&self, tx: Transaction) -> BoxFuture<'_, Result<(), StoreError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let waiting = self.in_flight.waiting.fetch_add(1, SeqCst) + 1;
+            self.in_flight.most.fetch_max(waiting, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            self.in_flight.waiting.fetch_sub(1, SeqCst);
+            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            *index += 1;
+            let proposal = Proposal {
+                transactions: vec![tx],
+            };
+            let applied = self.memory.apply(*index, proposal).into_iter().next();
+            applied.map_or_else(
+                || Err(StoreError::Raft("nothing applied".into())),
+                |r| r.map_err(StoreError::from),
+            )
+        })
+    }
+}
+
+/// A fresh, empty store whose proposals each wait a moment (a Raft round trip) before they
+/// apply, and what it saw of how many waited at once: for writers that should keep several
+/// transactions proposed together.
+#[cfg(test)]
+pub fn slow_store() -> (Store, Arc<InFlight>) {
+    let memory = Arc::new(MemoryStore::new());
+    let in_flight = Arc::new(InFlight::default());
+    let proposer = Arc::new(SlowProposer {
+        memory: memory.clone(),
+        index: Mutex::new(0),
+        in_flight: in_flight.clone(),
+    });
+    (Store::new(memory, proposer), in_flight)
+}

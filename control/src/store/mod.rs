@@ -30,7 +30,7 @@ pub use counts::{ServiceTasks, TaskCounts};
 #[cfg(any(test, feature = "fuzzing"))]
 pub use direct::direct_store;
 #[cfg(test)]
-pub use direct::writes_per_entry;
+pub use direct::{slow_store, writes_per_entry};
 pub use memory::{ApplyError, MemoryStore, Tables, TablesSnapshot};
 pub use object::{Kind, Object, StoreObject};
 pub use tx::{Read, ReadTx, WriteTx};
