@@ -77,6 +77,25 @@ impl Harness {
         .await
     }
 
+    /// Polls every 20 ms, for up to 10 s, until `count` tasks are ASSIGNED.
+    async fn wait_all_assigned(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let assigned = self.store.view(|tx| {
+                tx.iter::<Task>()
+                    .filter(|t| {
+                        t.status.as_ref().map(|s| s.state) == Some(TaskState::Assigned as i32)
+                    })
+                    .count()
+            });
+            if assigned == count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{assigned} of {count} assigned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(self) {
         self.stop.send_replace(true);
         tokio::time::timeout(Duration::from_secs(5), self.handle)
@@ -236,19 +255,7 @@ async fn many_pending_tasks_are_decided_a_batch_per_transaction() {
     let tasks: Vec<Task> = (0..count).map(|i| task(&format!("t{i:05}"), "s")).collect();
     let writes = crate::store::writes_per_entry(&h.store);
     h.create(vec![node("a"), node("b"), node("c")], tasks).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let assigned = h.store.view(|tx| {
-            tx.iter::<Task>()
-                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Assigned as i32))
-                .count()
-        });
-        if assigned == count {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{assigned} of {count} assigned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.wait_all_assigned(count).await;
     let per_node = h.store.view(|tx| {
         let mut per_node: HashMap<String, usize> = HashMap::new();
         for t in tx.iter::<Task>() {
@@ -289,19 +296,7 @@ async fn batches_of_decisions_are_proposed_together() {
     let count = SCHEDULE_BATCH * WRITES_IN_FLIGHT;
     let tasks: Vec<Task> = (0..count).map(|i| task(&format!("t{i:05}"), "s")).collect();
     h.create(vec![node("a"), node("b")], tasks).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let assigned = h.store.view(|tx| {
-            tx.iter::<Task>()
-                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Assigned as i32))
-                .count()
-        });
-        if assigned == count {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{assigned} of {count} assigned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.wait_all_assigned(count).await;
     assert_eq!(in_flight.most(), WRITES_IN_FLIGHT);
     h.stop().await;
 }
