@@ -20,6 +20,8 @@ use super::{POLL, probe};
 pub const LOST_SHARE: u32 = 10;
 /// How long the lost nodes' tasks may take to run elsewhere before the run fails.
 const RESCHEDULE_LIMIT: Duration = Duration::from_secs(180);
+/// How often the loss shows the leader's task counts by state: where the replacements wait.
+const LOSS_SHOWN: Duration = Duration::from_secs(5);
 /// How long a restarted manager may take to be back before the run fails.
 const RESTART_LIMIT: Duration = Duration::from_secs(300);
 
@@ -120,8 +122,17 @@ pub async fn lose_nodes(
     }
     let mut down = None;
     let mut left = before.tasks.len();
+    let mut last_shown = Instant::now();
     loop {
         let polled = Instant::now();
+        if last_shown.elapsed() >= LOSS_SHOWN {
+            eprintln!(
+                "  {:.1} s: {}",
+                started.elapsed().as_secs_f64(),
+                task_states(leader).await
+            );
+            last_shown = Instant::now();
+        }
         if down.is_none() {
             let listed = gather(client.list_nodes(ListNodesRequest {}).await?.into_inner()).await?;
             let gone = listed
