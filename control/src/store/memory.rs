@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use super::StoreError;
 use super::counts::TaskCounts;
+use super::key::Key;
 use super::object::{Kind, Object, StoreObject};
 use super::tx::{ReadTx, WriteTx};
 use super::watch::Event;
@@ -26,13 +27,13 @@ const WATCH_CAPACITY: usize = 1 << 16;
 pub struct Tables {
     // Each object is shared: a snapshot takes the tables in the time it takes to count
     // references, not to copy every task, and encodes them after the lock is released.
-    pub(crate) nodes: BTreeMap<String, Arc<Node>>,
-    pub(crate) services: BTreeMap<String, Arc<Service>>,
-    pub(crate) tasks: BTreeMap<String, Arc<Task>>,
-    pub(crate) clusters: BTreeMap<String, Arc<Cluster>>,
-    pub(crate) networks: BTreeMap<String, Arc<Network>>,
-    pub(crate) secrets: BTreeMap<String, Arc<Secret>>,
-    pub(crate) configs: BTreeMap<String, Arc<Config>>,
+    pub(crate) nodes: BTreeMap<Key, Arc<Node>>,
+    pub(crate) services: BTreeMap<Key, Arc<Service>>,
+    pub(crate) tasks: BTreeMap<Key, Arc<Task>>,
+    pub(crate) clusters: BTreeMap<Key, Arc<Cluster>>,
+    pub(crate) networks: BTreeMap<Key, Arc<Network>>,
+    pub(crate) secrets: BTreeMap<Key, Arc<Secret>>,
+    pub(crate) configs: BTreeMap<Key, Arc<Config>>,
     /// Tasks by service and by node, by id: what reads one service's or one node's tasks without
     /// scanning every task (a reconciler of one service, a node's assignments). Each holds the
     /// same shared task as `tasks`, so such a read looks nothing up in the table of every task.
@@ -53,7 +54,7 @@ fn new_stamp() -> u64 {
 }
 
 /// Tasks grouped under a key (a service id, a node id), by task id.
-pub(crate) type TaskIndex = HashMap<String, BTreeMap<String, Arc<Task>>>;
+pub(crate) type TaskIndex = HashMap<String, BTreeMap<Key, Arc<Task>>>;
 
 /// Moves a task in the indexes from where `old` had it to where `new` has it, and points them at
 /// `new` (the task as now stored) even where it stays.
@@ -79,7 +80,7 @@ fn reindex(
             && old_key != new_key
             && let Some(tasks) = index.get_mut(key.as_str())
         {
-            tasks.remove(&task.id);
+            tasks.remove(task.id.as_str());
             if tasks.is_empty() {
                 index.remove(key.as_str());
             }
@@ -91,16 +92,16 @@ fn reindex(
             continue;
         }
         match index.get_mut(key.as_str()) {
-            Some(tasks) => match tasks.get_mut(&task.id) {
+            Some(tasks) => match tasks.get_mut(task.id.as_str()) {
                 Some(held) => *held = Arc::clone(task),
                 None => {
-                    tasks.insert(task.id.clone(), Arc::clone(task));
+                    tasks.insert(Key::from(task.id.as_str()), Arc::clone(task));
                 }
             },
             None => {
                 index.insert(
                     key.clone(),
-                    BTreeMap::from([(task.id.clone(), Arc::clone(task))]),
+                    BTreeMap::from([(Key::from(task.id.as_str()), Arc::clone(task))]),
                 );
             }
         }
@@ -262,13 +263,13 @@ impl Tables {
         use prost::encoding::{DecodeContext, WireType, decode_key, message, skip_field};
 
         fn put<T: StoreObject + prost::Message + Default>(
-            table: &mut BTreeMap<String, Arc<T>>,
+            table: &mut BTreeMap<Key, Arc<T>>,
             wire_type: WireType,
             data: &mut &[u8],
         ) -> Result<(), prost::DecodeError> {
             let mut object = T::default();
             message::merge(wire_type, &mut object, data, DecodeContext::default())?;
-            table.insert(object.id().to_string(), Arc::new(object));
+            table.insert(Key::from(object.id()), Arc::new(object));
             Ok(())
         }
 
@@ -480,7 +481,7 @@ fn target_key(target: &store_action::Target) -> (Kind, &str, u64) {
 
 /// The version of the stored object `kind` `id`, if there is one.
 fn stored_version(tables: &Tables, kind: Kind, id: &str) -> Option<u64> {
-    fn of<T: StoreObject>(table: &BTreeMap<String, Arc<T>>, id: &str) -> Option<u64> {
+    fn of<T: StoreObject>(table: &BTreeMap<Key, Arc<T>>, id: &str) -> Option<u64> {
         table.get(id).map(|o| o.version())
     }
     match kind {
@@ -496,8 +497,8 @@ fn stored_version(tables: &Tables, kind: Kind, id: &str) -> Option<u64> {
 
 /// Stores `object`; returns the one it replaced.
 fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
-    fn put<T: StoreObject>(table: &mut BTreeMap<String, Arc<T>>, object: Arc<T>) -> Option<Object> {
-        table.insert(object.id().to_string(), object).map(T::shared)
+    fn put<T: StoreObject>(table: &mut BTreeMap<Key, Arc<T>>, object: Arc<T>) -> Option<Object> {
+        table.insert(Key::from(object.id()), object).map(T::shared)
     }
     match object {
         Object::Node(o) => {
@@ -506,7 +507,9 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
         }
         Object::Service(o) => put(&mut tables.services, o),
         Object::Task(new) => {
-            let old = tables.tasks.insert(new.id.clone(), Arc::clone(&new));
+            let old = tables
+                .tasks
+                .insert(Key::from(new.id.as_str()), Arc::clone(&new));
             reindex(
                 &mut tables.tasks_by_service,
                 &mut tables.tasks_by_node,
@@ -525,7 +528,7 @@ fn insert(tables: &mut Tables, object: Object) -> Option<Object> {
 
 /// Removes the stored object `kind` `id`; returns it.
 fn remove(tables: &mut Tables, kind: Kind, id: &str) -> Option<Object> {
-    fn take<T: StoreObject>(table: &mut BTreeMap<String, Arc<T>>, id: &str) -> Option<Object> {
+    fn take<T: StoreObject>(table: &mut BTreeMap<Key, Arc<T>>, id: &str) -> Option<Object> {
         table.remove(id).map(T::shared)
     }
     match kind {

@@ -21,6 +21,7 @@
 mod counts;
 #[cfg(any(test, feature = "fuzzing"))]
 mod direct;
+mod key;
 mod memory;
 mod object;
 mod tx;
@@ -31,6 +32,7 @@ pub use counts::{ServiceTasks, TaskCounts};
 pub use direct::direct_store;
 #[cfg(test)]
 pub use direct::{slow_store, writes_per_entry};
+pub use key::Key;
 pub use memory::{ApplyError, MemoryStore, Tables, TablesSnapshot};
 pub use object::{Kind, Object, StoreObject};
 pub use tx::{Read, ReadTx, WriteTx};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::key::Key;
 use super::memory::Tables;
 
 #[derive(
@@ -144,8 +145,8 @@ pub trait StoreObject: Clone + Sized + Send + Sync + 'static {
     /// The object, held by others too.
     fn shared(object: Arc<Self>) -> Object;
     fn from_object(object: &Object) -> Option<&Self>;
-    fn table(tables: &Tables) -> &BTreeMap<String, Arc<Self>>;
-    fn table_mut(tables: &mut Tables) -> &mut BTreeMap<String, Arc<Self>>;
+    fn table(tables: &Tables) -> &BTreeMap<Key, Arc<Self>>;
+    fn table_mut(tables: &mut Tables) -> &mut BTreeMap<Key, Arc<Self>>;
 
     /// The version this object was read at (0 for an object not yet stored).
     fn version(&self) -> u64 {
@@ -174,10 +175,10 @@ macro_rules! store_object {
                     _ => None,
                 }
             }
-            fn table(tables: &Tables) -> &BTreeMap<String, Arc<Self>> {
+            fn table(tables: &Tables) -> &BTreeMap<Key, Arc<Self>> {
                 &tables.$field
             }
-            fn table_mut(tables: &mut Tables) -> &mut BTreeMap<String, Arc<Self>> {
+            fn table_mut(tables: &mut Tables) -> &mut BTreeMap<Key, Arc<Self>> {
                 &mut tables.$field
             }
         }

@@ -278,7 +278,7 @@ impl WriteTx<'_> {
             .get(key)
             .into_iter()
             .flat_map(|tasks| tasks.keys())
-            .map(String::as_str)
+            .map(super::Key::as_str)
             .chain(changed)
             .collect();
         ids.into_iter()
