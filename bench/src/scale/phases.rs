@@ -241,15 +241,22 @@ pub async fn restart_leader(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // With several managers another one may lead by now: the restarted one never does again.
-    let leading = match tokio::time::timeout(Duration::from_secs(1), &mut watch).await {
+    let back = started.elapsed();
+    // Back is not leading: the committed index it had is read from its log before it wins an
+    // election. With several managers another one may lead by now, and the restarted one never
+    // does again; alone, it leads once its election is done.
+    let wait = if cluster.nodes().len() > 1 {
+        Duration::from_secs(1)
+    } else {
+        RESTART_LIMIT.saturating_sub(back)
+    };
+    let leading = match tokio::time::timeout(wait, &mut watch).await {
         Ok(Ok(leading)) => Some(leading),
         _ => {
             watch.abort();
             None
         }
     };
-    let back = started.elapsed();
     if cluster.nodes().len() > 1 {
         return Ok(Restart {
             leading,
