@@ -4,12 +4,18 @@
 //! runtime's worker threads, one per core. A leader component's pass over half a million tasks,
 //! or a wait for the store's lock behind one, held a worker for seconds at 5,000 nodes: with two
 //! cores, two such holds stopped the whole manager (a heartbeat went unanswered for 34 s, and
-//! healthy nodes were marked down). [`off_worker`] runs such work on a thread of its own.
+//! healthy nodes were marked down). [`off_worker`] runs such work on a thread of its own, and
+//! [`in_background`] runs work nobody waits on in a hurry (a snapshot) behind everything else.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::runtime::{Handle, RuntimeFlavor};
+
+/// The niceness [`in_background`] gives its thread: under a full load the latency-bound work
+/// (heartbeats, commits, the task pipeline) takes the cores first, and the background work
+/// still gets about a tenth of a core (CFS weights 110 against 1,024).
+pub const BACKGROUND_NICE: i32 = 10;
 
 /// Runs `f`, which may keep its thread busy or blocked for long, without holding a worker of a
 /// multi-thread runtime: the worker's queue goes to another thread first, so tasks queued on
@@ -18,6 +24,38 @@ pub fn off_worker<T>(f: impl FnOnce() -> T) -> T {
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+/// Runs `f` on a thread of its own at a lower priority ([`BACKGROUND_NICE`] above the
+/// manager's), for long work nobody waits on in a hurry: a snapshot of a million tasks is
+/// seconds of a core, and on a loaded manager those seconds were taken from the sessions and
+/// the commits. Fails if the thread cannot be started or `f` panics.
+pub async fn in_background<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            lower_priority();
+            let _ = done.send(f());
+        })?;
+    result
+        .await
+        .map_err(|_| std::io::Error::other(format!("background work {name:?} panicked")))
+}
+
+/// Lowers the calling thread's priority by [`BACKGROUND_NICE`] (on Linux a niceness is the
+/// thread's own). Raising one's niceness needs no privilege; if it fails anyway, the work runs
+/// at the priority it had.
+fn lower_priority() {
+    let lowered = rustix::process::getpriority_process(None).and_then(|current| {
+        rustix::process::setpriority_process(None, (current + BACKGROUND_NICE).min(19))
+    });
+    if let Err(err) = lowered {
+        tracing::debug!(error = %err, "background thread kept its priority");
     }
 }
 
@@ -43,6 +81,25 @@ impl<F: Future> Future for OffWorker<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn priority() -> i32 {
+        rustix::process::getpriority_process(None).expect("own priority")
+    }
+
+    #[tokio::test]
+    async fn background_work_runs_at_a_lower_priority() {
+        let own = priority();
+        let theirs = in_background("mesh-test", priority).await.expect("ran");
+        assert_eq!(theirs, (own + BACKGROUND_NICE).min(19));
+        assert_eq!(priority(), own, "the caller's thread keeps its priority");
+    }
+
+    #[tokio::test]
+    async fn background_work_that_panics_is_an_error() {
+        let result = in_background("mesh-test", || -> u8 { panic!("on purpose") }).await;
+        let err = result.expect_err("a panic is an error");
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
     use std::sync::mpsc;
     use std::time::Duration;
 

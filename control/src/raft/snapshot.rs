@@ -22,6 +22,7 @@ use openraft::{
 
 use super::TypeConfig;
 use super::seal::{Record, SealKey};
+use crate::offload::in_background;
 
 const MAGIC: &[u8; 8] = b"MESHSNAP";
 const FILE_NAME: &str = "snapshot.bin";
@@ -57,7 +58,8 @@ impl SnapshotFile {
     pub async fn save(&self, meta: Meta, data: Arc<Vec<u8>>) -> Result<()> {
         let this = self.clone();
         let signature = meta.signature();
-        let join = tokio::task::spawn_blocking(move || {
+        // Sealing and writing a hundred megabytes: behind the manager's work, as encoding it.
+        let join = in_background("mesh-snapshot", move || {
             let mut current = this.current.lock().unwrap_or_else(|e| e.into_inner());
             if current
                 .as_ref()

@@ -23,6 +23,7 @@ use openraft::{
 use super::seal::SealKey;
 use super::snapshot::SnapshotFile;
 use super::{ProposalResponse, TypeConfig};
+use crate::offload::in_background;
 use crate::store::{MemoryStore, Tables, TablesSnapshot};
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
@@ -197,9 +198,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         // A hundred megabytes at scale: encoded off the runtime's threads, which serve the
-        // dispatcher's sessions meanwhile.
+        // dispatcher's sessions meanwhile, and behind them when the cores are busy.
         let tables = std::mem::take(&mut self.data);
-        let data = tokio::task::spawn_blocking(move || tables.encode_to_vec())
+        let data = in_background("mesh-snapshot", move || tables.encode_to_vec())
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let data = Arc::new(data);
