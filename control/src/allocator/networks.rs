@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::pools::Pools;
 use crate::limits::{BATCH_WRITES, WRITES_IN_FLIGHT};
+use crate::scheduler::PENDING_MESSAGE;
 use crate::store::{Read, Store, StoreError, WriteTx, now_nanos};
 
 /// A task that can leave NEW: not yet allocated, and still wanted.
@@ -297,7 +298,7 @@ fn allocate_some(
             Outcome::Attached(attachments) => {
                 task.networks = attachments;
                 task.ports = ports;
-                set_status(tx, task, TaskState::Pending, "pending task scheduling", "")?;
+                set_status(tx, task, TaskState::Pending, PENDING_MESSAGE, "")?;
                 done.push(id.to_string());
             }
             Outcome::Wait(reason) => {

@@ -20,4 +20,4 @@ mod fixtures;
 pub use filter::Rejection;
 pub use node_info::{NodeInfo, holds_resources};
 pub use pipeline::{Decision, schedule};
-pub use reconciler::Scheduler;
+pub use reconciler::{PENDING_MESSAGE, Scheduler};

@@ -113,7 +113,7 @@ async fn restarts_stop_after_max_attempts() {
     for attempt in 0..3 {
         wait_for(&store, "a runnable task", |tx| {
             let live = live(tx, &id);
-            live.len() == 1 && task::state(&live[0]) == TaskState::New
+            live.len() == 1 && task::state(&live[0]) < TaskState::Assigned
         })
         .await;
         let current = store.view(|tx| live(tx, &id)).remove(0);
