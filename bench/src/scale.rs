@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt};
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::service_spec::Mode;
 use mesh_proto::{
@@ -69,6 +70,7 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
         }
         flag("managers", plan.managers.to_string());
         flag("batch", plan.batch.to_string());
+        flag("creates", plan.creates.to_string());
         let again: Vec<&str> = again.iter().map(String::as_str).collect();
         return crate::run::again_in_release(&bins, &again, &[(BIN_DIR_ENV, "target/release")]);
     }
@@ -195,18 +197,24 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     let body_before = probe::body(leader).await?;
     let cpu_before = figures::process_cpu_seconds(pid)?;
     let started = Instant::now();
-    let mut services = Vec::with_capacity(plan.services as usize);
-    for s in 0..plan.services {
-        let replicas = plan.replicas_at(plan.after_batch(0), s);
-        let service = client
-            .create_service(CreateServiceRequest {
-                spec: Some(spec(&format!("scale{s:04}"), replicas)),
-            })
-            .await
-            .with_context(|| format!("creating service {s}"))?
-            .into_inner();
-        services.push(service);
-    }
+    // `--creates` calls in flight at once, each on the one channel (HTTP/2 streams side by side).
+    let mut services: Vec<Service> = futures::stream::iter(0..plan.services)
+        .map(|s| {
+            let mut client = client.clone();
+            let replicas = plan.replicas_at(plan.after_batch(0), s);
+            async move {
+                let created = client
+                    .create_service(CreateServiceRequest {
+                        spec: Some(spec(&format!("scale{s:04}"), replicas)),
+                    })
+                    .await
+                    .with_context(|| format!("creating service {s}"))?;
+                anyhow::Ok(created.into_inner())
+            }
+        })
+        .buffered(usize::from(plan.creates))
+        .try_collect()
+        .await?;
     let created = started.elapsed();
     let run_limit = crate::run::LIMIT + Duration::from_millis(2) * u32::try_from(plan.tasks)?;
     let mut last_shown = Instant::now();
@@ -273,11 +281,12 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
         join.as_secs_f64()
     );
     println!(
-        "  tasks: {} over {} services created in {:.2} s; all running {secs:.2} s after the first \
-         create ({:.0} tasks/s)",
+        "  tasks: {} over {} services created in {:.2} s ({} at once); all running {secs:.2} s \
+         after the first create ({:.0} tasks/s)",
         plan.tasks,
         plan.services,
         created.as_secs_f64(),
+        plan.creates,
         plan.tasks as f64 / secs
     );
     println!(
@@ -401,6 +410,7 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
             ),
             ("snapshot-s".into(), figures::or_none(raft.snapshot_s, 2)),
             ("batches".into(), plan.batches().to_string()),
+            ("creates".into(), plan.creates.to_string()),
             (
                 "lost-nodes".into(),
                 lost.as_ref().map_or(0, |l| l.lost).to_string(),
@@ -429,33 +439,41 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
 }
 
 /// Scales the services up so that `total` tasks are wanted, split as the plan splits them.
+/// Scales every service to its share of `total`, `plan.creates` updates in flight at once.
 async fn scale_to(
     client: &mut ControlClient<Channel>,
     services: &mut [Service],
     plan: &Plan,
     total: u64,
 ) -> anyhow::Result<()> {
-    for (index, service) in (0u64..).zip(services.iter_mut()) {
-        let mut spec = service.spec.clone().context("a service without its spec")?;
-        let replicas = plan.replicas_at(total, index);
-        if let Some(Mode::Replicated(r)) = spec.mode.as_mut() {
-            if r.replicas == replicas {
-                continue;
+    futures::stream::iter((0u64..).zip(services.iter_mut()))
+        .map(|(index, service)| {
+            let mut client = client.clone();
+            async move {
+                let mut spec = service.spec.clone().context("a service without its spec")?;
+                let replicas = plan.replicas_at(total, index);
+                if let Some(Mode::Replicated(r)) = spec.mode.as_mut() {
+                    if r.replicas == replicas {
+                        return Ok(());
+                    }
+                    r.replicas = replicas;
+                }
+                *service = client
+                    .update_service(UpdateServiceRequest {
+                        service_id: service.id.clone(),
+                        version: service.meta.as_ref().and_then(|m| m.version),
+                        spec: Some(spec),
+                        rollback: false,
+                    })
+                    .await
+                    .with_context(|| format!("scaling service {index} to {replicas}"))?
+                    .into_inner();
+                anyhow::Ok(())
             }
-            r.replicas = replicas;
-        }
-        *service = client
-            .update_service(UpdateServiceRequest {
-                service_id: service.id.clone(),
-                version: service.meta.as_ref().and_then(|m| m.version),
-                spec: Some(spec),
-                rollback: false,
-            })
-            .await
-            .with_context(|| format!("scaling service {index} to {replicas}"))?
-            .into_inner();
-    }
-    Ok(())
+        })
+        .buffer_unordered(usize::from(plan.creates))
+        .try_collect::<()>()
+        .await
 }
 
 fn ms(d: Duration) -> f64 {

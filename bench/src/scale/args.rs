@@ -11,6 +11,8 @@ pub const MAX_NODES: u32 = 15_000;
 pub const MAX_TASKS: u64 = 10_000_000;
 /// Most managers: a Raft group larger than 7 only slows its commits.
 pub const MAX_MANAGERS: u16 = 7;
+/// Most service creates in flight at once.
+pub const MAX_CREATES: u16 = 64;
 
 /// Swarm3k's size (October 2016): 4,700 nodes, about 47,000 containers of one service.
 pub const SWARM3K_NODES: u32 = 4_700;
@@ -54,6 +56,11 @@ pub struct ScaleArgs {
     /// A named workload instead of --nodes, --tasks and --services.
     #[arg(long, value_enum, conflicts_with_all = ["nodes", "tasks", "services"])]
     pub scenario: Option<Scenario>,
+    /// Service creates (and scale-ups) in flight at once: 1, one after another as a script of
+    /// `meshctl service create` makes them; more, as several clients at once.
+    #[arg(long, value_name = "C", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_CREATES)))]
+    pub creates: u16,
 }
 
 /// What a run creates, once the flags are checked against each other.
@@ -66,6 +73,8 @@ pub struct Plan {
     /// Tasks created per batch (all of them: one batch).
     pub batch: u64,
     pub scenario: Option<Scenario>,
+    /// Service creates in flight at once.
+    pub creates: u16,
 }
 
 impl Plan {
@@ -97,6 +106,7 @@ impl Plan {
             services,
             batch: batch.min(tasks),
             scenario: args.scenario,
+            creates: args.creates,
         };
         let largest = plan.replicas(0);
         if largest > MAX_REPLICAS {
@@ -175,6 +185,7 @@ mod tests {
                 services,
                 batch: tasks,
                 scenario: None,
+                creates: 1,
             };
             assert_eq!(plan, want, "{line}");
         }
@@ -190,9 +201,12 @@ mod tests {
             services: 1,
             batch: 4_700,
             scenario: Some(Scenario::Swarm3k),
+            creates: 1,
         };
         assert_eq!(plan, want);
         assert_eq!(plan.batches(), 10);
+        let concurrent = parse("--scenario swarm3k --creates 16").expect("16 at once");
+        assert_eq!(concurrent.creates, 16);
         let steps: Vec<u64> = (0..plan.batches()).map(|b| plan.after_batch(b)).collect();
         assert_eq!(steps.first(), Some(&4_700));
         assert_eq!(steps.last(), Some(&47_000));
@@ -238,6 +252,8 @@ mod tests {
             ("--nodes 10 --tasks 10000001", "--tasks"),
             ("--nodes 10 --tasks 10 --managers 0", "--managers"),
             ("--nodes 10 --tasks 10 --managers 8", "--managers"),
+            ("--nodes 10 --tasks 10 --creates 0", "--creates"),
+            ("--nodes 10 --tasks 10 --creates 65", "--creates"),
             ("--nodes 10 --tasks 10 --services 0", "--services"),
             (
                 "--nodes 10 --tasks 10 --services 11",
@@ -267,6 +283,7 @@ mod tests {
             services: 3,
             batch: 10,
             scenario: None,
+            creates: 1,
         };
         let split: Vec<u64> = (0..3).map(|i| plan.replicas(i)).collect();
         assert_eq!(split, [4, 3, 3]);
