@@ -81,6 +81,8 @@ impl<F: Future> Future for OffWorker<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
     fn priority() -> i32 {
         rustix::process::getpriority_process(None).expect("own priority")
@@ -100,8 +102,6 @@ mod tests {
         let err = result.expect_err("a panic is an error");
         assert!(err.to_string().contains("panicked"), "{err}");
     }
-    use std::sync::mpsc;
-    use std::time::Duration;
 
     /// Both workers of a two-worker runtime are taken by work that blocks until a third task
     /// has run: it can run before the work gives up only if that work left its worker.

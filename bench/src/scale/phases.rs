@@ -245,7 +245,8 @@ pub async fn restart_leader(
     // Back is not leading: the committed index it had is read from its log before it wins an
     // election. With several managers another one may lead by now, and the restarted one never
     // does again; alone, it leads once its election is done.
-    let wait = if cluster.nodes().len() > 1 {
+    let several = cluster.nodes().len() > 1;
+    let wait = if several {
         Duration::from_secs(1)
     } else {
         RESTART_LIMIT.saturating_sub(back)
@@ -257,7 +258,7 @@ pub async fn restart_leader(
             None
         }
     };
-    if cluster.nodes().len() > 1 {
+    if several {
         return Ok(Restart {
             leading,
             back,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::memory::{Tables, TaskIndex};
 use super::object::{Kind, Object, StoreObject};
-use super::{StoreError, now_nanos};
+use super::{Key, StoreError, now_nanos};
 use crate::limits::{BATCH_BYTES, BATCH_WRITES};
 
 /// Read access shared by [`ReadTx`] and [`WriteTx`]; table-specific queries are built on it.
@@ -278,7 +278,7 @@ impl WriteTx<'_> {
             .get(key)
             .into_iter()
             .flat_map(|tasks| tasks.keys())
-            .map(super::Key::as_str)
+            .map(Key::as_str)
             .chain(changed)
             .collect();
         ids.into_iter()
