@@ -236,7 +236,7 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
                 plan.batches(),
                 plan.after_batch(batch)
             );
-            scale_to(&mut client, &mut services, &plan, plan.after_batch(batch)).await?;
+            scale_to(&client, &mut services, &plan, plan.after_batch(batch)).await?;
             continue;
         }
         if started.elapsed() > run_limit {
@@ -438,10 +438,9 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     })
 }
 
-/// Scales the services up so that `total` tasks are wanted, split as the plan splits them.
 /// Scales every service to its share of `total`, `plan.creates` updates in flight at once.
 async fn scale_to(
-    client: &mut ControlClient<Channel>,
+    client: &ControlClient<Channel>,
     services: &mut [Service],
     plan: &Plan,
     total: u64,

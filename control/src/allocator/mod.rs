@@ -1,12 +1,15 @@
 //! The allocator: gives networks a VXLAN id and a subnet, gives new tasks an address on each network
 //! they attach to, then moves them from NEW to PENDING; and returns what deleted networks and tasks
 //! held to the pools. The pools live in memory and are rebuilt from the store whenever the watch
-//! stream cannot be trusted (start, lag, reset) or a write fails.
+//! stream cannot be trusted (start, lag, reset) or a write fails. [`needs_allocation`] tells the
+//! orchestrators which new tasks have nothing here to allocate: those they create PENDING.
 
 pub mod ipam;
 mod networks;
 pub mod pools;
 mod services;
+
+pub use services::needs_allocation;
 
 use mesh_proto::{Cluster, Network, Service, Task};
 use std::collections::BTreeSet;

@@ -25,6 +25,24 @@ pub(super) fn publishes_ingress(service: &Service) -> bool {
         .any(|p| p.publish_mode() == PublishMode::Ingress)
 }
 
+/// Whether the allocator has something to do for a new task of `service`: attach it to its
+/// spec's networks, or give it the service's published ports (and the ingress network), which
+/// the allocator copies from the service's endpoint once that is allocated.
+pub fn needs_allocation(service: &Service) -> bool {
+    let spec = service.spec.as_ref();
+    let networks = spec
+        .and_then(|s| s.task.as_ref())
+        .is_some_and(|t| !t.networks.is_empty());
+    let ports_wanted = spec
+        .and_then(|s| s.endpoint.as_ref())
+        .is_some_and(|e| !e.ports.is_empty());
+    let ports_held = service
+        .endpoint
+        .as_ref()
+        .is_some_and(|e| !e.ports.is_empty());
+    networks || ports_wanted || ports_held
+}
+
 /// The networks a service should have a VIP on, by id; `None` while one is not allocated yet.
 fn wanted(service: &Service, networks: &[Network]) -> Option<BTreeSet<String>> {
     let spec = service.spec.as_ref()?;

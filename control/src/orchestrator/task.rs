@@ -3,6 +3,7 @@
 use mesh_proto::{Node, NodeAvailability, NodeState, Service, Task, TaskState, TaskStatus};
 use mesh_proto::{RestartPolicy, service_spec};
 
+use crate::allocator::needs_allocation;
 use crate::scheduler::PENDING_MESSAGE;
 use crate::store::{new_id, now_nanos};
 use std::collections::BTreeMap;
@@ -47,24 +48,6 @@ pub fn new_task(service: &Service, slot: u64, node_id: Option<&str>) -> Task {
         ports: Vec::new(),
         replaces: String::new(),
     }
-}
-
-/// Whether the allocator has something to do for a new task of `service`: attach it to its
-/// spec's networks, or give it the service's published ports (and the ingress network), which
-/// the allocator copies from the service's endpoint once that is allocated.
-pub fn needs_allocation(service: &Service) -> bool {
-    let spec = service.spec.as_ref();
-    let networks = spec
-        .and_then(|s| s.task.as_ref())
-        .is_some_and(|t| !t.networks.is_empty());
-    let ports_wanted = spec
-        .and_then(|s| s.endpoint.as_ref())
-        .is_some_and(|e| !e.ports.is_empty());
-    let ports_held = service
-        .endpoint
-        .as_ref()
-        .is_some_and(|e| !e.ports.is_empty());
-    networks || ports_wanted || ports_held
 }
 
 /// The task's observed state (NEW when it has no status or an unknown value).
