@@ -95,18 +95,37 @@ impl DispatcherService {
         req: &SessionRequest,
         identity: &crate::ca::NodeIdentity,
     ) -> Result<(String, watch::Receiver<bool>), Status> {
+        /// Ends the session unless its registration was written: a caller gone meanwhile (its
+        /// call dropped) leaves no session that cannot expire.
+        struct Opening<'a> {
+            sessions: &'a super::sessions::Sessions,
+            id: String,
+            done: bool,
+        }
+        impl Drop for Opening<'_> {
+            fn drop(&mut self) {
+                if !self.done {
+                    self.sessions.end(&self.id);
+                }
+            }
+        }
         let session_id = new_id();
         let closed = self
             .inner
             .sessions
-            .open(&session_id, &req.node_id, self.grace());
-        if let Err(err) = self.register(req, identity).await {
-            self.inner.sessions.end(&session_id);
-            return Err(crate::api::status(err));
-        }
-        if !self.inner.sessions.heartbeat(&session_id, self.grace()) {
+            .open_registering(&session_id, &req.node_id, self.grace());
+        let mut opening = Opening {
+            sessions: &self.inner.sessions,
+            id: session_id.clone(),
+            done: false,
+        };
+        self.register(req, identity)
+            .await
+            .map_err(crate::api::status)?;
+        opening.done = true;
+        if !self.inner.sessions.registered(&session_id, self.grace()) {
             return Err(Status::unavailable(
-                "the session ran out while the node was registered: open a new session",
+                "the session ended while the node was registered: open a new session",
             ));
         }
         Ok((session_id, closed))

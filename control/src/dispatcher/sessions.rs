@@ -24,6 +24,9 @@ struct Session {
     held: Instant,
     /// Flipped to true when the session ends; every stream of the session watches it.
     closed: watch::Sender<bool>,
+    /// Until its registration is written: the node waits for the leader, not the other way
+    /// round, and its silence does not count (see [`Sessions::registered`]).
+    registering: bool,
 }
 
 /// The live sessions by id, and each node's one session: opening a session and asking whether
@@ -48,9 +51,22 @@ impl Sessions {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a session for `node_id`, ending any earlier session of the same node; `grace` is
-    /// the one in force now.
+    /// Opens a session for `node_id` whose registration is written, as [`Self::open_registering`].
+    #[cfg(test)]
     pub(super) fn open(
+        &self,
+        session_id: &str,
+        node_id: &str,
+        grace: Duration,
+    ) -> watch::Receiver<bool> {
+        let closed = self.open_registering(session_id, node_id, grace);
+        self.registered(session_id, grace);
+        closed
+    }
+
+    /// Opens a session for `node_id` that waits for its registration ([`Self::registered`]),
+    /// ending any earlier session of the same node; `grace` is the one in force now.
+    pub(super) fn open_registering(
         &self,
         session_id: &str,
         node_id: &str,
@@ -72,6 +88,7 @@ impl Sessions {
             credited: Duration::ZERO,
             held: Instant::now(),
             closed,
+            registering: true,
         };
         if let Some(replaced) = table.by_id.insert(session_id.to_string(), session) {
             // The same session id again (ids are random: only by a caller's mistake).
@@ -102,6 +119,22 @@ impl Sessions {
             .map(|s| (s.node_id.clone(), s.closed.subscribe()))
     }
 
+    /// Ends the registration of session `session_id` (see [`Session::registering`]): its silence
+    /// counts from now. False if the session ended meanwhile.
+    pub(super) fn registered(&self, session_id: &str, grace: Duration) -> bool {
+        let mut table = self.lock();
+        match table.by_id.get_mut(session_id) {
+            Some(s) => {
+                s.registering = false;
+                s.last_heartbeat = Instant::now();
+                s.allowance = grace;
+                s.credited = Duration::ZERO;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Records a heartbeat; the answer tells the agent the period behind `grace`.
     pub(super) fn heartbeat(&self, session_id: &str, grace: Duration) -> bool {
         let mut table = self.lock();
@@ -109,6 +142,7 @@ impl Sessions {
         match table.by_id.get_mut(session_id) {
             Some(s) => {
                 let gap = now - s.last_heartbeat;
+                s.registering = false;
                 s.last_heartbeat = now;
                 s.allowance = grace;
                 s.credited = Duration::ZERO;
@@ -149,14 +183,30 @@ impl Sessions {
         p99.saturating_sub(period)
     }
 
+    /// How long the median live session has gone unheard: about half a period while the
+    /// heartbeats are heard on time, whatever share of the nodes (under half) is gone.
+    fn median_silence(&self) -> Duration {
+        let mut silences: Vec<Duration> = self
+            .lock()
+            .by_id
+            .values()
+            .map(|s| s.last_heartbeat.max(s.held).elapsed())
+            .collect();
+        if silences.is_empty() {
+            return Duration::ZERO;
+        }
+        let middle = silences.len() / 2;
+        *silences.select_nth_unstable(middle).1
+    }
+
     /// Ends and forgets the sessions whose last heartbeat is older than `grace` (or than the
-    /// longer grace they last heard of); returns their nodes.
+    /// longer grace they last heard of), but those still registering; returns their nodes.
     fn expire(&self, grace: Duration) -> Vec<String> {
         let mut table = self.lock();
         let mut expired = Vec::new();
         table.by_id.retain(|id, s| {
             let silent = s.last_heartbeat.max(s.held).elapsed();
-            let alive = silent <= grace.max(s.allowance);
+            let alive = s.registering || silent <= grace.max(s.allowance);
             if !alive {
                 s.closed.send_replace(true);
                 expired.push((s.node_id.clone(), id.clone()));
@@ -245,6 +295,57 @@ pub(super) fn takeover_grace(period: Duration, grace: Duration) -> Duration {
     grace.max(period * 3 + Duration::from_secs(5))
 }
 
+/// The takeover goes on while at least one in this many of the nodes it takes over came back (a
+/// session of theirs was seen for the first time) within the last grace: they are still on their
+/// way, through a leader busy with their handshakes and registrations.
+const STILL_ARRIVING: usize = 100;
+
+/// How long the takeover may go on while nodes still arrive ([`STILL_ARRIVING`]): a node lost
+/// while the leader was away is found out within this and a grace.
+pub(super) fn max_takeover(period: Duration, grace: Duration) -> Duration {
+    takeover_grace(period, grace) * 4
+}
+
+/// The nodes a leader takes over that came back: each counted once, however often it opens a
+/// session (one node reconnecting again and again does not hold the takeover).
+struct Arrivals {
+    /// Taken over, no session seen yet.
+    missing: HashSet<String>,
+    /// How many had come back at each look within the last window.
+    back: VecDeque<(Instant, usize)>,
+    total: usize,
+}
+
+impl Arrivals {
+    fn new(taken_over: &HashSet<String>) -> Self {
+        Self {
+            missing: taken_over.clone(),
+            back: VecDeque::new(),
+            total: taken_over.len(),
+        }
+    }
+
+    /// Looks for sessions of the nodes still missing; returns how many nodes came back within
+    /// the last `window`.
+    fn within(&mut self, sessions: &Sessions, window: Duration) -> usize {
+        self.missing = sessions
+            .without_session(self.missing.iter().map(String::as_str))
+            .into_iter()
+            .collect();
+        let back = self.total - self.missing.len();
+        let now = Instant::now();
+        self.back.push_back((now, back));
+        while self
+            .back
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > window)
+        {
+            self.back.pop_front();
+        }
+        back - self.back.front().map_or(back, |(_, count)| *count)
+    }
+}
+
 /// How many graces late heartbeats may stretch the grace by: a node that is gone is found out
 /// within four graces (30 s at the default period) however late the others' heartbeats are.
 const MAX_STRETCH: u32 = 3;
@@ -267,7 +368,10 @@ pub(super) fn heartbeat_grace(period: Duration, multiplier: f64) -> Duration {
 }
 
 /// Marks nodes down when their heartbeats stop. Nodes that are READY in the store but have no
-/// session when this leader starts get [`takeover_grace`] to register, plus the time the leader
+/// session when this leader starts get [`takeover_grace`] to register, and longer while the
+/// others are still arriving (up to [`max_takeover`]: a restarted leader at 10,000 nodes on a
+/// slower machine took more than the grace to hear them all, marked the last ones down, and the
+/// work of replacing their tasks slowed the registrations of the next), plus the time the leader
 /// itself was held up meanwhile (a restarted leader at 5,000 nodes stalled 15 s while its
 /// reconcilers read the store back, and 12 nodes still reconnecting were marked down).
 ///
@@ -291,6 +395,8 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
     let mut to_mark: BTreeSet<String> = BTreeSet::new();
     // Whether the grace is stretched by a second or more (logged as it changes).
     let mut stretched = false;
+    let mut arrivals = Arrivals::new(&taken_over);
+    let mut taking_over = true;
     // Dropped with the monitor: a write still in flight when leadership ends is abandoned.
     let mut marking: JoinSet<BTreeSet<String>> = JoinSet::new();
     loop {
@@ -339,8 +445,14 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
                 tracing::info!("heartbeats heard on time again: grace back to normal");
             }
         }
-        let taking_over =
-            started.elapsed() <= takeover_grace(config.heartbeat_period, grace) + held_up;
+        if taking_over {
+            // Once over, the takeover stays over.
+            let arrived = arrivals.within(&inner.sessions, grace);
+            let elapsed = started.elapsed().saturating_sub(held_up);
+            taking_over = elapsed <= takeover_grace(config.heartbeat_period, grace)
+                || elapsed <= max_takeover(config.heartbeat_period, grace)
+                    && arrived >= (taken_over.len() / STILL_ARRIVING).max(1);
+        }
         if taking_over {
             // No session of a node it takes over expires while this leader takes over, and each
             // has a grace after: a node that found the leader is given no less than one still on
@@ -350,6 +462,14 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
             inner.sessions.hold(&taken_over);
         }
         let expired = inner.sessions.expire(grace + stretch);
+        if !expired.is_empty() {
+            tracing::info!(
+                nodes = expired.len(),
+                grace = ?(grace + stretch),
+                others_median_silence = ?inner.sessions.median_silence(),
+                "sessions expired: no heartbeat heard within the grace"
+            );
+        }
         config.heartbeat_misses.inc_by(expired.len() as u64);
         to_mark.extend(expired);
         if !taking_over && unregistered_checked.elapsed() >= UNREGISTERED_TICK {
@@ -358,6 +478,12 @@ pub(super) async fn monitor_heartbeats(inner: Arc<Inner>) {
             let unregistered = inner
                 .store
                 .view(|tx| inner.sessions.without_session(ready_nodes(tx)));
+            if !unregistered.is_empty() {
+                tracing::info!(
+                    nodes = unregistered.len(),
+                    "nodes READY without a session: to be marked down"
+                );
+            }
             to_mark.extend(unregistered);
         }
         while let Some(done) = marking.try_join_next() {
@@ -393,6 +519,7 @@ async fn mark_down(inner: Arc<Inner>, nodes: BTreeSet<String>) -> BTreeSet<Strin
     let result = inner
         .store
         .update(|tx| {
+            let mut marked = Vec::new();
             let mut left = nodes.iter();
             for id in left.by_ref() {
                 let Some(mut node) = tx.get::<Node>(id) else {
@@ -404,19 +531,30 @@ async fn mark_down(inner: Arc<Inner>, nodes: BTreeSet<String>) -> BTreeSet<Strin
                 let status = node.status.get_or_insert_with(Default::default);
                 status.state = NodeState::Down as i32;
                 status.message = "heartbeat failure".into();
-                tracing::info!(node.id = %id, at = now_nanos(), "node marked down");
                 tx.update(node)?;
+                marked.push(id);
                 if tx.is_full() {
                     break;
                 }
             }
-            Ok(left.cloned().collect())
+            Ok((marked, left.cloned().collect()))
         })
         .await;
-    result.unwrap_or_else(|err| {
-        tracing::warn!(error = %err, "could not mark nodes down");
-        nodes
-    })
+    match result {
+        // Said once the write is committed: a write that loses to a node registering again (after
+        // a leader's restart, thousands do) marks nothing.
+        Ok((marked, left)) => {
+            let at = now_nanos();
+            for id in marked {
+                tracing::info!(node.id = %id, at, "node marked down");
+            }
+            left
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not mark nodes down");
+            nodes
+        }
+    }
 }
 
 /// The ids of the nodes the store has READY, read in place.
@@ -881,6 +1019,202 @@ mod tests {
             !down(&store, "n1"),
             "written READY after the write marking it down"
         );
+    }
+
+    /// A session waiting for its registration (behind a busy Raft log) is not silent: the node
+    /// waits for the leader. Its silence counts once it is registered.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_waiting_for_its_registration_does_not_expire() {
+        let sessions = Sessions::default();
+        let grace = Duration::from_millis(7500);
+        let _closed = sessions.open_registering("a", "n1", grace);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(sessions.expire(grace).is_empty(), "still registering");
+        assert!(sessions.registered("a", grace));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            sessions.expire(grace).is_empty(),
+            "5 s since its registration"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(sessions.expire(grace), ["n1"]);
+        assert!(!sessions.registered("a", grace), "ended");
+    }
+
+    /// A registration given up on (its call dropped while the write waits) ends its session:
+    /// none is left that cannot expire.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_whose_registration_is_dropped_ends() {
+        let (gate, _store, inner) = gated_dispatcher(["n1"].map(String::from).into_iter()).await;
+        let service = Arc::new(super::super::service::DispatcherService::new(inner.clone()));
+        gate.send_replace(false);
+        let opening = tokio::spawn(async move {
+            let request = mesh_proto::SessionRequest {
+                node_id: "n1".into(),
+                addr: "10.0.0.1".into(),
+                ..Default::default()
+            };
+            service
+                .open_session(&request, &worker_identity("n1"))
+                .await
+                .map(|(id, _)| id)
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(inner.sessions.has_node("n1"), "open while its write waits");
+        opening.abort();
+        assert!(opening.await.is_err(), "dropped");
+        assert!(!inner.sessions.has_node("n1"));
+        assert_eq!(inner.sessions.len(), 0);
+    }
+
+    /// 200 nodes READY under the last leader come back two every 3 s until `until` s, each
+    /// heartbeating every period once back; returns the second at which one that never comes
+    /// back is first seen down (None within 100 s), and checks that no node back by then is.
+    /// (Sessions are opened here without the registration that would write a node READY.)
+    async fn takeover_with_arrivals_until(until: u64) -> Option<u64> {
+        let ids: Vec<String> = (0..200).map(|i| format!("n{i:03}")).collect();
+        let (_gate, store, inner) = gated_dispatcher(ids.clone().into_iter()).await;
+        let grace = Duration::from_millis(7500);
+        let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        let mut back: Vec<(String, watch::Receiver<bool>)> = Vec::new();
+        let mut missing_down = None;
+        for second in 1..=100u64 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if missing_down.is_none() && down(&store, &ids[199]) {
+                missing_down = Some(second);
+                let downs: Vec<&String> = back
+                    .iter()
+                    .map(|(id, _)| id)
+                    .filter(|id| down(&store, id))
+                    .collect();
+                assert!(downs.is_empty(), "{downs:?} down at {second} s");
+            }
+            if second % 3 == 0 && second <= until {
+                for id in &ids[back.len()..back.len() + 2] {
+                    back.push((id.clone(), inner.sessions.open(id, id, grace)));
+                }
+            }
+            if second % 5 == 0 {
+                for (id, _) in &back {
+                    assert!(inner.sessions.heartbeat(id, grace), "{id} at {second} s");
+                }
+            }
+        }
+        monitor.abort();
+        missing_down
+    }
+
+    /// The takeover lasts while the nodes it takes over are still arriving (one in a hundred
+    /// within a grace): a node missing is marked down only once they stop, a grace after the
+    /// last (45 s + 7.5 s), not at the end of the takeover grace (20 s).
+    #[tokio::test(start_paused = true)]
+    async fn the_takeover_lasts_while_nodes_still_arrive() {
+        let marked = takeover_with_arrivals_until(45).await.expect("marked down");
+        assert!((53..=54).contains(&marked), "marked down at {marked} s");
+    }
+
+    /// Nodes arriving without end hold the takeover for [`max_takeover`] (80 s) at most.
+    #[tokio::test(start_paused = true)]
+    async fn arrivals_hold_the_takeover_for_a_bounded_time() {
+        let marked = takeover_with_arrivals_until(u64::MAX)
+            .await
+            .expect("marked down");
+        assert!((81..=82).contains(&marked), "marked down at {marked} s");
+    }
+
+    /// One node opening session after session (or a client holding one node's certificate)
+    /// comes back once: it does not hold the takeover past its grace.
+    #[tokio::test(start_paused = true)]
+    async fn one_node_back_again_and_again_holds_nothing() {
+        let ids: Vec<String> = (0..200).map(|i| format!("n{i:03}")).collect();
+        let (_gate, store, inner) = gated_dispatcher(ids.into_iter()).await;
+        let grace = Duration::from_millis(7500);
+        let monitor = tokio::spawn(monitor_heartbeats(inner.clone()));
+        let mut sessions = Vec::new();
+        for second in 1..=25 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for k in 0..3 {
+                let id = format!("s{second}-{k}");
+                sessions.push(inner.sessions.open(&id, "n000", grace));
+            }
+        }
+        assert!(down(&store, "n199"), "marked down after the takeover grace");
+        assert!(!down(&store, "n000"));
+        monitor.abort();
+    }
+
+    /// A writer keeping what was logged.
+    #[derive(Clone, Default)]
+    struct Logged(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logged {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logged {
+        /// The lines logged with `message`.
+        fn lines(&self, message: &str) -> Vec<String> {
+            let bytes = self.0.lock().expect("lock").clone();
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| l.contains(message))
+                .map(String::from)
+                .collect()
+        }
+    }
+
+    /// A write marking a node down that loses to a concurrent change of the node (as when it
+    /// registers again) marks nothing and logs nothing; the node is left to be tried again. A
+    /// write that commits logs each node it marked, once.
+    #[tokio::test(start_paused = true)]
+    async fn only_committed_marks_are_logged() {
+        let logged = Logged::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let logged = logged.clone();
+                move || logged.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let ids = ["n1", "n2"].map(String::from);
+        let (gate, store, inner) = gated_dispatcher(ids.clone().into_iter()).await;
+        gate.send_replace(false);
+        let marking = tokio::spawn(mark_down(inner.clone(), BTreeSet::from([ids[0].clone()])));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The node changes while the write marking it waits: committed past the gate.
+        let (change, ()) = store
+            .memory()
+            .write_tx(|tx| {
+                let node = tx.get::<Node>("n1").expect("n1");
+                tx.update(node)
+            })
+            .expect("a change");
+        let applied = store.memory().apply(
+            100,
+            mesh_proto::Proposal {
+                transactions: vec![change],
+            },
+        );
+        assert!(applied.iter().all(Result::is_ok), "{applied:?}");
+        gate.send_replace(true);
+        let left = marking.await.unwrap();
+        assert_eq!(left, BTreeSet::from([ids[0].clone()]), "to be tried again");
+        assert!(!down(&store, "n1"));
+        assert_eq!(logged.lines("node marked down"), Vec::<String>::new());
+
+        let left = mark_down(inner.clone(), ids.iter().cloned().collect()).await;
+        assert!(left.is_empty());
+        assert!(ids.iter().all(|id| down(&store, id)));
+        let lines = logged.lines("node marked down");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("node.id=n1") && lines[1].contains("node.id=n2"));
     }
 
     /// Heartbeats heard later and later (a leader falling behind its nodes): the grace stretches
