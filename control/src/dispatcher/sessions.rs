@@ -264,6 +264,12 @@ impl Sessions {
             .collect()
     }
 
+    /// Keeps in `nodes` those that have no session, under one lock.
+    fn keep_without_session(&self, nodes: &mut HashSet<String>) {
+        let table = self.lock();
+        nodes.retain(|id| !table.by_node.contains_key(id));
+    }
+
     /// Whether a write marking `node_id` down may be on its way: a registration that finds the
     /// node READY must write it READY again all the same, after that write.
     pub(super) fn being_marked_down(&self, node_id: &str) -> bool {
@@ -328,10 +334,7 @@ impl Arrivals {
     /// Looks for sessions of the nodes still missing; returns how many nodes came back within
     /// the last `window`.
     fn within(&mut self, sessions: &Sessions, window: Duration) -> usize {
-        self.missing = sessions
-            .without_session(self.missing.iter().map(String::as_str))
-            .into_iter()
-            .collect();
+        sessions.keep_without_session(&mut self.missing);
         let back = self.total - self.missing.len();
         let now = Instant::now();
         self.back.push_back((now, back));
