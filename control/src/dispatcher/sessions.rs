@@ -29,6 +29,17 @@ struct Session {
     registering: bool,
 }
 
+impl Session {
+    /// The node was heard from at `now` (registered, or a heartbeat): its silence, and the
+    /// leader's stalls credited to it, count from then, and it is held to the grace it was told.
+    fn heard(&mut self, now: Instant, grace: Duration) {
+        self.registering = false;
+        self.last_heartbeat = now;
+        self.allowance = grace;
+        self.credited = Duration::ZERO;
+    }
+}
+
 /// The live sessions by id, and each node's one session: opening a session and asking whether
 /// a node has one cost the same with ten thousand nodes as with three.
 #[derive(Default)]
@@ -125,10 +136,7 @@ impl Sessions {
         let mut table = self.lock();
         match table.by_id.get_mut(session_id) {
             Some(s) => {
-                s.registering = false;
-                s.last_heartbeat = Instant::now();
-                s.allowance = grace;
-                s.credited = Duration::ZERO;
+                s.heard(Instant::now(), grace);
                 true
             }
             None => false,
@@ -142,10 +150,7 @@ impl Sessions {
         match table.by_id.get_mut(session_id) {
             Some(s) => {
                 let gap = now - s.last_heartbeat;
-                s.registering = false;
-                s.last_heartbeat = now;
-                s.allowance = grace;
-                s.credited = Duration::ZERO;
+                s.heard(now, grace);
                 if table.gaps.len() == MAX_GAPS {
                     table.gaps.pop_front();
                 }
