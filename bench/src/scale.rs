@@ -196,6 +196,7 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     let pid = leader.meshd_pid().context("the leader's meshd is gone")?;
     let body_before = probe::body(leader).await?;
     let cpu_before = figures::process_cpu_seconds(pid)?;
+    let own_cpu_before = figures::process_cpu_seconds(std::process::id())?;
     let started = Instant::now();
     // `--creates` calls in flight at once, each on the one channel (HTTP/2 streams side by side).
     let mut services: Vec<Service> = futures::stream::iter(0..plan.services)
@@ -259,6 +260,7 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
     };
     let running = started.elapsed();
     let cpu = figures::process_cpu_seconds(pid)? - cpu_before;
+    let own_cpu = figures::process_cpu_seconds(std::process::id())? - own_cpu_before;
     let body_after = probe::body(leader).await?;
     let raft = figures::RaftPhase::between(&body_before, &body_after);
     let monitor = figures::MonitorPhase::between(&body_before, &body_after);
@@ -304,8 +306,10 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
         figures::or_none(raft.snapshot_s, 2),
     );
     println!(
-        "  leader meshd CPU: {cpu:.1} s from the first create to all running ({:.2} cores)",
-        cpu / secs
+        "  leader meshd CPU: {cpu:.1} s from the first create to all running ({:.2} cores); \
+         this process (the simulated nodes): {own_cpu:.1} s ({:.2} cores)",
+        cpu / secs,
+        own_cpu / secs
     );
     println!(
         "  leader meshd RSS: {rss:.1} MiB now, {peak:.1} MiB peak; this process: {bench_rss:.1} MiB"
@@ -428,6 +432,7 @@ async fn measure(cluster: &mut Cluster, plan: Plan) -> anyhow::Result<Summary> {
                 format!("{:.2}", restart.back.as_secs_f64()),
             ),
             ("restart-ready-s".into(), secs_or_none(restart.ready)),
+            ("bench-cpu-s".into(), format!("{own_cpu:.1}")),
         ]
         .into_iter()
         .chain(
