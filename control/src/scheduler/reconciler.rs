@@ -7,7 +7,10 @@
 //! pass copies only the tasks it decides. The nodes' snapshots ([`NodeInfo`]) are kept between
 //! passes and brought up to date from the store's events, so a pass costs its batch times the
 //! nodes, not every task in the store: a node's is rebuilt (from the store's index of the tasks
-//! on it) only when the node itself changed, and all of them only after a reset or missed events.
+//! on it) only when the node itself changed, and all of them only at start, after a reset or
+//! after missed events. Rebuilding them all reads every task (a million at scale, seconds of
+//! work): it is done [`REBUILD_TASKS`] tasks' worth of nodes per hold of the store's lock, and
+//! nothing is decided until every node's snapshot is whole again.
 
 use mesh_proto::{Node, Task, TaskState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,6 +36,11 @@ const CONFLICT_RETRY: Duration = Duration::from_millis(20);
 /// Delay before retrying after a commit that failed otherwise (no quorum, lost leadership, ...).
 const ERROR_RETRY: Duration = Duration::from_secs(1);
 
+/// About how many tasks' worth of node snapshots one hold of the store's lock rebuilds (at least
+/// one node's): at a million tasks, rebuilding every node at once held the lock for 1.6–5.2 s,
+/// and every write waited (nodes registering after a leader's restart among them).
+const REBUILD_TASKS: usize = 20_000;
+
 /// Most tasks decided in one pass (and committed in one transaction).
 pub const SCHEDULE_BATCH: usize = crate::limits::BATCH_WRITES;
 
@@ -42,6 +50,8 @@ pub const PENDING_MESSAGE: &str = "pending task scheduling";
 /// Assigns pending tasks to nodes; run by the leader only.
 pub struct Scheduler {
     store: Store,
+    /// [`REBUILD_TASKS`], but in tests.
+    rebuild_budget: usize,
 }
 
 /// What the next pass must look at.
@@ -58,7 +68,8 @@ struct Work {
     not_before: Option<Instant>,
     /// Every node's snapshot as of the events observed so far.
     nodes: BTreeMap<String, NodeInfo>,
-    /// Nodes whose snapshot is rebuilt at the next pass (they changed, appeared or went).
+    /// Nodes whose snapshot is rebuilt before the next decisions (they changed, appeared or
+    /// went, or every node's is being rebuilt).
     rebuild: BTreeSet<String>,
     /// Rebuild every node's snapshot at the next pass.
     rebuild_all: bool,
@@ -66,7 +77,10 @@ struct Work {
 
 impl Scheduler {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            rebuild_budget: REBUILD_TASKS,
+        }
     }
 
     /// Schedules until `shutdown` turns true or its sender is dropped.
@@ -172,7 +186,11 @@ impl Scheduler {
                     None => false,
                 });
             }
-            work.refresh_nodes(tx);
+            if !work.refresh_nodes(tx, self.rebuild_budget) {
+                // Some nodes' snapshots are still to be built: nothing is decided on the others
+                // alone. The lock is let go; the next pass builds more.
+                return Vec::new();
+            }
             let rescan = std::mem::take(&mut work.rescan);
             if rescan {
                 // Every pending task is queued again; whatever is no longer pending is forgotten.
@@ -335,9 +353,12 @@ fn apply_decision(mut task: Task, decision: &Decision) -> Option<Task> {
     }
 }
 
-/// A node's snapshot counting the tasks that hold resources on it, read in place.
-fn node_info(tx: &ReadTx<'_>, node: &Node) -> NodeInfo {
-    NodeInfo::new(node.clone(), tx.tasks_on_node(&node.id))
+/// A node's snapshot counting the tasks that hold resources on it, read in place, and how many
+/// tasks the store has on the node.
+fn node_info(tx: &ReadTx<'_>, node: &Node) -> (NodeInfo, usize) {
+    let tasks = tx.tasks_on_node(&node.id);
+    let count = tasks.len();
+    (NodeInfo::new(node.clone(), tasks), count)
 }
 
 /// Every pending task, queued.
@@ -361,25 +382,31 @@ fn is_active_on_node(task: &Task) -> bool {
 }
 
 impl Work {
-    /// Rebuilds the snapshots of the nodes that changed (all of them when needed) from `tx`.
-    fn refresh_nodes(&mut self, tx: &ReadTx<'_>) {
+    /// Rebuilds from `tx` the snapshots of the nodes that changed (every node's when needed), at
+    /// least one and no more than about `budget` tasks' worth; true when none is left to build.
+    /// A node not yet rebuilt has no snapshot: the events until then change nothing of it, and it
+    /// is built from a later view that holds them.
+    fn refresh_nodes(&mut self, tx: &ReadTx<'_>, budget: usize) -> bool {
         if std::mem::take(&mut self.rebuild_all) {
-            self.rebuild.clear();
-            self.nodes = tx
-                .iter::<Node>()
-                .map(|node| (node.id.clone(), node_info(tx, node)))
-                .collect();
+            self.nodes.clear();
+            self.rebuild = tx.iter::<Node>().map(|node| node.id.clone()).collect();
         }
-        for id in std::mem::take(&mut self.rebuild) {
+        let mut read = 0;
+        while read < budget
+            && let Some(id) = self.rebuild.pop_first()
+        {
             match tx.peek::<Node>(&id) {
                 Some(node) => {
-                    self.nodes.insert(id, node_info(tx, node));
+                    let (info, tasks) = node_info(tx, node);
+                    self.nodes.insert(id, info);
+                    read += tasks.max(1);
                 }
                 None => {
                     self.nodes.remove(&id);
                 }
             }
         }
+        self.rebuild.is_empty()
     }
 
     /// Accounts for a task's change in its nodes' snapshots: what it held as it was, what it

@@ -300,3 +300,114 @@ async fn batches_of_decisions_are_proposed_together() {
     assert_eq!(in_flight.most(), WRITES_IN_FLIGHT);
     h.stop().await;
 }
+
+/// A task of `service` running on `node`: it holds resources there.
+fn running_on(id: &str, service: &str, node: &str) -> Task {
+    let mut task = task(id, service);
+    task.node_id = node.to_string();
+    task.status.get_or_insert_with(Default::default).state = TaskState::Running as i32;
+    task
+}
+
+/// Every node's snapshot rebuilt at once from `store` as it is now.
+fn rebuilt_at_once(store: &Store) -> BTreeMap<String, NodeInfo> {
+    let mut work = Work {
+        rebuild_all: true,
+        ..Default::default()
+    };
+    assert!(store.view(|tx| work.refresh_nodes(tx, usize::MAX)));
+    work.nodes
+}
+
+/// Rebuilding every node's snapshot reads about a budget's worth of tasks per view of the
+/// store (the lock is let go between), and with the store written between the views, the
+/// snapshots come out as if rebuilt at once from the last one.
+#[tokio::test]
+async fn a_full_rebuild_goes_a_budget_at_a_time_and_comes_out_whole() {
+    let store = crate::store::direct_store();
+    let h = Harness {
+        store: store.clone(),
+        stop: watch::channel(false).0,
+        handle: tokio::spawn(async {}),
+    };
+    let nodes: Vec<Node> = (0..6).map(|n| node(&format!("n{n}"))).collect();
+    let tasks: Vec<Task> = (0..24)
+        .map(|t| running_on(&format!("t{t:02}"), "s", &format!("n{}", t % 6)))
+        .collect();
+    h.create(nodes, tasks).await;
+    let mut events = store.memory().watch();
+    let mut work = Work {
+        rebuild_all: true,
+        ..Default::default()
+    };
+    let mut views = 0;
+    loop {
+        views += 1;
+        let done = store.view(|tx| {
+            while let Ok(event) = events.try_recv() {
+                work.observe(&event);
+            }
+            work.refresh_nodes(tx, 8)
+        });
+        // Four tasks a node: two nodes a view.
+        assert_eq!(work.nodes.len(), (views * 2).min(6), "after view {views}");
+        if done {
+            break;
+        }
+        // Between the views: a task moves from a node built to one not yet built, another
+        // stops on a node built, and a third starts on one not yet built.
+        if views == 1 {
+            h.change::<Task>("t00", |t| t.node_id = "n5".into()).await;
+            h.change::<Task>("t01", |t| {
+                t.status.get_or_insert_with(Default::default).state = TaskState::Complete as i32;
+            })
+            .await;
+            h.create(vec![], vec![running_on("t99", "s2", "n4")]).await;
+        }
+    }
+    assert_eq!(views, 3);
+    assert_eq!(work.nodes, rebuilt_at_once(&store));
+    assert_eq!(work.nodes["n5"].held_tasks(), 5);
+    assert_eq!(work.nodes["n4"].service_tasks("s2"), 1);
+}
+
+/// While some nodes' snapshots are still to be built, a pass decides nothing; the passes after
+/// build the rest, and the queued task is placed against every node.
+#[tokio::test]
+async fn nothing_is_decided_on_part_of_the_nodes() {
+    let store = crate::store::direct_store();
+    let h = Harness {
+        store: store.clone(),
+        stop: watch::channel(false).0,
+        handle: tokio::spawn(async {}),
+    };
+    // n0 already runs a task of the service and n1 none: decided on n0's snapshot alone, the
+    // pending task would go beside it.
+    h.create(
+        vec![node("n0"), node("n1")],
+        vec![running_on("t0", "s", "n0"), task("t1", "s")],
+    )
+    .await;
+    // A budget of one task: one node's snapshot per pass.
+    let scheduler = Scheduler {
+        store: store.clone(),
+        rebuild_budget: 1,
+    };
+    let mut events = store.memory().watch();
+    let mut work = Work {
+        rebuild_all: true,
+        rescan: true,
+        ..Default::default()
+    };
+    let pending = |store: &Store| {
+        let t1 = store.view(|tx| tx.get::<Task>("t1")).expect("t1");
+        t1.status.map(|s| s.state) == Some(TaskState::Pending as i32)
+    };
+    assert!(scheduler.pass(&mut work, &mut events).await);
+    assert_eq!(work.nodes.len(), 1);
+    assert!(pending(&store), "decided with one node's snapshot of two");
+    assert!(work.has_work());
+    assert!(scheduler.pass(&mut work, &mut events).await);
+    let t1 = store.view(|tx| tx.get::<Task>("t1")).expect("t1");
+    assert_eq!(t1.node_id, "n1", "placed with every node's snapshot built");
+}
