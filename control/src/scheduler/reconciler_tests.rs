@@ -19,6 +19,15 @@ impl Harness {
         Self::on(crate::store::direct_store())
     }
 
+    /// A store and no scheduler running: the test makes the passes itself.
+    fn without_scheduler() -> Harness {
+        Harness {
+            store: crate::store::direct_store(),
+            stop: watch::channel(false).0,
+            handle: tokio::spawn(async {}),
+        }
+    }
+
     fn on(store: Store) -> Harness {
         let (stop, stop_rx) = watch::channel(false);
         let handle = tokio::spawn(Scheduler::new(store.clone()).run(stop_rx));
@@ -324,12 +333,8 @@ fn rebuilt_at_once(store: &Store) -> BTreeMap<String, NodeInfo> {
 /// snapshots come out as if rebuilt at once from the last one.
 #[tokio::test]
 async fn a_full_rebuild_goes_a_budget_at_a_time_and_comes_out_whole() {
-    let store = crate::store::direct_store();
-    let h = Harness {
-        store: store.clone(),
-        stop: watch::channel(false).0,
-        handle: tokio::spawn(async {}),
-    };
+    let h = Harness::without_scheduler();
+    let store = h.store.clone();
     let nodes: Vec<Node> = (0..6).map(|n| node(&format!("n{n}"))).collect();
     let tasks: Vec<Task> = (0..24)
         .map(|t| running_on(&format!("t{t:02}"), "s", &format!("n{}", t % 6)))
@@ -375,12 +380,8 @@ async fn a_full_rebuild_goes_a_budget_at_a_time_and_comes_out_whole() {
 /// build the rest, and the queued task is placed against every node.
 #[tokio::test]
 async fn nothing_is_decided_on_part_of_the_nodes() {
-    let store = crate::store::direct_store();
-    let h = Harness {
-        store: store.clone(),
-        stop: watch::channel(false).0,
-        handle: tokio::spawn(async {}),
-    };
+    let h = Harness::without_scheduler();
+    let store = h.store.clone();
     // n0 already runs a task of the service and n1 none: decided on n0's snapshot alone, the
     // pending task would go beside it.
     h.create(
