@@ -5,7 +5,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::scheduler::fixtures::{
-    constrained, host_port, node, placement, task, with_availability, with_label,
+    constrained, host_port, node, placement, running_on, task, with_availability, with_label,
 };
 
 struct Harness {
@@ -310,14 +310,6 @@ async fn batches_of_decisions_are_proposed_together() {
     h.stop().await;
 }
 
-/// A task of `service` running on `node`: it holds resources there.
-fn running_on(id: &str, service: &str, node: &str) -> Task {
-    let mut task = task(id, service);
-    task.node_id = node.to_string();
-    task.status.get_or_insert_with(Default::default).state = TaskState::Running as i32;
-    task
-}
-
 /// Every node's snapshot rebuilt at once from `store` as it is now.
 fn rebuilt_at_once(store: &Store) -> BTreeMap<String, NodeInfo> {
     let mut work = Work {
@@ -337,7 +329,7 @@ async fn a_full_rebuild_goes_a_budget_at_a_time_and_comes_out_whole() {
     let store = h.store.clone();
     let nodes: Vec<Node> = (0..6).map(|n| node(&format!("n{n}"))).collect();
     let tasks: Vec<Task> = (0..24)
-        .map(|t| running_on(&format!("t{t:02}"), "s", &format!("n{}", t % 6)))
+        .map(|t| running_on(task(&format!("t{t:02}"), "s"), &format!("n{}", t % 6)))
         .collect();
     h.create(nodes, tasks).await;
     let mut events = store.memory().watch();
@@ -367,7 +359,8 @@ async fn a_full_rebuild_goes_a_budget_at_a_time_and_comes_out_whole() {
                 t.status.get_or_insert_with(Default::default).state = TaskState::Complete as i32;
             })
             .await;
-            h.create(vec![], vec![running_on("t99", "s2", "n4")]).await;
+            h.create(vec![], vec![running_on(task("t99", "s2"), "n4")])
+                .await;
         }
     }
     assert_eq!(views, 3);
@@ -386,7 +379,7 @@ async fn nothing_is_decided_on_part_of_the_nodes() {
     // pending task would go beside it.
     h.create(
         vec![node("n0"), node("n1")],
-        vec![running_on("t0", "s", "n0"), task("t1", "s")],
+        vec![running_on(task("t0", "s"), "n0"), task("t1", "s")],
     )
     .await;
     // A budget of one task: one node's snapshot per pass.
