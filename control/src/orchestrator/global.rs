@@ -64,7 +64,7 @@ pub fn plan_service(
     let slots = task::group_by_slot(tasks);
     let mut current: Vec<(SlotKey, Cow<'_, Task>, &[&Task])> = Vec::new();
     let mut served: BTreeSet<&str> = BTreeSet::new();
-    for (key, group) in &slots {
+    for (key, group) in slots.iter() {
         let live: Vec<&Task> = group.iter().copied().filter(|t| task::is_live(t)).collect();
         let Some((newest, older)) = live.split_last() else {
             continue;

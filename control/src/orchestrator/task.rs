@@ -6,7 +6,7 @@ use mesh_proto::{RestartPolicy, service_spec};
 use crate::allocator::needs_allocation;
 use crate::scheduler::PENDING_MESSAGE;
 use crate::store::{new_id, now_nanos};
-use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Identifies the slot a task fills: a replica number, or the node of a global task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,18 +169,51 @@ pub fn slot_key(task: &Task) -> SlotKey {
     }
 }
 
-/// The tasks grouped by slot, each group oldest first.
-pub fn group_by_slot<'a>(
-    tasks: impl IntoIterator<Item = &'a Task>,
-) -> BTreeMap<SlotKey, Vec<&'a Task>> {
-    let mut slots: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
-    for task in tasks {
-        slots.entry(slot_key(task)).or_default().push(task);
+/// A service's tasks grouped by slot ([`group_by_slot`]).
+pub struct Slots<'a> {
+    /// In slot order, each slot's tasks oldest first.
+    tasks: Vec<&'a Task>,
+    groups: Vec<(SlotKey, Range<usize>)>,
+}
+
+impl<'a> Slots<'a> {
+    /// Each slot with its tasks, oldest first, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&SlotKey, &[&'a Task])> {
+        self.groups
+            .iter()
+            .map(|(key, range)| (key, &self.tasks[range.clone()]))
     }
-    for group in slots.values_mut() {
-        group.sort_by_key(|t| created_at(t));
+
+    /// How many slots.
+    pub fn count(&self) -> usize {
+        self.groups.len()
     }
-    slots
+}
+
+/// The tasks grouped by slot, each group oldest first (tasks created at the same instant in the
+/// order given). Sorted in one list: a map of a list per slot made a thousand small allocations
+/// for each service planned, an eighth of the replicated orchestrator's time as it replaced the
+/// tasks of a tenth of 10,000 nodes.
+pub fn group_by_slot<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Slots<'a> {
+    // A replica slot before a node's, as `SlotKey` orders them.
+    let order = |t: &&'a Task| {
+        let node = if t.slot == 0 { t.node_id.as_str() } else { "" };
+        (t.slot == 0, t.slot, node, created_at(t))
+    };
+    let mut tasks: Vec<&Task> = tasks.into_iter().collect();
+    tasks.sort_by_cached_key(order);
+    let mut groups: Vec<(SlotKey, Range<usize>)> = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        match groups.last_mut() {
+            Some((_, range)) if same_slot(tasks[range.start], task) => range.end = i + 1,
+            _ => groups.push((slot_key(task), i..i + 1)),
+        }
+    }
+    Slots { tasks, groups }
+}
+
+fn same_slot(a: &Task, b: &Task) -> bool {
+    a.slot == b.slot && (a.slot != 0 || a.node_id == b.node_id)
 }
 
 /// When the task was created, in Unix nanoseconds (falling back to its status time).
@@ -260,9 +293,51 @@ pub fn is_down(node: &Node) -> bool {
 mod tests {
     use super::*;
     use mesh_proto::{
-        Endpoint, EndpointSpec, GlobalService, NetworkAttachmentConfig, PortConfig,
+        Endpoint, EndpointSpec, GlobalService, Meta, NetworkAttachmentConfig, PortConfig,
         ReplicatedService, ServiceSpec, TaskSpec,
     };
+
+    /// Slots in `SlotKey` order (replicas by number, then nodes by id), each slot's tasks oldest
+    /// first, and tasks created at the same instant in the order given.
+    #[test]
+    fn tasks_group_by_slot_oldest_first() {
+        let task = |id: &str, slot: u64, node: &str, created_at: i64| Task {
+            id: id.into(),
+            slot,
+            node_id: node.into(),
+            meta: Some(Meta {
+                created_at,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let tasks = [
+            task("a", 2, "n1", 30),
+            task("b", 0, "n2", 10),
+            task("c", 10, "n1", 5),
+            task("d", 2, "n2", 10),
+            task("e", 0, "n1", 40),
+            task("f", 2, "n3", 10),
+            task("g", 0, "n2", 5),
+            task("h", 1, "", 50),
+        ];
+        let slots = group_by_slot(&tasks);
+        let grouped: Vec<(SlotKey, Vec<&str>)> = slots
+            .iter()
+            .map(|(key, group)| (key.clone(), group.iter().map(|t| t.id.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            grouped,
+            [
+                (SlotKey::Replica(1), vec!["h"]),
+                (SlotKey::Replica(2), vec!["d", "f", "a"]),
+                (SlotKey::Replica(10), vec!["c"]),
+                (SlotKey::Node("n1".into()), vec!["e"]),
+                (SlotKey::Node("n2".into()), vec!["g", "b"]),
+            ]
+        );
+        assert_eq!(slots.count(), 5);
+    }
 
     #[test]
     fn terminal_states() {
