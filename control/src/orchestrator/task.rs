@@ -195,25 +195,27 @@ impl<'a> Slots<'a> {
 /// for each service planned, an eighth of the replicated orchestrator's time as it replaced the
 /// tasks of a tenth of 10,000 nodes.
 pub fn group_by_slot<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Slots<'a> {
-    // A replica slot before a node's, as `SlotKey` orders them.
-    let order = |t: &&'a Task| {
-        let node = if t.slot == 0 { t.node_id.as_str() } else { "" };
-        (t.slot == 0, t.slot, node, created_at(t))
-    };
     let mut tasks: Vec<&Task> = tasks.into_iter().collect();
-    tasks.sort_by_cached_key(order);
+    // A replica slot before a node's, as `SlotKey` orders them.
+    tasks.sort_by_cached_key(|t| (t.slot == 0, slot_of(t), created_at(t)));
     let mut groups: Vec<(SlotKey, Range<usize>)> = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         match groups.last_mut() {
-            Some((_, range)) if same_slot(tasks[range.start], task) => range.end = i + 1,
+            Some((_, range)) if slot_of(tasks[range.start]) == slot_of(task) => range.end = i + 1,
             _ => groups.push((slot_key(task), i..i + 1)),
         }
     }
     Slots { tasks, groups }
 }
 
-fn same_slot(a: &Task, b: &Task) -> bool {
-    a.slot == b.slot && (a.slot != 0 || a.node_id == b.node_id)
+/// The slot `task` fills as [`slot_key`] tells it, borrowed: its replica number, or 0 and its node.
+fn slot_of(task: &Task) -> (u64, &str) {
+    let node = if task.slot == 0 {
+        task.node_id.as_str()
+    } else {
+        ""
+    };
+    (task.slot, node)
 }
 
 /// When the task was created, in Unix nanoseconds (falling back to its status time).
