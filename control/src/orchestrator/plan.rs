@@ -175,6 +175,35 @@ impl Plan {
         self.wake_at = decision.wake_at;
     }
 
+    /// The plan's writes in words, new tasks by slot (their ids are random), for tests to
+    /// compare two plans.
+    #[cfg(test)]
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .steps
+            .iter()
+            .map(|step| {
+                let update = step.update.as_ref().map(|t| {
+                    let desired = task::desired(t).as_str_name();
+                    format!("{} to {desired}", t.id)
+                });
+                let create = step.create.as_ref().map(|t| {
+                    let desired = task::desired(t).as_str_name();
+                    format!("new in slot {} v{} {desired}", t.slot, t.spec_version)
+                });
+                format!("{update:?} {create:?} restart {:?}", step.restart)
+            })
+            .collect();
+        lines.push(format!(
+            "truncated {} status {:?} rollback {} wake {:?}",
+            self.truncated,
+            self.status.as_ref().map(|(_, status)| status),
+            self.rollback,
+            self.wake_at
+        ));
+        lines
+    }
+
     /// Applies steps in order until `tx` holds a batch.
     fn apply(self, tx: &mut WriteTx<'_>) -> Result<Applied, StoreError> {
         if let Some((mut service, status)) = self.status {

@@ -72,11 +72,23 @@ pub fn scale(live: &[LiveSlot<'_>], replicas: u64, limit: usize) -> (Vec<u64>, V
     (Vec::new(), create)
 }
 
-/// Plans one replicated service against its tasks; `node_down` tells whether a task's node is lost.
+/// How much of a service a plan is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// Every task of the service: the plan also scales it to its replicas.
+    Whole,
+    /// Only the tasks of some slots, all of each: the plan restarts and tidies those slots and
+    /// scales nothing (the slots it was not given are not missing).
+    Slots,
+}
+
+/// Plans one replicated service against its tasks (`extent` says whether they are all of them);
+/// `node_down` tells whether a task's node is lost.
 pub fn plan_service(
     service: &Service,
     replicas: u64,
     tasks: Vec<&Task>,
+    extent: Extent,
     node_down: &dyn Fn(&Task) -> bool,
     history: &RestartHistory,
     now: i64,
@@ -112,9 +124,14 @@ pub fn plan_service(
             running: task::state(t) == TaskState::Running,
         })
         .collect();
-    let (remove, create) = scale(&live_slots, replicas, BATCH_WRITES);
+    let (remove, create) = match extent {
+        Extent::Whole => scale(&live_slots, replicas, BATCH_WRITES),
+        Extent::Slots => (Vec::new(), Vec::new()),
+    };
     // A large scale is written a batch at a time: the rest after this one's commit.
-    if (live_slots.len() - remove.len() + create.len()) as u64 != replicas {
+    if extent == Extent::Whole
+        && (live_slots.len() - remove.len() + create.len()) as u64 != replicas
+    {
         plan.leave_more();
     }
     for slot in &remove {
@@ -177,21 +194,31 @@ impl NodesDown {
     }
 }
 
-/// Plans the service `id` against the store as `tx` sees it, reading its tasks in place.
+/// Plans the service `id` against the store as `tx` sees it, reading its tasks in place: only the
+/// slots in `lost` (those of its tasks on nodes lost since it was last planned) when that is all
+/// that can have changed for it, or the whole service.
 fn plan_from_store(
     tx: &impl Read,
     id: &str,
+    lost: Option<&BTreeSet<u64>>,
     history: &RestartHistory,
     now: i64,
     nodes: &mut NodesDown,
 ) -> Plan {
-    let tasks: Vec<&Task> = tx.tasks_of_service(id);
+    let mut tasks: Vec<&Task> = tx.tasks_of_service(id);
     let Some(service) = tx.get::<Service>(id) else {
         return Plan::remove_all(&tasks, |t| t.slot != 0);
     };
     let Some(replicas) = task::replicas(&service) else {
         return Plan::default();
     };
+    let mut extent = Extent::Whole;
+    if let Some(lost) = lost
+        && slots_alone_do(&service, &tasks, lost)
+    {
+        tasks.retain(|t| lost.contains(&t.slot));
+        extent = Extent::Slots;
+    }
     // A task on a node that is down or no longer exists has been lost.
     let known = nodes.refresh(tx);
     let node_down = |t: &Task| {
@@ -202,14 +229,73 @@ fn plan_from_store(
                 tx.peek::<Node>(&t.node_id).is_none_or(task::is_down)
             }
     };
-    plan_service(&service, replicas, tasks, &node_down, history, now)
+    plan_service(&service, replicas, tasks, extent, &node_down, history, now)
+}
+
+/// Whether planning only the slots `lost` of `service` (whose tasks are `tasks`) decides what
+/// planning all of it would, given that nothing else changed for it since its last plan: no
+/// rolling update is under way (it looks at every slot), and every live task of those slots is of
+/// the service's current spec (replacing an outdated one starts an update).
+fn slots_alone_do(service: &Service, tasks: &[&Task], lost: &BTreeSet<u64>) -> bool {
+    !update::starts_matter(service)
+        && tasks.iter().all(|t| {
+            !lost.contains(&t.slot) || !task::is_live(t) || t.spec_version == service.spec_version
+        })
+}
+
+/// The services the next flushes plan, each whole or, when all that changed for it since its last
+/// plan is that nodes holding some of its tasks were lost, in those tasks' slots alone: losing a
+/// tenth of 10,000 nodes, marked down in waves, had each of a thousand services planned whole (a
+/// thousand tasks read, grouped and looked at) once per wave, for about a hundred slots to fill.
+#[derive(Debug, Default)]
+struct Marked {
+    services: BTreeSet<String>,
+    /// The services of `services` to plan in these slots alone.
+    slots: HashMap<String, BTreeSet<u64>>,
+}
+
+impl Marked {
+    /// Marks `id` to be planned whole.
+    fn whole(&mut self, id: String) {
+        self.slots.remove(&id);
+        self.services.insert(id);
+    }
+
+    /// Marks slot `slot` of `id`, whose task's node was lost; a service already marked whole
+    /// stays so.
+    fn lost(&mut self, id: &str, slot: u64) {
+        if let Some(slots) = self.slots.get_mut(id) {
+            slots.insert(slot);
+        } else if !self.services.contains(id) {
+            self.services.insert(id.to_owned());
+            self.slots.insert(id.to_owned(), BTreeSet::from([slot]));
+        }
+    }
+
+    fn is_whole(&self, id: &str) -> bool {
+        self.services.contains(id) && !self.slots.contains_key(id)
+    }
+
+    /// Takes the next flush's share ([`plan::next_share`]), with the slots of those of its
+    /// services to plan in some slots alone (the others are planned whole).
+    fn take_share(
+        &mut self,
+        cursor: &mut Option<String>,
+    ) -> (Vec<String>, HashMap<String, BTreeSet<u64>>) {
+        let share = plan::next_share(&mut self.services, cursor);
+        let slots = share
+            .iter()
+            .filter_map(|id| self.slots.remove_entry(id))
+            .collect();
+        (share, slots)
+    }
 }
 
 /// Reconciles replicated services (see the module doc).
 pub struct ReplicatedOrchestrator {
     store: Store,
     history: RestartHistory,
-    dirty: BTreeSet<String>,
+    marked: Marked,
     /// Services whose rolling update waits for a delay or a monitor period.
     timers: plan::Timers,
     /// Nodes whose loss (or return) may call for restarts of the tasks on them.
@@ -236,7 +322,7 @@ impl ReplicatedOrchestrator {
         Self {
             store,
             history: RestartHistory::default(),
-            dirty: BTreeSet::new(),
+            marked: Marked::default(),
             timers: plan::Timers::default(),
             dirty_nodes: BTreeSet::new(),
             started: BTreeSet::new(),
@@ -261,11 +347,10 @@ impl Reconcile for ReplicatedOrchestrator {
         self.started.clear();
         self.placed.clear();
         self.written.clear();
-        self.dirty = tx
-            .find::<Service>(|s| task::replicas(s).is_some())
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        self.marked = Marked::default();
+        for service in tx.find::<Service>(|s| task::replicas(s).is_some()) {
+            self.marked.whole(service.id);
+        }
         // Services gone that left tasks to stop, through the index of tasks by service: a look
         // at every task (and its service's) held the store's lock for 1-2.3 s at a million.
         for service_id in tx.task_service_ids() {
@@ -275,7 +360,7 @@ impl Reconcile for ReplicatedOrchestrator {
                     .iter()
                     .any(|t| t.slot != 0 && task::desired(t) < TaskState::Remove)
             {
-                self.dirty.insert(service_id.to_owned());
+                self.marked.whole(service_id.to_owned());
             }
         }
     }
@@ -283,7 +368,7 @@ impl Reconcile for ReplicatedOrchestrator {
     fn observe(&mut self, event: &Event) {
         if let Some(service) = event.as_a::<Service>() {
             if task::replicas(service).is_some() {
-                self.dirty.insert(service.id.clone());
+                self.marked.whole(service.id.clone());
                 if event.is_delete() {
                     self.history.forget_service(&service.id);
                 }
@@ -305,7 +390,7 @@ impl Reconcile for ReplicatedOrchestrator {
                         .or_default()
                         .insert(task.service_id.clone());
                 } else {
-                    self.dirty.insert(task.service_id.clone());
+                    self.marked.whole(task.service_id.clone());
                 }
             }
         } else if let Some(node) = event.as_a::<Node>() {
@@ -323,34 +408,54 @@ impl Reconcile for ReplicatedOrchestrator {
         let started = std::mem::take(&mut self.started);
         let placed = std::mem::take(&mut self.placed);
         if !(nodes.is_empty() && started.is_empty() && placed.is_empty()) {
-            let dirty = &self.dirty;
-            let more: Vec<String> = store.view(|tx| {
+            let marked = &self.marked;
+            let (whole, lost) = store.view(|tx| {
                 // A start or a placement matters only to an update, or to a service gone.
                 let matters = |id: &String| {
-                    !dirty.contains(id) && tx.peek::<Service>(id).is_none_or(update::starts_matter)
+                    !marked.is_whole(id) && tx.peek::<Service>(id).is_none_or(update::starts_matter)
                 };
-                let on_changed_nodes = nodes
+                // A lost node's tasks call for their slots' restarts; a node back, for a look at
+                // each of its services whole.
+                let (lost_nodes, back): (Vec<&String>, Vec<&String>) = nodes
                     .iter()
+                    .partition(|node| tx.peek::<Node>(node).is_none_or(task::is_down));
+                let lost: Vec<(String, u64)> = lost_nodes
+                    .into_iter()
                     .flat_map(|node| tx.tasks_on_node(node))
                     .filter(|t| t.slot != 0)
-                    .map(|t| t.service_id.clone());
+                    .map(|t| (t.service_id.clone(), t.slot))
+                    .collect();
                 // A placement also matters when its node was lost by now.
                 let placed = placed.into_iter().flat_map(|(node, services)| {
                     let lost = tx.peek::<Node>(&node).is_none_or(task::is_down);
                     services.into_iter().filter(move |id| lost || matters(id))
                 });
-                on_changed_nodes
+                let whole: Vec<String> = back
+                    .into_iter()
+                    .flat_map(|node| tx.tasks_on_node(node))
+                    .filter(|t| t.slot != 0)
+                    .map(|t| t.service_id.clone())
                     .chain(started.into_iter().filter(matters))
                     .chain(placed)
-                    .collect()
+                    .collect();
+                (whole, lost)
             });
-            self.dirty.extend(more);
+            for id in whole {
+                self.marked.whole(id);
+            }
+            for (id, slot) in lost {
+                self.marked.lost(&id, slot);
+            }
         }
-        self.timers.take_due(&mut self.dirty);
-        if self.dirty.is_empty() {
+        let mut due = BTreeSet::new();
+        self.timers.take_due(&mut due);
+        for id in due {
+            self.marked.whole(id);
+        }
+        if self.marked.services.is_empty() {
             return self.timers.next_wake();
         }
-        let services = plan::next_share(&mut self.dirty, &mut self.cursor);
+        let (services, slots) = self.marked.take_share(&mut self.cursor);
         let nodes = &self.nodes;
         let mut reconciled = plan::reconcile_services(
             store,
@@ -359,14 +464,14 @@ impl Reconcile for ReplicatedOrchestrator {
             &mut self.history,
             |tx, id, history, now| {
                 let mut nodes = nodes.lock();
-                plan_from_store(tx, id, history, now, &mut nodes)
+                plan_from_store(tx, id, slots.get(id), history, now, &mut nodes)
             },
         )
         .await;
         self.written = std::mem::take(&mut reconciled.written)
             .into_iter()
             .collect();
-        reconciled.requeue(&mut self.dirty, &mut self.timers)
+        reconciled.requeue(&mut self.marked.services, &mut self.timers)
     }
 }
 
@@ -424,7 +529,12 @@ mod tests {
             .unwrap();
         let mut orchestrator = ReplicatedOrchestrator::new(store.clone());
         store.view(|tx| orchestrator.mark_all(tx));
-        let marked: Vec<&str> = orchestrator.dirty.iter().map(String::as_str).collect();
+        let marked: Vec<&str> = orchestrator
+            .marked
+            .services
+            .iter()
+            .map(String::as_str)
+            .collect();
         let mut want = vec![present.id.as_str(), "gone"];
         want.sort();
         assert_eq!(marked, want);
@@ -453,7 +563,11 @@ mod tests {
         assert_eq!(orchestrator.flush(&store).await, None);
         assert_eq!(orchestrator.written.len(), 3, "three tasks created");
         take_in(&mut orchestrator, &mut events);
-        assert!(orchestrator.dirty.is_empty(), "{:?}", orchestrator.dirty);
+        assert!(
+            orchestrator.marked.services.is_empty(),
+            "{:?}",
+            orchestrator.marked
+        );
         assert!(
             orchestrator.written.is_empty(),
             "each write's event taken in"
@@ -473,7 +587,7 @@ mod tests {
             .await
             .unwrap();
         take_in(&mut orchestrator, &mut events);
-        assert_eq!(orchestrator.dirty, BTreeSet::from([id.clone()]));
+        assert_eq!(orchestrator.marked.services, BTreeSet::from([id.clone()]));
         orchestrator.flush(&store).await;
         let (live, shut) = store.view(|tx| {
             let tasks = tx.tasks_of_service(&id);
@@ -486,7 +600,11 @@ mod tests {
         });
         assert_eq!((live, shut), (3, 1), "the failed task replaced");
         take_in(&mut orchestrator, &mut events);
-        assert!(orchestrator.dirty.is_empty(), "{:?}", orchestrator.dirty);
+        assert!(
+            orchestrator.marked.services.is_empty(),
+            "{:?}",
+            orchestrator.marked
+        );
     }
 
     /// A change to a task the last flush wrote, seen before the write's own commit and unlike
@@ -525,19 +643,181 @@ mod tests {
             ("deleted", Event::Deleted(task.clone().into_object()), true),
         ];
         for (name, event, marks) in cases {
-            orchestrator.dirty.clear();
+            orchestrator.marked = Marked::default();
             orchestrator.written = written();
             orchestrator.observe(&event);
-            assert_eq!(orchestrator.dirty.contains("s1"), marks, "{name}");
+            assert_eq!(orchestrator.marked.services.contains("s1"), marks, "{name}");
             assert!(
                 orchestrator.written.is_empty(),
                 "{name}: the entry is used once"
             );
         }
         // With no write recorded, the same change is anyone's.
-        orchestrator.dirty.clear();
+        orchestrator.marked = Marked::default();
         orchestrator.observe(&updated(&running, &task));
-        assert!(orchestrator.dirty.contains("s1"));
+        assert!(orchestrator.marked.services.contains("s1"));
+    }
+
+    /// A mark for the whole service wins over marks of its lost slots, before or after them,
+    /// until the share that plans it is taken; slots marked again add up.
+    #[test]
+    fn a_whole_mark_wins_over_lost_slots() {
+        let mut marked = Marked::default();
+        marked.lost("slots", 1);
+        marked.lost("slots", 3);
+        marked.lost("then-whole", 1);
+        marked.whole("then-whole".into());
+        marked.whole("whole-first".into());
+        marked.lost("whole-first", 2);
+        assert!(!marked.is_whole("slots"));
+        assert!(marked.is_whole("then-whole") && marked.is_whole("whole-first"));
+
+        let (share, slots) = marked.take_share(&mut None);
+        assert_eq!(share, ["slots", "then-whole", "whole-first"]);
+        assert_eq!(
+            slots,
+            HashMap::from([("slots".to_string(), BTreeSet::from([1, 3]))])
+        );
+        assert!(marked.services.is_empty() && marked.slots.is_empty());
+        // Taken, a service marked for a slot again starts a new mark.
+        marked.lost("slots", 2);
+        let (_, slots) = marked.take_share(&mut None);
+        assert_eq!(slots["slots"], BTreeSet::from([2]));
+    }
+
+    /// After nodes are lost, planning each service in the slots of the lost nodes' tasks alone
+    /// decides what planning it whole does: the same restarts (attempts counted from each slot's
+    /// own earlier tasks), none where the policy says no, and no slot created for those it was
+    /// not given. A service mid-update, or with outdated tasks in those slots, is planned whole.
+    #[tokio::test]
+    async fn a_plan_of_the_lost_slots_decides_as_a_whole_one() {
+        use mesh_proto::{
+            NodeState, NodeStatus, RestartCondition, RestartPolicy, UpdateState, UpdateStatus,
+        };
+        let store = crate::store::direct_store();
+        let with_policy = |condition: RestartCondition, max_attempts: u64| {
+            let mut service = service(7);
+            let spec = service.spec.as_mut().unwrap().task.as_mut().unwrap();
+            spec.restart = Some(RestartPolicy {
+                condition: condition as i32,
+                max_attempts,
+                ..Default::default()
+            });
+            service
+        };
+        let with_update = |state: UpdateState, spec_version: u64| {
+            let mut service = service(7);
+            service.spec_version = spec_version;
+            service.update_status = Some(UpdateStatus {
+                state: state as i32,
+                ..Default::default()
+            });
+            service
+        };
+        // (name, the service, the version of its tasks, whether its lost slots alone decide)
+        let services = [
+            ("any", service(7), 1, true),
+            ("once", with_policy(RestartCondition::Any, 1), 1, true),
+            ("never", with_policy(RestartCondition::None, 0), 1, true),
+            (
+                "paused, outdated",
+                with_update(UpdateState::Paused, 2),
+                1,
+                false,
+            ),
+            ("updating", with_update(UpdateState::Updating, 1), 1, false),
+        ];
+        let node = |i: u64, state: NodeState| Node {
+            id: format!("n{i}"),
+            status: Some(NodeStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let task = |service: &Service, version: u64, slot: u64, failed: bool| {
+            let mut task = task::new_task(service, slot, None);
+            task.spec_version = version;
+            task.node_id = format!("n{}", slot % 6);
+            let status = task.status.as_mut().unwrap();
+            status.state = if failed {
+                task.desired_state = TaskState::Shutdown as i32;
+                TaskState::Failed as i32
+            } else {
+                TaskState::Running as i32
+            };
+            task
+        };
+        // Slots 1 and 4 were restarted once already: their failed task is older.
+        store
+            .update(|tx| {
+                (0..6).try_for_each(|i| tx.create(node(i, NodeState::Ready)))?;
+                services.iter().try_for_each(|(_, service, version, _)| {
+                    tx.create(service.clone())?;
+                    [1, 4]
+                        .into_iter()
+                        .try_for_each(|slot| tx.create(task(service, *version, slot, true)))
+                })
+            })
+            .await
+            .unwrap();
+        store
+            .update(|tx| {
+                services.iter().try_for_each(|(_, service, version, _)| {
+                    (1..=7).try_for_each(|slot| tx.create(task(service, *version, slot, false)))
+                })
+            })
+            .await
+            .unwrap();
+        let history = RestartHistory::default();
+        let now = crate::store::now_nanos();
+        let mut nodes = NodesDown::default();
+        let settled = store.view(|tx| {
+            plan_from_store(tx, &services[0].1.id, None, &history, now, &mut nodes).describe()
+        });
+        assert_eq!(
+            settled.len(),
+            1,
+            "nothing to do before the loss: {settled:?}"
+        );
+
+        // n1 and n2 lost: slots 1, 2, 7 (and the failed task's 1).
+        store
+            .update(|tx| {
+                (1..3).try_for_each(|i| {
+                    let mut down = tx.get::<Node>(&format!("n{i}")).expect("created");
+                    down.status = node(i, NodeState::Down).status;
+                    tx.update(down)
+                })
+            })
+            .await
+            .unwrap();
+        store.view(|tx| {
+            for (name, service, _, alone) in &services {
+                let lost: BTreeSet<u64> = ["n1", "n2"]
+                    .iter()
+                    .flat_map(|n| tx.tasks_on_node(n))
+                    .filter(|t| t.service_id == service.id)
+                    .map(|t| t.slot)
+                    .collect();
+                assert_eq!(lost, BTreeSet::from([1, 2, 7]), "{name}");
+                let tasks = tx.tasks_of_service(&service.id);
+                assert_eq!(slots_alone_do(service, &tasks, &lost), *alone, "{name}");
+                let mut plan = |lost| {
+                    plan_from_store(tx, &service.id, lost, &history, now, &mut nodes).describe()
+                };
+                let whole = plan(None);
+                assert_eq!(plan(Some(&lost)), whole, "{name}");
+                let restarts = whole.iter().filter(|l| l.contains("new in slot")).count();
+                // Slot 1 of "once" used its one restart; "never" restarts nothing.
+                let want = match *name {
+                    "once" => 2,
+                    "never" => 0,
+                    _ => 3,
+                };
+                assert_eq!(restarts, want, "{name}: {whole:#?}");
+            }
+        });
     }
 
     fn slot(slot: u64, node: Option<&str>, running: bool) -> LiveSlot<'_> {
