@@ -213,10 +213,17 @@ fn plan_from_store(
         return Plan::default();
     };
     let mut extent = Extent::Whole;
-    if let Some(lost) = lost
-        && slots_alone_do(&service, &tasks, lost)
+    let of_lost: Option<Vec<&Task>> = lost.map(|lost| {
+        tasks
+            .iter()
+            .copied()
+            .filter(|t| lost.contains(&t.slot))
+            .collect()
+    });
+    if let Some(of_lost) = of_lost
+        && slots_alone_do(&service, &of_lost)
     {
-        tasks.retain(|t| lost.contains(&t.slot));
+        tasks = of_lost;
         extent = Extent::Slots;
     }
     // A task on a node that is down or no longer exists has been lost.
@@ -232,15 +239,15 @@ fn plan_from_store(
     plan_service(&service, replicas, tasks, extent, &node_down, history, now)
 }
 
-/// Whether planning only the slots `lost` of `service` (whose tasks are `tasks`) decides what
-/// planning all of it would, given that nothing else changed for it since its last plan: no
-/// rolling update is under way (it looks at every slot), and every live task of those slots is of
-/// the service's current spec (replacing an outdated one starts an update).
-fn slots_alone_do(service: &Service, tasks: &[&Task], lost: &BTreeSet<u64>) -> bool {
+/// Whether planning only some slots of `service`, whose tasks are `tasks`, decides what planning
+/// all of it would, given that nothing else changed for it since its last plan: no rolling update
+/// is under way (it looks at every slot), and every live task of those slots is of the service's
+/// current spec (replacing an outdated one starts an update).
+fn slots_alone_do(service: &Service, tasks: &[&Task]) -> bool {
     !update::starts_matter(service)
-        && tasks.iter().all(|t| {
-            !lost.contains(&t.slot) || !task::is_live(t) || t.spec_version == service.spec_version
-        })
+        && tasks
+            .iter()
+            .all(|t| !task::is_live(t) || t.spec_version == service.spec_version)
 }
 
 /// The services the next flushes plan, each whole or, when all that changed for it since its last
@@ -801,8 +808,9 @@ mod tests {
                     .map(|t| t.slot)
                     .collect();
                 assert_eq!(lost, BTreeSet::from([1, 2, 7]), "{name}");
-                let tasks = tx.tasks_of_service(&service.id);
-                assert_eq!(slots_alone_do(service, &tasks, &lost), *alone, "{name}");
+                let mut tasks = tx.tasks_of_service(&service.id);
+                tasks.retain(|t| lost.contains(&t.slot));
+                assert_eq!(slots_alone_do(service, &tasks), *alone, "{name}");
                 let mut plan = |lost| {
                     plan_from_store(tx, &service.id, lost, &history, now, &mut nodes).describe()
                 };
