@@ -205,14 +205,13 @@ fn plan_from_store(
     now: i64,
     nodes: &mut NodesDown,
 ) -> Plan {
-    let mut tasks: Vec<&Task> = tx.tasks_of_service(id);
+    let tasks: Vec<&Task> = tx.tasks_of_service(id);
     let Some(service) = tx.get::<Service>(id) else {
         return Plan::remove_all(&tasks, |t| t.slot != 0);
     };
     let Some(replicas) = task::replicas(&service) else {
         return Plan::default();
     };
-    let mut extent = Extent::Whole;
     let of_lost: Option<Vec<&Task>> = lost.map(|lost| {
         tasks
             .iter()
@@ -220,12 +219,10 @@ fn plan_from_store(
             .filter(|t| lost.contains(&t.slot))
             .collect()
     });
-    if let Some(of_lost) = of_lost
-        && slots_alone_do(&service, &of_lost)
-    {
-        tasks = of_lost;
-        extent = Extent::Slots;
-    }
+    let (tasks, extent) = match of_lost {
+        Some(of_lost) if slots_alone_do(&service, &of_lost) => (of_lost, Extent::Slots),
+        _ => (tasks, Extent::Whole),
+    };
     // A task on a node that is down or no longer exists has been lost.
     let known = nodes.refresh(tx);
     let node_down = |t: &Task| {
