@@ -86,6 +86,7 @@ impl fmt::Debug for SessionMessage {
             .field("role", &self.role)
             .field("ca_rotation", &self.ca_rotation)
             .field("gossip_keys", &self.gossip_keys)
+            .field("reports_are_heartbeats", &self.reports_are_heartbeats)
             .finish()
     }
 }

@@ -25,6 +25,7 @@ use mesh_proto::{
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::executor::SimExecutor;
 
@@ -270,7 +271,7 @@ async fn session(
         .await
         .and_then(|m| m.ok_or_else(|| tonic::Status::unavailable("the session ended")))
         .map_err(at("first session message"))?;
-    let session_id = first.session_id;
+    let session_id = first.session_id.clone();
     let period = heartbeat_period(first.heartbeat_period_ns);
     let request = AssignmentsRequest {
         session_id: session_id.clone(),
@@ -290,11 +291,13 @@ async fn session(
     let mut partial = PartialSet::default();
     // In a task of its own, as the agent's: this loop waits on its status reports and the worker.
     let beating = counters.clone();
+    let (reported, reports) = watch::channel(Instant::now());
     let mut beats = AbortOnDrop(tokio::spawn(heartbeats(
         client.clone(),
         session_id.clone(),
         period,
         Some(CALL_LIMIT),
+        first.reports_are_heartbeats.then_some(reports),
         move |beat| record(&beating, beat),
     )));
     loop {
@@ -306,10 +309,12 @@ async fn session(
                 session_id: session_id.clone(),
                 updates: updates.clone(),
             };
+            let sent = Instant::now();
             if let Err(status) = within(client.update_task_status(request)).await {
                 *unsent = updates;
                 return Err(at("status report")(status));
             }
+            reported.send_replace(sent);
             counters.reports.fetch_add(count, Ordering::Relaxed);
         }
         tokio::select! {

@@ -197,6 +197,7 @@ fn session_message(
         role: inputs.role(node_id) as i32,
         ca_rotation: inputs.ca_rotation,
         gossip_keys: inputs.gossip_keys.clone(),
+        reports_are_heartbeats: true,
     }
 }
 
@@ -317,6 +318,8 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let (node_id, _) = self.session(&request, &request.get_ref().session_id)?;
         let req = request.into_inner();
+        // A report taken is a heartbeat (the session message tells the agent so).
+        self.inner.sessions.reported(&req.session_id);
         self.inner
             .statuses
             .send(StatusBatch {

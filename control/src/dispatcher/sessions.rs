@@ -161,6 +161,19 @@ impl Sessions {
         }
     }
 
+    /// Session `session_id` had a status report taken: its node is heard from, as by a
+    /// heartbeat. It is still held to the grace it was last told (a report's answer names no
+    /// period), and the silence the report ended is left out of the lateness, which measures
+    /// heartbeats against their period. A session still registering waits for its registration.
+    pub(super) fn reported(&self, session_id: &str) {
+        if let Some(s) = self.lock().by_id.get_mut(session_id)
+            && !s.registering
+        {
+            s.last_heartbeat = Instant::now();
+            s.credited = Duration::ZERO;
+        }
+    }
+
     /// How much later than every `period` the heartbeats heard within the last `window` came:
     /// the 99th percentile of the silences they ended, past the period. Nodes that are gone send
     /// none, so a tenth of the nodes lost at once stretch nothing; a leader too busy to read its
@@ -648,6 +661,33 @@ mod tests {
         assert!(!sessions.has_node("n1"));
     }
 
+    /// A status report taken keeps its session alive as a heartbeat does, but adds no silence to
+    /// the lateness, changes no grace, and leaves a registering session to its registration.
+    #[test]
+    fn a_report_taken_is_a_heartbeat() {
+        let ms = Duration::from_millis;
+        let sessions = Sessions::default();
+        let _a = sessions.open("a", "n1", Duration::ZERO);
+        let _b = sessions.open("b", "n2", Duration::ZERO);
+        let _c = sessions.open("c", "n3", Duration::from_secs(60));
+        let _d = sessions.open_registering("d", "n4", Duration::ZERO);
+        std::thread::sleep(ms(40));
+        sessions.reported("a");
+        sessions.reported("c");
+        sessions.reported("d");
+        sessions.reported("gone");
+        assert_eq!(sessions.expire(ms(20)), ["n2"], "n1 reported, n2 did not");
+        assert!(sessions.lock().gaps.is_empty(), "no heartbeat was heard");
+        assert!(
+            sessions.lock().by_id["d"].registering,
+            "a report does not end a registration"
+        );
+        std::thread::sleep(ms(40));
+        let mut expired = sessions.expire(ms(20));
+        expired.sort();
+        assert_eq!(expired, ["n1"], "n3 keeps the long grace it was told");
+    }
+
     #[test]
     fn a_stall_of_the_leader_is_not_held_against_the_nodes() {
         let ms = Duration::from_millis;
@@ -978,6 +1018,65 @@ mod tests {
             .expect("back");
         assert_eq!(writes().await, 4, "a node down is written READY again");
         assert!(!down(&store, "n1"));
+    }
+
+    /// Through the service: the session message tells the agent that a report counts as a
+    /// heartbeat, and a report taken keeps the session alive past its grace; a report naming
+    /// another node's session is refused and keeps nothing alive.
+    #[tokio::test(start_paused = true)]
+    async fn a_report_through_the_service_is_a_heartbeat() {
+        use futures::StreamExt as _;
+        use mesh_proto::dispatcher_server::Dispatcher as _;
+        let (_gate, store, _) = gated_dispatcher(std::iter::empty()).await;
+        let (_, leadership) = watch::channel(Default::default());
+        // A dispatcher of its own: it takes the reports the service passes on.
+        let dispatcher = super::super::Dispatcher::new(store, Default::default(), leadership);
+        let inner = dispatcher.inner.clone();
+        inner.active.send_replace(true);
+        let service = super::super::service::DispatcherService::new(inner.clone());
+        let called_by = |node: &str| crate::ca::PeerInfo {
+            remote_addr: None,
+            identity: Some(worker_identity(node)),
+            rejected: None,
+        };
+        let mut first = Vec::new();
+        for node in ["n1", "n2"] {
+            let mut request = tonic::Request::new(mesh_proto::SessionRequest {
+                node_id: node.into(),
+                ..Default::default()
+            });
+            request.extensions_mut().insert(called_by(node));
+            let mut stream = service
+                .session(request)
+                .await
+                .expect("a session")
+                .into_inner();
+            let message = stream.next().await.expect("a message").expect("no error");
+            assert!(message.reports_are_heartbeats);
+            first.push((message.session_id, stream));
+        }
+        let report = |session: &str, caller: &str| {
+            let mut request = tonic::Request::new(mesh_proto::UpdateTaskStatusRequest {
+                session_id: session.into(),
+                updates: Vec::new(),
+            });
+            request.extensions_mut().insert(called_by(caller));
+            request
+        };
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        service
+            .update_task_status(report(&first[0].0, "n1"))
+            .await
+            .expect("n1's report is taken");
+        assert!(
+            service
+                .update_task_status(report(&first[1].0, "n1"))
+                .await
+                .is_err(),
+            "n2's session is not n1's to report on"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(inner.sessions.expire(Duration::from_millis(7500)), ["n2"]);
     }
 
     /// A node whose session ran out, and whose write marking it down waits on Raft, registers
