@@ -34,8 +34,14 @@ impl Session {
     /// leader's stalls credited to it, count from then, and it is held to the grace it was told.
     fn heard(&mut self, now: Instant, grace: Duration) {
         self.registering = false;
-        self.last_heartbeat = now;
         self.allowance = grace;
+        self.silence_ends(now);
+    }
+
+    /// The node's silence ends at `now`: it, and the leader's stalls credited to it, count from
+    /// then (a heartbeat, or a status report taken).
+    fn silence_ends(&mut self, now: Instant) {
+        self.last_heartbeat = now;
         self.credited = Duration::ZERO;
     }
 }
@@ -169,8 +175,7 @@ impl Sessions {
         if let Some(s) = self.lock().by_id.get_mut(session_id)
             && !s.registering
         {
-            s.last_heartbeat = Instant::now();
-            s.credited = Duration::ZERO;
+            s.silence_ends(Instant::now());
         }
     }
 
